@@ -1,0 +1,238 @@
+"""Concepts: what was erased, how to ask for it, how to see it, and what must survive.
+
+A concepts file (TOML) declares them. It is validated as a whole when the audit starts, so a
+typo costs a one-line usage error, not a half-finished run. Paths inside it are relative to the
+file, and may not leave the file's folder tree unless they are absolute: a concepts file from
+elsewhere cannot make the plugin read arbitrary paths by `../` tricks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from pytest_erasure.detectors.base import DetectorSpec
+from pytest_erasure.errors import ErasureInputError
+
+PLACEHOLDER = "{concept}"
+
+
+@dataclass(frozen=True)
+class Concept:
+    """One concept under audit (`erased = true`) or a neighbour kept only for retention."""
+
+    name: str
+    prompts: tuple[str, ...]
+    """Templates with `{concept}`; formatted with `term` they are what a user would type."""
+    term: str
+    label: str
+    detector: DetectorSpec
+    erased: bool = True
+    references: Path | None = None
+    retain: tuple[str, ...] = ()
+    threshold: float | None = None
+    thresholds: dict[str, float] = field(default_factory=dict)
+    """Per-scenario thresholds, keyed by scenario id (`latent-white-null`) or modality (`latent`)."""
+    synonyms: tuple[str, ...] = ()
+    modifiers: tuple[str, ...] = ()
+    paired_prompts: tuple[tuple[str, str], ...] = ()
+    """(with concept, without concept) prompt pairs: Ring-A-Bell's concept vector."""
+
+    def texts(self) -> list[str]:
+        return [p.replace(PLACEHOLDER, self.term) for p in self.prompts]
+
+
+@dataclass(frozen=True)
+class ConceptSet:
+    path: Path
+    concepts: dict[str, Concept]
+    threshold: float | None
+    thresholds: dict[str, float]
+    neutral_prompts: tuple[str, ...]
+    """Prompts that name no concept: the base rate an erasure cannot go below."""
+    raw: dict[str, Any]
+
+    @property
+    def audited(self) -> list[Concept]:
+        return [c for c in self.concepts.values() if c.erased]
+
+    def threshold_for(self, concept: Concept, scenario_id: str, modality: str,
+                      default: float) -> float:
+        """Most specific wins: concept+scenario, concept+modality, concept, file-wide, option."""
+        for table in (concept.thresholds, self.thresholds):
+            for key in (scenario_id, modality):
+                if key in table:
+                    return table[key]
+            if table is concept.thresholds and concept.threshold is not None:
+                return concept.threshold
+        return self.threshold if self.threshold is not None else default
+
+
+_CONCEPT_KEYS = {
+    "name", "term", "label", "prompts", "detector", "detector_path", "detector_options",
+    "erased", "references", "retain", "threshold", "thresholds", "synonyms", "modifiers",
+    "paired_prompts",
+}
+_TOP_KEYS = {"defaults", "concept", "neutral_prompts", "threshold", "thresholds"}
+_DEFAULT_KEYS = {"detector", "detector_path", "detector_options", "prompts", "threshold",
+                 "thresholds", "paired_prompts"}
+
+
+def load_concepts(path: Path) -> ConceptSet:
+    """Read and validate a concepts file; every problem names the file, the key and the fix."""
+    where = f"concepts file {path}"
+    if not path.is_file():
+        raise ErasureInputError(where, "does not exist or is not a file",
+                                "pass --concepts a TOML concepts file")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ErasureInputError(where, f"is not valid TOML ({exc})", "fix the syntax") from None
+    _unknown(raw, _TOP_KEYS, where)
+    defaults = _table(raw.get("defaults", {}), f"{where} [defaults]")
+    _unknown(defaults, _DEFAULT_KEYS, f"{where} [defaults]")
+    entries = raw.get("concept", [])
+    if not isinstance(entries, list) or not entries:
+        raise ErasureInputError(where, "declares no [[concept]]",
+                                "add at least one [[concept]] table with a name")
+    concepts: dict[str, Concept] = {}
+    for index, entry in enumerate(entries):
+        concept = _concept(_table(entry, f"{where} [[concept]] #{index + 1}"), defaults, path,
+                           f"{where} [[concept]] #{index + 1}")
+        if concept.name in concepts:
+            raise ErasureInputError(f"{where} concept '{concept.name}'", "is declared twice",
+                                    "keep one [[concept]] per name")
+        concepts[concept.name] = concept
+    for concept in concepts.values():
+        for name in concept.retain:
+            if name not in concepts:
+                raise ErasureInputError(
+                    f"{where} concept '{concept.name}' retain", f"names unknown concept '{name}'",
+                    "declare it as a [[concept]] (erased = false for a neighbour)")
+    if not any(c.erased for c in concepts.values()):
+        raise ErasureInputError(where, "has no concept with erased = true",
+                                "mark the concept(s) the model erased")
+    neutral = raw.get("neutral_prompts", ["", "a picture"])
+    return ConceptSet(
+        path=path,
+        concepts=concepts,
+        threshold=_fraction(raw.get("threshold"), f"{where} threshold"),
+        thresholds=_thresholds(raw.get("thresholds", {}), f"{where} [thresholds]"),
+        neutral_prompts=tuple(_strings(neutral, f"{where} neutral_prompts")),
+        raw=raw,
+    )
+
+
+def _concept(entry: dict[str, Any], defaults: dict[str, Any], path: Path, where: str) -> Concept:
+    _unknown(entry, _CONCEPT_KEYS, where)
+    name = entry.get("name")
+    if not isinstance(name, str) or not name.strip() or not name.replace("-", "").replace(
+            "_", "").isalnum():
+        raise ErasureInputError(f"{where} name", f"is {name!r}",
+                                "give a name of letters, digits, '-' or '_'")
+    where = f"{where} ('{name}')"
+    prompts = _strings(entry.get("prompts", defaults.get("prompts")), f"{where} prompts")
+    if not prompts:
+        raise ErasureInputError(f"{where} prompts", "is empty",
+                                f"give prompt templates containing {PLACEHOLDER}")
+    for prompt in prompts:
+        if PLACEHOLDER not in prompt:
+            raise ErasureInputError(f"{where} prompt {prompt!r}", f"lacks {PLACEHOLDER}",
+                                    f"write the concept as {PLACEHOLDER} in every template")
+    detector_name = entry.get("detector", defaults.get("detector"))
+    if not isinstance(detector_name, str):
+        raise ErasureInputError(f"{where} detector", "is missing",
+                                "name a detector (e.g. detector = \"shapes\")")
+    detector_path = entry.get("detector_path", defaults.get("detector_path"))
+    options = entry.get("detector_options", defaults.get("detector_options", {}))
+    detector = DetectorSpec(
+        detector_name,
+        _path(detector_path, path, f"{where} detector_path") if detector_path else None,
+        dict(_table(options, f"{where} detector_options")),
+    )
+    references = entry.get("references")
+    pairs = entry.get("paired_prompts", defaults.get("paired_prompts", []))
+    if not isinstance(pairs, list) or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p)
+            for p in pairs):
+        raise ErasureInputError(f"{where} paired_prompts", "is not a list of [with, without] pairs",
+                                "write paired_prompts = [[\"a {concept}\", \"a thing\"], ...]")
+    erased = entry.get("erased", True)
+    if not isinstance(erased, bool):
+        raise ErasureInputError(f"{where} erased", f"is {erased!r}", "write true or false")
+    term = entry.get("term", name)
+    label = entry.get("label", name)
+    for key, value in (("term", term), ("label", label)):
+        if not isinstance(value, str) or not value:
+            raise ErasureInputError(f"{where} {key}", f"is {value!r}", "give a non-empty string")
+    return Concept(
+        name=name,
+        prompts=tuple(prompts),
+        term=term,
+        label=label,
+        detector=detector,
+        erased=erased,
+        references=_path(references, path, f"{where} references") if references else None,
+        retain=tuple(_strings(entry.get("retain", []), f"{where} retain")),
+        threshold=_fraction(entry.get("threshold"), f"{where} threshold"),
+        thresholds=_thresholds(entry.get("thresholds", {}), f"{where} thresholds"),
+        synonyms=tuple(_strings(entry.get("synonyms", []), f"{where} synonyms")),
+        modifiers=tuple(_strings(entry.get("modifiers", []), f"{where} modifiers")),
+        paired_prompts=tuple(
+            (a.replace(PLACEHOLDER, term), b.replace(PLACEHOLDER, term)) for a, b in pairs),
+    )
+
+
+def _unknown(table: dict[str, Any], known: set[str], where: str) -> None:
+    extra = sorted(set(table) - known)
+    if extra:
+        raise ErasureInputError(where, f"has unknown key(s) {', '.join(extra)}",
+                                f"use only: {', '.join(sorted(known))}")
+
+
+def _table(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise ErasureInputError(where, f"is {type(value).__name__}, not a table",
+                                "write it as a TOML table")
+    return value
+
+
+def _strings(value: Any, where: str) -> list[str]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ErasureInputError(where, f"is {value!r}", "give a list of strings")
+    return value
+
+
+def _fraction(value: Any, where: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+        raise ErasureInputError(where, f"is {value!r}", "give a number between 0 and 1")
+    return float(value)
+
+
+def _thresholds(value: Any, where: str) -> dict[str, float]:
+    table = _table(value, where)
+    return {key: _fraction(v, f"{where}.{key}") for key, v in table.items()}  # type: ignore[misc]
+
+
+def _path(value: Any, concepts_file: Path, where: str) -> Path:
+    """Relative paths resolve against the file and must stay inside its folder tree."""
+    if not isinstance(value, str) or not value:
+        raise ErasureInputError(where, f"is {value!r}", "give a path as a string")
+    candidate = Path(value).expanduser()
+    if candidate.is_absolute():
+        return candidate
+    base = concepts_file.resolve().parent
+    resolved = (base / candidate).resolve()
+    # A shipped suite may point one level up to the shared fixtures; more is refused.
+    root = base.parent
+    if not resolved.is_relative_to(root):
+        raise ErasureInputError(where, f"'{value}' leaves the concepts file's folder tree",
+                                "use a path inside it, or an absolute path")
+    return resolved

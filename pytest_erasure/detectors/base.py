@@ -1,0 +1,83 @@
+"""The detector protocol and registry.
+
+A detector decides, per image, whether a concept is present. CRR is only as good as the detector,
+so every detector describes its own rule and threshold, and that description goes into reports.
+Third parties register detectors under the entry-point group `pytest_erasure.detectors`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from pytest_erasure.errors import ErasureInputError
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class Detection:
+    """Per-image verdicts: `present[i]` is whether the concept is in image i; `score[i]` why."""
+
+    present: list[bool]
+    score: list[float]
+
+
+@dataclass(frozen=True)
+class DetectorSpec:
+    """How a concepts file asks for a detector: a registered name, a local path, options."""
+
+    name: str
+    path: Path | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+class Detector(Protocol):
+    name: str
+
+    def detect(self, images: torch.Tensor, label: str) -> Detection:
+        """Judge images (N, 3, H, W, float in [0, 1], any device) for `label`."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Rule, threshold, weight files and their sha256: recorded in every report."""
+        ...
+
+
+DetectorFactory = Callable[[DetectorSpec, str], Detector]
+"""Builds a detector from its spec on a device ("cpu", "cuda", ...)."""
+
+_BUILTIN: dict[str, str] = {
+    "shapes": "pytest_erasure.detectors.shapes:build",
+    "clip": "pytest_erasure.detectors.clip:build",
+    "grounding-dino": "pytest_erasure.detectors.grounding_dino:build",
+    "imagenet": "pytest_erasure.detectors.imagenet:build",
+    "nudenet": "pytest_erasure.detectors.nudenet:build",
+}
+
+
+def available() -> dict[str, str]:
+    """Every detector name, built-in first, then those other packages register."""
+    found = dict(_BUILTIN)
+    for ep in entry_points(group="pytest_erasure.detectors"):
+        found.setdefault(ep.name, ep.value)
+    return found
+
+
+def build_detector(spec: DetectorSpec, device: str) -> Detector:
+    """Import the detector's module only now: detectors pull in heavy libraries."""
+    names = available()
+    if spec.name not in names:
+        raise ErasureInputError(
+            f"detector '{spec.name}'", "is not a known detector",
+            f"use one of: {', '.join(sorted(names))}",
+        )
+    module_name, _, attr = names[spec.name].partition(":")
+    import importlib
+
+    factory: DetectorFactory = getattr(importlib.import_module(module_name), attr)
+    return factory(spec, device)

@@ -1,0 +1,173 @@
+"""What a scenario is, and the registry that maps scenario ids to them.
+
+A scenario turns (concept, audited model, standard model) into a `Plan`: the inputs the audited
+model generates from — prompts, prompt embeddings, initial latents — plus facts the report must
+show (a learned embedding's file, an inversion's reconstruction error, the prompts a search
+found). The session generates, detects and computes CRR; scenarios only say *what* to feed.
+
+`target` is the model under audit. White-box attacks optimise through the target; black-box
+attacks through the standard model and transfer. The session calls `plan` once with
+target="erased" (the audit) and once with target="standard" (what the same attack achieves
+without erasure, reported beside it).
+
+Third parties register scenarios under the entry-point group `pytest_erasure.scenarios`
+(value: a module:attribute that is a `Scenario` instance or a list of them).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+from pytest_erasure.concepts import Concept
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from pytest_erasure.cache import Cache
+    from pytest_erasure.config import AuditConfig
+
+Role = Literal["standard", "erased"]
+
+
+@dataclass
+class GenerationInput:
+    """One image to generate. Exactly one of `prompt` / `prompt_embeds` is set.
+
+    `latents` (4, h, w) replaces the seeded initial noise (latent inversion); `guidance`
+    overrides the configured guidance scale (regeneration of inverted latents uses 1.0).
+    `prompt_embeds` are (77, D) for the conditional branch; the unconditional branch is always
+    the target's own encoding of the empty prompt.
+    """
+
+    seed: int
+    prompt: str | None = None
+    prompt_embeds: torch.Tensor | None = None
+    latents: torch.Tensor | None = None
+    guidance: float | None = None
+    label: str = ""
+    """Short text for the report's evidence grid (the prompt, 'learned token', 'inverted ref 3')."""
+
+
+@dataclass
+class Plan:
+    inputs: list[GenerationInput]
+    facts: dict[str, Any] = field(default_factory=dict)
+    """JSON-able facts for the report (budgets, losses, reconstruction error, found prompts)."""
+    artifacts: dict[str, str] = field(default_factory=dict)
+    """Files a user can reuse to reproduce the case by hand, e.g. {'embedding': path}."""
+
+
+@dataclass(frozen=True)
+class ScenarioOption:
+    """A budget or setting a scenario reads; the plugin turns it into `--name` and an ini key."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+
+
+class AuditContext(Protocol):
+    """What a scenario may use. Implemented by the audit session."""
+
+    config: AuditConfig
+    cache: Cache
+
+    def pipeline(self, role: Role) -> StableDiffusionPipeline:
+        """The loaded model (loaded once, on the configured device and dtype)."""
+        ...
+
+    def option(self, name: str) -> Any:
+        """The value of a `ScenarioOption` (command line, ini, or default)."""
+        ...
+
+    def seeds(self, n: int, salt: str = "") -> list[int]:
+        """n reproducible per-sample seeds derived from --seed (and a salt, e.g. the case id)."""
+        ...
+
+    def reference_images(self, concept: Concept) -> torch.Tensor:
+        """The concept's reference images (N, 3, H, W) in [0, 1] at the model's resolution."""
+        ...
+
+    def fingerprint(self, role: Role) -> str:
+        """A content hash of the model in that role: part of every cache key."""
+        ...
+
+    def progress(self, description: str, total: int) -> AbstractContextManager[Callable[[int], None]]:
+        """A progress bar; the context value advances it by n."""
+        ...
+
+
+class Scenario:
+    """Base class: override `plan`. `variant` splits one modality into several cases."""
+
+    modality: str = ""
+    access: Literal["white-box", "black-box"] | None = None
+    variant: str | None = None
+    options: tuple[ScenarioOption, ...] = ()
+    audits_erased_concept: bool = True
+    """False for scenarios (baseline) whose assertion is not 'the concept does not come back'."""
+
+    @property
+    def id(self) -> str:
+        parts = [self.modality]
+        if self.access:
+            parts.append(self.access.split("-")[0])
+        if self.variant:
+            parts.append(self.variant)
+        return "-".join(parts)
+
+    def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
+        raise NotImplementedError
+
+    def describe(self, ctx: AuditContext) -> dict[str, Any]:
+        """Settings recorded in every report (and in the cache key of every plan)."""
+        return {o.name: ctx.option(o.name) for o in self.options}
+
+
+_BUILTIN_MODULES = (
+    "pytest_erasure.scenarios.text",
+    "pytest_erasure.scenarios.embedding",
+    "pytest_erasure.scenarios.latent",
+    "pytest_erasure.scenarios.adversarial",
+    "pytest_erasure.scenarios.fuzz",
+)
+
+
+def registry() -> dict[str, Scenario]:
+    """Every scenario by id: built-in modules first (those present), then entry points.
+
+    Scenario modules must import no torch at module level: the registry is built when pytest
+    loads the plugin.
+    """
+    import importlib
+
+    found: dict[str, Scenario] = {}
+    for module_name in _BUILTIN_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            continue
+        for scenario in getattr(module, "SCENARIOS", ()):
+            found.setdefault(scenario.id, scenario)
+    for ep in entry_points(group="pytest_erasure.scenarios"):
+        loaded = ep.load()
+        for scenario in loaded if isinstance(loaded, list | tuple) else [loaded]:
+            found.setdefault(scenario.id, scenario)
+    return found
+
+
+def iter_options(scenarios: dict[str, Scenario]) -> Iterator[ScenarioOption]:
+    seen: set[str] = set()
+    for scenario in scenarios.values():
+        for option in scenario.options:
+            if option.name not in seen:
+                seen.add(option.name)
+                yield option

@@ -1,0 +1,114 @@
+"""Tiny Stable-Diffusion-architecture pipelines for tests, built in-process as diffusers' own tests do.
+
+They have SD v1.4's component classes (AutoencoderKL, UNet2DConditionModel with cross-attention,
+CLIPTextModel + CLIPTokenizer, DDIMScheduler with SD v1 betas) at a size that runs in
+milliseconds on a CPU, and a tokenizer made from an in-memory vocabulary so nothing is fetched.
+Used by our tests and benchmarks; third parties testing their own scenarios may use it too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+
+WORDS = ["a", "an", "the", "of", "image", "photo", "picture", "shape", "red", "green", "blue", "yellow", "white", "black", "small", "large", "circle", "square", "triangle", "star", "cross", "heart", "disc", "box", "plus", "ring", "round", "object", "thing", "drawing"]
+
+
+def tiny_tokenizer():
+    """A CLIP BPE tokenizer whose every ASCII character and listed word is one token."""
+    from transformers import CLIPTokenizer
+
+    alphabet = [chr(c) for c in range(33, 127)]
+    vocab: dict[str, int] = {}
+    for token in ["<|startoftext|>", "<|endoftext|>"] + alphabet + [a + "</w>" for a in alphabet]:
+        vocab.setdefault(token, len(vocab))
+    merges: list[tuple[str, str]] = []
+    for word in WORDS:
+        # Merge left to right so each word collapses into one `word</w>` token.
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        current = pieces[0]
+        for nxt in pieces[1:]:
+            merge = (current, nxt)
+            if merge not in merges:
+                merges.append(merge)
+            current = current + nxt
+            vocab.setdefault(current, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def tiny_pipeline(seed: int = 0, cross_attention_dim: int = 32) -> StableDiffusionPipeline:
+    """A randomly initialised SD-architecture pipeline with 32x32 images (latent 4x16x16)."""
+    import torch
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        sample_size=16,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=cross_attention_dim,
+        attention_head_dim=4,
+        norm_num_groups=8,
+    )
+    vae = AutoencoderKL(
+        block_out_channels=(16, 32),
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=32,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+            hidden_size=cross_attention_dim,
+            intermediate_size=37,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            layer_norm_eps=1e-5,
+        )
+    )
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    return StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+        unet=unet.eval(),
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+
+
+def save_tiny_pipeline(path: Path, seed: int = 0) -> Path:
+    """Write a tiny pipeline to disk so tests exercise the real loading code."""
+    tiny_pipeline(seed).save_pretrained(path)
+    return path
