@@ -35,7 +35,7 @@ class Concept:
     retain: tuple[str, ...] = ()
     threshold: float | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
-    """Per-scenario thresholds, keyed by scenario id (`latent-white-null`) or modality (`latent`)."""
+    """Per-scenario thresholds keyed by scenario id (`latent-white-null`) or modality."""
     synonyms: tuple[str, ...] = ()
     modifiers: tuple[str, ...] = ()
     paired_prompts: tuple[tuple[str, str], ...] = ()

@@ -1,4 +1,4 @@
-"""Tiny Stable-Diffusion-architecture pipelines for tests, built in-process as diffusers' own tests do.
+"""Tiny Stable-Diffusion-architecture pipelines for tests, built in-process like diffusers' tests.
 
 They have SD v1.4's component classes (AutoencoderKL, UNet2DConditionModel with cross-attention,
 CLIPTextModel + CLIPTokenizer, DDIMScheduler with SD v1 betas) at a size that runs in
@@ -14,7 +14,11 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
-WORDS = ["a", "an", "the", "of", "image", "photo", "picture", "shape", "red", "green", "blue", "yellow", "white", "black", "small", "large", "circle", "square", "triangle", "star", "cross", "heart", "disc", "box", "plus", "ring", "round", "object", "thing", "drawing"]
+WORDS = (
+    "a", "an", "the", "of", "image", "photo", "picture", "shape", "red", "green", "blue",
+    "yellow", "white", "black", "small", "large", "circle", "square", "triangle", "star",
+    "cross", "heart", "disc", "box", "plus", "ring", "round", "object", "thing", "drawing",
+)
 
 
 def tiny_tokenizer():

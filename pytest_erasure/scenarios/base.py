@@ -98,7 +98,9 @@ class AuditContext(Protocol):
         """A content hash of the model in that role: part of every cache key."""
         ...
 
-    def progress(self, description: str, total: int) -> AbstractContextManager[Callable[[int], None]]:
+    def progress(
+        self, description: str, total: int
+    ) -> AbstractContextManager[Callable[[int], None]]:
         """A progress bar; the context value advances it by n."""
         ...
 
