@@ -23,6 +23,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pytest_erasure.concepts import Concept
+from pytest_erasure.detectors.base import Detection
 
 if TYPE_CHECKING:
     import torch
@@ -102,6 +103,19 @@ class AuditContext(Protocol):
         self, description: str, total: int
     ) -> AbstractContextManager[Callable[[int], None]]:
         """A progress bar; the context value advances it by n."""
+        ...
+
+    def generate(self, role: Role, inputs: list[GenerationInput],
+                 concept: Concept | None = None) -> torch.Tensor:
+        """uint8 images (N, 3, H, W) on the CPU, batched and cached per input.
+
+        For the erased role under --irece, IRECE wraps the generation with `concept`'s prompt
+        as the mask prompt (so it works for learned tokens and the null prompt too).
+        """
+        ...
+
+    def detect(self, images: torch.Tensor, concept: Concept) -> Detection:
+        """The concept's detector on uint8 images from `generate`."""
         ...
 
 
