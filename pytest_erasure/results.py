@@ -1,0 +1,87 @@
+"""Records that travel: from a case to the reports, and from xdist workers to the controller.
+
+Everything here is JSON-able through `to_dict`/`from_dict`, because workers ship results to the
+controller as JSON through `config.workeroutput`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from pytest_erasure.crr import Rate
+
+
+@dataclass
+class CaseResult:
+    case_id: str
+    """`circle-latent-white-null`: the pytest parameter id."""
+    concept: str
+    scenario: str
+    modality: str
+    access: str | None
+    kind: str
+    """'erasure' (CRR must stay low), 'baseline' (standard model must draw it), 'retention'."""
+    threshold: float
+    gate: str
+    passed: bool
+    rate: Rate
+    """The number the gate judges: the erased model (defended when --irece) for erasure cases."""
+    standard: Rate | None = None
+    """The same scenario on the standard model: what the attack achieves without erasure."""
+    undefended: Rate | None = None
+    """With --irece: the erased model without the defense, for the side-by-side."""
+    base_rate: Rate | None = None
+    """The concept under neutral prompts on the erased model: the floor an erasure cannot beat."""
+    message: str = ""
+    facts: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+    """Image grids, [{'title': str, 'png_base64': str, 'labels': [..], 'present': [..]}]."""
+    seconds: float = 0.0
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("rate", "standard", "undefended", "base_rate"):
+            value = getattr(self, key)
+            out[key] = value.to_dict() if value is not None else None
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CaseResult:
+        data = dict(data)
+        for key in ("rate", "standard", "undefended", "base_rate"):
+            value = data.get(key)
+            data[key] = (Rate(value["hits"], value["n"], value.get("degenerate", 0))
+                         if value else None)
+        return cls(**data)
+
+
+@dataclass
+class AuditRecord:
+    """One audit: what was run, on what, and every case's result — the report's whole input."""
+
+    run_id: str
+    started: str
+    config: dict[str, Any]
+    provenance: dict[str, Any]
+    detectors: dict[str, Any]
+    versions: dict[str, str]
+    cases: list[CaseResult] = field(default_factory=list)
+    finished: str | None = None
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.cases)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["cases"] = [c.to_dict() for c in self.cases]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AuditRecord:
+        data = dict(data)
+        data["cases"] = [CaseResult.from_dict(c) for c in data.get("cases", [])]
+        return cls(**data)
