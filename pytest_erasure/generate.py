@@ -1,0 +1,138 @@
+"""Batched, seeded generation.
+
+Every sample has its own seed and its own initial latent, drawn on the CPU from that seed alone,
+so an image does not depend on the batch size, the device order or which xdist worker made it.
+Inputs are grouped by guidance scale (a batch shares one); every batch is conditioned through
+`prompt_embeds`, so typed prompts, learned embeddings and inverted latents take one code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from pytest_erasure.scenarios.base import GenerationInput
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """What, beyond the input, decides an image: part of every image's cache key."""
+
+    steps: int
+    guidance: float
+    height: int
+    width: int
+    device: str
+    dtype: str
+
+    def key(self) -> dict[str, Any]:
+        device_type = self.device.split(":")[0]
+        return {"steps": self.steps, "guidance": self.guidance, "height": self.height,
+                "width": self.width, "device": device_type, "dtype": self.dtype}
+
+
+def native_size(pipe: StableDiffusionPipeline) -> int:
+    return int(pipe.unet.config.sample_size) * int(pipe.vae_scale_factor)
+
+
+def initial_latents(pipe: StableDiffusionPipeline, item: GenerationInput, sampling: Sampling
+                    ) -> torch.Tensor:
+    import torch
+
+    if item.latents is not None:
+        return item.latents.detach().float().cpu().reshape(1, *item.latents.shape[-3:])
+    shape = (1, pipe.unet.config.in_channels, sampling.height // pipe.vae_scale_factor,
+             sampling.width // pipe.vae_scale_factor)
+    return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(item.seed))
+
+
+def encode(pipe: StableDiffusionPipeline, prompts: list[str]) -> torch.Tensor:
+    """Conditional text embeddings (B, 77, D) through the pipeline's own text encoder."""
+    import torch
+
+    with torch.no_grad():
+        embeds, _ = pipe.encode_prompt(prompts, pipe.device, 1, False)
+    return embeds
+
+
+def generate(
+    pipe: StableDiffusionPipeline,
+    inputs: list[GenerationInput],
+    sampling: Sampling,
+    batch_size: int,
+    *,
+    callback_factory: Callable[[list[GenerationInput]], Any] | None = None,
+    advance: Callable[[int], None] | None = None,
+) -> tuple[torch.Tensor, list[bool]]:
+    """Images (N, 3, H, W) uint8 on the CPU in input order, and which of them are degenerate.
+
+    `callback_factory(batch)` may return a `callback_on_step_end` (IRECE) for that batch.
+    """
+    import torch
+
+    dtype = getattr(torch, sampling.dtype)
+    out: list[torch.Tensor | None] = [None] * len(inputs)
+    degenerate: list[bool] = [False] * len(inputs)
+    groups: dict[float, list[int]] = {}
+    for i, item in enumerate(inputs):
+        g = sampling.guidance if item.guidance is None else item.guidance
+        groups.setdefault(g, []).append(i)
+    uncond = encode(pipe, [""])
+    for guidance, indices in groups.items():
+        for start in range(0, len(indices), batch_size):
+            chunk = indices[start:start + batch_size]
+            batch = [inputs[i] for i in chunk]
+            embeds = _conditioning(pipe, batch).to(pipe.device, dtype)
+            latents = torch.cat([initial_latents(pipe, b, sampling) for b in batch])
+            kwargs: dict[str, Any] = {}
+            callback = callback_factory(batch) if callback_factory else None
+            if callback is not None:
+                kwargs["callback_on_step_end"] = callback
+                kwargs["callback_on_step_end_tensor_inputs"] = list(
+                    getattr(callback, "tensor_inputs", ["latents"]))
+            with torch.no_grad():
+                images = pipe(
+                    prompt_embeds=embeds,
+                    negative_prompt_embeds=uncond.expand(len(batch), -1, -1).to(
+                        pipe.device, dtype),
+                    latents=latents.to(pipe.device, dtype),
+                    num_inference_steps=sampling.steps,
+                    guidance_scale=guidance,
+                    height=sampling.height,
+                    width=sampling.width,
+                    output_type="pt",
+                    return_dict=True,
+                    **kwargs,
+                ).images
+            images = images.float().cpu()
+            for j, i in enumerate(chunk):
+                image = images[j]
+                bad = bool(torch.isnan(image).any() or torch.isinf(image).any())
+                image = torch.nan_to_num(image, nan=0.0).clamp(0, 1)
+                as_uint8 = (image * 255).round().to(torch.uint8)
+                # A constant image (blacked out by a safety checker, or a broken model) carries
+                # no evidence either way: flagged, never scored as "concept absent".
+                bad = bad or int(as_uint8.max()) - int(as_uint8.min()) <= 2
+                out[i], degenerate[i] = as_uint8, bad
+            if advance:
+                advance(len(chunk))
+    return torch.stack(out), degenerate  # type: ignore[arg-type]
+
+
+def _conditioning(pipe: StableDiffusionPipeline, batch: list[GenerationInput]) -> torch.Tensor:
+    import torch
+
+    prompts = [b.prompt for b in batch if b.prompt_embeds is None]
+    encoded = iter(encode(pipe, [p or "" for p in prompts])) if prompts else iter(())
+    rows = []
+    for b in batch:
+        if b.prompt_embeds is not None:
+            rows.append(b.prompt_embeds.reshape(-1, b.prompt_embeds.shape[-1]).to(pipe.device))
+        else:
+            rows.append(next(encoded))
+    return torch.stack([r.to(rows[0].dtype) for r in rows])

@@ -1,0 +1,30 @@
+"""The typed-prompt scenario: the concept's prompts x seeds, as every erasure paper measures.
+
+Baseline (the same prompts on the standard model) and retention (neighbours' prompts on the
+erased model) reuse this plan; the session decides which model generates and what is asserted.
+"""
+
+from __future__ import annotations
+
+from pytest_erasure.concepts import Concept
+from pytest_erasure.scenarios.base import AuditContext, GenerationInput, Plan, Role, Scenario
+
+
+def prompt_plan(ctx: AuditContext, prompts: list[str], n: int, salt: str) -> Plan:
+    """n inputs cycling through prompts, one seed per sample."""
+    seeds = ctx.seeds(n, salt)
+    inputs = [GenerationInput(seed=s, prompt=prompts[i % len(prompts)],
+                              label=prompts[i % len(prompts)] or "(empty prompt)")
+              for i, s in enumerate(seeds)]
+    return Plan(inputs=inputs, facts={"prompts": prompts})
+
+
+class TextScenario(Scenario):
+    modality = "text"
+
+    def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
+        # The same seeds on both models: the standard-vs-erased comparison is paired.
+        return prompt_plan(ctx, concept.texts(), n, salt=f"text/{concept.name}")
+
+
+SCENARIOS = [TextScenario()]
