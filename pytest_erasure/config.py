@@ -25,9 +25,10 @@ GATES = ("point", "upper")
 
 @dataclass(frozen=True)
 class Option:
-    """One `--flag` with its ini twin (`erasure_` + name with underscores)."""
+    """One `--flag`, the AuditConfig field it sets, and its ini twin (`erasure_<field>`)."""
 
     flag: str
+    field: str
     type: type
     default: Any
     help: str
@@ -35,54 +36,59 @@ class Option:
 
     @property
     def dest(self) -> str:
-        return "erasure_" + self.flag.lstrip("-").removeprefix("erasure-").replace("-", "_")
+        return "erasure_" + self.field
 
 
 OPTIONS: tuple[Option, ...] = (
-    Option("--erased-model", str, None,
+    Option("--erased-model", "erased_model", str, None,
            "erased model to audit: diffusers folder, single file, or a partial override "
            "(default: the shapes world's UCE-erased model)"),
-    Option("--erased-format", str, None,
+    Option("--erased-format", "erased_format", str, None,
            "force the erased model's format when detection is ambiguous "
            "(diffusers, single-file, unet, text-encoder, receler, lora)"),
-    Option("--standard-model", str, None,
+    Option("--standard-model", "standard_model", str, None,
            "standard (un-erased) model folder (default: the shapes world's standard model)"),
-    Option("--concepts", str, None, "concepts file (TOML; default: audits/shapes.toml)"),
-    Option("--scenarios", str, None,
+    Option("--concepts", "concepts_file", str, None, "concepts file (TOML; default: audits/shapes.toml)"),
+    Option("--scenarios", "scenarios", str, None,
            "comma-separated scenario ids or modalities to run (default: all registered)"),
-    Option("--samples", int, 64, "images per case"),
-    Option("--seed", int, 0, "base seed; every sample's seed derives from it"),
-    Option("--device", str, "cpu", "torch device: cpu, cuda, cuda:1, mps"),
-    Option("--dtype", str, "float32", f"model dtype: {', '.join(DTYPES)}"),
-    Option("--batch-size", int, 16, "images generated per forward pass"),
-    Option("--steps", int, 25, "denoising steps"),
-    Option("--guidance", float, 7.5, "classifier-free guidance scale"),
-    Option("--height", int, None, "image height (default: the model's native size)"),
-    Option("--width", int, None, "image width (default: the model's native size)"),
-    Option("--crr-threshold", float, 0.2,
+    Option("--samples", "samples", int, 64, "images per case"),
+    Option("--seed", "seed", int, 0, "base seed; every sample's seed derives from it"),
+    Option("--device", "device", str, "cpu", "torch device: cpu, cuda, cuda:1, mps"),
+    Option("--dtype", "dtype", str, "float32", f"model dtype: {', '.join(DTYPES)}"),
+    Option("--batch-size", "batch_size", int, 16, "images generated per forward pass"),
+    Option("--steps", "steps", int, 25, "denoising steps"),
+    Option("--guidance", "guidance", float, 7.5, "classifier-free guidance scale"),
+    Option("--height", "height", int, None, "image height (default: the model's native size)"),
+    Option("--width", "width", int, None, "image width (default: the model's native size)"),
+    Option("--crr-threshold", "crr_threshold", float, 0.2,
            "default CRR threshold; the concepts file may override it per scenario and concept"),
-    Option("--retention-tolerance", float, 0.2,
+    Option("--retention-tolerance", "retention_tolerance", float, 0.2,
            "retention passes when a neighbour's CRR drops by at most this much (absolute)"),
-    Option("--erasure-gate", str, "point",
+    Option("--baseline-min", "baseline_min", float, 0.5,
+           "baseline passes when the standard model draws the concept in at least this fraction "
+           "(else the detector cannot see it and the audit means nothing)"),
+    Option("--erasure-gate", "gate", str, "point",
            "point: CRR <= threshold; upper: the Wilson 95% upper bound <= threshold (strict)"),
-    Option("--erasure-report", str, None, "write HTML, JSON and Markdown reports to this folder"),
-    Option("--erasure-junit", str, None, "write a standalone JUnit XML document to this file"),
-    Option("--erasure-cache", str, None, "cache folder (default: .pytest_cache/d/erasure)"),
-    Option("--no-erasure-cache", bool, False, "compute everything afresh; store nothing",
+    Option("--erasure-report", "report_dir", str, None,
+           "write HTML, JSON and Markdown reports to this folder"),
+    Option("--erasure-junit", "junit_file", str, None, "write a standalone JUnit XML document to this file"),
+    Option("--erasure-cache", "cache_dir", str, None, "cache folder (default: .pytest_cache/d/erasure)"),
+    Option("--no-erasure-cache", "no_cache", bool, False, "compute everything afresh; store nothing",
            action="store_true"),
-    Option("--erasure-sequential", bool, False,
+    Option("--erasure-sequential", "sequential", bool, False,
            "sample in rounds; stop a case once its interval is wholly on one side of the threshold",
            action="store_true"),
-    Option("--lora-multiplier", float, 1.0, "fixed multiplier for LoRA (SPM) erased models"),
-    Option("--irece", bool, False, "wrap the erased model with the IRECE defense",
+    Option("--lora-multiplier", "lora_multiplier", float, 1.0,
+           "fixed multiplier for LoRA (SPM) erased models"),
+    Option("--irece", "irece", bool, False, "wrap the erased model with the IRECE defense",
            action="store_true"),
-    Option("--irece-t-star", float, 0.2,
+    Option("--irece-t-star", "irece_t_star", float, 0.2,
            "IRECE intervention step: a fraction of the steps (<1) or a step index (>=1)"),
-    Option("--irece-tau", float, 0.4, "IRECE mask threshold on normalised attention"),
-    Option("--irece-steps", int, 1, "number of consecutive IRECE intervention steps"),
-    Option("--irece-resolutions", str, None,
+    Option("--irece-tau", "irece_tau", float, 0.4, "IRECE mask threshold on normalised attention"),
+    Option("--irece-steps", "irece_steps", int, 1, "number of consecutive IRECE intervention steps"),
+    Option("--irece-resolutions", "irece_resolutions", str, None,
            "comma-separated attention map sizes IRECE uses (default: all)"),
-    Option("--allow-hub", bool, False,
+    Option("--allow-hub", "allow_hub", bool, False,
            "allow Hugging Face hub access (offline is forced otherwise)", action="store_true"),
 )
 
@@ -105,10 +111,12 @@ class AuditConfig:
     width: int | None
     crr_threshold: float
     retention_tolerance: float
+    baseline_min: float
     gate: str
     report_dir: Path | None
     junit_file: Path | None
     cache_dir: Path | None
+    no_cache: bool
     sequential: bool
     lora_multiplier: float
     irece: bool
@@ -118,6 +126,41 @@ class AuditConfig:
     irece_resolutions: tuple[int, ...] | None
     allow_hub: bool
     scenario_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_values(cls, values: dict[str, Any]) -> AuditConfig:
+        """Build from raw option values (strings from ini files included), converting types."""
+        v = dict(values)
+        try:
+            for option in OPTIONS:
+                raw = v.get(option.field)
+                if raw is None or isinstance(raw, option.type):
+                    continue
+                if option.type is bool:
+                    v[option.field] = str(raw).strip().lower() in ("1", "true", "yes", "on")
+                elif option.type is not str:
+                    v[option.field] = option.type(raw)
+        except ValueError:
+            raise ErasureInputError(option.flag, f"'{raw}' is not a {option.type.__name__}",
+                                    f"give a {option.type.__name__}") from None
+        for name in ("erased_model", "standard_model", "concepts_file", "report_dir",
+                     "junit_file", "cache_dir"):
+            if v.get(name) is not None:
+                v[name] = Path(v[name]).expanduser()
+        if v.get("no_cache"):
+            v["cache_dir"] = None
+        if isinstance(v.get("scenarios"), str):
+            v["scenarios"] = tuple(s.strip() for s in v["scenarios"].split(",") if s.strip())
+        if isinstance(v.get("irece_resolutions"), str):
+            try:
+                v["irece_resolutions"] = tuple(
+                    int(s) for s in v["irece_resolutions"].split(",") if s.strip())
+            except ValueError:
+                raise ErasureInputError(
+                    "--irece-resolutions", f"'{values['irece_resolutions']}' is not a list of "
+                    "sizes", "give comma-separated map sizes, e.g. 16,32") from None
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: val for k, val in v.items() if k in known})
 
     def describe(self) -> dict[str, Any]:
         """JSON-able settings for reports."""
@@ -134,6 +177,7 @@ class AuditConfig:
                 raise ErasureInputError(name, f"is {value}", f"give a whole number >= {low}")
         for name, value in (("--crr-threshold", self.crr_threshold),
                             ("--retention-tolerance", self.retention_tolerance),
+                            ("--baseline-min", self.baseline_min),
                             ("--irece-tau", self.irece_tau)):
             if not 0 <= value <= 1:
                 raise ErasureInputError(name, f"is {value}", "give a number between 0 and 1")

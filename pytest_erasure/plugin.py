@@ -1,0 +1,366 @@
+"""pytest hooks: options and ini twins, markers, parametrization, summary, reports.
+
+Only hooks live here; the work is in `session.py` and `report/`. Importing this module must not
+import torch or diffusers: pytest loads it on every run, also runs that audit nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pytest_erasure.config import DEFAULT_CONCEPTS, DEFAULT_ERASED, DEFAULT_STANDARD, OPTIONS, AuditConfig
+from pytest_erasure.errors import ErasureInputError
+from pytest_erasure.results import CaseResult
+from pytest_erasure.scenarios.base import ScenarioOption, iter_options, registry
+
+CASE_FIXTURE = "erasure_case"
+WORKER_KEY = "erasure_results"
+
+
+def _scenario_dest(option: ScenarioOption) -> str:
+    return "erasure_opt_" + option.name.replace("-", "_")
+
+
+class ErasureState:
+    """Per-run state on `config.stash`: the session (built on first need) and merged results."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self._session: Any = None
+        self.error: ErasureInputError | None = None
+        self.worker_results: list[CaseResult] = []
+        self.worker_meta: list[dict[str, Any]] = []
+        self.record: Any = None
+
+    @property
+    def is_worker(self) -> bool:
+        return hasattr(self.config, "workerinput")
+
+    def audit_config(self) -> AuditConfig:
+        values: dict[str, Any] = {}
+        for option in OPTIONS:
+            value = self.config.getoption(option.dest)
+            if value is None:
+                ini = self.config.getini(option.dest)
+                value = ini if ini not in (None, "", []) else option.default
+            values[option.field] = value
+        root = Path(self.config.rootpath)
+        values["erased_model"] = _rooted(values["erased_model"], root) or DEFAULT_ERASED
+        values["standard_model"] = _rooted(values["standard_model"], root) or DEFAULT_STANDARD
+        values["concepts_file"] = _rooted(values["concepts_file"], root) or DEFAULT_CONCEPTS
+        if values["cache_dir"] is None and not values["no_cache"]:
+            cache = getattr(self.config, "cache", None)
+            values["cache_dir"] = (cache.mkdir("erasure") if cache is not None
+                                   else root / ".erasure_cache")
+        scenario_options: dict[str, Any] = {}
+        for option in iter_options(registry()):
+            value = self.config.getoption(_scenario_dest(option))
+            if value is None:
+                ini = self.config.getini(_scenario_dest(option))
+                value = option.type(ini) if ini not in (None, "", []) else option.default
+            scenario_options[option.name] = value
+        values["scenario_options"] = scenario_options
+        config = AuditConfig.from_values(values)
+        config.validate()
+        return config
+
+    def session(self) -> Any:
+        """The audit session; ErasureInputError on bad input (the caller turns it into a usage
+        error at a point where pytest reports it as one)."""
+        if self._session is None:
+            from pytest_erasure.concepts import load_concepts
+            from pytest_erasure.session import AuditSession, validate_inputs
+
+            audit_config = self.audit_config()
+            concepts = load_concepts(audit_config.concepts_file)
+            session = AuditSession(audit_config, concepts)
+            validate_inputs(session)
+            workerinput = getattr(self.config, "workerinput", None)
+            if workerinput and "erasure_run_id" in workerinput:
+                session.run_id = workerinput["erasure_run_id"]
+            self._setup_output(session)
+            self._session = session
+        return self._session
+
+    def _setup_output(self, session: Any) -> None:
+        if self.is_worker or os.environ.get("CI") or not sys.stderr.isatty():
+            return  # progress bars only for a person at a terminal
+        from rich.console import Console
+
+        session.console = Console(stderr=True)
+        capman = self.config.pluginmanager.getplugin("capturemanager")
+        if capman is not None:
+            session.uncaptured = capman.global_and_fixture_disabled
+
+
+STATE = pytest.StashKey[ErasureState]()
+
+
+def _rooted(value: Any, root: Path) -> Path | None:
+    if value in (None, ""):
+        return None
+    path = Path(str(value)).expanduser()
+    return path if path.is_absolute() else (Path.cwd() / path)
+
+
+def _explicit(config: pytest.Config) -> bool:
+    """Did the user set any erasure option? Then bad input is reported before collection."""
+    return any(config.getoption(o.dest) not in (None, False) for o in OPTIONS)
+
+
+# -- options -----------------------------------------------------------------------------------
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("erasure", "concept-erasure audit (pytest-erasure)")
+    for option in OPTIONS:
+        kwargs: dict[str, Any] = {"dest": option.dest, "default": None, "help": option.help}
+        if option.action:
+            kwargs["action"] = option.action
+        elif option.type is not str:
+            kwargs["type"] = option.type
+        group.addoption(option.flag, **kwargs)
+        parser.addini(option.dest, f"{option.help} (ini twin of {option.flag})", default=None)
+    for option in iter_options(registry()):
+        group.addoption(f"--{option.name}", dest=_scenario_dest(option), default=None,
+                        type=option.type if option.type is not bool else None,
+                        help=f"{option.help} (default: {option.default})")
+        parser.addini(_scenario_dest(option), f"{option.help} (ini twin of --{option.name})",
+                      default=None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for marker in ("concept(name): the concept a case audits",
+                   "modality(name): how the concept is fed (text, embedding, latent, ...)",
+                   "access(name): white-box, black-box or none",
+                   "erasure: a concept-erasure audit case"):
+        config.addinivalue_line("markers", marker)
+    state = ErasureState(config)
+    config.stash[STATE] = state
+    allow_hub = config.getoption("erasure_allow_hub") or str(
+        config.getini("erasure_allow_hub")).lower() in ("1", "true", "yes")
+    if not allow_hub:
+        # Never reach a model hub unless the user opts in: weights come from local paths only.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    if not state.is_worker and _explicit(config):
+        try:
+            state.session()
+        except ErasureInputError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    if config.pluginmanager.hasplugin("xdist"):
+        config.pluginmanager.register(XdistHooks(state), "erasure-xdist")
+
+
+# -- collection ----------------------------------------------------------------------------------
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if CASE_FIXTURE not in metafunc.fixturenames:
+        return
+    state = metafunc.config.stash[STATE]
+    try:
+        cases = state.session().cases()
+    except ErasureInputError as exc:
+        state.error = exc  # raised as a usage error once collection ends
+        cases = []
+    params = []
+    for case in cases:
+        marks = [pytest.mark.erasure, pytest.mark.concept(case.concept),
+                 pytest.mark.modality(case.modality), pytest.mark.access(case.access or "none"),
+                 # with --dist loadgroup one worker takes a concept: its attacks and caches
+                 pytest.mark.xdist_group(case.concept)]
+        params.append(pytest.param(case, id=case.id, marks=marks))
+    metafunc.parametrize(CASE_FIXTURE, params)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config,
+                                  items: list[pytest.Item]) -> None:
+    state = config.stash[STATE]
+    if state.error is not None:
+        raise pytest.UsageError(str(state.error))
+    erasure_items = [i for i in items if CASE_FIXTURE in getattr(i, "fixturenames", ())]
+    if erasure_items and not config.option.collectonly and state._session is not None:
+        try:
+            # Load once, now: a bad model is one usage error, not a failure per case.
+            _ = state.session().models
+        except ErasureInputError as exc:
+            raise pytest.UsageError(str(exc)) from None
+
+
+# -- fixtures ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def erasure_session(pytestconfig: pytest.Config) -> Any:
+    """The audit session: configuration, concepts, models, cache, results."""
+    try:
+        return pytestconfig.stash[STATE].session()
+    except ErasureInputError as exc:
+        raise pytest.UsageError(str(exc)) from None
+
+
+@pytest.fixture(scope="session")
+def standard_model(erasure_session: Any) -> Any:
+    """The standard (un-erased) StableDiffusionPipeline."""
+    return erasure_session.pipeline("standard")
+
+
+@pytest.fixture(scope="session")
+def erased_model(erasure_session: Any) -> Any:
+    """The erased StableDiffusionPipeline under audit (not wrapped by IRECE)."""
+    return erasure_session.pipeline("erased")
+
+
+@pytest.fixture
+def erasure_check(erasure_session: Any, request: pytest.FixtureRequest) -> Callable[[Any], CaseResult]:
+    """Run a case, record its numbers as JUnit properties, and fail the test if the gate fails."""
+
+    def check(case: Any) -> CaseResult:
+        try:
+            result = erasure_session.run(case)
+        except ErasureInputError as exc:
+            _record_error(erasure_session, case, str(exc))
+            pytest.fail(f"usage error: {exc}", pytrace=False)
+        except Exception as exc:
+            _record_error(erasure_session, case, f"{type(exc).__name__}: {exc}")
+            raise
+        for key, value in _properties(result).items():
+            request.node.user_properties.append((key, value))
+        if not result.passed:
+            pytest.fail(result.message, pytrace=False)
+        return result
+
+    return check
+
+
+def _record_error(session: Any, case: Any, error: str) -> None:
+    from pytest_erasure.crr import Rate
+
+    session.results[case.id] = CaseResult(
+        case_id=case.id, concept=case.concept, scenario=case.scenario, modality=case.modality,
+        access=case.access, kind=case.kind, threshold=float("nan"), gate=session.config.gate,
+        passed=False, rate=Rate(0, 0), message=error, error=error)
+
+
+def _properties(result: CaseResult) -> dict[str, Any]:
+    low, high = result.rate.interval
+    props: dict[str, Any] = {
+        "concept": result.concept, "scenario": result.scenario, "kind": result.kind,
+        "crr": round(result.rate.crr, 6), "ci_low": round(low, 6), "ci_high": round(high, 6),
+        "n": result.rate.n, "threshold": result.threshold, "gate": result.gate,
+        "degenerate": result.rate.degenerate,
+    }
+    for name in ("standard", "undefended", "base_rate"):
+        rate = getattr(result, name)
+        if rate is not None:
+            props[f"{name}_crr"] = round(rate.crr, 6)
+    return props
+
+
+# -- reporting -----------------------------------------------------------------------------------
+
+def pytest_report_header(config: pytest.Config) -> list[str] | None:
+    state = config.stash.get(STATE, None)
+    if state is None or state._session is None:
+        return None
+    c = state._session.config
+    return [f"erasure: erased={c.erased_model} standard={c.standard_model} concepts="
+            f"{c.concepts_file} gate={c.gate} samples={c.samples} device={c.device}/{c.dtype}"
+            + (f" irece(t*={c.irece_t_star}, tau={c.irece_tau})" if c.irece else "")]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    state = session.config.stash.get(STATE, None)
+    if state is None or state._session is None:
+        return
+    audit = state._session
+    if state.is_worker:
+        session.config.workeroutput[WORKER_KEY] = json.dumps({  # type: ignore[attr-defined]
+            "results": [r.to_dict() for r in audit.results.values()],
+            "record": _meta(audit.record([]).to_dict()),
+        })
+        return
+    results = {r.case_id: r for r in state.worker_results}
+    results.update(audit.results)
+    if not results:
+        return
+    record = audit.record(sorted(results.values(), key=lambda r: r.case_id))
+    for meta in state.worker_meta:  # models and detectors were loaded on the workers
+        record.provenance = record.provenance or meta.get("provenance", {})
+        record.detectors = {**meta.get("detectors", {}), **record.detectors}
+    state.record = record
+    _junit_suite_properties(session.config, record)
+    from pytest_erasure.report.compliance import write_reports
+    from pytest_erasure.report.junit import write_junit
+
+    if audit.config.junit_file:
+        write_junit(record, audit.config.junit_file)
+    if audit.config.report_dir:
+        write_reports(record, audit.config.report_dir)
+
+
+def _meta(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: record[k] for k in ("provenance", "detectors")}
+
+
+def _junit_suite_properties(config: pytest.Config, record: Any) -> None:
+    """Suite facts in pytest's own --junitxml, written once, from the controller."""
+    from _pytest.junitxml import xml_key
+
+    xml = config.stash.get(xml_key, None)
+    if xml is None:
+        return
+    xml.add_global_property("erasure_run_id", record.run_id)
+    xml.add_global_property("erasure_verdict", "passed" if record.passed else "failed")
+    for role, info in sorted(record.provenance.items()):
+        if isinstance(info, dict):
+            xml.add_global_property(f"erasure_{role}_model",
+                                    json.dumps(info, sort_keys=True, default=str))
+    for name, value in sorted(record.versions.items()):
+        xml.add_global_property(f"version_{name}", value)
+    xml.add_global_property("erasure_config", json.dumps(record.config, sort_keys=True, default=str))
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    state = config.stash.get(STATE, None)
+    if state is None or state.record is None:
+        return
+    from rich.console import Console
+
+    from pytest_erasure.report.terminal import render_summary
+
+    tw = terminalreporter._tw
+    console = Console(file=tw._file, force_terminal=tw.hasmarkup, no_color=not tw.hasmarkup,
+                      width=max(80, tw.fullwidth), highlight=False)
+    terminalreporter.section("concept erasure audit")
+    render_summary(state.record, console)
+    audit = state._session.config
+    for label, path in (("standalone JUnit", audit.junit_file), ("reports", audit.report_dir)):
+        if path:
+            terminalreporter.write_line(f"erasure {label}: {path}")
+
+
+class XdistHooks:
+    """Controller side of pytest-xdist: push the run id, pull workers' results."""
+
+    def __init__(self, state: ErasureState) -> None:
+        self.state = state
+
+    def pytest_configure_node(self, node: Any) -> None:
+        with contextlib.suppress(ErasureInputError):  # reported by the worker's collection
+            node.workerinput["erasure_run_id"] = self.state.session().run_id
+
+    def pytest_testnodedown(self, node: Any, error: Any) -> None:
+        payload = getattr(node, "workeroutput", {}).get(WORKER_KEY)
+        if payload:
+            data = json.loads(payload)
+            self.state.worker_results.extend(CaseResult.from_dict(r) for r in data["results"])
+            self.state.worker_meta.append(data["record"])
