@@ -116,3 +116,84 @@ def save_tiny_pipeline(path: Path, seed: int = 0) -> Path:
     """Write a tiny pipeline to disk so tests exercise the real loading code."""
     tiny_pipeline(seed).save_pretrained(path)
     return path
+
+
+class BrightnessDetector:
+    """A real detector with a rule anyone can check by eye: the concept is 'present' when the
+    image's mean intensity exceeds a threshold. Lets plugin tests decide, through a model's own
+    weights, whether an erased model 'still draws the concept'."""
+
+    name = "brightness"
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = threshold
+
+    def detect(self, images, label: str):
+        from pytest_erasure.detectors.base import Detection
+
+        means = images.float().mean(dim=(1, 2, 3)).tolist()
+        return Detection(present=[m > self.threshold for m in means], score=means)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "rule": "mean intensity > threshold",
+                "threshold": self.threshold}
+
+
+def build_brightness_detector(spec, device: str) -> BrightnessDetector:
+    return BrightnessDetector(float(spec.options.get("threshold", 0.5)))
+
+
+def _shift_output(pipe: StableDiffusionPipeline, bias: float) -> StableDiffusionPipeline:
+    """Push the VAE decoder's output towards white (bias > 0) or black (bias < 0)."""
+    import torch
+
+    with torch.no_grad():
+        pipe.vae.decoder.conv_out.bias.add_(bias)
+    return pipe
+
+
+TINY_CONCEPTS = """
+neutral_prompts = ["a shape", ""]
+threshold = 0.2
+
+[defaults]
+detector = "pytest_erasure.testing:build_brightness_detector"
+prompts = ["a {concept}", "a red {concept}"]
+
+[[concept]]
+name = "circle"
+retain = ["square"]
+references = "references/circle"
+
+[[concept]]
+name = "square"
+erased = false
+"""
+
+
+def save_tiny_world(root: Path) -> dict[str, Path]:
+    """A standard model that 'draws the concept' (bright images), an erased one that does not
+    (dark), a leaky erased one that still does, a concepts file and reference images.
+
+    Everything is written to disk so the plugin's real loading code reads it.
+    """
+    import numpy as np
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "standard": root / "standard",
+        "erased": root / "erased",
+        "leaky": root / "leaky",
+        "concepts": root / "concepts.toml",
+    }
+    _shift_output(tiny_pipeline(0), 0.6).save_pretrained(paths["standard"])
+    _shift_output(tiny_pipeline(0), -0.6).save_pretrained(paths["erased"])
+    _shift_output(tiny_pipeline(0), 0.5).save_pretrained(paths["leaky"])
+    paths["concepts"].write_text(TINY_CONCEPTS)
+    refs = root / "references" / "circle"
+    refs.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(refs / f"{i}.png")
+    return paths

@@ -69,15 +69,24 @@ def available() -> dict[str, str]:
 
 
 def build_detector(spec: DetectorSpec, device: str) -> Detector:
-    """Import the detector's module only now: detectors pull in heavy libraries."""
-    names = available()
-    if spec.name not in names:
-        raise ErasureInputError(
-            f"detector '{spec.name}'", "is not a known detector",
-            f"use one of: {', '.join(sorted(names))}",
-        )
-    module_name, _, attr = names[spec.name].partition(":")
+    """Import the detector's module only now: detectors pull in heavy libraries.
+
+    `spec.name` is a registered name, or `package.module:factory` for a detector of one's own.
+    """
     import importlib
 
-    factory: DetectorFactory = getattr(importlib.import_module(module_name), attr)
+    names = available()
+    target = names.get(spec.name, spec.name if ":" in spec.name else None)
+    if target is None:
+        raise ErasureInputError(
+            f"detector '{spec.name}'", "is not a known detector",
+            f"use one of: {', '.join(sorted(names))}, or module:factory",
+        )
+    module_name, _, attr = target.partition(":")
+    try:
+        factory: DetectorFactory = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ErasureInputError(f"detector '{spec.name}'", f"cannot be imported ({exc})",
+                                "check the module:factory path and that its package is installed"
+                                ) from None
     return factory(spec, device)
