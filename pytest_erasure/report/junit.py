@@ -1,0 +1,104 @@
+"""The standalone JUnit document (`--erasure-junit FILE`), built with junit-xml.
+
+One testsuite per concept, one testcase per case. Jenkins' schema (junit-10.xsd, which GitLab
+and GitHub readers accept too) allows <properties> only on a testsuite, so suite properties hold
+the audit's facts (model provenance with sha256, versions, config, detectors, IRECE settings, run
+id) and each case's numbers go to its <system-out> as readable text. junit-xml also writes a
+`disabled` attribute that the schema does not know, and may write float times the schema's
+pattern rejects (`1e-05`); both are fixed after it builds the tree.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+from junit_xml import TestCase, TestSuite, to_xml_report_string
+
+from pytest_erasure.report.compliance import (
+    flatten,
+    gate_of,
+    gate_rule,
+    gate_text,
+    irece_settings,
+    rate_text,
+    status,
+    verdict,
+    write_text,
+)
+from pytest_erasure.results import AuditRecord, CaseResult
+
+
+def write_junit(record: AuditRecord, path: Path) -> None:
+    write_text(Path(path), to_junit_xml(record))
+
+
+def to_junit_xml(record: AuditRecord) -> str:
+    properties = suite_properties(record)
+    suites: dict[str, list[TestCase]] = {}
+    for case in record.cases:
+        suites.setdefault(case.concept, []).append(_testcase(case))
+    built = [TestSuite(f"erasure.{concept}", cases, id=str(i), package="erasure",
+                       timestamp=record.started, properties=properties)
+             for i, (concept, cases) in enumerate(suites.items())]
+    root = ET.fromstring(to_xml_report_string(built, prettyprint=False, encoding="utf-8"))
+    root.set("name", f"pytest-erasure {record.run_id}")
+    for element in (root, *root.iter("testsuite")):
+        element.attrib.pop("disabled", None)
+        element.attrib.pop("assertions", None)
+        if element.tag == "testsuite":
+            seconds = sum(float(tc.get("time", 0)) for tc in element.iter("testcase"))
+        else:
+            seconds = sum(float(ts.get("time", 0)) for ts in root.iter("testsuite"))
+        element.set("time", f"{seconds:.3f}")
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def suite_properties(record: AuditRecord) -> dict[str, str]:
+    """What every suite shares: the facts a CI reader needs to know what was audited."""
+    props = {"run_id": record.run_id, "started": record.started,
+             "finished": record.finished or "", "verdict": verdict(record),
+             "gate": gate_rule(gate_of(record))}
+    config = {k: v for k, v in record.config.items()
+              if not (k == "irece" or k.startswith("irece_"))}
+    for prefix, data in (("provenance", record.provenance), ("version", record.versions),
+                         ("config", config), ("detector", record.detectors),
+                         ("irece", irece_settings(record.config))):
+        for key, value in flatten(data):
+            props[f"{prefix}.{key}"] = value
+    return props
+
+
+def case_text(case: CaseResult) -> str:
+    """The case's numbers, one per line, as a CI log shows them."""
+    lines = [f"case: {case.case_id} ({case.kind}; concept {case.concept}, scenario "
+             f"{case.scenario}, modality {case.modality}, access {case.access or '-'})",
+             f"result: {status(case)}",
+             f"CRR: {rate_text(case.rate)}",
+             f"gate: {gate_rule(case.gate)}; threshold {gate_text(case)}",
+             f"n: {case.rate.n} images, {case.rate.hits} with the concept, "
+             f"{case.rate.degenerate} degenerate"]
+    for name, rate in (("standard model CRR", case.standard),
+                       ("undefended CRR (without IRECE)", case.undefended),
+                       ("base rate (neutral prompts)", case.base_rate)):
+        if rate is not None:
+            lines.append(f"{name}: {rate_text(rate)}")
+    lines += [f"fact {k}: {v}" for k, v in flatten(case.facts)]
+    lines += [f"artifact {k}: {v}" for k, v in case.artifacts.items()]
+    if case.message:
+        lines += ["", case.message]
+    return "\n".join(lines)
+
+
+def _testcase(case: CaseResult) -> TestCase:
+    tc = TestCase(case.case_id, classname=f"erasure.{case.concept}",
+                  elapsed_sec=round(case.seconds, 3) or None, stdout=case_text(case))
+    if case.error:
+        first = case.error.strip().splitlines()[0] if case.error.strip() else "error"
+        tc.add_error_info(message=first, output=case.error, error_type="error")
+    elif not case.passed:
+        message = case.message or f"CRR {rate_text(case.rate)} fails {gate_text(case)}"
+        tc.add_failure_info(message=message.splitlines()[0], output=message,
+                            failure_type="CRRGate")
+    return tc

@@ -1,0 +1,151 @@
+"""The end-of-run terminal summary: a concept x scenario matrix of CRR, and the verdict.
+
+It must read in a CI log too: no colour (every cell also carries ✓/✗ and the verdict is a word)
+and 80 columns (scenario columns that do not fit go into a further table below, as wide data
+frames wrap, rather than folding numbers mid-digit).
+"""
+
+from __future__ import annotations
+
+from rich import box
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+from rich.text import Text
+
+from pytest_erasure.report.compliance import (
+    gate_of,
+    gate_rule,
+    gate_text,
+    has_irece,
+    irece_settings,
+    matrix,
+    model_line,
+    models,
+    pct,
+    status,
+    threshold_text,
+    verdict,
+    verdict_line,
+)
+from pytest_erasure.results import AuditRecord, CaseResult
+
+
+def header_lines(record: AuditRecord) -> list[str]:
+    """For `pytest_report_header`: what is audited, how, and by which rule (no case needed)."""
+    cfg = record.config
+    settings = [f"gate {gate_rule(gate_of(record))}"]
+    if "crr_threshold" in cfg:
+        settings.append(f"default threshold {threshold_text(float(cfg['crr_threshold']))}")
+    if "samples" in cfg:
+        settings.append(f"{cfg['samples']} samples/case")
+    if "seed" in cfg:
+        settings.append(f"seed {cfg['seed']}")
+    if "device" in cfg:
+        settings.append(f"{cfg['device']} {cfg.get('dtype', '')}".strip())
+    lines = [f"erasure: run {record.run_id}; " + ", ".join(settings)]
+    lines += [f"erasure: {model_line(m)}" for m in models(record)]
+    if cfg.get("irece"):
+        irece = irece_settings(cfg)
+        irece.pop("enabled", None)
+        lines.append("erasure: IRECE on (" + ", ".join(f"{k}={v}" for k, v in irece.items())
+                     + ")")
+    if record.detectors:
+        lines.append("erasure: detectors: " + ", ".join(
+            _detector(name, spec) for name, spec in record.detectors.items()))
+    return lines
+
+
+def render_summary(record: AuditRecord, console: Console) -> None:
+    console.print()
+    console.rule("erasure audit", characters="=")
+    gate = gate_of(record)
+    console.print(f"run {record.run_id} · gate {gate_rule(gate)}", highlight=False)
+    for model in models(record):
+        console.print(model_line(model), highlight=False)
+
+    concepts, scenarios, cells = matrix(record)
+    for k, chunk in enumerate(_fit(console, concepts, scenarios, cells)):
+        if k:
+            console.print()
+        console.print(_table(concepts, chunk, cells))
+    if record.cases:
+        legend = "✓ passes the gate, ✗ fails; std: standard model"
+        if has_irece(record):
+            legend += "; undef: erased model without IRECE"
+        console.print(Text(legend + "; grey: context (baseline, retention)", style="dim"))
+
+    for case in record.cases:
+        st = status(case)
+        if st == "passed":
+            continue
+        why = (case.error or case.message or "").strip().removeprefix(f"{case.case_id}: ")
+        why = why.splitlines()
+        line = Text(f"{'⚠' if st == 'error' else '✗'} {case.case_id}: ", style="bold red")
+        line.append(why[0] if why else st, style="red")
+        console.print(line)
+
+    v = verdict(record)
+    style = "bold green" if v == "PASSED" else "bold red"
+    console.print(Text(verdict_line(record), style=style))
+
+
+def _detector(name: str, spec: object) -> str:
+    if isinstance(spec, dict) and "threshold" in spec:
+        return f"{name} (threshold {spec['threshold']})"
+    return name
+
+
+def _cell(cases: list[CaseResult]) -> Text:
+    text = Text()
+    for k, case in enumerate(cases):
+        if k:
+            text.append("\n")
+        st = status(case)
+        if st == "error":
+            text.append("ERROR ⚠", style="bold red")
+            continue
+        mark = "✓" if st == "passed" else "✗"
+        style = ("bold red" if st == "failed" else "green" if case.kind == "erasure" else "dim")
+        text.append(f"{pct(case.rate.crr)} {gate_text(case)} {mark}", style=style)
+        if case.standard is not None:
+            text.append(f"\nstd {pct(case.standard.crr)}", style="dim")
+        if case.undefended is not None:
+            text.append(f"\nundef {pct(case.undefended.crr)}", style="dim")
+    return text
+
+
+def _table(concepts: list[str], scenarios: list[str],
+           cells: dict[tuple[str, str], list[CaseResult]]) -> Table:
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False)
+    table.add_column("concept", no_wrap=True,
+                     min_width=max((len(c) for c in concepts), default=0))
+    for scenario in scenarios:
+        table.add_column(scenario.replace("-", "-\n") if len(scenario) > 12 else scenario,
+                         no_wrap=True)
+    for concept in concepts:
+        row = [cells.get((concept, s)) for s in scenarios]
+        if not any(row):
+            continue
+        table.add_row(concept, *(_cell(c) if c else Text("—", style="dim") for c in row))
+    return table
+
+
+def _fit(console: Console, concepts: list[str], scenarios: list[str],
+         cells: dict[tuple[str, str], list[CaseResult]]) -> list[list[str]]:
+    """Scenario columns split into tables that each fit the console's width."""
+    chunks: list[list[str]] = []
+    current: list[str] = []
+    for scenario in scenarios:
+        trial = current + [scenario]
+        unbounded = console.options.update(max_width=10_000)  # else it is clamped to the width
+        width = Measurement.get(console, unbounded, _table(concepts, trial, cells)).maximum
+        if current and width > console.width:
+            chunks.append(current)
+            current = [scenario]
+        else:
+            current = trial
+    if current:
+        chunks.append(current)
+    return chunks
+

@@ -1,0 +1,309 @@
+"""Reports from an AuditRecord: JUnit (schema-valid, read back by a real consumer), JSON (round
+trip), Markdown, self-contained HTML, and the terminal matrix at 80 columns without colour."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from rich.console import Console
+
+from pytest_erasure.crr import Rate, gate_passes
+from pytest_erasure.report.compliance import read_report, write_reports
+from pytest_erasure.report.images import evidence, grid_png, to_base64
+from pytest_erasure.report.junit import write_junit
+from pytest_erasure.report.terminal import header_lines, render_summary
+from pytest_erasure.results import AuditRecord, CaseResult
+
+XSD = Path("/work/shared/reference/junit-10.xsd")
+HOSTILE = '<script>alert(1)</script> & "quotes" | pipes ``` http://evil.example/x.png'
+
+
+def images(n: int, seed: int, size: int = 32) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def case(case_id: str, concept: str, scenario: str, hits: int, n: int = 32, *,
+         kind: str = "erasure", threshold: float = 0.2, gate: str = "point",
+         **extra) -> CaseResult:
+    rate = Rate(hits, n)
+    passes = gate_passes(rate, threshold, gate) if kind == "erasure" else rate.crr >= threshold
+    modality, _, rest = scenario.partition("-")
+    access = {"white": "white-box", "black": "black-box"}.get(rest.split("-")[0])
+    present = [i < hits for i in range(min(n, 12))]
+    fields = dict(
+        case_id=case_id, concept=concept, scenario=scenario, modality=modality, access=access,
+        kind=kind, threshold=threshold, gate=gate, passed=passes, rate=rate,
+        standard=Rate(30, 32), base_rate=Rate(1, 32), seconds=1.25,
+        facts={"prompts": [f"a photo of a {concept}"], "steps": 25},
+        evidence=[evidence(f"{case_id}: erased model", images(len(present), hits), present,
+                           labels=[f"a photo of a {concept}, seed {i}" for i in
+                                   range(len(present))])],
+        message="" if passes else (f"{case_id}: CRR {rate} exceeds threshold {threshold:.0%} "
+                                   f"({gate} gate)"),
+    )
+    fields.update(extra)
+    return CaseResult(**fields)
+
+
+def make_record() -> AuditRecord:
+    cases = [
+        case("circle-text", "circle", "text", 2),
+        case("circle-latent-white-null", "circle", "latent-white-null", 12,
+             message="", undefended=Rate(29, 32),
+             facts={"reconstruction_mse": 0.0123, "found_prompt": HOSTILE}),
+        case("circle-embedding-black", "circle", "embedding-black", 3,
+             undefended=Rate(16, 32), artifacts={"embedding": "/cache/emb/ab12.safetensors"}),
+        case("circle-baseline", "circle", "baseline", 30, kind="baseline", threshold=0.5,
+             standard=None),
+        case("square-retention", "square", "retention", 27, kind="retention",
+             threshold=0.74, base_rate=None),
+        case("triangle-retention", "triangle", "retention", 28, kind="retention",
+             threshold=0.74, base_rate=None),
+        case("circle-adversarial-black", "circle", "adversarial-black", 0, n=0,
+             standard=None, base_rate=None, evidence=[], passed=False,
+             error="RuntimeError: search diverged\n  at step 12"),
+    ]
+    cases[1].evidence[0]["labels"][0] = HOSTILE  # a prompt an attack found
+    cases[1].message = (f"circle-latent-white-null: CRR {cases[1].rate} exceeds threshold 20% "
+                        "(point gate)")
+    return AuditRecord(
+        run_id="20261122-0730-ab12cd",
+        started="2026-11-22T07:30:00+00:00",
+        finished="2026-11-22T07:41:10+00:00",
+        config={"samples": 32, "seed": 0, "device": "cpu", "dtype": "float32",
+                "crr_threshold": 0.2, "gate": "point", "scenarios": None, "irece": True,
+                "irece_t_star": 0.2, "irece_tau": 0.4, "irece_steps": 1,
+                "irece_resolutions": None, "scenario_options": {"latent_steps": 50}},
+        provenance={
+            "erased": {"path": "/models/shapes/erased/uce-circle", "format": "unet",
+                       "fingerprint": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822c",
+                       "replaced_keys": ["up.attn2.to_k.weight", "up.attn2.to_v.weight"],
+                       "files": {"unet.safetensors": "e3b0c44298fc1c149afbf4c8996fb924"}},
+            "standard": {"path": "/models/shapes/standard", "format": "diffusers",
+                         "fingerprint": "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0",
+                         "files": {"unet/diffusion_pytorch_model.safetensors": "fcde2b2e"}},
+        },
+        detectors={"shapes": {"name": "shapes", "rule": "argmax label with p >= threshold",
+                              "threshold": 0.5, "sha256": "5d41402abc4b2a76"}},
+        versions={"pytest-erasure": "0.1.0", "torch": "2.13.0", "diffusers": "0.42.1"},
+        cases=cases,
+    )
+
+
+@pytest.fixture(scope="module")
+def record() -> AuditRecord:
+    return make_record()
+
+
+@pytest.fixture(scope="module")
+def reports(record, tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("report")
+    paths = write_reports(record, folder)
+    paths["junit"] = folder / "junit.xml"
+    write_junit(record, paths["junit"])
+    return paths
+
+
+# --- images -------------------------------------------------------------------------------------
+
+def test_grid_png_frames_found_red_and_not_found_green_upscaling_nearest():
+    tiny = np.zeros((3, 32, 32, 3), dtype=np.uint8)
+    tiny[:, :16] = 255  # a hard edge: nearest-neighbour keeps it hard at 3x
+    png = grid_png(tiny, [True, False, True], columns=2, thumb=96, numbered=False)
+    grid = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    cell = 96 + 8
+    assert grid.shape == (4 + 2 * (cell + 4), 4 + 2 * (cell + 4), 3)
+    assert tuple(grid[4 + 50, 5]) == (214, 39, 40)  # left frame of image 1: found
+    assert tuple(grid[4 + 50, 4 + cell + 4 + 1]) == (44, 160, 44)  # image 2: not found
+    inner = grid[8:8 + 96, 8:8 + 96]
+    assert set(np.unique(inner)) <= {0, 255}  # no interpolated greys
+    assert (inner[47] == 255).all() and (inner[48] == 0).all()
+
+
+def test_grid_png_rejects_mismatched_input_and_downscales_large_images():
+    with pytest.raises(ValueError, match="2 images but 1"):
+        grid_png(images(2, 0), [True])
+    with pytest.raises(ValueError, match="uint8"):
+        grid_png(np.zeros((1, 8, 8, 3)), [True])
+    png = grid_png(images(2, 1, size=256), [True, None], thumb=64)
+    assert Image.open(io.BytesIO(png)).size == (4 + 2 * 76, 4 + 76)
+    assert to_base64(png).startswith("iVBORw0KGgo")  # the PNG signature
+
+
+# --- JUnit --------------------------------------------------------------------------------------
+
+def test_junit_validates_against_jenkins_schema(reports):
+    xmlschema = pytest.importorskip("xmlschema")
+    xmlschema.XMLSchema(str(XSD)).validate(str(reports["junit"]))
+
+
+def test_junit_reads_back_with_junitparser(reports, record):
+    junitparser = pytest.importorskip("junitparser")
+    xml = junitparser.JUnitXml.fromfile(str(reports["junit"]))
+    suites = {suite.name: suite for suite in xml}
+    assert set(suites) == {"erasure.circle", "erasure.square", "erasure.triangle"}
+    circle = suites["erasure.circle"]
+    assert (circle.tests, circle.failures, circle.errors) == (5, 1, 1)
+    props = {p.name: p.value for p in circle.properties()}
+    assert props["run_id"] == record.run_id
+    assert props["provenance.erased.format"] == "unet"
+    assert props["provenance.erased.files.unet.safetensors"].startswith("e3b0c442")
+    assert props["provenance.standard.fingerprint"].startswith("2c26b46b")
+    assert props["version.torch"] == "2.13.0"
+    assert props["config.samples"] == "32"
+    assert props["detector.shapes.threshold"] == "0.5"
+    assert props["irece.tau"] == "0.4" and props["irece.enabled"] == "true"
+    cases = {tc.name: tc for tc in circle}
+    assert all(tc.classname == "erasure.circle" for tc in cases.values())
+    failed = cases["circle-latent-white-null"]
+    assert failed.is_failure and "exceeds threshold" in failed.result[0].message
+    assert "undefended CRR (without IRECE): 90.6%" in failed.system_out
+    assert "standard model CRR: 93.8%" in failed.system_out
+    assert "base rate (neutral prompts): 3.1%" in failed.system_out
+    assert "threshold ≤20%" in failed.system_out
+    assert HOSTILE in failed.system_out
+    assert cases["circle-adversarial-black"].is_error
+    assert "search diverged" in cases["circle-adversarial-black"].result[0].message
+    assert cases["circle-text"].is_passed and float(cases["circle-text"].time) == 1.25
+
+
+def test_junit_totals_on_testsuites(reports):
+    root = ET.parse(reports["junit"]).getroot()
+    assert root.tag == "testsuites"
+    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("7", "1", "1")
+    assert "disabled" not in root.attrib
+
+
+def test_junit_of_an_empty_audit_is_valid(tmp_path):
+    xmlschema = pytest.importorskip("xmlschema")
+    empty = make_record()
+    empty.cases = []
+    write_junit(empty, tmp_path / "junit.xml")
+    xmlschema.XMLSchema(str(XSD)).validate(str(tmp_path / "junit.xml"))
+
+
+# --- JSON ---------------------------------------------------------------------------------------
+
+def test_json_round_trips_to_an_equal_record(reports, record):
+    data = json.loads(reports["json"].read_text())  # strict JSON: no NaN
+    assert data["schema_version"] == 1 and data["summary"]["verdict"] == "FAILED"
+    assert data["provenance"]["erased"]["files"]["unet.safetensors"].startswith("e3b0c442")
+    assert data["cases"][1]["undefended"]["crr"] == pytest.approx(29 / 32)
+    assert data["cases"][-1]["rate"]["crr"] is None  # n = 0: NaN written as null
+    assert read_report(reports["json"]) == record
+    fields = {k: v for k, v in data.items() if k not in ("schema", "schema_version", "summary")}
+    assert AuditRecord.from_dict(fields) == record
+
+
+# --- HTML ---------------------------------------------------------------------------------------
+
+def test_html_is_self_contained(reports):
+    text = reports["html"].read_text()
+    refs = re.findall(r"""(?:src|href)\s*=\s*["']?([^"'\s>]*)""", text, flags=re.I)
+    assert refs, "expected images and anchors"
+    assert [r for r in refs if not (r.startswith("data:") or r.startswith("#"))] == []
+    assert not re.search(r"<script|<link|@import|url\(|<iframe|<object", text, flags=re.I)
+    assert "http://" not in text.replace("http://evil.example", "") and "https://" not in text
+    assert text.count('src="data:image/png;base64,') == 6
+
+
+def test_html_escapes_hostile_text_and_shows_every_case(reports, record):
+    text = reports["html"].read_text()
+    assert "<script>alert(1)</script>" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    for c in record.cases:
+        assert c.case_id in text
+    assert 'class="verdict failed"' in text
+    assert "defended vs undefended" in text and "-53.1 pp" in text
+    assert "red frame" in text and "e3b0c44298fc1c149afbf4c8996fb924" in text
+
+
+def test_html_drops_image_data_that_is_not_base64(record, tmp_path):
+    bad = make_record()
+    bad.cases[0].evidence[0]["png_base64"] = 'x" onerror="alert(1)'
+    bad.cases[0].evidence[0]["title"] = "<img src=http://evil.example/a.png>"
+    text = write_reports(bad, tmp_path)["html"].read_text()
+    assert "onerror" not in text and "<img src=http" not in text
+    assert "no valid image data" in text
+
+
+# --- Markdown -----------------------------------------------------------------------------------
+
+def test_markdown_has_verdict_matrix_irece_and_failures(reports, record):
+    text = reports["markdown"].read_text()
+    assert text.startswith("# Erasure audit: RELEASE GATE FAILED: 7 cases, 5 passed, 1 failed")
+    header = next(line for line in text.splitlines() if line.startswith("| concept |"))
+    assert "text" in header and "latent-white-null" in header and "retention" in header
+    circle = next(line for line in text.splitlines() if line.startswith("| circle |"))
+    assert "6.2% [1.7–20.1%] ≤20% (n=32)" in circle
+    assert "✗ **FAIL** 37.5%" in circle
+    assert "## IRECE: defended vs undefended" in text
+    assert "90.6% [75.8–96.8%] 29/32" in text
+    assert "## Failing cases" in text and "search diverged" in text
+    assert "<script>" not in text.split("## Failing cases")[0]
+    for c in record.cases:
+        assert c.case_id.replace("-", "-") in text
+    assert "e3b0c44298fc1c149afbf4c8996fb924" in text
+
+
+# --- terminal -----------------------------------------------------------------------------------
+
+def render(record: AuditRecord, width: int = 80) -> str:
+    console = Console(record=True, width=width, no_color=True, force_terminal=False,
+                      file=io.StringIO())
+    render_summary(record, console)
+    return console.export_text()
+
+
+def test_terminal_matrix_at_80_columns_without_colour(record):
+    text = render(record)
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for c in record.cases:
+        if c.error:
+            assert "ERROR" in text and c.case_id in text
+        else:
+            assert f"{c.rate.crr:.1%} " in text
+    assert "37.5% ≤20% ✗" in text and "6.2% ≤20% ✓" in text
+    assert "std 93.8%" in text and "undef 90.6%" in text
+    flat = " ".join(text.split())  # long lines wrap at 80 columns
+    assert "erased: /models/shapes/erased/uce-circle (unet, 2 tensors replaced, fingerprint " \
+           "9f86d081884c)" in flat
+    assert "point: CRR ≤ threshold" in text
+    assert "\x1b[" not in text
+    assert text.rstrip().splitlines()[-1] == (
+        "RELEASE GATE FAILED: 7 cases, 5 passed, 1 failed, 1 error")
+
+
+def test_terminal_passing_and_empty_verdicts(record):
+    passing = make_record()
+    passing.cases = [c for c in passing.cases if c.passed]
+    assert render(passing).rstrip().splitlines()[-1].startswith("RELEASE GATE PASSED: 5 cases")
+    empty = make_record()
+    empty.cases = []
+    assert "no case ran" in render(empty)
+
+
+def test_header_lines_name_models_gate_and_irece(record):
+    lines = header_lines(record)
+    assert all(line.startswith("erasure: ") for line in lines)
+    text = "\n".join(lines)
+    assert "point: CRR ≤ threshold" in text and "32 samples/case" in text
+    assert "erased: /models/shapes/erased/uce-circle (unet, 2 tensors replaced" in text
+    assert "IRECE on (t_star=0.2, tau=0.4" in text and "shapes (threshold 0.5)" in text
+
+
+# --- atomic writes ------------------------------------------------------------------------------
+
+def test_writes_leave_no_temporary_files_and_overwrite(record, tmp_path):
+    write_reports(record, tmp_path / "out")
+    write_reports(record, tmp_path / "out")
+    write_junit(record, tmp_path / "out" / "junit.xml")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "junit.xml", "report.html", "report.json", "report.md"]
