@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -33,6 +34,8 @@ def case(case_id: str, concept: str, scenario: str, hits: int, n: int = 32, *,
          kind: str = "erasure", threshold: float = 0.2, gate: str = "point",
          **extra) -> CaseResult:
     rate = Rate(hits, n)
+    if kind != "erasure":
+        gate = "at-least"
     passes = gate_passes(rate, threshold, gate) if kind == "erasure" else rate.crr >= threshold
     modality, _, rest = scenario.partition("-")
     access = {"white": "white-box", "black": "black-box"}.get(rest.split("-")[0])
@@ -84,7 +87,9 @@ def make_record() -> AuditRecord:
         provenance={
             "erased": {"path": "/models/shapes/erased/uce-circle", "format": "unet",
                        "fingerprint": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822c",
-                       "replaced_keys": ["up.attn2.to_k.weight", "up.attn2.to_v.weight"],
+                       "components_replaced": ["unet"],
+                       "unet": {"tensors_in_file": 2, "tensors_replaced": 2,
+                                "tensors_changed": 2, "tensors_total": 686},
                        "files": {"unet.safetensors": "e3b0c44298fc1c149afbf4c8996fb924"}},
             "standard": {"path": "/models/shapes/standard", "format": "diffusers",
                          "fingerprint": "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0",
@@ -172,6 +177,8 @@ def test_junit_reads_back_with_junitparser(reports, record):
     assert cases["circle-adversarial-black"].is_error
     assert "search diverged" in cases["circle-adversarial-black"].result[0].message
     assert cases["circle-text"].is_passed and float(cases["circle-text"].time) == 1.25
+    square = next(iter(suites["erasure.square"]))
+    assert "gate: at-least: CRR ≥ threshold; threshold ≥74%" in square.system_out
 
 
 def test_junit_totals_on_testsuites(reports):
@@ -273,8 +280,8 @@ def test_terminal_matrix_at_80_columns_without_colour(record):
     assert "37.5% ≤20% ✗" in text and "6.2% ≤20% ✓" in text
     assert "std 93.8%" in text and "undef 90.6%" in text
     flat = " ".join(text.split())  # long lines wrap at 80 columns
-    assert "erased: /models/shapes/erased/uce-circle (unet, 2 tensors replaced, fingerprint " \
-           "9f86d081884c)" in flat
+    assert "erased: /models/shapes/erased/uce-circle (unet, replaces unet, 2 tensors replaced, " \
+           "fingerprint 9f86d081884c)" in flat
     assert "point: CRR ≤ threshold" in text
     assert "\x1b[" not in text
     assert text.rstrip().splitlines()[-1] == (
@@ -295,8 +302,25 @@ def test_header_lines_name_models_gate_and_irece(record):
     assert all(line.startswith("erasure: ") for line in lines)
     text = "\n".join(lines)
     assert "point: CRR ≤ threshold" in text and "32 samples/case" in text
-    assert "erased: /models/shapes/erased/uce-circle (unet, 2 tensors replaced" in text
+    assert "erased: /models/shapes/erased/uce-circle (unet, replaces unet, 2 tensors" in text
     assert "IRECE on (t_star=0.2, tau=0.4" in text and "shapes (threshold 0.5)" in text
+
+
+def test_model_summaries_add_up_per_component_statistics():
+    lora = make_record()
+    lora.provenance["erased"] = {
+        "path": "/m/spm.safetensors", "format": "lora", "fingerprint": "abcdef0123456789",
+        "components_replaced": ["unet", "text_encoder"],
+        "lora": {"unet": {"tensors_replaced": 192, "ranks": [4]},
+                 "text_encoder": {"tensors_replaced": 72}}}
+    lora.provenance["receler"] = {
+        "path": "/m/receler", "format": "receler", "fingerprint": None,
+        "unet": {"tensors_added": 64, "tensors_replaced": 0}}
+    text = "\n".join(header_lines(lora))
+    assert "erased: /m/spm.safetensors (lora, replaces unet+text_encoder, 264 tensors " \
+           "replaced, fingerprint abcdef012345)" in text
+    assert "receler: /m/receler (receler, 0 tensors replaced, 64 tensors added, " \
+           "fingerprint ?)" in text
 
 
 # --- atomic writes ------------------------------------------------------------------------------
@@ -305,5 +329,8 @@ def test_writes_leave_no_temporary_files_and_overwrite(record, tmp_path):
     write_reports(record, tmp_path / "out")
     write_reports(record, tmp_path / "out")
     write_junit(record, tmp_path / "out" / "junit.xml")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "junit.xml", "report.html", "report.json", "report.md"]
+    files = sorted((tmp_path / "out").iterdir())
+    assert [p.name for p in files] == ["junit.xml", "report.html", "report.json", "report.md"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in files)  # not mkstemp's 0600

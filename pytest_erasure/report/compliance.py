@@ -61,6 +61,8 @@ def gate_text(case: CaseResult) -> str:
 def gate_rule(gate: str) -> str:
     if gate == "upper":
         return "upper: the Wilson 95% upper bound of CRR ≤ threshold (strict)"
+    if gate == "at-least":
+        return "at-least: CRR ≥ threshold"
     return "point: CRR ≤ threshold"
 
 
@@ -120,7 +122,8 @@ def verdict_line(record: AuditRecord) -> str:
 
 
 def gate_of(record: AuditRecord) -> str:
-    gates = {case.gate for case in record.cases}
+    """The release gate rule (point/upper): the erasure cases', else the configured one."""
+    gates = {case.gate for case in record.cases if case.kind == "erasure"}
     return gates.pop() if len(gates) == 1 else str(record.config.get("gate", "point"))
 
 
@@ -156,31 +159,46 @@ def short(digest: Any, n: int = 12) -> str:
 
 
 def models(record: AuditRecord) -> list[dict[str, Any]]:
-    """One summary per model role in the provenance ('erased', 'standard', ...): path, format,
-    tensors replaced, fingerprint. Keys the loader may use for the same fact are all read."""
+    """One summary per model role in the provenance ('erased', 'standard'): path, format,
+    components replaced, tensors replaced/added (summed over the per-component statistics the
+    format loaders record), fingerprint."""
     out = []
     for role, info in record.provenance.items():
         if not isinstance(info, dict):
             continue
-        replaced = info.get("tensors_replaced", info.get("replaced"))
+        replaced = _sum_key(info, "tensors_replaced")
         if replaced is None and isinstance(info.get("replaced_keys"), list | tuple):
             replaced = len(info["replaced_keys"])
-        elif isinstance(replaced, list | tuple):
-            replaced = len(replaced)
         out.append({
             "role": role,
             "path": info.get("path", ""),
             "format": info.get("format", "?"),
+            "components": list(info.get("components_replaced") or []),
             "replaced": replaced,
+            "added": _sum_key(info, "tensors_added"),
             "fingerprint": info.get("fingerprint") or info.get("sha256"),
         })
     return out
 
 
+def _sum_key(value: Any, key: str, depth: int = 0) -> int | None:
+    """The sum of every integer `key` in nested dicts (None when there is none)."""
+    if not isinstance(value, dict) or depth > 4:
+        return None
+    found = [value[key]] if isinstance(value.get(key), int) else []
+    found += [n for k, v in value.items() if k != key
+              if (n := _sum_key(v, key, depth + 1)) is not None]
+    return sum(found) if found else None
+
+
 def model_line(model: dict[str, Any]) -> str:
     parts = [str(model["format"])]
+    if model["components"]:
+        parts.append("replaces " + "+".join(model["components"]))
     if model["replaced"] is not None:
         parts.append(f"{model['replaced']} tensors replaced")
+    if model["added"]:
+        parts.append(f"{model['added']} tensors added")
     parts.append(f"fingerprint {short(model['fingerprint'])}")
     return f"{model['role']}: {model['path']} ({', '.join(parts)})"
 

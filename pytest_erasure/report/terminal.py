@@ -57,8 +57,6 @@ def header_lines(record: AuditRecord) -> list[str]:
 
 
 def render_summary(record: AuditRecord, console: Console) -> None:
-    console.print()
-    console.rule("erasure audit", characters="=")
     gate = gate_of(record)
     console.print(f"run {record.run_id} · gate {gate_rule(gate)}", highlight=False)
     for model in models(record):
