@@ -88,10 +88,15 @@ def render_summary(record: AuditRecord, console: Console) -> None:
     console.print(Text(verdict_line(record), style=style))
 
 
-def _detector(name: str, spec: object) -> str:
-    if isinstance(spec, dict) and "threshold" in spec:
-        return f"{name} (threshold {spec['threshold']})"
-    return name
+def _detector(key: str, spec: object) -> str:
+    """'circle: shapes (threshold 0.5)' — the session keys detectors by concept."""
+    if not isinstance(spec, dict):
+        return key
+    name = str(spec.get("name", key))
+    text = name if name == key else f"{key}: {name}"
+    if "threshold" in spec:
+        text += f" (threshold {spec['threshold']})"
+    return text
 
 
 def _cell(cases: list[CaseResult]) -> Text:
