@@ -1,0 +1,280 @@
+"""IRECE: the inference-time defense that re-noises where the standard model sees the concept.
+
+At intervention step t* of the erased model's denoising, the *standard* UNet runs once on the
+current latent x_t with the concept prompt; its cross-attention to the concept's tokens
+(heads and tokens averaged, every attn2 layer upsampled to latent resolution and averaged,
+min-max normalised per image, thresholded at tau) gives a mask M; the latent becomes
+x*_t = (1 - M) * x_t + M * xi_t. Where the erased model was drawing the concept, it starts
+again from noise. DESIGN.md section 6.
+
+`IRECE` is a diffusers `callback_on_step_end`: it plugs into any StableDiffusionPipeline without
+subclassing and costs one conditional standard-UNet forward (batch B, no CFG doubling) per
+intervention step, never a second denoising loop.
+
+Choices the paper leaves open, made here:
+
+* **Which latent.** `callback_on_step_end(pipe, i, t_i, ...)` runs after step i and returns the
+  latent that step i+1 denoises at timestep `timesteps[i+1]`. Intervention step k therefore
+  acts in the callback of step k-1 and gives the standard UNet `timesteps[k]`: the timestep of
+  the latent it sees. Step 0's input (the initial noise) cannot be intervened on; a fractional
+  t* is clamped into [1, N - n_steps], a step index out of that range is an error.
+* **t\\* as a fraction** counts from the first (noisiest) step: 0.2 at 25 steps is step 5.
+* **What N(0, I) means at step k.** In SD's variance-preserving frame (DDIM, DDPM, PNDM:
+  `init_noise_sigma` = 1) x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps has unit variance at every t,
+  and xi_t ~ N(0, I) is exactly the paper's noise. Sigma-parameterised schedulers (Euler, LMS:
+  `init_noise_sigma` > 1) carry x_t = x_0 + sigma_t eps instead; the same noise in their frame is
+  sqrt(sigma_t^2 + 1) * N(0, I), which is 1 / the factor `scheduler.scale_model_input` applies at
+  t. We scale xi by that, read from the scheduler itself, not by `init_noise_sigma` (the scale
+  at t = T only, far too loud at later steps). For DDIM the scale is exactly 1.
+* **Noise seeding.** xi is drawn on the CPU in float32 from generators seeded by (seed, step),
+  then moved to the latents' device and dtype: identical on CPU and CUDA. `seed` may be one int
+  (one generator for the batch) or one int per image (each image's noise independent of its
+  batch mates, so batching does not change an image).
+* **Replacement.** For a binary mask the formula equals `torch.where(M, xi, x)`, which we use:
+  entries outside the mask are bit-identical to the undefended latent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from pytest_erasure.attention import CrossAttentionCapture
+from pytest_erasure.errors import ErasureInputError
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+FLAT_RELATIVE = 1e-5
+"""A map whose max - min is below this fraction of its magnitude has no contrast: no mask.
+Upsampling and averaging a constant map leave float32 rounding of a few ulps (~1e-7)."""
+
+
+def concept_conditioning(
+    standard_pipe: StableDiffusionPipeline, prompt: str, term: str
+) -> tuple[torch.Tensor, list[int]]:
+    """The mask prompt's (1, 77, D) embeddings from the standard text encoder, and the
+    positions of the concept term's tokens in it (every occurrence)."""
+    import torch
+
+    tokenizer = standard_pipe.tokenizer
+    prompt_ids = tokenizer(prompt, padding="max_length", max_length=tokenizer.model_max_length,
+                           truncation=True).input_ids
+    term_ids = tokenizer(term, add_special_tokens=False).input_ids
+    if not term_ids:
+        raise ErasureInputError("IRECE concept term", f"'{term}' has no tokens",
+                                "give the concept's word or phrase as it appears in its prompt")
+    n = len(term_ids)
+    indices = [i + j for i in range(len(prompt_ids) - n + 1)
+               if prompt_ids[i:i + n] == term_ids for j in range(n)]
+    if not indices:
+        raise ErasureInputError(
+            f"IRECE mask prompt '{prompt}'",
+            f"does not contain the concept term '{term}' (within its first "
+            f"{tokenizer.model_max_length} tokens)",
+            f"use a prompt that names the concept, e.g. 'a photo of a {term}'",
+        )
+    with torch.no_grad():
+        embeds, _ = standard_pipe.encode_prompt(
+            prompt, standard_pipe._execution_device, 1, do_classifier_free_guidance=False
+        )
+    return embeds, indices
+
+
+def irece_mask(maps: list[torch.Tensor], latent_hw: tuple[int, int], tau: float) -> torch.Tensor:
+    """(B, 1, H, W) binary float mask from per-layer attention maps (B, h, w).
+
+    Each map is bilinearly upsampled to the latent's (H, W), the layers are averaged, each image
+    is min-max normalised and thresholded `>= tau`. An image whose averaged map has no contrast
+    (all zero, constant) gets an empty mask whatever tau is: there is nowhere to point at.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if not maps:
+        raise ValueError("irece_mask needs at least one attention map")
+    height, width = int(latent_hw[0]), int(latent_hw[1])
+    total = None
+    for layer_map in maps:
+        if layer_map.ndim != 3:
+            raise ValueError(f"attention maps are (B, h, w); got shape {tuple(layer_map.shape)}")
+        up = F.interpolate(layer_map.float()[:, None], size=(height, width), mode="bilinear",
+                           align_corners=False)
+        total = up if total is None else total + up
+    assert total is not None
+    mean = total / len(maps)
+    flat = mean.flatten(1)
+    low = flat.min(dim=1).values.view(-1, 1, 1, 1)
+    high = flat.max(dim=1).values.view(-1, 1, 1, 1)
+    span = high - low
+    contrast = span > FLAT_RELATIVE * torch.maximum(high.abs(), low.abs())
+    normalised = (mean - low) / torch.where(contrast, span, torch.ones_like(span))
+    return ((normalised >= tau) & contrast).float()
+
+
+def resolve_steps(t_star: float | int, n_steps: int, num_inference_steps: int) -> list[int]:
+    """Indices of the denoising steps whose input latent IRECE replaces (see module docstring)."""
+    if num_inference_steps < 2:
+        raise ErasureInputError("--steps", f"is {num_inference_steps}",
+                                "IRECE acts between steps: give at least 2 denoising steps")
+    if n_steps < 1:
+        raise ErasureInputError("--irece-steps", f"is {n_steps}", "give a whole number >= 1")
+    last_start = num_inference_steps - n_steps
+    if last_start < 1:
+        raise ErasureInputError(
+            "--irece-steps", f"{n_steps} intervention steps do not fit in {num_inference_steps} "
+            "denoising steps (the first step's input cannot be replaced)",
+            f"give at most {num_inference_steps - 1}")
+    if t_star < 0:
+        raise ErasureInputError("--irece-t-star", f"is {t_star}",
+                                "give a fraction in [0, 1) or a step index >= 1")
+    if t_star < 1:
+        start = min(max(round(t_star * num_inference_steps), 1), last_start)
+    else:
+        if t_star != int(t_star):
+            raise ErasureInputError("--irece-t-star", f"is {t_star}",
+                                    "give a fraction below 1 or a whole step index")
+        start = int(t_star)
+        if start > last_start:
+            raise ErasureInputError(
+                "--irece-t-star",
+                f"step {start} (+{n_steps - 1} more) is past the last step of "
+                f"{num_inference_steps}",
+                f"give a step index between 1 and {last_start} or a fraction")
+    return list(range(start, start + n_steps))
+
+
+class IRECE:
+    """IRECE as a diffusers `callback_on_step_end`.
+
+    >>> irece = IRECE(standard.unet, *concept_conditioning(standard, "a circle", "circle"),
+    ...               num_inference_steps=25)
+    >>> erased(prompt, num_inference_steps=25, callback_on_step_end=irece,
+    ...        callback_on_step_end_tensor_inputs=irece.tensor_inputs)
+
+    The standard UNet may be the erased pipeline's own UNet object (one model, for benchmarks):
+    capture processors are swapped in only around IRECE's own forward. `masks` collects the
+    (B, 1, H, W) masks applied, on the CPU, in call order; `reset()` clears it.
+    """
+
+    tensor_inputs = ["latents"]
+
+    def __init__(
+        self,
+        standard_unet: Any,
+        concept_embeds: torch.Tensor,
+        token_indices: Sequence[int],
+        *,
+        num_inference_steps: int,
+        t_star: float | int = 0.2,
+        tau: float = 0.4,
+        n_steps: int = 1,
+        resolutions: tuple[int, ...] | None = None,
+        seed: int | Sequence[int] = 0,
+    ) -> None:
+        if not 0 <= tau <= 1:
+            raise ErasureInputError("--irece-tau", f"is {tau}", "give a number between 0 and 1")
+        if concept_embeds.ndim != 3 or concept_embeds.shape[0] != 1:
+            raise ValueError(
+                f"concept_embeds must be (1, 77, D); got {tuple(concept_embeds.shape)}")
+        if not token_indices:
+            raise ValueError("token_indices is empty: IRECE needs the concept's token positions")
+        self.standard_unet = standard_unet
+        self.concept_embeds = concept_embeds
+        self.token_indices = [int(i) for i in token_indices]
+        self.num_inference_steps = num_inference_steps
+        self.t_star = t_star
+        self.tau = tau
+        self.n_steps = n_steps
+        self.resolutions = None if resolutions is None else tuple(int(r) for r in resolutions)
+        self.seed = seed
+        self.steps = resolve_steps(t_star, n_steps, num_inference_steps)
+        self.masks: list[torch.Tensor] = []
+        self.layers: dict[str, tuple[int, int]] = {}
+        """The attn2 layers the last mask was built from, with their map sizes."""
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-able settings for reports."""
+        return {
+            "t_star": self.t_star,
+            "intervention_steps": list(self.steps),
+            "num_inference_steps": self.num_inference_steps,
+            "tau": self.tau,
+            "n_steps": self.n_steps,
+            "resolutions": list(self.resolutions) if self.resolutions is not None else "all",
+            "token_indices": list(self.token_indices),
+            "seed": self.seed if isinstance(self.seed, int) else list(self.seed),
+            "noise": "N(0, I) in the model-input frame (1 / scale_model_input factor at t)",
+        }
+
+    def reset(self) -> None:
+        self.masks = []
+        self.layers = {}
+
+    def __call__(
+        self, pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        step = step_index + 1
+        if step not in self.steps:
+            return callback_kwargs
+        timesteps = pipe.scheduler.timesteps
+        if len(timesteps) != self.num_inference_steps:
+            raise ValueError(
+                f"IRECE was built for {self.num_inference_steps} steps but the pipeline runs "
+                f"{len(timesteps)} timesteps: pass the same num_inference_steps to both"
+            )
+        latents = callback_kwargs["latents"]
+        callback_kwargs["latents"] = self.intervene(pipe.scheduler, latents, timesteps[step], step)
+        return callback_kwargs
+
+    def intervene(self, scheduler: Any, latents: torch.Tensor, timestep: Any,
+                  step: int) -> torch.Tensor:
+        """x*_t for the latents (B, C, H, W) that are about to be denoised at `timestep`."""
+        import torch
+
+        batch, _, height, width = latents.shape
+        unet = self.standard_unet
+        model_input = scheduler.scale_model_input(latents, timestep)
+        embeds = self.concept_embeds.to(device=unet.device, dtype=unet.dtype)
+        capture = CrossAttentionCapture(unet, self.token_indices, (height, width),
+                                        resolutions=self.resolutions)
+        with torch.no_grad(), capture:
+            unet(model_input.to(device=unet.device, dtype=unet.dtype), timestep,
+                 encoder_hidden_states=embeds.expand(batch, -1, -1), return_dict=False)
+        if not capture.maps:
+            raise ErasureInputError(
+                "--irece-resolutions", f"{list(self.resolutions or ())} match no attn2 layer",
+                "choose among the map sizes of this model at this resolution "
+                "(64, 32, 16, 8 for SD v1.4 at 512x512) or leave it unset")
+        self.layers = {name: tuple(m.shape[1:]) for name, m in capture.maps.items()}
+        mask = irece_mask(list(capture.maps.values()), (height, width), self.tau)
+        self.masks.append(mask.cpu())
+        noise = self._noise(latents.shape, step) * _noise_scale(scheduler, timestep)
+        noise = noise.to(device=latents.device, dtype=latents.dtype)
+        return torch.where(mask.to(latents.device).bool(), noise, latents)
+
+    def _noise(self, shape: torch.Size, step: int) -> torch.Tensor:
+        import torch
+
+        def draw(seed: int, size: tuple[int, ...]) -> torch.Tensor:
+            # Distinct stream per (seed, step); deterministic across processes and devices.
+            generator = torch.Generator("cpu").manual_seed((seed * 1_000_003 + step) % 2**63)
+            return torch.randn(size, generator=generator, dtype=torch.float32)
+
+        if isinstance(self.seed, int):
+            return draw(self.seed, tuple(shape))
+        seeds = list(self.seed)
+        if len(seeds) != shape[0]:
+            raise ValueError(f"IRECE has {len(seeds)} per-image seeds for a batch of {shape[0]}")
+        return torch.stack([draw(s, tuple(shape[1:])) for s in seeds])
+
+
+def _noise_scale(scheduler: Any, timestep: Any) -> float:
+    """1 / the input scaling the scheduler applies at `timestep`: 1 for DDIM, sqrt(sigma^2+1)
+    for Euler/LMS. scale_model_input is linear, so feeding it a one reads the factor off."""
+    import torch
+
+    one = torch.ones(1, dtype=torch.float32)
+    factor = float(scheduler.scale_model_input(one, timestep).reshape(-1)[0])
+    return 1.0 / factor
