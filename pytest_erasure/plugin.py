@@ -121,7 +121,9 @@ def _explicit(config: pytest.Config) -> bool:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("erasure", "concept-erasure audit (pytest-erasure)")
     for option in OPTIONS:
-        kwargs: dict[str, Any] = {"dest": option.dest, "default": None, "help": option.help}
+        # argparse %-formats help strings.
+        kwargs: dict[str, Any] = {"dest": option.dest, "default": None,
+                                  "help": option.help.replace("%", "%%")}
         if option.action:
             kwargs["action"] = option.action
         elif option.type is not str:
@@ -131,7 +133,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for option in iter_options(registry()):
         group.addoption(f"--{option.name}", dest=_scenario_dest(option), default=None,
                         type=option.type if option.type is not bool else None,
-                        help=f"{option.help} (default: {option.default})")
+                        help=f"{option.help} (default: {option.default})".replace("%", "%%"))
         parser.addini(_scenario_dest(option), f"{option.help} (ini twin of --{option.name})",
                       default=None)
 
