@@ -250,7 +250,8 @@ class IRECE:
         self.layers = {name: tuple(m.shape[1:]) for name, m in capture.maps.items()}
         mask = irece_mask(list(capture.maps.values()), (height, width), self.tau)
         self.masks.append(mask.cpu())
-        noise = self._noise(latents.shape, step) * _noise_scale(scheduler, timestep)
+        noise = self._noise(latents.shape, step) * _noise_scale(scheduler, timestep,
+                                                                latents.device)
         noise = noise.to(device=latents.device, dtype=latents.dtype)
         return torch.where(mask.to(latents.device).bool(), noise, latents)
 
@@ -270,11 +271,12 @@ class IRECE:
         return torch.stack([draw(s, tuple(shape[1:])) for s in seeds])
 
 
-def _noise_scale(scheduler: Any, timestep: Any) -> float:
+def _noise_scale(scheduler: Any, timestep: Any, device: Any = "cpu") -> float:
     """1 / the input scaling the scheduler applies at `timestep`: 1 for DDIM, sqrt(sigma^2+1)
-    for Euler/LMS. scale_model_input is linear, so feeding it a one reads the factor off."""
+    for Euler/LMS. scale_model_input is linear, so feeding it a one reads the factor off (on
+    the latents' device: the scheduler's sigmas live there)."""
     import torch
 
-    one = torch.ones(1, dtype=torch.float32)
+    one = torch.ones(1, dtype=torch.float32, device=device)
     factor = float(scheduler.scale_model_input(one, timestep).reshape(-1)[0])
     return 1.0 / factor

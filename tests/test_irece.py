@@ -321,6 +321,20 @@ def test_noise_scale_follows_the_scheduler(erased):
     assert _noise_scale(euler, euler.timesteps[2]) == pytest.approx((sigma**2 + 1) ** 0.5)
 
 
+def test_sigma_scheduler_gets_noise_at_its_own_scale(erased, standard):
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    euler = EulerDiscreteScheduler.from_config(erased.scheduler.config)
+    pipe = StableDiffusionPipeline(**{**erased.components, "scheduler": euler})
+    irece = make_irece(standard, t_star=1)
+    _, defended = generate(pipe, irece)
+    mask = irece.masks[0].bool().expand_as(defended[0])
+    sigma = float(euler.sigmas[1])
+    replaced = defended[0][mask]
+    assert replaced.numel() > 100
+    assert float(replaced.std()) == pytest.approx((sigma**2 + 1) ** 0.5, rel=0.25)
+
+
 # ---------------------------------------------------------------- full-size SD v1.4 UNet
 
 
