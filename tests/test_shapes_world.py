@@ -1,0 +1,142 @@
+"""The shipped shapes world: every artefact loads through its real loading path and still shows
+the numbers fixtures/shapes/README.md reports (on a small sample, so CI stays fast)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+WORLD = ROOT / "fixtures" / "shapes"
+for p in (str(WORLD), str(ROOT)):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("diffusers")
+
+SHIPPED = ["standard", "detector", "references", "erased", "README.md", "measurements.json"]
+MAX_BYTES = 40 * 1024 * 1024
+N_CRR = 16
+
+pytestmark = pytest.mark.skipif(not (WORLD / "standard" / "model_index.json").exists(),
+                                reason="shapes world not built (python fixtures/shapes/build.py)")
+
+
+@pytest.fixture(scope="module")
+def measure():
+    torch.set_num_threads(2)
+    import measure as m
+
+    return m
+
+
+@pytest.fixture(scope="module")
+def detector(measure):
+    from pytest_erasure.detectors.base import DetectorSpec, build_detector
+
+    return build_detector(DetectorSpec("shapes", WORLD / "detector"), "cpu")
+
+
+@pytest.fixture(scope="module")
+def standard(measure):
+    return measure.load_pipeline(WORLD / "standard")
+
+
+def test_shipped_total_is_at_most_40_mb():
+    total = 0
+    for name in SHIPPED:
+        path = WORLD / name
+        assert path.exists(), f"missing shipped artefact {path}"
+        files = [path] if path.is_file() else [f for f in path.rglob("*") if f.is_file()]
+        total += sum(f.stat().st_size for f in files)
+    assert total <= MAX_BYTES, f"shipped {total / 2**20:.1f} MB > 40 MB"
+
+
+def test_references_are_16_pngs_of_32px_per_concept():
+    from PIL import Image
+    from render import SHAPES
+
+    for shape in SHAPES:
+        pngs = sorted((WORLD / "references" / shape).glob("*.png"))
+        assert [p.name for p in pngs] == [f"{i:02d}.png" for i in range(16)], shape
+        for p in pngs:
+            with Image.open(p) as im:
+                assert im.size == (32, 32) and im.mode == "RGB"
+
+
+def test_detector_config_and_description(detector):
+    cfg = json.loads((WORLD / "detector" / "config.json").read_text())
+    assert cfg["labels"] == ["circle", "square", "triangle", "star", "cross", "heart", "none"]
+    d = detector.describe()
+    assert d["threshold"] == 0.5 and len(d["sha256"]) == 64 and d["labels"] == cfg["labels"]
+
+
+def test_detector_unknown_label_is_an_input_error(detector):
+    from pytest_erasure.errors import ErasureInputError
+
+    with pytest.raises(ErasureInputError, match="hexagon.*circle"):
+        detector.detect(torch.zeros(1, 3, 32, 32), "hexagon")
+
+
+def test_detector_on_fresh_heldout_renders(detector):
+    from render import LABELS, render_class
+
+    for k, label in enumerate(LABELS):
+        imgs = torch.from_numpy(render_class(label, 40, 4242 + k)).permute(0, 3, 1, 2) / 255
+        if label != "none":
+            # any input size is accepted: a 64x64 upsample must be judged like the 32x32 image
+            imgs = torch.nn.functional.interpolate(imgs, scale_factor=2, mode="nearest")
+            acc = sum(detector.detect(imgs, label).present) / len(imgs)
+        else:
+            acc = sum(p == "none" for p in detector.classify(imgs)) / len(imgs)
+        assert acc >= 0.95, f"{label}: {acc:.0%} on held-out renders"
+
+
+def test_standard_pipeline_loads_offline_and_draws_circles(measure, standard, detector):
+    assert type(standard).__name__ == "StableDiffusionPipeline"
+    assert standard.unet.dtype == torch.float32
+    imgs = measure.generate(standard, "a circle", range(N_CRR))
+    assert imgs.shape == (N_CRR, 3, 32, 32)
+    assert measure.crr(detector, imgs, "circle") >= 0.80
+
+
+@pytest.mark.parametrize("name", ["uce-circle", "esd-x-circle"])
+def test_erased_folder_loads_and_circle_is_erased(measure, detector, name):
+    pipe = measure.load_pipeline(WORLD / "erased" / name)
+    imgs = measure.generate(pipe, "a circle", range(N_CRR))
+    assert measure.crr(detector, imgs, "circle") <= 0.35
+
+
+@pytest.mark.parametrize("name,expected", [("uce-circle", "attn2.to_k|attn2.to_v"),
+                                           ("esd-x-circle", "attn2.")])
+def test_erased_tensors_load_onto_standard_unet(measure, detector, name, expected):
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(WORLD / "erased" / f"{name}.safetensors"))
+    assert all(any(e in k for e in expected.split("|")) for k in tensors), name
+    pipe = measure.load_pipeline(WORLD / "standard")
+    n_attn2 = sum(1 for k in pipe.unet.state_dict() if ".attn2." in k)
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items() if k in tensors}
+    missing, unexpected = pipe.unet.load_state_dict(
+        {k: v.float() for k, v in tensors.items()}, strict=False)
+    assert not unexpected
+    replaced = len(pipe.unet.state_dict()) - len(missing)
+    assert replaced == len(tensors) > 0
+    if name.startswith("uce"):
+        assert len(tensors) == 2 * n_attn2 // 5  # to_q, to_k, to_v, to_out.0.w/b per attn2
+    else:
+        assert len(tensors) == n_attn2
+    assert any(not torch.equal(before[k], pipe.unet.state_dict()[k]) for k in tensors)
+    imgs = measure.generate(pipe, "a circle", range(N_CRR))
+    assert measure.crr(detector, imgs, "circle") <= 0.35
+
+
+def test_measurements_recorded():
+    r = json.loads((WORLD / "measurements.json").read_text())
+    assert r["protocol"]["samples_per_concept"] == 64
+    assert set(r["text_crr"]) >= {"standard", "uce-circle", "esd-x-circle",
+                                  "uce-circle.safetensors", "esd-x-circle.safetensors"}
