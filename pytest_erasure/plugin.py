@@ -152,11 +152,21 @@ def pytest_configure(config: pytest.Config) -> None:
         # Never reach a model hub unless the user opts in: weights come from local paths only.
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-    if not state.is_worker and _explicit(config):
-        try:
-            state.session()
-        except ErasureInputError as exc:
-            raise pytest.UsageError(str(exc)) from None
+    device = config.getoption("erasure_device") or config.getini("erasure_device") or "cpu"
+    try:
+        if state.is_worker:
+            from pytest_erasure.devices import pin_worker
+
+            pin_worker(config.workerinput["workerid"], str(device))  # type: ignore[attr-defined]
+        else:
+            from pytest_erasure.devices import check_worker_count
+
+            workers = getattr(config.option, "numprocesses", None)
+            check_worker_count(workers if isinstance(workers, int) else 0, str(device))
+            if _explicit(config):
+                state.session()
+    except ErasureInputError as exc:
+        raise pytest.UsageError(str(exc)) from None
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(state), "erasure-xdist")
 
