@@ -194,6 +194,14 @@ class IRECE:
         self.layers: dict[str, tuple[int, int]] = {}
         """The attn2 layers the last mask was built from, with their map sizes."""
 
+    @classmethod
+    def for_concept(cls, standard_pipe: StableDiffusionPipeline, prompt: str, term: str,
+                    **settings: Any) -> IRECE:
+        """IRECE with the standard pipeline's UNet and the mask prompt's conditioning, e.g.
+        `IRECE.for_concept(standard, concept.texts()[0], concept.term, num_inference_steps=25)`."""
+        embeds, indices = concept_conditioning(standard_pipe, prompt, term)
+        return cls(standard_pipe.unet, embeds, indices, **settings)
+
     def describe(self) -> dict[str, Any]:
         """JSON-able settings for reports."""
         return {

@@ -197,10 +197,9 @@ def generate(pipe, callback=None, seed=0, **kwargs):
 
 
 def make_irece(standard, **kwargs):
-    embeds, tokens = concept_conditioning(standard, "a red circle", "circle")
     kwargs.setdefault("num_inference_steps", STEPS)
     kwargs.setdefault("t_star", 2)
-    return IRECE(standard.unet, embeds, tokens, **kwargs)
+    return IRECE.for_concept(standard, "a red circle", "circle", **kwargs)
 
 
 def test_concept_conditioning(standard):
