@@ -61,7 +61,7 @@ class AuditSession:
         self.scenarios = scenarios if scenarios is not None else registry()
         self.cache = Cache(config.cache_dir)
         self._models = models
-        self._detectors: dict[Any, Detector] = {}
+        self._detectors: dict[str, Detector] = {}
         self._references: dict[str, torch.Tensor] = {}
         self._irece_conditioning: dict[str, Any] = {}
         self.results: dict[str, CaseResult] = {}
@@ -214,8 +214,7 @@ class AuditSession:
         return torch.stack([o[0] for o in ordered]), [o[1] for o in ordered]
 
     def detector(self, concept: Concept) -> Detector:
-        key = (concept.detector.name, str(concept.detector.path),
-               tuple(sorted(concept.detector.options.items())))
+        key = _detector_key(concept)
         if key not in self._detectors:
             self._detectors[key] = build_detector(concept.detector, self.config.device)
         return self._detectors[key]
@@ -388,8 +387,7 @@ class AuditSession:
     def record(self, results: list[CaseResult] | None = None) -> AuditRecord:
         detectors = {}
         for concept in self.concepts.concepts.values():
-            key = (concept.detector.name, str(concept.detector.path),
-                   tuple(sorted(concept.detector.options.items())))
+            key = _detector_key(concept)
             if key in self._detectors:
                 detectors[concept.name] = self._detectors[key].describe()
         return AuditRecord(
@@ -398,6 +396,12 @@ class AuditSession:
             detectors=detectors, versions=versions(),
             cases=results if results is not None else list(self.results.values()),
             finished=_now())
+
+
+def _detector_key(concept: Concept) -> str:
+    """Concepts that ask for the same detector share one instance (options may hold lists)."""
+    spec = concept.detector
+    return digest({"name": spec.name, "path": str(spec.path), "options": spec.options})
 
 
 def _input_key(item: GenerationInput) -> dict[str, Any]:
