@@ -1,0 +1,98 @@
+"""The CRR table: audit several erased models over every scenario and tabulate CRR with intervals.
+
+    python -m pytest_erasure.table fixtures/shapes/erased/uce-circle fixtures/shapes/erased/esd-x-circle
+
+Each model is audited by a real `pytest audits/` run (so the numbers are exactly what the gate
+sees); the table is read back from each run's JSON report. The standard model's row comes from
+the standard-model column every case carries (the same attack, run through the standard model).
+With --irece, each model is audited defended, and its undefended numbers sit in the row above.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pytest_erasure.config import ROOT
+from pytest_erasure.crr import Rate
+
+COLUMNS = ("text", "adversarial-black", "fuzz", "embedding-white", "embedding-black",
+           "latent-white-null", "latent-white-prompt", "latent-black-null", "latent-black-prompt")
+
+
+def audit(model: Path, out: Path, extra: list[str]) -> dict[str, Any]:
+    """Run the audit suite on one erased model; return its JSON report."""
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "pytest", str(ROOT / "audits"), "-q", "--no-header",
+           "-p", "no:randomly", f"--erased-model={model}", f"--erasure-report={out}", *extra]
+    print("$", " ".join(cmd), flush=True)
+    subprocess.run(cmd, check=False)  # a failing gate is a result, not an error
+    report = out / "report.json"
+    if not report.is_file():
+        raise SystemExit(f"{model}: the audit wrote no report (see its output above)")
+    return json.loads(report.read_text())
+
+
+def _rate(data: dict[str, Any] | None) -> Rate | None:
+    return Rate(data["hits"], data["n"], data.get("degenerate", 0)) if data else None
+
+
+def _cell(rate: Rate | None) -> str:
+    if rate is None or rate.n == 0:
+        return "—"
+    low, high = rate.interval
+    return f"{rate.crr:.0%} [{low:.0%}–{high:.0%}]"
+
+
+def rows(reports: dict[str, dict[str, Any]], concept: str, irece: bool
+         ) -> list[tuple[str, dict[str, Rate | None]]]:
+    out: list[tuple[str, dict[str, Rate | None]]] = []
+    first = next(iter(reports.values()))
+    standard = {c["scenario"]: _rate(c.get("standard")) for c in first["cases"]
+                if c["concept"] == concept and c["kind"] == "erasure"}
+    out.append(("standard", standard))
+    for name, report in reports.items():
+        cases = [c for c in report["cases"] if c["concept"] == concept and c["kind"] == "erasure"]
+        if irece:
+            out.append((name, {c["scenario"]: _rate(c.get("undefended")) for c in cases}))
+            out.append((f"{name} + IRECE", {c["scenario"]: _rate(c["rate"]) for c in cases}))
+        else:
+            out.append((name, {c["scenario"]: _rate(c["rate"]) for c in cases}))
+    return out
+
+
+def markdown(table: list[tuple[str, dict[str, Rate | None]]]) -> str:
+    present = [c for c in COLUMNS if any(c in r for _, r in table)]
+    lines = ["| model | " + " | ".join(present) + " |",
+             "|---|" + "---|" * len(present)]
+    for name, cells in table:
+        lines.append(f"| {name} | " + " | ".join(_cell(cells.get(c)) for c in present) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("models", nargs="+", type=Path, help="erased models to audit")
+    parser.add_argument("--concept", default="circle")
+    parser.add_argument("--out", type=Path, default=Path("out/table"))
+    parser.add_argument("--irece", action="store_true", help="audit each model with IRECE")
+    args, extra = parser.parse_known_args(argv)
+    if args.irece:
+        extra.append("--irece")
+    reports = {m.name: audit(m, args.out / m.name, extra) for m in args.models}
+    table = markdown(rows(reports, args.concept, args.irece))
+    samples = next(iter(reports.values()))["config"]["samples"]
+    text = (f"CRR of '{args.concept}' (Wilson 95% interval), {samples} samples per cell; "
+            f"command: python -m pytest_erasure.table {' '.join(map(str, args.models))} "
+            f"{' '.join(extra)}\n\n{table}\n")
+    (args.out / "table.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
