@@ -1,0 +1,185 @@
+"""Reading weight files a user hands us: hashing, safe loading, and the errors both can raise.
+
+Everything here treats files as untrusted: pickles load only through `torch.load(weights_only=True)`
+(which refuses any object that is not a tensor or a plain container), safetensors are parsed by the
+safetensors library, and any failure becomes an `ErasureInputError` that names the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pytest_erasure.errors import ErasureInputError
+
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+# Files besides weights whose content changes what a folder loads as (configs, tokenizer).
+CONFIG_SUFFIXES = (".json", ".txt", ".model")
+
+_HASHES: dict[tuple[str, int, int], str] = {}
+# The last state dict read, so detecting a format and loading it read a pickle once.
+_LAST: dict[tuple[str, int, int], dict[str, Any]] = {}
+
+
+def _stat_key(path: Path) -> tuple[str, int, int]:
+    resolved = path.resolve()
+    stat = resolved.stat()
+    return str(resolved), stat.st_size, stat.st_mtime_ns
+
+
+def forget() -> None:
+    """Drop the remembered state dict (call once loading is done, to free its memory)."""
+    _LAST.clear()
+
+
+def sha256(path: Path) -> str:
+    """sha256 of a file, computed once per (path, size, mtime) in this process."""
+    key = _stat_key(path)
+    resolved = Path(key[0])
+    if key not in _HASHES:
+        digest = hashlib.sha256()
+        try:
+            with open(resolved, "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+        except OSError as error:
+            raise ErasureInputError(str(path), f"cannot be read ({error.strerror})",
+                                    "check the file's permissions") from error
+        _HASHES[key] = digest.hexdigest()
+    return _HASHES[key]
+
+
+def hash_files(paths: Iterable[Path]) -> dict[str, str]:
+    """{path: sha256} for the given files, in sorted order (JSON-able)."""
+    return {str(p): sha256(p) for p in sorted(paths)}
+
+
+def folder_files(folder: Path, subfolders: Iterable[str] | None = None) -> list[Path]:
+    """Weight and config files of a model folder (optionally only some component subfolders)."""
+    roots = [folder] if subfolders is None else [folder / s for s in subfolders]
+    found: list[Path] = []
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for path in root.rglob("*"):
+            hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
+            if path.is_file() and not hidden and path.suffix in WEIGHT_SUFFIXES + CONFIG_SUFFIXES:
+                found.append(path)
+    if subfolders is not None and (folder / "model_index.json").is_file():
+        found.append(folder / "model_index.json")
+    return sorted(found)
+
+
+def require_readable(path: Path, what: str) -> None:
+    """Refuse a missing, empty or unreadable path before any loader sees it."""
+    if not path.exists():
+        raise ErasureInputError(f"{what} {path}", "does not exist",
+                                "give the path of a local model (nothing is downloaded)")
+    if not os.access(path, os.R_OK):
+        raise ErasureInputError(f"{what} {path}", "is not readable", "check its permissions")
+    if path.is_dir():
+        if not any(path.iterdir()):
+            raise ErasureInputError(f"{what} {path}", "is an empty folder",
+                                    "give a folder that holds the model's files")
+    elif path.stat().st_size == 0:
+        raise ErasureInputError(f"{what} {path}", "is an empty file",
+                                "the download or copy is incomplete; fetch the file again")
+
+
+def is_safetensors(path: Path) -> bool:
+    """A safetensors file starts with an 8-byte little-endian header length, then '{'."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") > 1
+
+
+def safetensors_keys(path: Path) -> list[str]:
+    """Tensor names from a safetensors header, without reading the tensors."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return list(handle.keys())
+    except Exception as error:  # safetensors raises its own error types for every corruption
+        raise ErasureInputError(str(path), f"is not a valid safetensors file ({_first_line(error)})",
+                                "the file is truncated or corrupt; fetch it again") from error
+
+
+def read_state_dict(path: Path) -> dict[str, Any]:
+    """A weight file's tensors: safetensors by content, anything else as a weights-only pickle.
+
+    Nested dicts are kept (Receler's file is a dict of dicts); a top-level `state_dict` wrapper
+    (Lightning/LDM checkpoints) is unwrapped.
+    """
+    key = _stat_key(path)
+    if key not in _LAST:
+        _LAST.clear()
+        _LAST[key] = _read(path)
+    return _LAST[key]
+
+
+def _read(path: Path) -> dict[str, Any]:
+    if is_safetensors(path):
+        from safetensors.torch import load_file
+
+        try:
+            loaded: Any = load_file(str(path))
+        except Exception as error:
+            raise ErasureInputError(
+                str(path), f"is not a valid safetensors file ({_first_line(error)})",
+                "the file is truncated or corrupt; fetch it again") from error
+    else:
+        loaded = _load_pickle(path)
+    while isinstance(loaded, Mapping) and "state_dict" in loaded and isinstance(
+            loaded["state_dict"], Mapping):
+        loaded = loaded["state_dict"]
+    if not isinstance(loaded, Mapping) or not loaded:
+        raise ErasureInputError(str(path), "holds no tensors (not a state dict)",
+                                "give a file saved with torch.save(state_dict) or safetensors")
+    return dict(loaded)
+
+
+def _load_pickle(path: Path) -> Any:
+    import pickle
+    import zipfile
+
+    import torch
+
+    try:
+        # A file object, not a path: torch.load picks a reader by suffix, and names lie.
+        with open(path, "rb") as handle:
+            return torch.load(handle, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ErasureInputError(
+            str(path), "holds Python objects other than tensors, refused for safety "
+            f"(weights-only unpickling: {_first_line(error)})",
+            "convert it to safetensors where it was made, or re-save only its state dict") from error
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
+        raise ErasureInputError(str(path), f"cannot be read as a weight file ({_first_line(error)})",
+                                "the file is truncated or not a PyTorch/safetensors file") from error
+
+
+def flatten(state: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{"a": {"b": t}} -> {"a.b": t}; non-tensor leaves are dropped."""
+    import torch
+
+    out: dict[str, Any] = {}
+    for key, value in state.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(flatten(value, name + "."))
+        elif isinstance(value, torch.Tensor):
+            out[name] = value
+    return out
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__

@@ -1,0 +1,192 @@
+"""Load the standard and the erased pipeline, from every format erased models are published in.
+
+The standard model is a diffusers folder. The erased model is a full pipeline (folder or single
+file) or an override applied to the standard model (UNet tensors, Receler adapters, a text
+encoder, a LoRA; see `pytest_erasure.formats`). Either way the erased pipeline shares every
+component object that is identical with the standard pipeline (`erased.vae is standard.vae`),
+and overridden components share every unchanged tensor, so memory grows only by what differs.
+
+Nothing is fetched: loads are local-only with the hub forced offline, pickles are read with
+`weights_only=True`, and remote code is never trusted. Every file read is hashed (sha256) into the
+provenance; fingerprints derive from those hashes and key the cache.
+
+This module imports torch and diffusers only inside functions (the plugin must import fast).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_erasure.errors import ErasureInputError
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+DTYPES = ("float32", "float16", "bfloat16")
+# --erased-format values, in the order detection is documented (docs/formats.md).
+FORMATS = ("diffusers", "single-file", "unet", "receler", "text-encoder", "lora")
+
+
+@dataclass
+class LoadedModels:
+    standard: StableDiffusionPipeline
+    erased: StableDiffusionPipeline
+    provenance: dict[str, Any]
+    fingerprints: dict[str, str]
+
+
+def detect_format(path: Path) -> str:
+    """The erased model's format, decided by content (JSON configs, tensor key names)."""
+    from pytest_erasure.formats.detect import detect_format as detect
+
+    return detect(Path(path))
+
+
+def check_device(device: str, dtype: str) -> None:
+    """Refuse a device this machine lacks, or a dtype it cannot run.
+
+    cpu runs float32, bfloat16 and float16 (float16 works on CPU in torch 2.x but is slow and
+    only worth it to reproduce a GPU run's numerics); cuda[:i] needs CUDA and device i, and
+    bfloat16 needs a GPU that supports it; mps needs Apple's backend.
+    """
+    import torch
+
+    if dtype not in DTYPES:
+        raise ErasureInputError("--dtype", f"'{dtype}' is not supported",
+                                f"use one of: {', '.join(DTYPES)}")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ErasureInputError("--device", f"'{device}' is not a torch device",
+                                "use cpu, cuda, cuda:N or mps") from error
+    if parsed.type == "cpu":
+        return
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ErasureInputError("--device", f"'{device}' needs CUDA, which is not available "
+                                    "here", "use --device cpu, or run on a machine with a GPU")
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise ErasureInputError("--device", f"'{device}' does not exist ({count} CUDA "
+                                    f"device{'s' if count != 1 else ''} visible)",
+                                    f"use cuda:0 .. cuda:{count - 1}")
+        if dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
+            raise ErasureInputError("--dtype", f"bfloat16 is not supported on {device}",
+                                    "use --dtype float16 or float32")
+        return
+    if parsed.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ErasureInputError("--device", "'mps' is not available here",
+                                    "use --device cpu (mps needs Apple silicon with macOS 12.3+)")
+        return
+    raise ErasureInputError("--device", f"'{device}' is not supported",
+                            "use cpu, cuda, cuda:N or mps")
+
+
+def force_offline() -> None:
+    """No hub access from here on (local_files_only is passed as well, belt and braces)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    os.environ["DIFFUSERS_OFFLINE"] = "1"
+    try:
+        import huggingface_hub.constants as constants
+
+        constants.HF_HUB_OFFLINE = True
+    except (ImportError, AttributeError):
+        pass
+
+
+def fingerprint(record: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+
+
+def _relative(files: dict[str, str], root: Path) -> dict[str, str]:
+    """{path relative to the model: sha256}, so moving a model keeps its fingerprint."""
+    base = root if root.is_dir() else root.parent
+    return {str(Path(p).relative_to(base)) if Path(p).is_relative_to(base) else Path(p).name: h
+            for p, h in files.items()}
+
+
+def load_models(standard_path: Path, erased_path: Path, *, erased_format: str | None = None,
+                device: str = "cpu", dtype: str = "float32",
+                lora_multiplier: float = 1.0) -> LoadedModels:
+    """Both pipelines, on `device` in `dtype`, with provenance and cache fingerprints."""
+    from pytest_erasure.formats.files import forget, require_readable
+
+    standard_path, erased_path = Path(standard_path), Path(erased_path)
+    if erased_format is not None and erased_format not in FORMATS:
+        raise ErasureInputError("--erased-format", f"'{erased_format}' is not a known format",
+                                f"use one of: {', '.join(FORMATS)}")
+    if not math.isfinite(lora_multiplier):
+        raise ErasureInputError("--lora-multiplier", f"is {lora_multiplier}",
+                                "give a finite number (1.0 applies the LoRA as trained)")
+    check_device(device, dtype)
+    force_offline()
+    require_readable(standard_path, "--standard-model")
+    require_readable(erased_path, "--erased-model")
+    try:
+        return _load(standard_path, erased_path, erased_format, device, dtype, lora_multiplier)
+    finally:
+        forget()
+
+
+def _load(standard_path: Path, erased_path: Path, erased_format: str | None, device: str,
+          dtype: str, lora_multiplier: float) -> LoadedModels:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from pytest_erasure.formats import OVERRIDES, format_module
+    from pytest_erasure.formats.diffusers_folder import load_standard, validate_pipeline_folder
+
+    validate_pipeline_folder(standard_path, "--standard-model")
+    try:
+        detected: str | None = detect_format(erased_path)
+    except ErasureInputError:
+        if erased_format is None:
+            raise
+        detected = None  # the user named the format; their choice is what we load
+    fmt = erased_format or detected
+    assert fmt is not None
+    standard, standard_record = load_standard(standard_path, getattr(torch, dtype), device)
+    with torch.no_grad():
+        overrides, details = format_module(fmt).load(
+            standard, standard_path, erased_path, lora_multiplier=lora_multiplier)
+    components = {**standard.components, **overrides}
+    erased = StableDiffusionPipeline(**{**components, "requires_safety_checker": False})
+    for module in (erased.unet, erased.vae, erased.text_encoder):
+        module.eval()
+    shared = [c for c in COMPONENTS if getattr(erased, c) is getattr(standard, c)]
+    standard_fp = fingerprint({"format": "diffusers",
+                               "files": _relative(standard_record["files"], standard_path)})
+    erased_files = details.pop("files")
+    erased_key: dict[str, Any] = {"format": fmt, "files": _relative(erased_files, erased_path)}
+    if fmt in OVERRIDES:
+        erased_key["standard"] = standard_fp  # an override's result depends on its base
+    if fmt == "lora":
+        erased_key["lora_multiplier"] = lora_multiplier
+    erased_record: dict[str, Any] = {
+        "path": str(erased_path),
+        "format": fmt,
+        "detected_format": detected,
+        "format_forced": erased_format is not None,
+        "files": erased_files,
+        "components_shared": shared,
+        "components_replaced": [c for c in COMPONENTS if c not in shared],
+        **details,
+    }
+    if fmt == "lora":
+        erased_record["lora_multiplier"] = lora_multiplier
+    fingerprints = {"standard": standard_fp, "erased": fingerprint(erased_key)}
+    standard_record["fingerprint"] = fingerprints["standard"]
+    erased_record["fingerprint"] = fingerprints["erased"]
+    provenance = {"standard": standard_record, "erased": erased_record, "device": device,
+                  "dtype": dtype, "offline": True, "safety_checker": None}
+    return LoadedModels(standard=standard, erased=erased, provenance=provenance,
+                        fingerprints=fingerprints)
