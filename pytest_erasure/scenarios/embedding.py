@@ -127,6 +127,7 @@ class EmbeddingScenario(Scenario):
               ) -> tuple[torch.Tensor, dict[str, Any], Path]:
         """(embeds (num_vectors, D), facts, saved file): trained through `role`'s model, or
         read from the cache when the same model, images and budget were seen before."""
+        from pytest_erasure.cache import digest
         from pytest_erasure.textual_inversion import (
             TEMPLATES,
             WEIGHTS_NAME,
@@ -155,8 +156,9 @@ class EmbeddingScenario(Scenario):
         tensors, stored = ctx.cache.tensors("textual-inversion", key, compute)
         embeds = tensors["embeds"]
         folder = ctx.cache.path("textual-inversion-file", key, suffix="")
-        if folder is None:  # caching off: still leave a file to reproduce the case with
-            folder = Path(tempfile.mkdtemp(prefix=f"erasure-ti-{concept.name}-"))
+        if folder is None:  # caching off: still leave a file to reproduce the case with, at a
+            # path fixed by the key so repeated runs overwrite rather than accumulate
+            folder = Path(tempfile.gettempdir()) / "pytest-erasure-embeddings" / digest(key)
         file = folder / WEIGHTS_NAME
         if not file.is_file():
             save_learned_embeds(folder, token, embeds)
@@ -168,8 +170,8 @@ class EmbeddingScenario(Scenario):
             "training_images": source,
             "budget": budget,
             "seed": seed,
-            "initial_loss": sum(losses[:tail]) / tail,
-            "final_loss": sum(losses[-tail:]) / tail,
+            "initial_loss": round(sum(losses[:tail]) / tail, 6),
+            "final_loss": round(sum(losses[-tail:]) / tail, 6),
             "loss_curve": _summary(losses),
             "embedding_norm": float(embeds.norm(dim=-1).mean()),
         }

@@ -76,6 +76,12 @@ LATENT_OPTIONS: tuple[ScenarioOption, ...] = (
 )
 
 LATENT_CACHE_VERSION = 1
+REPORTED = ("mse", "psnr", "vae_psnr", "inversion_psnr", "latent_mse", "latent_variance")
+"""Reconstruction facts in every report (see `inversion.reconstruction_error`)."""
+
+
+def _round(value: float) -> float:
+    return float(f"{value:.5g}")
 
 
 def _scheduler_key(pipe: Any) -> dict[str, Any]:
@@ -180,7 +186,10 @@ class LatentScenario(Scenario):
 
         tensors, facts = ctx.cache.tensors("inversion-reconstruction", key, compute)
         worst = tensors["per_image_mse"]
-        return {**facts, "worst_image_mse": float(worst.max()) if len(worst) else None}
+        summary = {k: _round(facts[k]) for k in REPORTED}
+        summary["worst_image_mse"] = _round(float(worst.max())) if len(worst) else None
+        summary["sampler"] = facts["sampler"]
+        return summary
 
     # -- the plan ------------------------------------------------------------------------------
 
