@@ -157,10 +157,11 @@ def test_latent_plans(tiny_world: dict[str, Path], tmp_path: Path, counted: list
     ctx = context(tiny_world, tmp_path / "cache")
     circle = ctx.concepts.concepts["circle"]  # 4 reference images
     null = scenarios["latent-white-null"].plan(ctx, circle, "erased", 6)
-    assert len(null.inputs) == 6 and len({i.seed for i in null.inputs}) == 6
+    # 4 references: 4 samples, not 6 — a repeated reference would repeat its image.
+    assert len(null.inputs) == 4 and len({i.seed for i in null.inputs}) == 4
     first = null.inputs[0]
     assert first.prompt == "" and first.guidance == 1.0 and first.latents.shape == (4, 16, 16)
-    assert torch.equal(null.inputs[4].latents, first.latents)  # 4 references, cycled
+    assert not torch.equal(null.inputs[1].latents, first.latents)
     facts = null.facts
     assert facts["unique_references"] == 4 and facts["inverted_through"] == "erased"
     assert facts["inversion"] == {"prompt": "", "steps": 4, "guidance": 1.0}

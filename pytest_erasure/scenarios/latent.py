@@ -18,11 +18,10 @@ in two cases:
 A concept without references is inverted from n images the standard model draws for its prompts
 (recorded in `facts["reference_images"]`).
 
-Samples: the first min(n, #references) references are inverted once each and cycled to fill n,
-each sample with its own seed. DDIM with eta 0 is deterministic, so without IRECE repeated
-references give identical images; `facts["unique_references"]` is the effective sample size
-(use at least as many references as --samples for a meaningful interval). Under IRECE, whose
-noise is drawn from the sample's seed, the repeats differ.
+Samples: the first min(n, #references) references are inverted once each, one sample each.
+They are not cycled to fill n: DDIM with eta 0 is deterministic, so a repeated reference would
+repeat its image, and counting it twice would make the CRR interval narrower than the evidence.
+The case's n is the number of distinct references (ship at least --samples of them).
 
 Every plan reports the inversion's own reconstruction error (regenerated through the model it
 was inverted with, with the inversion prompt): a failed inversion is not a successful erasure.
@@ -211,10 +210,10 @@ class LatentScenario(Scenario):
         own = self.reconstruction(ctx, role, latents, inverted_from, inversion, concept.name)
         case = self.reconstruction(ctx, target, latents, references, regeneration,
                                    concept.name)
-        seeds = ctx.seeds(n, f"latent/{concept.name}")
+        seeds = ctx.seeds(unique, f"latent/{concept.name}")
         inputs = [GenerationInput(seed=s, prompt=regeneration["prompt"],
-                                  latents=latents[i % unique], guidance=regeneration["guidance"],
-                                  label=f"inverted ref {i % unique}")
+                                  latents=latents[i], guidance=regeneration["guidance"],
+                                  label=f"inverted ref {i}")
                   for i, s in enumerate(seeds)]
         facts: dict[str, Any] = {
             "reference_images": source,
