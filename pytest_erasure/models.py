@@ -137,8 +137,19 @@ def load_models(standard_path: Path, erased_path: Path, *, erased_format: str | 
         forget()
 
 
+def quiet_libraries() -> None:
+    """Loading bars and the libraries' advisory warnings would bury the audit's own output."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for logging in (diffusers_logging, transformers_logging):
+        logging.set_verbosity_error()
+        logging.disable_progress_bar()
+
+
 def _load(standard_path: Path, erased_path: Path, erased_format: str | None, device: str,
           dtype: str, lora_multiplier: float) -> LoadedModels:
+    quiet_libraries()
     import torch
     from diffusers import StableDiffusionPipeline
 
