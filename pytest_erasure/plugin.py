@@ -76,6 +76,8 @@ class ErasureState:
         """The audit session; ErasureInputError on bad input (the caller turns it into a usage
         error at a point where pytest reports it as one)."""
         if self._session is None:
+            # Before transformers is imported: its advisory warnings would bury the audit's output.
+            os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
             from pytest_erasure.concepts import load_concepts
             from pytest_erasure.session import AuditSession, validate_inputs
 
