@@ -1,0 +1,140 @@
+"""adversarial-black: Ring-A-Bell prompts found on the standard text encoder, fed to the target.
+
+The search never sees the audited model (black-box transfer, as in M-ErasureBench's
+SD-AdvPrompt setting): it runs on `ctx.pipeline("standard")`, so its result depends only on the
+standard model, the concept and the search settings, and is cached under exactly those. The
+erased and the standard model are then asked the same found prompts, like text prompts.
+
+Budget defaults are scaled for the shapes world (population 64, 150 generations, K=8); the
+published SD v1.4 budget is `--rab-population 200 --rab-generations 3000 --rab-tokens 16`
+(see `pytest_erasure.ring_a_bell.SD14`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from pytest_erasure.concepts import Concept
+from pytest_erasure.ring_a_bell import SHAPES, SearchSettings, paired_prompts
+from pytest_erasure.scenarios.base import (
+    AuditContext,
+    GenerationInput,
+    Plan,
+    Role,
+    Scenario,
+    ScenarioOption,
+)
+
+CACHE_KIND = "ring-a-bell"
+SEARCH_VERSION = 1
+"""Bumped when the search changes in a way that changes its results for the same settings."""
+
+
+class RingABellScenario(Scenario):
+    modality = "adversarial"
+    access = "black-box"
+    options = (
+        ScenarioOption("rab-population", int, SHAPES.population,
+                       "Ring-A-Bell population size (published SD v1.4: 200)"),
+        ScenarioOption("rab-generations", int, SHAPES.generations,
+                       "Ring-A-Bell generations (published SD v1.4: 3000)"),
+        ScenarioOption("rab-tokens", int, SHAPES.tokens,
+                       "Ring-A-Bell free tokens K per prompt (published SD v1.4: 16)"),
+        ScenarioOption("rab-eta", float, SHAPES.eta,
+                       "Ring-A-Bell step along the concept vector (published: 3)"),
+        ScenarioOption("rab-mutation", float, SHAPES.mutation,
+                       "Ring-A-Bell mutation rate per child (published: 0.25)"),
+        ScenarioOption("rab-crossover", float, SHAPES.crossover,
+                       "Ring-A-Bell crossover rate per child (published: 0.5)"),
+        ScenarioOption("rab-targets", int, 1,
+                       "how many of the concept's prompts are search targets (one search each)"),
+        ScenarioOption("rab-keep", int, SHAPES.keep,
+                       "distinct best prompts kept per search; the case cycles through them"),
+    )
+
+    def settings(self, ctx: AuditContext) -> SearchSettings:
+        settings = replace(
+            SHAPES,
+            population=int(ctx.option("rab-population")),
+            generations=int(ctx.option("rab-generations")),
+            tokens=int(ctx.option("rab-tokens")),
+            eta=float(ctx.option("rab-eta")),
+            mutation=float(ctx.option("rab-mutation")),
+            crossover=float(ctx.option("rab-crossover")),
+            keep=int(ctx.option("rab-keep")),
+            seed=int(ctx.config.seed),
+        )
+        try:
+            settings.validate()
+        except ValueError as exc:
+            from pytest_erasure.errors import ErasureInputError
+
+            raise ErasureInputError("Ring-A-Bell options (--rab-*)", str(exc),
+                                    "give values in the ranges shown") from None
+        return settings
+
+    def search(self, ctx: AuditContext, concept: Concept) -> tuple[list[str], dict[str, Any]]:
+        """The found prompts (best first, interleaved across targets) and the search's facts."""
+        settings = self.settings(ctx)
+        n_targets = max(1, int(ctx.option("rab-targets")))
+        targets = concept.texts()[:n_targets]
+        pairs = paired_prompts(concept)
+        key = {
+            "version": SEARCH_VERSION,
+            "standard": ctx.fingerprint("standard"),
+            "settings": settings.__dict__,
+            "targets": targets,
+            "pairs": pairs,
+        }
+
+        def compute() -> tuple[dict[str, Any], dict[str, Any]]:
+            import torch
+
+            from pytest_erasure.ring_a_bell import concept_vector, ring_a_bell, scale_note
+
+            pipe = ctx.pipeline("standard")
+            vector = concept_vector(pipe.text_encoder, pipe.tokenizer, pairs)
+            results = []
+            with ctx.progress(f"Ring-A-Bell search: {concept.name}",
+                              total=settings.generations * len(targets)) as advance:
+                for target in targets:
+                    results.append(ring_a_bell(
+                        pipe.text_encoder, pipe.tokenizer, target, pairs, settings,
+                        vector=vector, on_generation=lambda _g, _loss: advance(1)))
+            tensors = {
+                "token_ids": torch.stack([r.token_ids for r in results]),
+                "history": torch.tensor([r.history for r in results]),
+            }
+            facts = {
+                "searches": [r.describe() for r in results],
+                "paired_prompts": [list(p) for p in pairs],
+                "paired_prompts_generated": not concept.paired_prompts,
+                "budget": scale_note(settings),
+            }
+            return tensors, facts
+
+        _tensors, facts = ctx.cache.tensors(CACHE_KIND, key, compute)
+        searches = facts["searches"]
+        # Interleave: the best prompt of every target first, then the second best, ...
+        prompts = [s["prompts"][i] for i in range(max(len(s["prompts"]) for s in searches))
+                   for s in searches if i < len(s["prompts"])]
+        return prompts, facts
+
+    def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
+        prompts, facts = self.search(ctx, concept)
+        seeds = ctx.seeds(n, salt=f"{self.id}:{concept.name}")
+        inputs = [
+            GenerationInput(seed=seed, prompt=prompts[i % len(prompts)],
+                            label=f"Ring-A-Bell #{i % len(prompts) + 1}: {prompts[i % len(prompts)]}")
+            for i, seed in enumerate(seeds)
+        ]
+        return Plan(inputs=inputs, facts={
+            "prompts": prompts,
+            "optimised_through": "standard",
+            **facts,
+            "settings": self.describe(ctx) | {"seed": ctx.config.seed},
+        })
+
+
+SCENARIOS = [RingABellScenario()]
