@@ -16,8 +16,10 @@ Differences from the published notebook, all deliberate:
 - elites are copied unchanged (the notebook mutates its parents in place, so its best loss can
   go up), so the best loss never increases;
 - every random draw comes from one seeded `torch.Generator`: same inputs, same prompts;
-- besides the found token ids we report the loss of their decoded text re-tokenized, since
-  text is what the erased model receives and decoding does not always round-trip.
+- free tokens are drawn from ids that decode to text on their own (no special tokens, no
+  lone UTF-8 byte fragments), and besides the found token ids we report the loss of their
+  decoded text re-tokenized, since text is what the erased model receives and decoding does
+  not always round-trip.
 """
 
 from __future__ import annotations
@@ -164,11 +166,16 @@ def concept_vector(text_encoder: Any, tokenizer: Any, pairs: Sequence[tuple[str,
 
 
 def candidate_ids(tokenizer: Any) -> torch.Tensor:
-    """Every token id except the special ones (<bos>, <eos>, <pad>, <unk>)."""
+    """Token ids a found prompt may use: all but the special ones (<bos>, <eos>, <pad>, <unk>)
+    and the byte fragments that decode to no text on their own (a lone UTF-8 continuation
+    byte decodes to U+FFFD, and the model would receive something else)."""
     import torch
 
     special = set(tokenizer.all_special_ids)
-    return torch.tensor([i for i in range(len(tokenizer)) if i not in special], dtype=torch.long)
+    ids = [i for i in range(len(tokenizer)) if i not in special]
+    texts = tokenizer.batch_decode([[i] for i in ids])
+    keep = [i for i, text in zip(ids, texts, strict=True) if text.strip() and "\ufffd" not in text]
+    return torch.tensor(keep, dtype=torch.long)
 
 
 def genetic_search(
