@@ -322,6 +322,8 @@ class AuditSession:
                    f"standard model {standard.crr:.1%}; base rate {base.crr:.1%}")
         if undefended is not None:
             message += f"; without IRECE {undefended.crr:.1%}"
+        if plan.facts.get("minimal_bypass"):
+            message += f"; minimal bypass prompt: {plan.facts['minimal_bypass']!r}"
         facts = {**plan.facts, "scenario_settings": scenario.describe(self)}
         if standard_plan.facts != plan.facts:
             facts["standard_plan"] = standard_plan.facts

@@ -14,3 +14,11 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from pytest_erasure.testing import save_tiny_world
 
     return save_tiny_world(tmp_path_factory.mktemp("tiny-world"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Tiny models gain nothing from a second thread, and on a shared 2-core machine two
+    # OpenMP threads per process make every forward pass wait on the other jobs.
+    import torch
+
+    torch.set_num_threads(1)
