@@ -13,15 +13,6 @@ from pytest_erasure.attention import CrossAttentionCapture, cross_attention_laye
 from pytest_erasure.testing import tiny_pipeline
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The CPU is shared: two threads fighting another job are ~40x slower than one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def unet():
     return tiny_pipeline(seed=3).unet

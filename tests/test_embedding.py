@@ -11,15 +11,6 @@ from pytest_erasure.errors import ErasureInputError
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The CPU is shared: two threads on two busy cores run tiny models ~50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def squares(n: int = 4) -> torch.Tensor:
     """Dark images with a red square: something for a token to learn."""
     images = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.2

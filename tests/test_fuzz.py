@@ -47,16 +47,6 @@ detector_options = {{ centroids = "{centroids}" }}
 """
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine torch's spinning
-    threads make them 10-100x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # -- the planted world ---------------------------------------------------------------------------
 
 def planted_pipeline(*, concept_words: tuple[str, ...], erased_to_thing: tuple[str, ...] = (),

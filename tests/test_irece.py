@@ -17,15 +17,6 @@ from pytest_erasure.testing import tiny_pipeline
 STEPS = 6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The CPU is shared: two threads fighting another job are ~40x slower than one.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---------------------------------------------------------------- mask maths (pure function)
 
 LATENTS = st.sampled_from([(8, 8), (16, 16), (12, 20), (16, 8)])

@@ -15,15 +15,6 @@ REPO = Path(__file__).resolve().parent.parent
 SHAPES = REPO / "fixtures" / "shapes"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The CPU is shared: two threads on two busy cores run tiny models ~50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def squares(n: int = 3) -> torch.Tensor:
     images = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.2
     images[:, :, 8:24, 8:24] = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)

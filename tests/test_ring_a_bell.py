@@ -25,15 +25,6 @@ PAIRS = [("a photo of a circle", "a photo of a thing"), ("a red circle", "a red 
 SMALL = SearchSettings(tokens=6, population=24, generations=12, keep=3, seed=7)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads; on a busy 2-core machine they slow them down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def pipe():
     from pytest_erasure.testing import tiny_pipeline
