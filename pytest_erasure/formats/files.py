@@ -157,13 +157,41 @@ def _load_pickle(path: Path) -> Any:
         with open(path, "rb") as handle:
             return torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        found = _refused_global(error)
+        if found:
+            raise ErasureInputError(
+                str(path), f"holds Python objects other than tensors ({found}), refused for "
+                "safety: pickles load weights-only, nothing in them runs",
+                "convert it to safetensors where it was made, or re-save only its state dict"
+            ) from error
         raise ErasureInputError(
-            str(path), "holds Python objects other than tensors, refused for safety "
-            f"(weights-only unpickling: {_first_line(error)})",
-            "convert it to safetensors where it was made, or re-save only its state dict") from error
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as error:
-        raise ErasureInputError(str(path), f"cannot be read as a weight file ({_first_line(error)})",
+            str(path), f"is not a weights-only PyTorch file ({_unpickler_reason(error)}), refused",
+            "the file is truncated or corrupt, or pickles more than tensors; fetch it again, or "
+            "convert it to safetensors where it was made") from error
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, LookupError,
+            TypeError, AttributeError) as error:  # torch.load on garbage raises many types
+        reason = _first_line(error)
+        if isinstance(error, LookupError | TypeError | AttributeError):
+            reason = f"{type(error).__name__}: {reason}"
+        raise ErasureInputError(str(path), f"cannot be read as a weight file ({reason})",
                                 "the file is truncated or not a PyTorch/safetensors file") from error
+
+
+def _refused_global(error: BaseException) -> str | None:
+    """The callable a weights-only load refused ('posix.system'), if that is why it failed."""
+    import re
+
+    match = re.search(r"unsupported GLOBAL ([\w.]+)", str(error))
+    return match.group(1) if match else None
+
+
+def _unpickler_reason(error: BaseException) -> str:
+    """torch's own reason, without its advice to retry with weights_only=False (never do that
+    with a file from the internet)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(
+        ("Weights only load failed", "Please file an issue", "Check the documentation"))]
+    return useful[0][:200] if useful else "weights-only unpickling failed"
 
 
 def flatten(state: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
