@@ -91,6 +91,9 @@ def load_concepts(path: Path) -> ConceptSet:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ErasureInputError(where, f"is not valid TOML ({exc})", "fix the syntax") from None
+    except OSError as exc:
+        raise ErasureInputError(where, f"cannot be read ({exc.strerror})",
+                                "check the file's permissions") from None
     _unknown(raw, _TOP_KEYS, where)
     defaults = _table(raw.get("defaults", {}), f"{where} [defaults]")
     _unknown(defaults, _DEFAULT_KEYS, f"{where} [defaults]")
