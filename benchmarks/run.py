@@ -1,0 +1,190 @@
+"""Speed and memory benchmarks of issue 9, as ratios measured side by side in one run.
+
+    python benchmarks/run.py                # all, on the shapes world; writes benchmarks/results/
+    python benchmarks/run.py --only load    # one of: overhead, warm, load, memory, ti, sequential
+
+Absolute times on a shared machine are noise; every figure here is a ratio of two things run
+alternately (A B A B ...) in this one invocation, and the median ratio is what we quote.
+Each command runs as its own process (imports included), as a user would run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+SHAPES = ROOT / "fixtures" / "shapes"
+RESULTS = ROOT / "benchmarks" / "results"
+PY = sys.executable
+
+AUDIT_FILE = "def test_erasure(erasure_case, erasure_check):\n    erasure_check(erasure_case)\n"
+
+
+def timed(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None
+          ) -> tuple[float, str]:
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})},
+                          cwd=cwd, check=False)
+    seconds = time.perf_counter() - start
+    if proc.returncode not in (0, 1):  # 1: a failing gate is still a finished audit
+        raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return seconds, proc.stdout
+
+
+def alternate(a: list[str], b: list[str], reps: int, setup_a: Any = None, setup_b: Any = None
+              ) -> dict[str, Any]:
+    """Median of per-pair ratios a/b, alternating which runs first."""
+    ta, tb, ratios = [], [], []
+    for rep in range(reps):
+        order = [("a", a, setup_a), ("b", b, setup_b)]
+        if rep % 2:
+            order.reverse()
+        got = {}
+        for name, cmd, setup in order:
+            if setup:
+                setup()
+            got[name] = timed(cmd)[0]
+        ta.append(got["a"])
+        tb.append(got["b"])
+        ratios.append(got["a"] / got["b"])
+    return {"a_seconds": ta, "b_seconds": tb, "ratios": ratios,
+            "median_ratio": statistics.median(ratios)}
+
+
+def audit_cmd(folder: Path, *extra: str) -> list[str]:
+    return [PY, "-m", "pytest", str(folder), "-q", "-p", "no:cacheprovider", "--no-header",
+            "--scenarios", "text", "--samples", "64", *extra]
+
+
+def bench_overhead(reps: int) -> dict[str, Any]:
+    """`pytest audits/` for the text case vs a plain diffusers loop making the same images
+    (erased prompts, standard prompts, neutral prompts: 3 x 64) and judging them."""
+    a = audit_cmd(ROOT / "audits", "--no-erasure-cache")
+    b = [PY, str(ROOT / "benchmarks" / "plain_loop.py"), "--samples", "64"]
+    result = alternate(a, b, reps)
+    result.update(what="pytest audits/ -k circle-text (no cache) / plain diffusers loop, same "
+                       "192 images at 25 steps + detector", target="<= 1.10")
+    return result
+
+
+def bench_warm(reps: int) -> dict[str, Any]:
+    """A rerun of an unchanged audit vs its cold run (fresh cache each cold run)."""
+    colds, warms = [], []
+    for _ in range(reps):
+        cache = Path(tempfile.mkdtemp(prefix="bench-warm-"))
+        cmd = audit_cmd(ROOT / "audits", f"--erasure-cache={cache}")
+        colds.append(timed(cmd)[0])
+        warms.append(timed(cmd)[0])
+    ratios = [w / c for w, c in zip(warms, colds, strict=True)]
+    return {"what": "warm rerun / cold run of pytest audits/ --scenarios text --samples 64",
+            "cold_seconds": colds, "warm_seconds": warms, "ratios": ratios,
+            "median_ratio": statistics.median(ratios), "target": "<= 0.05",
+            "note": "the warm run still starts Python, imports torch and loads both models"}
+
+
+def bench_load(reps: int) -> dict[str, Any]:
+    """`pytest --collect-only` on a folder with no erasure tests, with and without the plugin;
+    and whether loading the plugin imported torch."""
+    folder = Path(tempfile.mkdtemp(prefix="bench-load-"))
+    (folder / "test_plain.py").write_text("def test_one():\n    assert 1\n")
+    base = [PY, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", str(folder)]
+    result = alternate(base, [*base, "-p", "no:erasure"], reps)
+    probe = subprocess.run([PY, "-c", "import sys, pytest_erasure.plugin; "
+                            "print('torch' in sys.modules, 'diffusers' in sys.modules)"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    result.update(what="collect-only on a non-erasure folder: with plugin / without",
+                  torch_imported_by_plugin=probe[0] == "True",
+                  diffusers_imported_by_plugin=probe[1] == "True", target="torch not imported")
+    return result
+
+
+def bench_memory(reps: int) -> dict[str, Any]:
+    """Peak RSS: standard + erased (UNet-tensor override) vs the standard pipeline alone."""
+    script = ROOT / "benchmarks" / "memory_probe.py"
+    erased = SHAPES / "erased" / "uce-circle.safetensors"
+    rows = []
+    for _ in range(reps):
+        both = json.loads(timed([PY, str(script), "--erased", str(erased)])[1])
+        single = json.loads(timed([PY, str(script)])[1])
+        full = json.loads(timed([PY, str(script), "--erased",
+                                 str(SHAPES / "erased" / "uce-circle"), "--copy"])[1])
+        rows.append((both, single, full))
+    extra = [b["max_rss_mib"] - s["max_rss_mib"] for b, s, _ in rows]
+    return {"what": "peak RSS MiB: standard + UCE override vs standard alone",
+            "runs": [{"override": b, "single": s, "second_full_pipeline": f} for b, s, f in rows],
+            "median_extra_mib": statistics.median(extra),
+            "override_file_mib": erased.stat().st_size / 2**20,
+            "target": "extra memory ~ the override's own size, not a second pipeline"}
+
+
+def bench_ti(reps: int) -> dict[str, Any]:
+    a = [PY, str(ROOT / "benchmarks" / "ti_speed.py"), "--mode", "ours"]
+    b = [PY, str(ROOT / "benchmarks" / "ti_speed.py"), "--mode", "bare"]
+    out = []
+    for rep in range(reps):
+        pair = {}
+        for mode, cmd in (("ours", a), ("bare", b)) if rep % 2 == 0 else (("bare", b), ("ours", a)):
+            pair[mode] = json.loads(timed(cmd)[1])["steps_per_second"]
+        out.append(pair)
+    ratios = [p["ours"] / p["bare"] for p in out]
+    return {"what": "textual inversion steps/s: ours / a bare loop, same model and batch",
+            "runs": out, "median_ratio": statistics.median(ratios)}
+
+
+def bench_sequential(reps: int) -> dict[str, Any]:
+    """Mean images per decided case with --erasure-sequential vs fixed n, on every text case
+    (erasure + retention) of the shapes world."""
+    cache = Path(tempfile.mkdtemp(prefix="bench-seq-"))
+    out = {}
+    for mode, extra in (("fixed", []), ("sequential", ["--erasure-sequential"])):
+        report = Path(tempfile.mkdtemp(prefix=f"bench-{mode}-"))
+        cmd = [PY, "-m", "pytest", str(ROOT / "audits"), "-q", "-p", "no:cacheprovider",
+               "--scenarios", "text", "--samples", "128", f"--erasure-cache={cache}",
+               f"--erasure-report={report}", *extra]
+        seconds = timed(cmd)[0]
+        data = json.loads((report / "report.json").read_text())
+        cases = [c for c in data["cases"] if c["kind"] == "erasure"]
+        out[mode] = {"seconds": seconds, "images": [c["rate"]["n"] for c in cases],
+                     "verdicts": {c["case_id"]: c["passed"] for c in cases}}
+    fixed = statistics.mean(out["fixed"]["images"])
+    seq = statistics.mean(out["sequential"]["images"])
+    return {"what": "images per decided erasure case, --samples 128", **out,
+            "mean_images_fixed": fixed, "mean_images_sequential": seq,
+            "same_verdicts": out["fixed"]["verdicts"] == out["sequential"]["verdicts"]}
+
+
+BENCHES = {"overhead": bench_overhead, "warm": bench_warm, "load": bench_load,
+           "memory": bench_memory, "ti": bench_ti, "sequential": bench_sequential}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", action="append", choices=sorted(BENCHES))
+    parser.add_argument("--reps", type=int, default=3)
+    args = parser.parse_args(argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for name in args.only or list(BENCHES):
+        started = time.perf_counter()
+        result = BENCHES[name](args.reps)
+        result["machine"] = {"python": platform.python_version(), "cpus": os.cpu_count()}
+        result["wall_seconds"] = round(time.perf_counter() - started, 1)
+        (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+        summary = {k: v for k, v in result.items() if "median" in k or k in (
+            "torch_imported_by_plugin", "mean_images_fixed", "mean_images_sequential",
+            "same_verdicts")}
+        print(f"{name}: {json.dumps(summary)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
