@@ -181,17 +181,35 @@ def _refused_global(error: BaseException) -> str | None:
     """The callable a weights-only load refused ('posix.system'), if that is why it failed."""
     import re
 
-    match = re.search(r"unsupported GLOBAL ([\w.]+)", str(error))
+    match = re.search(r"GLOBAL ([\w.]+)", str(error))
     return match.group(1) if match else None
+
+
+def refused_global_in(error: BaseException) -> str | None:
+    """`_refused_global` anywhere in an exception's chain (libraries re-raise as OSError)."""
+    import pickle
+
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, pickle.UnpicklingError):
+            found = _refused_global(current)
+            if found:
+                return found
+        current = current.__cause__ or current.__context__
+    return None
 
 
 def _unpickler_reason(error: BaseException) -> str:
     """torch's own reason, without its advice to retry with weights_only=False (never do that
     with a file from the internet)."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith(
-        ("Weights only load failed", "Please file an issue", "Check the documentation"))]
-    return useful[0][:200] if useful else "weights-only unpickling failed"
+    import re
+
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    _, found, rest = text.partition("WeightsUnpickler error:")
+    lines = [line.strip() for line in rest.splitlines() if line.strip()] if found else []
+    return lines[0][:200] if lines else "weights-only unpickling failed"
 
 
 def flatten(state: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
