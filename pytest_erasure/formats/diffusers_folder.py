@@ -105,6 +105,14 @@ def _from_pretrained(cls: Any, path: Path, what: str, **kwargs: Any) -> Any:
     except ErasureInputError:
         raise
     except Exception as error:  # diffusers raises many types for a corrupt folder
+        from pytest_erasure.formats.files import refused_global_in
+
+        refused = refused_global_in(error)
+        if refused:
+            raise ErasureInputError(
+                f"{what} {path}", f"has a weight file holding Python objects other than tensors "
+                f"({refused}), refused for safety: pickles load weights-only, nothing in them runs",
+                "use the model's .safetensors files, or re-save its state dicts") from error
         text = str(error).strip().splitlines()
         raise ErasureInputError(f"{what} {path}", "cannot be loaded as a diffusers pipeline ("
                                 f"{type(error).__name__}: {text[0][:200] if text else ''})",
