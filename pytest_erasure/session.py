@@ -245,7 +245,7 @@ class AuditSession:
             return IRECE(self.pipeline("standard").unet, embeds, indices,
                          num_inference_steps=c.steps, t_star=t_star, tau=c.irece_tau,
                          n_steps=c.irece_steps, resolutions=c.irece_resolutions,
-                         seed=batch[0].seed)
+                         seed=[b.seed for b in batch])  # per image: batch-size independent
 
         return factory
 
