@@ -70,10 +70,13 @@ class AuditRecord:
     versions: dict[str, str]
     cases: list[CaseResult] = field(default_factory=list)
     finished: str | None = None
+    incomplete: dict[str, Any] | None = None
+    """Set when the run stopped before every selected case had a result (Ctrl-C, -x):
+    {"interrupted": bool, "missing": [case ids]}. A partial audit never passes the gate."""
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.cases)
+        return not self.incomplete and all(c.passed for c in self.cases)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
