@@ -98,9 +98,12 @@ def counts(record: AuditRecord) -> dict[str, int]:
 
 
 def verdict(record: AuditRecord) -> str:
-    """'PASSED', 'FAILED', or 'EMPTY' — an audit that ran no case must not read as a pass."""
+    """'PASSED', 'FAILED', 'INCOMPLETE' or 'EMPTY' — an audit that ran no case, or stopped
+    before its last, must not read as a pass."""
     if not record.cases:
         return "EMPTY"
+    if record.incomplete and all(c.passed for c in record.cases):
+        return "INCOMPLETE"
     return "PASSED" if record.passed else "FAILED"
 
 
@@ -118,6 +121,11 @@ def tally(record: AuditRecord) -> str:
 def verdict_line(record: AuditRecord) -> str:
     if verdict(record) == "EMPTY":
         return "RELEASE GATE NOT DECIDED: no case ran"
+    if verdict(record) == "INCOMPLETE":
+        why = "interrupted" if (record.incomplete or {}).get("interrupted") else "stopped early"
+        missing = len((record.incomplete or {}).get("missing") or [])
+        return (f"RELEASE GATE NOT DECIDED: audit {why} after {len(record.cases)} cases"
+                f"{f' ({missing} not run)' if missing else ''}, {tally(record)}")
     return f"RELEASE GATE {verdict(record)}: {len(record.cases)} cases, {tally(record)}"
 
 
