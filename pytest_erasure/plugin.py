@@ -307,6 +307,13 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if not results:
         return
     record = audit.record(sorted(results.values(), key=lambda r: r.case_id))
+    # Ctrl-C or -x: the finished cases are reported, and the report says it is partial.
+    selected = [item.callspec.params[CASE_FIXTURE].id for item in session.items
+                if CASE_FIXTURE in getattr(getattr(item, "callspec", None), "params", {})]
+    missing = [case_id for case_id in selected if case_id not in results]
+    interrupted = exitstatus == pytest.ExitCode.INTERRUPTED
+    if interrupted or missing:
+        record.incomplete = {"interrupted": interrupted, "missing": missing}
     for meta in state.worker_meta:  # models and detectors were loaded on the workers
         record.provenance = record.provenance or meta.get("provenance", {})
         record.detectors = {**meta.get("detectors", {}), **record.detectors}
