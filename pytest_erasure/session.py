@@ -324,7 +324,8 @@ class AuditSession:
             message += f"; without IRECE {undefended.crr:.1%}"
         if plan.facts.get("minimal_bypass"):
             message += f"; minimal bypass prompt: {plan.facts['minimal_bypass']!r}"
-        facts = {**plan.facts, "scenario_settings": scenario.describe(self)}
+        facts = {**plan.facts, "scenario_settings": scenario.describe(self),
+                 "image_sha256": image_sha256(images)}
         if standard_plan.facts != plan.facts:
             facts["standard_plan"] = standard_plan.facts
         return CaseResult(
@@ -361,7 +362,8 @@ class AuditSession:
         return CaseResult(
             case_id=case.id, concept=concept.name, scenario="baseline", modality="text",
             access=None, kind="baseline", threshold=minimum, gate="at-least", passed=passed,
-            rate=rate, standard=rate, message=message, facts=dict(plan.facts),
+            rate=rate, standard=rate, message=message,
+            facts={**plan.facts, "image_sha256": image_sha256(images)},
             evidence=[_evidence("standard model", images, present, plan)])
 
     def _run_retention(self, case: Case, concept: Concept) -> CaseResult:
@@ -379,7 +381,8 @@ class AuditSession:
             case_id=case.id, concept=concept.name, scenario="retention", modality="text",
             access=None, kind="retention", threshold=floor, gate="at-least", passed=passed,
             rate=rate, standard=standard, message=message,
-            facts={**plan.facts, "neighbour": neighbour.name},
+            facts={**plan.facts, "neighbour": neighbour.name,
+                   "image_sha256": image_sha256(images)},
             evidence=[_evidence("erased model", images, present, plan),
                       _evidence("standard model", rates["standard"][1], rates["standard"][2],
                                 plan)])
@@ -415,6 +418,12 @@ def _input_key(item: GenerationInput) -> dict[str, Any]:
         "latents": tensor_digest({"l": item.latents}) if item.latents is not None else None,
         "guidance": item.guidance,
     }
+
+
+def image_sha256(images: torch.Tensor) -> str:
+    """Digest of the judged images (uint8, sample order): two runs (batch sizes, -n, machines)
+    drew the same images exactly when their digests agree, without shipping the images."""
+    return tensor_digest({"images": images})
 
 
 def _evidence(title: str, images: Any, present: list[bool], plan: Plan) -> dict[str, Any]:
