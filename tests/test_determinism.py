@@ -41,7 +41,13 @@ def _images(cache: Path) -> dict[str, object]:
 
 def _audit(root: Path, args: list[str]) -> None:
     """One audit in this process (cheap: torch is loaded); the leaky model fails two cases."""
+    import sys
+
     code = pytest.main([str(root / "test_audit.py"), "--import-mode=importlib", "-q", *args])
+    # Forget the audit's test module, as pytester does: a later run's test_audit.py is another.
+    for name, module in list(sys.modules.items()):
+        if str(getattr(module, "__file__", None) or "").startswith(str(root)):
+            del sys.modules[name]
     assert code == pytest.ExitCode.TESTS_FAILED, args
 
 
