@@ -141,8 +141,9 @@ class AuditConfig:
                 elif option.type is not str:
                     v[option.field] = option.type(raw)
         except ValueError:
-            raise ErasureInputError(option.flag, f"'{raw}' is not a {option.type.__name__}",
-                                    f"give a {option.type.__name__}") from None
+            kind = {int: "whole number", float: "number"}.get(option.type, option.type.__name__)
+            raise ErasureInputError(option.flag, f"'{raw}' is not a {kind}",
+                                    f"give a {kind}") from None
         for name in ("erased_model", "standard_model", "concepts_file", "report_dir",
                      "junit_file", "cache_dir"):
             if v.get(name) is not None:

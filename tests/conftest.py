@@ -19,6 +19,9 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def pytest_configure(config: pytest.Config) -> None:
     # Tiny models gain nothing from a second thread, and on a shared 2-core machine two
     # OpenMP threads per process make every forward pass wait on the other jobs.
+    import os
+
     import torch
 
     torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the audits tests run in subprocesses

@@ -172,10 +172,10 @@ CATALOGUE: list[Bad] = [
         "-n 2: asks for more workers than the 1 device(s) in CUDA_VISIBLE_DEVICES=0",
         "use -n 1 or list more devices", extra=("-n", "2"),
         env=(("CUDA_VISIBLE_DEVICES", "0"),)),
-    Bad("ini-samples-not-a-number", {}, "--samples: 'many' is not a int", "give a int",
+    Bad("ini-samples-not-a-number", {}, "--samples: 'many' is not a whole number", "give a whole number",
         ini="erasure_samples = many"),
-    Bad("ini-threshold-not-a-number", {}, "--crr-threshold: 'high' is not a float",
-        "give a float", ini="erasure_crr_threshold = high"),
+    Bad("ini-threshold-not-a-number", {}, "--crr-threshold: 'high' is not a number",
+        "give a number", ini="erasure_crr_threshold = high"),
     Bad("ini-gate-unknown", {}, "--erasure-gate: 'strict' is not a gate rule",
         "use one of: point, upper", ini="erasure_gate = strict"),
 ]
