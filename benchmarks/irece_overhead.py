@@ -30,11 +30,14 @@ DEFAULT_STANDARD = ROOT / "fixtures" / "shapes" / "standard"
 DEFAULT_OUT = ROOT / "benchmarks" / "results" / "irece_overhead.json"
 
 
-def load(path: Path):
+def load(path: Path, dtype: str):
+    import torch
     from diffusers import StableDiffusionPipeline
 
+    # Models may be stored in fp16 (the shapes world is); CPU runs them in float32.
     return StableDiffusionPipeline.from_pretrained(
-        path, local_files_only=True, safety_checker=None, requires_safety_checker=False)
+        path, local_files_only=True, safety_checker=None, requires_safety_checker=False,
+        torch_dtype=getattr(torch, dtype))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tau", type=float, default=0.4)
     parser.add_argument("--irece-steps", type=int, default=1)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     args = parser.parse_args(argv)
 
@@ -68,13 +72,13 @@ def main(argv: list[str] | None = None) -> dict:
     notes = []
     standard_path = args.standard or (DEFAULT_STANDARD if DEFAULT_STANDARD.exists() else None)
     if standard_path is not None:
-        standard = load(standard_path)
+        standard = load(standard_path, args.dtype)
         model = str(standard_path)
     else:
         standard = tiny_pipeline()
         model = "tiny_pipeline() (random weights; the shapes world's standard model is not built)"
     if args.erased is not None:
-        erased = load(args.erased)
+        erased = load(args.erased, args.dtype)
     else:
         erased = standard
         notes.append("only one model: its UNet serves as both standard and erased")
@@ -152,6 +156,7 @@ def main(argv: list[str] | None = None) -> dict:
         "threads": torch.get_num_threads(),
         "machine": platform.machine(),
         "device": "cpu",
+        "dtype": args.dtype,
     }
     text = json.dumps(result, indent=2)
     print(text)
