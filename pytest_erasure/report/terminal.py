@@ -110,6 +110,8 @@ def _cell(cases: list[CaseResult]) -> Text:
             continue
         mark = "✓" if st == "passed" else "✗"
         style = ("bold red" if st == "failed" else "green" if case.kind == "erasure" else "dim")
+        if case.kind == "retention":  # one cell holds every neighbour: name each
+            text.append(f"{case.facts.get('neighbour', '')} ", style=style)
         text.append(f"{pct(case.rate.crr)} {gate_text(case)} {mark}", style=style)
         if case.standard is not None:
             text.append(f"\nstd {pct(case.standard.crr)}", style="dim")
