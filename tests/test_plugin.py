@@ -136,3 +136,14 @@ def test_bad_input_is_a_one_line_usage_error(pytester: pytest.Pytester, tiny_wor
     err = result.stderr.str()
     assert needle in err
     assert "Traceback" not in err + result.stdout.str()
+
+
+def test_loading_the_plugin_imports_no_torch() -> None:
+    """pytest loads the plugin on every run; torch and diffusers wait for an audit."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pytest_erasure.plugin; "
+            "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
