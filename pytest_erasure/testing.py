@@ -48,8 +48,6 @@ def tiny_pipeline(seed: int = 0, cross_attention_dim: int = 32) -> StableDiffusi
     import torch
     from diffusers import (
         AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
         UNet2DConditionModel,
     )
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -92,7 +90,15 @@ def tiny_pipeline(seed: int = 0, cross_attention_dim: int = 32) -> StableDiffusi
             layer_norm_eps=1e-5,
         )
     )
+    return assemble(vae, text_encoder, tokenizer, unet)
+
+
+def assemble(vae, text_encoder, tokenizer, unet) -> StableDiffusionPipeline:
+    """Components into a pipeline with SD v1's DDIM schedule and no safety checker."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+
     scheduler = DDIMScheduler(
+        num_train_timesteps=1000,
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
@@ -207,8 +213,6 @@ def sd14_pipeline(seed: int = 0, text_layers: int = 12) -> StableDiffusionPipeli
     import torch
     from diffusers import (
         AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionPipeline,
         UNet2DConditionModel,
     )
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -257,22 +261,4 @@ def sd14_pipeline(seed: int = 0, text_layers: int = 12) -> StableDiffusionPipeli
             layer_norm_eps=1e-5,
         )
     )
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder.eval(),
-        tokenizer=tokenizer,
-        unet=unet.eval(),
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
+    return assemble(vae, text_encoder, tokenizer, unet)
