@@ -132,6 +132,22 @@ def load_failed(spec: DetectorSpec, folder: Path, exc: Exception, download_hint:
                              f"re-save the model and its processor there ({download_hint})")
 
 
+def load_local(processor_cls: Any, model_cls: Any, spec: DetectorSpec, folder: Path,
+               download_hint: str) -> tuple[Any, Any]:
+    """A processor and a float32 model from a local folder only: no hub, no remote code."""
+    import torch
+
+    try:
+        with offline():
+            processor = processor_cls.from_pretrained(
+                folder, local_files_only=True, trust_remote_code=False, backend="pil")
+            model = model_cls.from_pretrained(
+                folder, local_files_only=True, trust_remote_code=False, dtype=torch.float32)
+    except Exception as exc:  # corrupt or mismatched files raise many types (SafetensorError, ...)
+        raise load_failed(spec, folder, exc, download_hint) from None
+    return processor, model
+
+
 class Options:
     """A detector's `detector_options`, read key by key; unknown keys are a usage error."""
 

@@ -52,14 +52,8 @@ class ClipDetector:
                          spec, "CLIP's tokenizer", HINT)
         from transformers import CLIPModel, CLIPProcessor
 
-        try:
-            with _hf.offline():
-                self.processor = CLIPProcessor.from_pretrained(
-                    self.folder, local_files_only=True, backend="pil")
-                self.model = CLIPModel.from_pretrained(
-                    self.folder, local_files_only=True, dtype=torch.float32)
-        except Exception as exc:  # corrupt or mismatched files raise many types (SafetensorError, ...)
-            raise _hf.load_failed(spec, self.folder, exc, HINT) from None
+        self.processor, self.model = _hf.load_local(CLIPProcessor, CLIPModel, spec,
+                                                    self.folder, HINT)
         self.device = device
         self.model.to(device).eval()
         self.fingerprint = _hf.fingerprint(self.folder)

@@ -58,15 +58,8 @@ class GroundingDinoDetector:
                          spec, "Grounding DINO's text tokenizer", HINT)
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
-        try:
-            with _hf.offline():
-                self.processor = AutoProcessor.from_pretrained(
-                    self.folder, local_files_only=True, trust_remote_code=False, backend="pil")
-                self.model = AutoModelForZeroShotObjectDetection.from_pretrained(
-                    self.folder, local_files_only=True, trust_remote_code=False,
-                    dtype=torch.float32)
-        except Exception as exc:  # corrupt or mismatched files raise many types (SafetensorError, ...)
-            raise _hf.load_failed(spec, self.folder, exc, HINT) from None
+        self.processor, self.model = _hf.load_local(AutoProcessor, AutoModelForZeroShotObjectDetection, spec,
+                                                    self.folder, HINT)
         if not hasattr(self.processor, "post_process_grounded_object_detection"):
             raise ErasureInputError(
                 f"detector '{NAME}' path {self.folder}",

@@ -94,15 +94,8 @@ class ImagenetDetector:
                          "the classifier's image processor", HINT)
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
-        try:
-            with _hf.offline():
-                self.processor = AutoImageProcessor.from_pretrained(
-                    self.folder, local_files_only=True, trust_remote_code=False, backend="pil")
-                self.model = AutoModelForImageClassification.from_pretrained(
-                    self.folder, local_files_only=True, trust_remote_code=False,
-                    dtype=torch.float32)
-        except Exception as exc:  # corrupt or mismatched files raise many types (SafetensorError, ...)
-            raise _hf.load_failed(spec, self.folder, exc, HINT) from None
+        self.processor, self.model = _hf.load_local(AutoImageProcessor, AutoModelForImageClassification, spec,
+                                                    self.folder, HINT)
         self.device = device
         self.model.to(device).eval()
         self.id2label = {int(k): str(v) for k, v in self.model.config.id2label.items()}
