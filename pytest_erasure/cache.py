@@ -6,6 +6,9 @@ can never be served a stale result. Entries are safetensors files written to a t
 and renamed into place (atomic on POSIX), with the sha256 of their tensors in the metadata:
 an interrupted write leaves no entry, and a damaged entry is detected, dropped and recomputed.
 A file lock per key keeps two xdist workers from computing the same entry twice.
+
+Small JSON-able records (a detector's verdicts, what loading a model reported) are JSON files
+with the same discipline: atomic writes, a checksum over the value, a damaged file dropped.
 """
 
 from __future__ import annotations
@@ -30,6 +33,12 @@ def digest(key: Any) -> str:
     """Stable hash of a JSON-able key (dict order does not matter)."""
     blob = json.dumps(key, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def normalise(value: Any) -> Any:
+    """`value` as a JSON round trip returns it (tuples become lists, other objects strings), so
+    a value used fresh and the same value read back from the cache are equal."""
+    return json.loads(json.dumps(value, default=str))
 
 
 def tensor_digest(tensors: Tensors) -> str:
@@ -92,6 +101,28 @@ class Cache:
             tensors, facts = compute()
             self._write(path, tensors, facts)
             return tensors, facts
+
+    def read_json(self, kind: str, key: Any) -> Any | None:
+        """The JSON value stored for key, or None (caching off, absent, or damaged)."""
+        path = self.path(kind, key, suffix=".json")
+        if path is None or not path.is_file():
+            return None
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(entry, dict) or entry.get("sha256") != digest(entry.get("value")):
+                raise ValueError("checksum mismatch")
+        except (ValueError, OSError, UnicodeDecodeError):
+            path.unlink(missing_ok=True)  # recomputed rather than trusted
+            return None
+        return entry["value"]
+
+    def write_json(self, kind: str, key: Any, value: Any) -> None:
+        """Store a JSON-able value (no-op with caching off); `normalise` it first if the caller
+        must use exactly what a later read returns."""
+        path = self.path(kind, key, suffix=".json")
+        if path is not None:
+            atomic_write_text(path, json.dumps({"sha256": digest(value), "value": value},
+                                               sort_keys=True))
 
     def _read(self, path: Path) -> tuple[Tensors, dict[str, Any]] | None:
         from safetensors import SafetensorError
