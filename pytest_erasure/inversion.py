@@ -35,7 +35,12 @@ SYNTAX = "comma-separated name:strength, e.g. noise:0.05,blur:1,jpeg:50,resize:0
 
 def validate_steps(pipe: StableDiffusionPipeline, steps: int, name: str = "--inversion-steps"
                    ) -> None:
-    limit = pipe.scheduler.config.num_train_timesteps
+    check_steps(pipe.scheduler.config.num_train_timesteps, steps, name)
+
+
+def check_steps(limit: int, steps: int, name: str = "--inversion-steps") -> None:
+    """`validate_steps` given the scheduler's num_train_timesteps, so a caller that knows it
+    without a pipeline (a cached model identity) checks the same way."""
     if not 1 <= steps <= limit:
         raise ErasureInputError(name, f"is {steps}",
                                 f"give a number of DDIM steps between 1 and the scheduler's "

@@ -203,8 +203,10 @@ def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config
     erasure_items = [i for i in items if CASE_FIXTURE in getattr(i, "fixturenames", ())]
     if erasure_items and not config.option.collectonly and state._session is not None:
         try:
-            # Load once, now: a bad model is one usage error, not a failure per case.
-            _ = state.session().models
+            # Identify the models now: a bad model is one usage error, not a failure per case.
+            # That loads them, unless a successful load of these very files is on record in
+            # the cache (then they load on the first cache miss, if any).
+            _ = state.session().identity
         except ErasureInputError as exc:
             raise pytest.UsageError(str(exc)) from None
 

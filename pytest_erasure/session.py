@@ -3,6 +3,10 @@
 One session lives on the pytest config (`config.stash`). It loads models, detectors and
 reference images once, lazily, on first use; collection alone never imports torch. Under xdist
 each worker has its own session; workers ship their results to the controller as JSON.
+
+What the models and detectors are (fingerprints, provenance, descriptions) is known apart from
+the models themselves (`identity.py`): a rerun whose results are all cached reads both from the
+cache and never builds a pipeline or a detector. Detector verdicts are cached too.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_erasure.cache import Cache, digest, tensor_digest
+from pytest_erasure.cache import Cache, digest, normalise, tensor_digest
 from pytest_erasure.concepts import Concept, ConceptSet, load_concepts
 from pytest_erasure.config import OPTIONS, AuditConfig
 from pytest_erasure.crr import Rate, decided, gate_passes
@@ -29,6 +33,7 @@ if TYPE_CHECKING:
     import torch
     from diffusers import StableDiffusionPipeline
 
+    from pytest_erasure.identity import ModelFacts, ModelIdentity
     from pytest_erasure.models import LoadedModels
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
@@ -61,7 +66,9 @@ class AuditSession:
         self.scenarios = scenarios if scenarios is not None else registry()
         self.cache = Cache(config.cache_dir)
         self._models = models
+        self._identity: ModelIdentity | None = None
         self._detectors: dict[str, Detector] = {}
+        self._descriptions: dict[str, dict[str, Any]] = {}
         self._references: dict[str, torch.Tensor] = {}
         self._irece_conditioning: dict[str, Any] = {}
         self.results: dict[str, CaseResult] = {}
@@ -106,22 +113,58 @@ class AuditSession:
 
     @property
     def models(self) -> LoadedModels:
+        """Both pipelines, loaded on first use. When the identity came from the cache, the
+        load must agree with it: every cache key of this run was made from those fingerprints."""
         if self._models is None:
             from pytest_erasure.models import load_models
 
-            self._models = load_models(
+            models = load_models(
                 self.config.standard_model, self.config.erased_model,
                 erased_format=self.config.erased_format, device=self.config.device,
                 dtype=self.config.dtype, lora_multiplier=self.config.lora_multiplier)
-            for pipe in (self._models.standard, self._models.erased):
+            for pipe in (models.standard, models.erased):
                 pipe.set_progress_bar_config(disable=True)
+            self._models = models
+            self._check_identity(models)
         return self._models
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """Fingerprints, provenance and facts of both models: from the cache when their files
+        are unchanged since a successful load, else from loading them (and stored)."""
+        if self._identity is None:
+            from pytest_erasure.identity import ModelIdentity, model_key
+
+            if self._models is not None:  # given in memory: nothing on disk to key a record by
+                self._identity = ModelIdentity.of(self._models)
+            elif (stored := self.cache.read_json("model-identity", model_key(self.config))):
+                self._identity = ModelIdentity.from_dict(stored)
+            else:
+                _ = self.models  # loading records the identity
+        assert self._identity is not None
+        return self._identity
+
+    def _check_identity(self, models: LoadedModels) -> None:
+        from pytest_erasure.identity import ModelIdentity, model_key
+
+        loaded, recorded = ModelIdentity.of(models), self._identity
+        self._identity = loaded
+        if recorded is None or loaded.fingerprints != recorded.fingerprints:
+            self.cache.write_json("model-identity", model_key(self.config), loaded.to_dict())
+        if recorded is not None and loaded.fingerprints != recorded.fingerprints:
+            # Files that stat the same but hash otherwise: the record is replaced, and the case
+            # that found out fails rather than store results under the wrong fingerprint.
+            raise RuntimeError("the models' files changed without changing their size, times "
+                               "or inode; the cached identity record was replaced: rerun")
 
     def pipeline(self, role: Role) -> StableDiffusionPipeline:
         return self.models.standard if role == "standard" else self.models.erased
 
     def fingerprint(self, role: Role) -> str:
-        return self.models.fingerprints[role]
+        return self.identity.fingerprints[role]
+
+    def model_facts(self, role: Role) -> ModelFacts:
+        return self.identity.facts[role]
 
     def option(self, name: str) -> Any:
         if name in self.config.scenario_options:
@@ -139,9 +182,7 @@ class AuditSession:
                 for i in range(n)]
 
     def size(self) -> tuple[int, int]:
-        from pytest_erasure.generate import native_size
-
-        native = native_size(self.pipeline("standard"))
+        native = self.model_facts("standard").native_size
         return (self.config.height or native, self.config.width or native)
 
     def reference_images(self, concept: Concept) -> torch.Tensor:
@@ -220,7 +261,33 @@ class AuditSession:
         return self._detectors[key]
 
     def detect(self, images: torch.Tensor, concept: Concept) -> Detection:
-        return self.detector(concept).detect(images.float() / 255.0, concept.label)
+        """Verdicts are cached per batch by (detector, label, the images' bytes): a rerun judges
+        nothing twice, and builds no detector when every verdict is known. Fresh or cached,
+        the same normalised values come back."""
+        key = {"detector": digest(self.detector_description(concept)),
+               "spec": _detector_key(concept), "label": concept.label,
+               "device": self.config.device.split(":")[0], "images": image_sha256(images)}
+        stored = self.cache.read_json("detection", key)
+        if stored is None:
+            found = self.detector(concept).detect(images.float() / 255.0, concept.label)
+            stored = {"present": [bool(p) for p in found.present],
+                      "score": [float(s) for s in found.score]}
+            self.cache.write_json("detection", key, stored)
+        return Detection(present=stored["present"], score=stored["score"])
+
+    def detector_description(self, concept: Concept) -> dict[str, Any]:
+        """The detector's `describe()`, from the cache while its files are unchanged."""
+        from pytest_erasure.identity import detector_key
+
+        key = _detector_key(concept)
+        if key not in self._descriptions:
+            files = detector_key(concept.detector, self.config.device)
+            stored = self.cache.read_json("detector-identity", files)
+            if stored is None:
+                stored = normalise(self.detector(concept).describe())
+                self.cache.write_json("detector-identity", files, stored)
+            self._descriptions[key] = stored
+        return self._descriptions[key]
 
     # -- IRECE ---------------------------------------------------------------------------------
 
@@ -393,11 +460,11 @@ class AuditSession:
         detectors = {}
         for concept in self.concepts.concepts.values():
             key = _detector_key(concept)
-            if key in self._detectors:
-                detectors[concept.name] = self._detectors[key].describe()
+            if key in self._descriptions:
+                detectors[concept.name] = self._descriptions[key]
         return AuditRecord(
             run_id=self.run_id, started=self.started, config=self.config.describe(),
-            provenance=self._models.provenance if self._models is not None else {},
+            provenance=self.identity.provenance if self._identity or self._models else {},
             detectors=detectors, versions=versions(),
             cases=results if results is not None else list(self.results.values()),
             finished=_now())

@@ -23,7 +23,7 @@ import pytest
 
 AUDIT = "def test_erasure(erasure_case, erasure_check):\n    erasure_check(erasure_case)\n"
 CASES = ["circle-baseline", "circle-text", "circle-retention-square"]
-ENTRY = re.compile(r"[0-9a-f]{64}\.safetensors")
+ENTRY = re.compile(r"[0-9a-f]{64}\.(safetensors|json)")
 # Enough work per case (48 images x 8 steps, batches of 4) that a case takes a few seconds.
 WORK = ("--samples=48", "--steps=8", "--batch-size=4", "--scenarios=baseline,text,retention")
 
@@ -65,14 +65,14 @@ def _finished(log: Path) -> list[str]:
 
 
 def _entries(cache: Path) -> dict[Path, int]:
-    return {p: p.stat().st_mtime_ns for p in cache.rglob("*.safetensors")}
+    return {p: p.stat().st_mtime_ns for p in cache.rglob("*") if ENTRY.fullmatch(p.name)}
 
 
 def _check_cache(cache: Path) -> None:
     """Every entry is whole (loads, checksum verifies); anything else is hidden and temporary."""
     from safetensors import safe_open
 
-    from pytest_erasure.cache import Cache, tensor_digest
+    from pytest_erasure.cache import Cache, digest, tensor_digest
 
     store = Cache(cache)
     for path in sorted(p for p in cache.rglob("*") if p.is_file()):
@@ -81,6 +81,10 @@ def _check_cache(cache: Path) -> None:
             continue
         assert ENTRY.fullmatch(path.name) or path.suffix == ".lock", path
         if path.suffix == ".lock":
+            continue
+        if path.suffix == ".json":  # verdicts, model and detector identities
+            entry = json.loads(path.read_text())
+            assert entry["sha256"] == digest(entry["value"]), f"{path} is damaged"
             continue
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata()

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
     from pytest_erasure.cache import Cache
     from pytest_erasure.config import AuditConfig
+    from pytest_erasure.identity import ModelFacts
 
 Role = Literal["standard", "erased"]
 
@@ -97,6 +98,13 @@ class AuditContext(Protocol):
 
     def fingerprint(self, role: Role) -> str:
         """A content hash of the model in that role: part of every cache key."""
+        ...
+
+    def model_facts(self, role: Role) -> ModelFacts:
+        """What a plan may know of the model (native size, scheduler) without loading it.
+
+        Use this, not `pipeline`, for anything a cache key needs: `pipeline` loads the models,
+        so call it only inside a cache entry's compute function."""
         ...
 
     def progress(

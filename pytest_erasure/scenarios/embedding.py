@@ -177,16 +177,32 @@ class EmbeddingScenario(Scenario):
         }
         return embeds, facts, file
 
-    def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
+    def encode(self, ctx: AuditContext, target: Role, prompts: list[str], token: str,
+               embeds: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each prompt through `target`'s text encoder with the learned token, (77, D) float32,
+        cached: the encodings are part of every image's cache key, so computing them would
+        load the models on a rerun that needs nothing else."""
+        from pytest_erasure.cache import tensor_digest
         from pytest_erasure.textual_inversion import encode_with_embedding
 
+        key = {"version": TI_CACHE_VERSION, "model": ctx.fingerprint(target),
+               "embeds": tensor_digest({"embeds": embeds}), "token": token, "prompts": prompts,
+               "dtype": ctx.config.dtype, "device": ctx.config.device.split(":")[0]}
+
+        def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+            pipe = ctx.pipeline(target)
+            return {str(i): encode_with_embedding(pipe, p, token, embeds)[0].float().cpu()
+                    for i, p in enumerate(prompts)}, {}
+
+        tensors, _ = ctx.cache.tensors("learned-token-encoding", key, compute)
+        return {p: tensors[str(i)] for i, p in enumerate(prompts)}
+
+    def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
         role: Role = target if self.access == "white-box" else "standard"
         embeds, facts, file = self.learn(ctx, concept, role)
         token = facts["token"]
         prompts = [p.replace(PLACEHOLDER, token) for p in concept.prompts]
-        pipe = ctx.pipeline(target)
-        encoded = {p: encode_with_embedding(pipe, p, token, embeds)[0].float().cpu()
-                   for p in prompts}
+        encoded = self.encode(ctx, target, prompts, token, embeds)
         # The same salt for both targets: the erased-vs-standard comparison is paired.
         seeds = ctx.seeds(n, f"embedding/{concept.name}")
         inputs = [GenerationInput(seed=s, prompt_embeds=encoded[prompts[i % len(prompts)]],

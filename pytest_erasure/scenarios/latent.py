@@ -83,11 +83,6 @@ def _round(value: float) -> float:
     return float(f"{value:.5g}")
 
 
-def _scheduler_key(pipe: Any) -> dict[str, Any]:
-    config = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}
-    return {"class": type(pipe.scheduler).__name__, "config": config}
-
-
 class LatentScenario(Scenario):
     modality = "latent"
     options = LATENT_OPTIONS
@@ -138,19 +133,19 @@ class LatentScenario(Scenario):
 
     def invert(self, ctx: AuditContext, role: Role, images: torch.Tensor,
                settings: dict[str, Any], label: str) -> torch.Tensor:
-        from pytest_erasure.inversion import ddim_invert, validate_steps
+        from pytest_erasure.inversion import check_steps, ddim_invert
 
-        pipe = ctx.pipeline(role)
-        validate_steps(pipe, settings["steps"])
+        facts = ctx.model_facts(role)
+        check_steps(facts.num_train_timesteps, settings["steps"])
         key = {"version": LATENT_CACHE_VERSION, "model": ctx.fingerprint(role),
                "images": images_digest(images), "settings": settings,
-               "dtype": ctx.config.dtype, "scheduler": _scheduler_key(pipe)}
+               "dtype": ctx.config.dtype, "scheduler": facts.scheduler_key()}
         batch = ctx.config.batch_size
 
         def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             total = settings["steps"] * math.ceil(len(images) / batch)
             with ctx.progress(f"DDIM inversion {label} ({role} model)", total) as advance:
-                latents = ddim_invert(pipe, images, prompt=settings["prompt"],
+                latents = ddim_invert(ctx.pipeline(role), images, prompt=settings["prompt"],
                                       steps=settings["steps"], guidance=settings["guidance"],
                                       batch_size=batch, progress=advance)
             return {"latents": latents}, {}
@@ -164,20 +159,20 @@ class LatentScenario(Scenario):
         """`reconstruction_error` on `role`'s model, cached; per-image errors stay in the cache."""
         import torch
 
-        from pytest_erasure.inversion import reconstruction_error, validate_steps
+        from pytest_erasure.inversion import check_steps, reconstruction_error
 
-        pipe = ctx.pipeline(role)
-        validate_steps(pipe, settings["steps"], "--steps")
+        model = ctx.model_facts(role)
+        check_steps(model.num_train_timesteps, settings["steps"], "--steps")
         key = {"version": LATENT_CACHE_VERSION, "model": ctx.fingerprint(role),
                "latents": images_digest(latents), "images": images_digest(images),
                "settings": settings, "dtype": ctx.config.dtype,
-               "scheduler": _scheduler_key(pipe)}
+               "scheduler": model.scheduler_key()}
         batch = ctx.config.batch_size
 
         def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             total = settings["steps"] * math.ceil(len(latents) / batch)
             with ctx.progress(f"inversion check {label} ({role} model)", total) as advance:
-                result = reconstruction_error(pipe, latents, images, settings["prompt"],
+                result = reconstruction_error(ctx.pipeline(role), latents, images, settings["prompt"],
                                               settings["steps"], settings["guidance"],
                                               batch_size=batch, progress=advance)
             per_image = torch.tensor(result.pop("per_image_mse"))
