@@ -92,21 +92,35 @@ class ModelIdentity:
 
 
 def stat_identity(paths: Iterable[Path]) -> list[list[Any]]:
-    """[real path, size, mtime_ns, ctime_ns, inode] of every file under each path (a file
+    """[path, real path, size, mtime_ns, ctime_ns, inode] of every file under each path (a file
     stands for itself), sorted. A missing path is recorded as such, never skipped."""
     rows: list[list[Any]] = []
     for path in paths:
-        files = sorted(p for p in Path(path).rglob("*") if p.is_file()) \
-            if Path(path).is_dir() else [Path(path)]
-        for file in files:
+        for file in _files(Path(path)):
             real = os.path.realpath(file)
             try:
                 st = os.stat(real)
             except OSError:
-                rows.append([real, None])
+                rows.append([str(file), real, None])
                 continue
-            rows.append([real, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
+            rows.append([str(file), real, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
     return sorted(rows, key=lambda r: r[0])
+
+
+def _files(path: Path) -> list[Path]:
+    """Every file under a folder, through symlinked subfolders too (a model folder may be a
+    tree of links into a download cache), each real folder once; a file is itself."""
+    if not path.is_dir():
+        return [path]
+    found, seen = [], set()
+    for folder, dirs, names in os.walk(path, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        found += [Path(folder) / name for name in names]
+    return found
 
 
 @functools.cache
