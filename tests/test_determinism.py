@@ -92,9 +92,19 @@ def test_xdist_gives_the_same_images_and_crr(runs: dict[str, Path]) -> None:
 def test_batch_size_changes_neither_crr_nor_any_image_beyond_rounding(runs: dict[str, Path]
                                                                       ) -> None:
     """Each sample has its own seed and CPU-drawn latent, so batching changes no input. It does
-    change the order in which CPU kernels sum (conv/matmul blocking depends on the batch), by
-    about 1e-6 in the UNet's output: after rounding to uint8, a rare pixel may move by one
-    level. CRR is identical; every image is identical or one level away in a few pixels."""
+    change the order in which CPU kernels sum, by about 1e-6 in the UNet's output: after
+    rounding to uint8, a rare pixel may move by one level. CRR is identical; every image is
+    identical or one level away in a few pixels.
+
+    Why not bit-identical (measured on the shapes world, 10 steps): the first divergence is the
+    UNet's `time_embedding.linear_1`, a GEMM whose kernel MKL picks by row count (a one-row call
+    takes another path than an eight-row one). Beyond that, a row's result depends on the batch
+    size and on its position in a thread-count-dependent way (1 thread: batches of 16, 24 and 32
+    agree exactly, batch 8 does not; 2 threads: shifting a sample by five rows changes it), so no
+    padding rule makes batching exact. Exactness would need one sample per forward pass, 2.7x
+    slower here (0.21 s per image alone vs 0.57 s for eight together). We keep batching: the
+    verdict and every rate are batch-independent (this test), and a fixed batch size gives
+    bit-identical images across runs and across -n (the tests above and below)."""
     b8, b1 = _cases(runs["b8"]), _cases(runs["b1"])
     assert {k: v[0] for k, v in b8.items()} == {k: v[0] for k, v in b1.items()}
     images8, images1 = _images(runs["cache-b8"]), _images(runs["cache-b1"])
@@ -102,14 +112,6 @@ def test_batch_size_changes_neither_crr_nor_any_image_beyond_rounding(runs: dict
     for name, image in images8.items():
         diff = (image.int() - images1[name].int()).abs()
         assert int(diff.max()) <= 1 and int((diff > 0).sum()) <= diff.numel() // 1000, name
-
-
-@pytest.mark.xfail(reason="CPU kernels sum in a batch-dependent order (~1e-6), so a rare "
-                          "pixel differs by one uint8 level between --batch-size 1 and 8; "
-                          "exact equality would need batch-of-one forward passes", strict=False)
-def test_batch_size_gives_bit_identical_images(runs: dict[str, Path]) -> None:
-    b8, b1 = _cases(runs["b8"]), _cases(runs["b1"])
-    assert {k: v[1] for k, v in b8.items()} == {k: v[1] for k, v in b1.items()}
 
 
 def test_another_seed_gives_other_images(runs: dict[str, Path]) -> None:
