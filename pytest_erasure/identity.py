@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_erasure.cache import normalise
+from pytest_erasure.formats.files import walk_files
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -96,7 +97,7 @@ def stat_identity(paths: Iterable[Path]) -> list[list[Any]]:
     stands for itself), sorted. A missing path is recorded as such, never skipped."""
     rows: list[list[Any]] = []
     for path in paths:
-        for file in _files(Path(path)):
+        for file in walk_files(Path(path)):
             real = os.path.realpath(file)
             try:
                 st = os.stat(real)
@@ -105,22 +106,6 @@ def stat_identity(paths: Iterable[Path]) -> list[list[Any]]:
                 continue
             rows.append([str(file), real, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
     return sorted(rows, key=lambda r: r[0])
-
-
-def _files(path: Path) -> list[Path]:
-    """Every file under a folder, through symlinked subfolders too (a model folder may be a
-    tree of links into a download cache), each real folder once; a file is itself."""
-    if not path.is_dir():
-        return [path]
-    found, seen = [], set()
-    for folder, dirs, names in os.walk(path, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            dirs.clear()
-            continue
-        seen.add(real)
-        found += [Path(folder) / name for name in names]
-    return found
 
 
 @functools.cache

@@ -75,6 +75,17 @@ def test_provenance_and_fingerprints(standard_dir, base, tmp_path):
     assert changed["erased"] != models.fingerprints["erased"]
 
 
+def test_symlinked_component_folders_are_fingerprinted(standard_dir, tmp_path):
+    """A model folder made of links into a download cache: the UNet behind a linked `unet/`
+    must be part of the fingerprint, or changed weights would be served stale results."""
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for entry in standard_dir.iterdir():
+        (linked / entry.name).symlink_to(entry, target_is_directory=entry.is_dir())
+    files = load_models(linked, linked).provenance["standard"]["files"]
+    assert str(linked / "unet" / "diffusion_pytorch_model.safetensors") in files
+
+
 def test_hash_is_cached_per_path_size_mtime(tmp_path):
     from pytest_erasure.formats import files
 

@@ -58,6 +58,23 @@ def hash_files(paths: Iterable[Path]) -> dict[str, str]:
     return {str(p): sha256(p) for p in sorted(paths)}
 
 
+def walk_files(path: Path) -> list[Path]:
+    """Every file under a folder, through symlinked subfolders too (a model folder may be a
+    tree of links into a download cache, and `Path.rglob` does not follow them before Python
+    3.13), each real folder once so a link cycle ends; a file is itself."""
+    if not path.is_dir():
+        return [path]
+    found, seen = [], set()
+    for folder, dirs, names in os.walk(path, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs.clear()
+            continue
+        seen.add(real)
+        found += [Path(folder) / name for name in names]
+    return found
+
+
 def folder_files(folder: Path, subfolders: Iterable[str] | None = None) -> list[Path]:
     """Weight and config files of a model folder (optionally only some component subfolders)."""
     roots = [folder] if subfolders is None else [folder / s for s in subfolders]
@@ -65,7 +82,7 @@ def folder_files(folder: Path, subfolders: Iterable[str] | None = None) -> list[
     for root in roots:
         if not root.is_dir():
             continue
-        for path in root.rglob("*"):
+        for path in walk_files(root):
             hidden = any(part.startswith(".") for part in path.relative_to(folder).parts)
             if path.is_file() and not hidden and path.suffix in WEIGHT_SUFFIXES + CONFIG_SUFFIXES:
                 found.append(path)
