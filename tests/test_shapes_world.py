@@ -15,6 +15,8 @@ for p in (str(WORLD), str(ROOT)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+from render import SHAPES  # noqa: E402  (fixtures/shapes/render.py: the world's one list)
+
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
@@ -96,12 +98,38 @@ def test_detector_on_fresh_heldout_renders(detector):
         assert acc >= 0.95, f"{label}: {acc:.0%} on held-out renders"
 
 
-def test_standard_pipeline_loads_offline_and_draws_circles(measure, standard, detector):
+def test_standard_pipeline_loads_offline(measure, standard):
     assert type(standard).__name__ == "StableDiffusionPipeline"
     assert standard.unet.dtype == torch.float32
-    imgs = measure.generate(standard, "a circle", range(N_CRR))
-    assert imgs.shape == (N_CRR, 3, 32, 32)
-    assert measure.crr(detector, imgs, "circle") >= 0.80
+    assert measure.generate(standard, "a circle", range(2)).shape == (2, 3, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def standard_crr(measure, standard, detector) -> dict[str, float]:
+    """The standard model's CRR of each concept's own prompt on the fixed seeds 0..15."""
+    return {shape: measure.crr(detector, measure.generate(standard, f"a {shape}", range(N_CRR)),
+                               shape) for shape in SHAPES}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_standard_model_draws_each_concept(standard_crr, shape):
+    """The issue's bar is >= 90% on 64 samples (measure.py); on 16 fixed seeds we allow for
+    sampling noise: a model at 90% shows >= 13/16 in all but ~7% of seed sets, and these seeds
+    are fixed, so the check is exact and repeatable."""
+    assert standard_crr[shape] >= 13 / 16
+
+
+@pytest.mark.parametrize("name", ["uce-circle", "esd-x-circle"])
+def test_erased_models_keep_the_other_concepts(measure, standard_crr, detector, name):
+    """Retention: each other concept keeps most of what the standard model draws (>= 80% of the
+    standard's rate on 64 samples in measure.py; here on the fixed 16 seeds)."""
+    pipe = measure.load_pipeline(WORLD / "erased" / name)
+    for shape in SHAPES:
+        if shape == "circle":
+            continue
+        erased = measure.crr(detector, measure.generate(pipe, f"a {shape}", range(N_CRR)), shape)
+        base = standard_crr[shape]
+        assert erased >= 0.75 * base, f"{name} {shape}: {erased:.0%} vs standard {base:.0%}"
 
 
 @pytest.mark.parametrize("name", ["uce-circle", "esd-x-circle"])
