@@ -45,8 +45,8 @@ def timed(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = 
     return seconds, proc.stdout
 
 
-def alternate(a: list[str], b: list[str], reps: int, setup_a: Any = None, setup_b: Any = None
-              ) -> dict[str, Any]:
+def alternate(a: list[str], b: list[str], reps: int, setup_a: Any = None, setup_b: Any = None,
+              unset: tuple[str, ...] = ()) -> dict[str, Any]:
     """Median of per-pair ratios a/b, alternating which runs first."""
     ta, tb, ratios = [], [], []
     for rep in range(reps):
@@ -57,7 +57,7 @@ def alternate(a: list[str], b: list[str], reps: int, setup_a: Any = None, setup_
         for name, cmd, setup in order:
             if setup:
                 setup()
-            got[name] = timed(cmd)[0]
+            got[name] = timed(cmd, unset=unset)[0]
         ta.append(got["a"])
         tb.append(got["b"])
         ratios.append(got["a"] / got["b"])
@@ -75,9 +75,10 @@ def bench_overhead(reps: int) -> dict[str, Any]:
     (erased prompts, standard prompts, neutral prompts: 3 x 64) and judging them."""
     a = audit_cmd(ROOT / "audits", "--no-erasure-cache")
     b = [PY, str(ROOT / "benchmarks" / "plain_loop.py"), "--samples", "64"]
-    result = alternate(a, b, reps)
+    result = alternate(a, b, reps, unset=UNSET)
     result.update(what="pytest audits/ -k circle-text (no cache) / plain diffusers loop, same "
-                       "192 images at 25 steps + detector", target="<= 1.10")
+                       "192 images at 25 steps + detector", target="<= 1.10",
+                  environment=f"both run without {', '.join(UNSET)}, as on a user's machine")
     return result
 
 
