@@ -1,7 +1,7 @@
 """Speed and memory benchmarks of issue 9, as ratios measured side by side in one run.
 
     python benchmarks/run.py                # all, on the shapes world; writes benchmarks/results/
-    python benchmarks/run.py --only load    # one of: overhead, warm, load, memory, ti, sequential
+    python benchmarks/run.py --only load    # one of: overhead, invariant, warm, load, memory, ti, sequential
 
 Absolute times on a shared machine are noise; every figure here is a ratio of two things run
 alternately (A B A B ...) in this one invocation, and the median ratio is what we quote.
@@ -78,6 +78,17 @@ def bench_overhead(reps: int) -> dict[str, Any]:
     result = alternate(a, b, reps, unset=UNSET)
     result.update(what="pytest audits/ -k circle-text (no cache) / plain diffusers loop, same "
                        "192 images at 25 steps + detector", target="<= 1.10",
+                  environment=f"both run without {', '.join(UNSET)}, as on a user's machine")
+    return result
+
+
+def bench_invariant(reps: int) -> dict[str, Any]:
+    """The price of bit-identical images across batch sizes: the same audit as `overhead`, with
+    the default batch-invariant layers / with the libraries' native kernels."""
+    a = audit_cmd(ROOT / "audits", "--no-erasure-cache")
+    result = alternate(a, [*a, "--no-batch-invariant"], reps, unset=UNSET)
+    result.update(what="pytest audits/ -k circle-text (no cache): batch-invariant layers / "
+                       "--no-batch-invariant, same 192 images at 25 steps, batch 16",
                   environment=f"both run without {', '.join(UNSET)}, as on a user's machine")
     return result
 
@@ -173,7 +184,7 @@ def bench_sequential(reps: int) -> dict[str, Any]:
             "same_verdicts": out["fixed"]["verdicts"] == out["sequential"]["verdicts"]}
 
 
-BENCHES = {"overhead": bench_overhead, "warm": bench_warm, "load": bench_load,
+BENCHES = {"overhead": bench_overhead, "invariant": bench_invariant, "warm": bench_warm, "load": bench_load,
            "memory": bench_memory, "ti": bench_ti, "sequential": bench_sequential}
 
 

@@ -56,6 +56,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--device", "device", str, "cpu", "torch device: cpu, cuda, cuda:1, mps"),
     Option("--dtype", "dtype", str, "float32", f"model dtype: {', '.join(DTYPES)}"),
     Option("--batch-size", "batch_size", int, 16, "images generated per forward pass"),
+    Option("--no-batch-invariant", "native_kernels", bool, False,
+           "use the math libraries' own batched kernels: faster, but an image's last bits then "
+           "depend on --batch-size (default: batch-invariant layers, bit-identical images)",
+           action="store_true"),
     Option("--steps", "steps", int, 25, "denoising steps"),
     Option("--guidance", "guidance", float, 7.5, "classifier-free guidance scale"),
     Option("--height", "height", int, None, "image height (default: the model's native size)"),
@@ -105,6 +109,7 @@ class AuditConfig:
     device: str
     dtype: str
     batch_size: int
+    native_kernels: bool
     steps: int
     guidance: float
     height: int | None

@@ -29,11 +29,15 @@ class Sampling:
     width: int
     device: str
     dtype: str
+    batch_invariant: bool = True
+    """Whether the pipeline's layers are the batch-invariant ones (`invariant.py`): the two
+    kinds of kernel give images that differ in the last bits, so they never share a cache entry."""
 
     def key(self) -> dict[str, Any]:
         device_type = self.device.split(":")[0]
         return {"steps": self.steps, "guidance": self.guidance, "height": self.height,
-                "width": self.width, "device": device_type, "dtype": self.dtype}
+                "width": self.width, "device": device_type, "dtype": self.dtype,
+                "kernels": "batch-invariant" if self.batch_invariant else "native"}
 
 
 def native_size(pipe: StableDiffusionPipeline) -> int:
@@ -125,14 +129,18 @@ def generate(
 
 
 def _conditioning(pipe: StableDiffusionPipeline, batch: list[GenerationInput]) -> torch.Tensor:
+    """(B, 77, D) conditional embeddings. Each distinct prompt is encoded alone: an embedding must
+    not depend on which prompts share its batch (elementwise kernels split a tensor among threads
+    at sizes that depend on the batch, see invariant.py), and a prompt repeated over many seeds
+    is encoded once."""
     import torch
 
-    prompts = [b.prompt for b in batch if b.prompt_embeds is None]
-    encoded = iter(encode(pipe, [p or "" for p in prompts])) if prompts else iter(())
+    encoded = {p: encode(pipe, [p])[0] for p in dict.fromkeys(
+        b.prompt or "" for b in batch if b.prompt_embeds is None)}
     rows = []
     for b in batch:
         if b.prompt_embeds is not None:
             rows.append(b.prompt_embeds.reshape(-1, b.prompt_embeds.shape[-1]).to(pipe.device))
         else:
-            rows.append(next(encoded))
+            rows.append(encoded[b.prompt or ""])
     return torch.stack([r.to(rows[0].dtype) for r in rows])

@@ -65,7 +65,7 @@ class AuditSession:
         self.concepts = concepts
         self.scenarios = scenarios if scenarios is not None else registry()
         self.cache = Cache(config.cache_dir)
-        self._models = models
+        self._models = self._ready(models) if models is not None else None
         self._identity: ModelIdentity | None = None
         self._detectors: dict[str, Detector] = {}
         self._descriptions: dict[str, dict[str, Any]] = {}
@@ -122,11 +122,21 @@ class AuditSession:
                 self.config.standard_model, self.config.erased_model,
                 erased_format=self.config.erased_format, device=self.config.device,
                 dtype=self.config.dtype, lora_multiplier=self.config.lora_multiplier)
-            for pipe in (models.standard, models.erased):
-                pipe.set_progress_bar_config(disable=True)
-            self._models = models
+            self._models = self._ready(models)
             self._check_identity(models)
         return self._models
+
+    def _ready(self, models: LoadedModels) -> LoadedModels:
+        """Quiet pipelines with batch-invariant layers (unless --no-batch-invariant), so an
+        image depends on its own seed and input alone, not on its batch's size."""
+        for pipe in (models.standard, models.erased):
+            pipe.set_progress_bar_config(disable=True)
+        if not self.config.native_kernels:
+            from pytest_erasure.invariant import make_batch_invariant
+
+            make_batch_invariant(*(getattr(pipe, name) for pipe in (models.standard, models.erased)
+                                   for name in ("unet", "vae", "text_encoder")))
+        return models
 
     @property
     def identity(self) -> ModelIdentity:
@@ -225,7 +235,8 @@ class AuditSession:
             raise ValueError("IRECE needs the concept whose prompt builds its mask")
         height, width = self.size()
         sampling = Sampling(self.config.steps, self.config.guidance, height, width,
-                            self.config.device, self.config.dtype)
+                            self.config.device, self.config.dtype,
+                            batch_invariant=not self.config.native_kernels)
         base_key = {"model": self.fingerprint(role), "sampling": sampling.key(),
                     "irece": self._irece_settings(concept) if irece else None}
         keys = [{**base_key, "input": _input_key(item)} for item in inputs]

@@ -1,5 +1,7 @@
-"""Determinism on CPU: the same seed gives the same images and the same CRR, whatever the batch
-size and whether the cases run under pytest-xdist; another seed gives other images.
+"""Determinism on CPU: the same seed gives the same images (bit for bit) and the same CRR, whatever
+the batch size, the thread count and whether the cases run under pytest-xdist; another seed gives
+other images. `--no-batch-invariant` trades the batch-size part for speed: rates stay equal,
+images may differ by one level in rare pixels.
 
 Images are compared two ways: per case, through the report's `image_sha256` fact (a digest of the
 judged uint8 images), and per sample, through the image cache: its keys do not include the batch
@@ -54,19 +56,24 @@ def _audit(root: Path, args: list[str]) -> None:
 @pytest.fixture(scope="module")
 def runs(tiny_world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory,
          ) -> dict[str, Path]:
-    """Five audits of the same (leaky) model: batch 8 twice (computed afresh each time), batch 1,
-    another seed, and batch 8 under `-n 2` (in a subprocess: xdist starts workers)."""
+    """Audits of the same (leaky) model: batch 8 twice (computed afresh each time), batch 1 and
+    batch 3, another seed, batch 8 under `-n 2` (in a subprocess: xdist starts workers), and
+    batches 8 and 1 with the libraries' native kernels."""
     import os
     import subprocess
     import sys
 
     root = tmp_path_factory.mktemp("determinism")
     (root / "test_audit.py").write_text(AUDIT)
-    out = {name: root / name for name in ("b8", "b8-again", "b1", "seed1", "xdist",
-                                          "cache-b8", "cache-b1")}
+    names = ("b8", "b8-again", "b1", "b3", "seed1", "xdist", "native-b8", "native-b1")
+    out = {n: root / n for n in (*names, *(f"cache-{n}" for n in names))}
     _audit(root, _args(tiny_world, out["b8"], cache=out["cache-b8"]))
     _audit(root, _args(tiny_world, out["b8-again"]))
     _audit(root, _args(tiny_world, out["b1"], batch=1, cache=out["cache-b1"]))
+    _audit(root, _args(tiny_world, out["b3"], batch=3, cache=out["cache-b3"]))
+    for batch in (8, 1):
+        _audit(root, _args(tiny_world, out[f"native-b{batch}"], "--no-batch-invariant",
+                           batch=batch, cache=out[f"cache-native-b{batch}"]))
     _audit(root, _args(tiny_world, out["seed1"], seed=1))
     if importlib.util.find_spec("xdist") is not None:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "CI": "1"}
@@ -89,29 +96,77 @@ def test_xdist_gives_the_same_images_and_crr(runs: dict[str, Path]) -> None:
     assert _cases(runs["xdist"]) == _cases(runs["b8"])
 
 
-def test_batch_size_changes_neither_crr_nor_any_image_beyond_rounding(runs: dict[str, Path]
-                                                                      ) -> None:
-    """Each sample has its own seed and CPU-drawn latent, so batching changes no input. It does
-    change the order in which CPU kernels sum, by about 1e-6 in the UNet's output: after
-    rounding to uint8, a rare pixel may move by one level. CRR is identical; every image is
-    identical or one level away in a few pixels.
+def test_batch_size_changes_no_image_and_no_rate(runs: dict[str, Path]) -> None:
+    """Batch-invariant layers (`invariant.py`): every sample's products have the shape of one
+    sample, so batches of 8, 1 and 3 give the same bits, per case and per cached image."""
+    b8 = _cases(runs["b8"])
+    assert _cases(runs["b1"]) == b8 and _cases(runs["b3"]) == b8
+    images8 = _images(runs["cache-b8"])
+    for other in ("cache-b1", "cache-b3"):
+        images = _images(runs[other])
+        assert images8 and images.keys() == images8.keys(), "one cache entry per sample"
+        unequal = [n for n, image in images.items() if not images8[n].equal(image)]
+        assert not unequal, f"{other}: {len(unequal)} of {len(images)} images differ"
 
-    Why not bit-identical (measured on the shapes world, 10 steps): the first divergence is the
-    UNet's `time_embedding.linear_1`, a GEMM whose kernel MKL picks by row count (a one-row call
-    takes another path than an eight-row one). Beyond that, a row's result depends on the batch
-    size and on its position in a thread-count-dependent way (1 thread: batches of 16, 24 and 32
-    agree exactly, batch 8 does not; 2 threads: shifting a sample by five rows changes it), so no
-    padding rule makes batching exact. Exactness would need one sample per forward pass, 2.7x
-    slower here (0.21 s per image alone vs 0.57 s for eight together). We keep batching: the
-    verdict and every rate are batch-independent (this test), and a fixed batch size gives
-    bit-identical images across runs and across -n (the tests above and below)."""
-    b8, b1 = _cases(runs["b8"]), _cases(runs["b1"])
-    assert {k: v[0] for k, v in b8.items()} == {k: v[0] for k, v in b1.items()}
-    images8, images1 = _images(runs["cache-b8"]), _images(runs["cache-b1"])
-    assert images8 and images8.keys() == images1.keys(), "one cache entry per sample"
+
+def test_native_kernels_change_bits_at_most_never_rates(runs: dict[str, Path]) -> None:
+    """With --no-batch-invariant, CPU kernels sum in an order chosen by the row count (MKL GEMM,
+    oneDNN convolution), so a pixel may move by one level; verdicts and rates stay equal. Its
+    images are cached apart from the batch-invariant ones (other bits, other entries)."""
+    native8, native1 = _cases(runs["native-b8"]), _cases(runs["native-b1"])
+    assert {k: v[0] for k, v in native8.items()} == {k: v[0] for k, v in native1.items()}
+    assert {k: v[0] for k, v in native8.items()} == {k: v[0] for k, v in _cases(runs["b8"]).items()}
+    images8, images1 = _images(runs["cache-native-b8"]), _images(runs["cache-native-b1"])
+    assert images8 and images8.keys() == images1.keys()
+    assert not images8.keys() & _images(runs["cache-b8"]).keys(), "kernels share cache entries"
     for name, image in images8.items():
         diff = (image.int() - images1[name].int()).abs()
         assert int(diff.max()) <= 1 and int((diff > 0).sum()) <= diff.numel() // 1000, name
+
+
+def test_invariant_layers_give_one_sample_the_same_bits_in_any_batch_and_thread_count() -> None:
+    """The layers themselves, on a tiny SD-architecture pipeline, called as generation calls
+    them: prompts encoded by `_conditioning`, the UNet on (unconditional, conditional) pairs, the
+    VAE decoder. A sample's output is bit-identical alone or in a batch of 3 or 17 (oneDNN
+    changes 1x1 kernels at 16) at 1, 2, 3 and 4 threads, and the same with 1 or 2 threads."""
+    import torch
+
+    from pytest_erasure.generate import _conditioning
+    from pytest_erasure.invariant import is_batch_invariant, make_batch_invariant
+    from pytest_erasure.scenarios.base import GenerationInput
+    from pytest_erasure.testing import tiny_pipeline
+
+    pipe = tiny_pipeline(0)
+    assert make_batch_invariant(pipe.unet, pipe.vae, pipe.text_encoder) > 0
+    assert all(is_batch_invariant(m) for m in (pipe.unet, pipe.vae, pipe.text_encoder))
+    g = torch.Generator().manual_seed(0)
+    size = pipe.unet.config.sample_size
+    z = torch.randn(17, pipe.unet.config.in_channels, size, size, generator=g)
+    words = ("circle", "red square", "star", "", "blue heart")
+    inputs = [GenerationInput(seed=i, prompt=f"a {words[i % 5]}") for i in range(17)]
+
+    def run(n: int) -> list[torch.Tensor]:
+        with torch.no_grad():
+            states = _conditioning(pipe, inputs[:n])
+            pairs = torch.cat([states, states])  # rows as classifier-free guidance stacks them
+            eps = pipe.unet(torch.cat([z[:n], z[:n]]), torch.tensor(500),
+                            encoder_hidden_states=pairs).sample
+            image = pipe.vae.decode(z[:n]).sample
+        return [states, eps[:n], eps[n:], image]
+
+    threads = torch.get_num_threads()
+    try:
+        outputs = {}
+        for t in (1, 2, 3, 4):
+            torch.set_num_threads(t)
+            outputs.update({(t, n): run(n) for n in (1, 3, 17)})
+    finally:
+        torch.set_num_threads(threads)
+    names = ("text", "unet, first half", "unet, second half", "vae")
+    for (t, n), got in outputs.items():
+        for reference in [outputs[(t, 17)], *([outputs[(1, 17)]] if t <= 2 else [])]:
+            for name, a, b in zip(names, reference, got, strict=True):
+                assert torch.equal(a[:n], b), f"{name}: {n} samples, {t} threads"
 
 
 def test_another_seed_gives_other_images(runs: dict[str, Path]) -> None:
