@@ -158,13 +158,17 @@ def _shift_output(pipe: StableDiffusionPipeline, bias: float) -> StableDiffusion
     return pipe
 
 
-TINY_CONCEPTS = """
-neutral_prompts = ["a shape", ""]
+def tiny_concepts(prompts: tuple[str, ...] = ("a {concept}", "a red {concept}"),
+                  neutral: tuple[str, ...] = ("a shape", "")) -> str:
+    """The tiny worlds' concepts file: circle erased (square kept), judged by brightness."""
+    quoted = ", ".join(f'"{p}"' for p in prompts)
+    return f"""
+neutral_prompts = [{", ".join(f'"{p}"' for p in neutral)}]
 threshold = 0.2
 
 [defaults]
 detector = "pytest_erasure.testing:build_brightness_detector"
-prompts = ["a {concept}", "a red {concept}"]
+prompts = [{quoted}]
 
 [[concept]]
 name = "circle"
@@ -177,15 +181,25 @@ erased = false
 """
 
 
+def write_noise_references(root: Path, n: int = 4) -> Path:
+    """`n` random 32x32 PNGs in root/references/circle (the concepts file's reference folder)."""
+    import numpy as np
+    from PIL import Image
+
+    refs = root / "references" / "circle"
+    refs.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(refs / f"{i}.png")
+    return refs
+
+
 def save_tiny_world(root: Path) -> dict[str, Path]:
     """A standard model that 'draws the concept' (bright images), an erased one that does not
     (dark), a leaky erased one that still does, a concepts file and reference images.
 
     Everything is written to disk so the plugin's real loading code reads it.
     """
-    import numpy as np
-    from PIL import Image
-
     root.mkdir(parents=True, exist_ok=True)
     paths = {
         "standard": root / "standard",
@@ -196,12 +210,8 @@ def save_tiny_world(root: Path) -> dict[str, Path]:
     _shift_output(tiny_pipeline(0), 0.6).save_pretrained(paths["standard"])
     _shift_output(tiny_pipeline(0), -0.6).save_pretrained(paths["erased"])
     _shift_output(tiny_pipeline(0), 0.5).save_pretrained(paths["leaky"])
-    paths["concepts"].write_text(TINY_CONCEPTS)
-    refs = root / "references" / "circle"
-    refs.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(refs / f"{i}.png")
+    paths["concepts"].write_text(tiny_concepts())
+    write_noise_references(root)
     return paths
 
 

@@ -30,24 +30,6 @@ CASES = {"circle-text", "circle-baseline", "circle-retention-square", "circle-ad
 # SD v1.4: 16 Transformer2DModel blocks (down 2+2+2, mid 1, up 3+3+3), each one attn2 to_k/to_v.
 UCE_TENSORS = 32
 
-CONCEPTS = """
-neutral_prompts = ["a shape"]
-threshold = 0.2
-
-[defaults]
-detector = "pytest_erasure.testing:build_brightness_detector"
-prompts = ["a {concept}"]
-
-[[concept]]
-name = "circle"
-retain = ["square"]
-references = "references/circle"
-
-[[concept]]
-name = "square"
-erased = false
-"""
-
 BUDGETS = [
     "--steps", "2", "--samples", "2", "--height", "64", "--width", "64", "--batch-size", "2",
     "--ti-steps", "1", "--ti-batch-size", "1",
@@ -60,12 +42,10 @@ BUDGETS = [
 def _write_world(root: Path) -> dict[str, Path]:
     """SD v1.4-architecture standard model (float16 safetensors), a UCE-format erased file
     (only the 32 attn2 to_k/to_v weights, perturbed), a concepts file and 4 reference PNGs."""
-    import numpy as np
     import torch
-    from PIL import Image
 
     from pytest_erasure.formats.writers import save_tensors, unet_tensors
-    from pytest_erasure.testing import sd14_pipeline
+    from pytest_erasure.testing import sd14_pipeline, tiny_concepts, write_noise_references
 
     paths = {"standard": root / "standard", "erased": root / "uce-circle.safetensors",
              "concepts": root / "concepts.toml"}
@@ -78,12 +58,8 @@ def _write_world(root: Path) -> dict[str, Path]:
     save_tensors({k: v.half() for k, v in uce.items()}, paths["erased"])
     del pipe, uce
     gc.collect()
-    paths["concepts"].write_text(CONCEPTS)
-    refs = root / "references" / "circle"
-    refs.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    for i in range(4):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(refs / f"{i}.png")
+    paths["concepts"].write_text(tiny_concepts(prompts=("a {concept}",), neutral=("a shape",)))
+    write_noise_references(root)
     return paths
 
 
