@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from statistics import NormalDist
 from typing import Any
 
 Z95 = 1.959963984540054
@@ -56,11 +57,15 @@ def gate_passes(rate: Rate, threshold: float, gate: str) -> bool:
     return rate.crr <= threshold
 
 
-def decided(rate: Rate, threshold: float) -> bool:
-    """Sequential stopping: the interval lies wholly on one side of the threshold.
+def look_z(looks: int) -> float:
+    """z of a one-sided 2.5% / `looks` level: Bonferroni over at most `looks` looks keeps the
+    chance that any look stops on the wrong side at 2.5% per direction, the same as one look at
+    the full n with the 95% interval (z = 1.96 for one look, 2.50 for four)."""
+    return NormalDist().inv_cdf(1 - 0.025 / max(1, looks))
 
-    Each look uses a 95% interval; with at most `looks` looks the error rate is bounded by
-    Bonferroni at looks x 5% per side — the session spaces looks geometrically to keep them few.
-    """
-    low, high = rate.interval
+
+def decided(rate: Rate, threshold: float, looks: int = 1) -> bool:
+    """Sequential stopping: the interval at this look's level (`look_z`) lies wholly on one side
+    of the threshold. The session spaces looks geometrically to keep them few."""
+    low, high = wilson(rate.hits, rate.n, look_z(looks))
     return high <= threshold or low > threshold

@@ -354,7 +354,7 @@ class AuditSession:
             present += [bool(p) or f for p, f in zip(verdicts, flags, strict=True)]
             degenerate += flags
             rate = Rate(sum(present), len(present), sum(degenerate))
-            if stop_at is not None and decided(rate, stop_at):
+            if stop_at is not None and decided(rate, stop_at, len(rounds)):
                 break
         return Rate(sum(present), len(present), sum(degenerate)), images, present, degenerate
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_erasure.crr import Rate, decided, gate_passes, wilson
+from pytest_erasure.crr import Rate, decided, gate_passes, look_z, wilson
 
 
 @pytest.mark.parametrize("hits, n, low, high", [
@@ -51,3 +51,47 @@ def test_sequential_decision_needs_the_whole_interval_on_one_side() -> None:
     assert not decided(Rate(0, 16), 0.15)   # upper bound above 15%: keep sampling
     assert decided(Rate(16, 16), 0.5)       # lower bound above the threshold
     assert not decided(Rate(3, 16), 0.2)
+
+
+def test_each_of_several_looks_uses_a_stricter_interval() -> None:
+    """Four looks at 2.5%/4 each: 0/16 no longer clears a 20% threshold (upper bound 28%, vs
+    19.4% at one look's 95%), 0/32 does (16.3%)."""
+    assert math.isclose(look_z(1), 1.959964, abs_tol=1e-6)
+    assert math.isclose(look_z(4), 2.497705, abs_tol=1e-6)
+    assert decided(Rate(0, 16), 0.2) and not decided(Rate(0, 16), 0.2, looks=4)
+    assert decided(Rate(0, 32), 0.2, looks=4)
+    assert decided(Rate(16, 16), 0.2, looks=4)
+
+
+def test_sequential_stopping_errs_at_most_the_single_look_rate() -> None:
+    """The whole procedure (looks at 16, 32, 64, 128 with look_z(4)), simulated exactly by
+    enumerating the binomial paths: with the true rate on either side of the threshold, near it
+    or far, it stops on the wrong side at most 2.5% of the time."""
+    from math import comb
+
+    rounds = (16, 32, 64, 128)
+
+    def wrong_stop(p: float, threshold: float, z: float) -> float:
+        # distribution over hits among the images drawn so far, for paths not yet stopped
+        alive = {0: 1.0}
+        drawn, wrong = 0, 0.0
+        for upto in rounds:
+            step = upto - drawn
+            nxt: dict[int, float] = {}
+            for hits, mass in alive.items():
+                for k in range(step + 1):
+                    q = mass * comb(step, k) * p**k * (1 - p) ** (step - k)
+                    nxt[hits + k] = nxt.get(hits + k, 0.0) + q
+            drawn, alive = upto, {}
+            for hits, mass in nxt.items():
+                low, high = wilson(hits, drawn, z)
+                if (p > threshold and high <= threshold) or (p <= threshold and low > threshold):
+                    wrong += mass
+                elif not (high <= threshold or low > threshold):
+                    alive[hits] = mass
+        return wrong
+
+    for p in (0.1, 0.15, 0.19, 0.21, 0.25, 0.3):
+        assert wrong_stop(p, 0.2, look_z(len(rounds))) <= 0.025, p
+    # a 95% interval at every look is what this replaced: next to the threshold it errs more
+    assert wrong_stop(0.19, 0.2, look_z(1)) > 0.025
