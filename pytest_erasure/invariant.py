@@ -18,12 +18,13 @@ The fix gives every reduction a shape that does not depend on the batch:
 - SiLU and GELU: per sample when more than two threads share a tensor (`per_sample`).
 Prompts are encoded one at a time (`generate._conditioning`) for the same reason.
 
-Measured on the shapes world and tests' tiny pipelines (tests/test_determinism.py): bit-identical
-images for batch sizes 1, 3, 8, 10 and 17 at 1, 2, 3 and 4 threads, and the same bits with 1 or 2
-threads (three or more threads change the bits, whatever the batch: another summation split), on
-this machine's CPU kernels; other CPUs and GPUs choose other kernels, which that test checks
-wherever it runs. The cost is in README's benchmark table; `--no-batch-invariant` turns the
-layers off.
+Measured by tests/test_determinism.py on the tests' tiny pipelines (and by hand on the shapes
+world, generating at batches 1, 3, 8 and 10): audits at batches 8, 1 and 3 give identical images;
+the layers give a sample identical outputs in batches of 1, 3 and 17 at 1, 2, 3 and 4 threads, and
+the same bits with 1 or 2 threads (three or more change the bits, whatever the batch: another
+summation split). That is this machine's CPU kernels; other CPUs and GPUs choose other kernels,
+which that test checks wherever it runs. The cost is in README's
+benchmark table; `--no-batch-invariant` turns the layers off.
 
 Layers are changed by swapping their class for a subclass (same parameters, same state dict), so
 they survive `copy.deepcopy` and `isinstance` checks; applying twice is a no-op.
