@@ -108,7 +108,10 @@ def irece_mask(maps: list[torch.Tensor], latent_hw: tuple[int, int], tau: float)
     low = flat.min(dim=1).values.view(-1, 1, 1, 1)
     high = flat.max(dim=1).values.view(-1, 1, 1, 1)
     span = high - low
-    contrast = span > FLAT_RELATIVE * torch.maximum(high.abs(), low.abs())
+    # Flat also when the spread is below the smallest normal float: a map of subnormal values is
+    # zero attention whose interpolation rounded unevenly, not a place to point at.
+    contrast = ((span > FLAT_RELATIVE * torch.maximum(high.abs(), low.abs()))
+                & (span >= torch.finfo(span.dtype).tiny))
     normalised = (mean - low) / torch.where(contrast, span, torch.ones_like(span))
     return ((normalised >= tau) & contrast).float()
 

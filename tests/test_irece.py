@@ -91,6 +91,13 @@ def test_constant_attention_gives_an_empty_mask(hw, constants, levels, tau):
     assert irece_mask(maps, hw, tau).sum() == 0
 
 
+def test_subnormal_constant_attention_gives_an_empty_mask():
+    """Found by hypothesis: a constant map of the smallest subnormal float interpolates to a mix of
+    it and 0 (0.25 x it rounds to 0), which looked like contrast and masked everything."""
+    tiny = torch.full((2, 2, 2), 1.401298464324817e-45)
+    assert irece_mask([tiny], (8, 8), 0.0).sum() == 0
+
+
 def test_all_zero_attention_gives_an_empty_mask():
     assert irece_mask([torch.zeros(3, 8, 8), torch.zeros(3, 4, 4)], (16, 16), 0.0).sum() == 0
 
