@@ -23,8 +23,8 @@ world, generating at batches 1, 3, 8 and 10): audits at batches 8, 1 and 3 give 
 the layers give a sample identical outputs in batches of 1, 3 and 17 at 1, 2, 3 and 4 threads, and
 the same bits with 1 or 2 threads (three or more change the bits, whatever the batch: another
 summation split). That is this machine's CPU kernels; other CPUs and GPUs choose other kernels,
-which that test checks wherever it runs. The cost is in README's
-benchmark table; `--no-batch-invariant` turns the layers off.
+which that test checks wherever it runs. The cost is in README's benchmark table;
+`--no-batch-invariant` turns the layers off.
 
 Layers are changed by swapping their class for a subclass (same parameters, same state dict), so
 they survive `copy.deepcopy` and `isinstance` checks; applying twice is a no-op.
@@ -124,7 +124,8 @@ def per_sample(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> t
 
 
 def make_batch_invariant(*models: Any) -> int:
-    """Swap every Linear, Conv2d and GroupNorm of `models` for its batch-invariant form.
+    """Swap every Linear, Conv2d, GroupNorm, SiLU, GELU and GEGLU of `models` for its
+    batch-invariant form (`_classes`).
 
     Only exact torch classes are swapped (a library's own subclass keeps its forward). Returns
     how many layers were swapped this call.

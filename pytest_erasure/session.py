@@ -591,8 +591,6 @@ def context_for_pipelines(standard: StableDiffusionPipeline, erased: StableDiffu
 
     fingerprints = {role: _pipeline_fingerprint(pipe)
                     for role, pipe in (("standard", standard), ("erased", erased))}
-    for pipe in (standard, erased):
-        pipe.set_progress_bar_config(disable=True)
     models = LoadedModels(standard=standard, erased=erased,
                           provenance={"standard": {"format": "in-memory"},
                                       "erased": {"format": "in-memory"}},

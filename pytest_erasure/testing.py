@@ -161,14 +161,16 @@ def _shift_output(pipe: StableDiffusionPipeline, bias: float) -> StableDiffusion
 def tiny_concepts(prompts: tuple[str, ...] = ("a {concept}", "a red {concept}"),
                   neutral: tuple[str, ...] = ("a shape", "")) -> str:
     """The tiny worlds' concepts file: circle erased (square kept), judged by brightness."""
-    quoted = ", ".join(f'"{p}"' for p in prompts)
+    def toml_list(items: tuple[str, ...]) -> str:
+        return "[" + ", ".join(f'"{item}"' for item in items) + "]"
+
     return f"""
-neutral_prompts = [{", ".join(f'"{p}"' for p in neutral)}]
+neutral_prompts = {toml_list(neutral)}
 threshold = 0.2
 
 [defaults]
 detector = "pytest_erasure.testing:build_brightness_detector"
-prompts = [{quoted}]
+prompts = {toml_list(prompts)}
 
 [[concept]]
 name = "circle"
