@@ -58,6 +58,14 @@ def test_shipped_total_is_at_most_40_mb():
     assert total <= MAX_BYTES, f"shipped {total / 2**20:.1f} MB > 40 MB"
 
 
+def test_no_build_machine_path_ships():
+    """build.py strips diffusers' `_name_or_path`: a rebuild from any work folder writes the
+    same configs, and no path of the machine that built the world is shipped."""
+    leaks = [str(f.relative_to(WORLD)) for f in WORLD.rglob("*.json")
+             if "_name_or_path" in json.loads(f.read_text())]
+    assert leaks == []
+
+
 def test_references_are_16_pngs_of_32px_per_concept():
     from PIL import Image
     from render import SHAPES
@@ -168,3 +176,20 @@ def test_measurements_recorded():
     assert r["protocol"]["samples_per_concept"] == 64
     assert set(r["text_crr"]) >= {"standard", "uce-circle", "esd-x-circle",
                                   "uce-circle.safetensors", "esd-x-circle.safetensors"}
+
+
+def test_recorded_measurements_meet_the_issues_bars(measure):
+    """The issue's bars, on measure.py's 64 samples per concept as shipped in measurements.json
+    (the tests above re-check the files themselves on 16 seeds): standard >= 90% per concept,
+    each erased form <= 20% on the erased concept and >= 80% of the standard's rate elsewhere,
+    detector >= 98% per class."""
+    r = json.loads((WORLD / "measurements.json").read_text())
+    crr = r["text_crr"]
+    assert {s: v for s, v in crr["standard"].items() if v < 0.9} == {}
+    for name, row in crr.items():
+        if name == "standard":
+            continue
+        assert row[measure.ERASED_CONCEPT] <= 0.2, name
+        low = {s: v for s, v in r["retention_ratio"][name].items() if v < 0.8}
+        assert low == {}, f"{name} keeps less than 80% of the standard's rate: {low}"
+    assert {k: v for k, v in r["detector_heldout_accuracy"].items() if v < 0.98} == {}
