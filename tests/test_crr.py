@@ -71,7 +71,7 @@ def test_sequential_stopping_errs_at_most_the_single_look_rate() -> None:
 
     rounds = (16, 32, 64, 128)
 
-    def wrong_stop(p: float, threshold: float, z: float) -> float:
+    def wrong_stop(p: float, threshold: float, looks: int) -> float:
         # distribution over hits among the images drawn so far, for paths not yet stopped
         alive = {0: 1.0}
         drawn, wrong = 0, 0.0
@@ -84,14 +84,14 @@ def test_sequential_stopping_errs_at_most_the_single_look_rate() -> None:
                     nxt[hits + k] = nxt.get(hits + k, 0.0) + q
             drawn, alive = upto, {}
             for hits, mass in nxt.items():
-                low, high = wilson(hits, drawn, z)
-                if (p > threshold and high <= threshold) or (p <= threshold and low > threshold):
-                    wrong += mass
-                elif not (high <= threshold or low > threshold):
+                rate = Rate(hits, drawn)
+                if not decided(rate, threshold, looks):
                     alive[hits] = mass
+                elif (rate.crr <= threshold) != (p <= threshold):  # stopped on the wrong side
+                    wrong += mass
         return wrong
 
     for p in (0.1, 0.15, 0.19, 0.21, 0.25, 0.3):
-        assert wrong_stop(p, 0.2, look_z(len(rounds))) <= 0.025, p
+        assert wrong_stop(p, 0.2, len(rounds)) <= 0.025, p
     # a 95% interval at every look is what this replaced: next to the threshold it errs more
-    assert wrong_stop(0.19, 0.2, look_z(1)) > 0.025
+    assert wrong_stop(0.19, 0.2, 1) > 0.025
