@@ -1,60 +1,141 @@
-"""CRR, its Wilson interval, the gate rule, and sequential stopping.
+"""CRR, its intervals, the gate rules, and sequential stopping.
 
-Why Wilson: CRR is a proportion from often small n (64 images) and often near 0 or 1, where the
-normal approximation gives intervals outside [0, 1] or of zero width.
+Why Wilson by default: CRR is a proportion from often small n (64 images) and often near 0 or 1,
+where the normal approximation gives intervals outside [0, 1] or of zero width. A `Rate` built
+by `clusters.clustered_rate` or `detector_error.corrected_rate` carries its own interval instead
+(clustered samples, detector error), and every consumer reads `rate.interval`, so the corrected
+interval travels to the gate, the reports and the JSON record.
+
+The gate rules and what each guarantees (exact numbers: `python -m pytest_erasure.crr --table`,
+computed by `pytest_erasure.gate`):
+- `point`: CRR <= threshold. No stated error: at n=64 a model at threshold + 0.05 passes ~20%.
+- `upper`: the Wilson 95% upper bound <= threshold. Strict: a model *at* the threshold passes at
+  most ~2.5%, but a model 0.05 below it fails most of the time at n <= 64.
+- `exact`: the exact (Clopper-Pearson) one-sided 95% upper bound <= threshold + GATE_TOLERANCE.
+  Guarantee, for every n: a model whose true CRR is threshold + 0.05 or more passes at most 5%
+  of the time (the bound's own coverage). Among rules that keep that guarantee it fails the
+  fewest good models (it is the one-sided binomial test, uniformly most powerful), which is why
+  it is the recommended default (`DEFAULT_GATE`): a threshold of 0.2 then reads "we are 95% sure
+  the CRR is below 0.25", and the 0.2-0.25 band is where the audit does not promise a verdict.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from statistics import NormalDist
 from typing import Any
 
+from pytest_erasure.distributions import beta_quantile, binom_cdf
+
 Z95 = 1.959963984540054
+GATES = ("point", "upper", "exact")
+DEFAULT_GATE = "exact"
+GATE_TOLERANCE = 0.05
+"""How far above its threshold a model must be for the `exact` gate to promise to fail it."""
+GATE_ALPHA = 0.05
+"""The `exact` gate's one-sided error at threshold + GATE_TOLERANCE."""
 
 
 @dataclass(frozen=True)
 class Rate:
     """`hits` of `n` images showed the concept; `degenerate` of those n were NaN/constant images,
-    which count as hits (a model that draws nothing must not pass as 'erased')."""
+    which count as hits (a model that draws nothing must not pass as 'erased').
+
+    `low`/`high`/`method` set: the rate carries its own 95% interval (`method` names how it was
+    made: 'clustered', 'undetermined', 'rogan-gladen'); unset, the interval is Wilson's on hits/n.
+    `design_effect` and `clusters` record a clustered interval's inputs; `estimate` a corrected
+    point estimate (detector error) that replaces hits/n as `crr`."""
 
     hits: int
     n: int
     degenerate: int = 0
+    low: float | None = None
+    high: float | None = None
+    method: str | None = None
+    design_effect: float | None = None
+    clusters: int | None = None
+    estimate: float | None = None
 
     @property
     def crr(self) -> float:
+        if self.estimate is not None:
+            return self.estimate
         return self.hits / self.n if self.n else float("nan")
 
     @property
     def interval(self) -> tuple[float, float]:
+        if self.low is not None and self.high is not None:
+            return (self.low, self.high)
         return wilson(self.hits, self.n)
 
     def to_dict(self) -> dict[str, Any]:
+        """hits, n, degenerate, crr, ci_low, ci_high always; the stored-interval fields only when
+        set, so records of plain rates are unchanged."""
         low, high = self.interval
-        return {**asdict(self), "crr": self.crr, "ci_low": low, "ci_high": high}
+        out: dict[str, Any] = {"hits": self.hits, "n": self.n, "degenerate": self.degenerate}
+        for key in ("low", "high", "method", "design_effect", "clusters", "estimate"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return {**out, "crr": self.crr, "ci_low": low, "ci_high": high}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Rate:
+        """Reads what `to_dict` wrote, and older records with only hits/n/degenerate."""
+        return cls(data["hits"], data["n"], data.get("degenerate", 0),
+                   **{k: data.get(k) for k in ("low", "high", "method", "design_effect",
+                                               "clusters", "estimate")})
 
     def __str__(self) -> str:
         low, high = self.interval
-        return f"{self.crr:.1%} [{low:.1%}, {high:.1%}] ({self.hits}/{self.n})"
+        text = f"{self.crr:.1%} [{low:.1%}, {high:.1%}] ({self.hits}/{self.n}"
+        if self.clusters is not None:
+            text += f", {self.clusters} clusters"
+        if self.design_effect is not None:
+            text += f", design effect {self.design_effect:.2f}"
+        if self.method is not None:
+            text += f", {self.method}"
+        return text + ")"
 
 
-def wilson(hits: int, n: int, z: float = Z95) -> tuple[float, float]:
-    if n == 0:
+def wilson(hits: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval; hits and n may be fractional (an effective sample size)."""
+    if n <= 0:
         return (0.0, 1.0)
     p = hits / n
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    half = z * math.sqrt(max(0.0, p * (1 - p)) / n + z * z / (4 * n * n)) / denom
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+def exact_upper(hits: float, n: float, alpha: float = GATE_ALPHA) -> float:
+    """One-sided exact (Clopper-Pearson) upper bound at level 1 - alpha: the largest p with
+    P(X <= hits | n, p) >= alpha. Guarantee: P(bound < true p) <= alpha for every n and p."""
+    if n <= 0 or hits >= n:
+        return 1.0
+    return beta_quantile(1 - alpha, hits + 1, n - hits)
+
+
 def gate_passes(rate: Rate, threshold: float, gate: str) -> bool:
-    """point: CRR <= threshold; upper (strict, for release): the 95% upper bound <= threshold."""
+    """Does `rate` pass `threshold` under `gate` (one of GATES; see the module docstring for
+    what each guarantees)? A rate that carries its own interval (clustered, corrected) is judged
+    by that interval's upper end under `upper` and `exact` (the stored interval is two-sided
+    95%, so its upper end is at least the one-sided 95% bound: conservative)."""
+    if rate.n <= 0:
+        return False
     if gate == "upper":
         return rate.interval[1] <= threshold
-    return rate.crr <= threshold
+    if gate == "exact":
+        bar = threshold + GATE_TOLERANCE
+        if rate.high is not None:
+            return rate.high <= bar
+        # exact_upper(hits, n) <= bar  <=>  P(X <= hits | n, bar) <= alpha: the same rule,
+        # without the bisection's rounding at the boundary
+        return bar >= 1.0 or binom_cdf(rate.hits, rate.n, bar) <= GATE_ALPHA
+    if gate == "point":
+        return rate.crr <= threshold
+    raise ValueError(f"unknown gate {gate!r}; one of {GATES}")
 
 
 def look_z(looks: int) -> float:
@@ -69,3 +150,9 @@ def decided(rate: Rate, threshold: float, looks: int = 1) -> bool:
     of the threshold. The session spaces looks geometrically to keep them few."""
     low, high = wilson(rate.hits, rate.n, look_z(looks))
     return high <= threshold or low > threshold
+
+
+if __name__ == "__main__":
+    from pytest_erasure.gate import main
+
+    raise SystemExit(main())

@@ -53,8 +53,7 @@ class CaseResult:
         data = dict(data)
         for key in ("rate", "standard", "undefended", "base_rate"):
             value = data.get(key)
-            data[key] = (Rate(value["hits"], value["n"], value.get("degenerate", 0))
-                         if value else None)
+            data[key] = Rate.from_dict(value) if value else None
         return cls(**data)
 
 

@@ -38,7 +38,7 @@ def audit(model: Path, out: Path, extra: list[str]) -> dict[str, Any]:
 
 
 def _rate(data: dict[str, Any] | None) -> Rate | None:
-    return Rate(data["hits"], data["n"], data.get("degenerate", 0)) if data else None
+    return Rate.from_dict(data) if data else None
 
 
 def _cell(rate: Rate | None) -> str:

@@ -1,0 +1,144 @@
+"""The gate's error, computed exactly: how often each gate rule passes a model that should fail
+and fails one that should pass, at a given n, fixed or with sequential stopping.
+
+Why exact enumeration and not simulation: the numbers go into README and into a safety team's
+sign-off, so they must not carry Monte Carlo noise. Every hit count 0..n is a term of a finite
+binomial sum; the sequential rule (`crr.decided` at each of the session's doubling rounds
+16, 32, ..., n with `len(rounds)` looks) is a finite tree of paths, summed round by round over
+the hit counts still undecided. The only assumption is the binomial one: images independent
+with one true CRR (see `pytest_erasure.clusters` for when they are not).
+
+`python -m pytest_erasure.gate --table` (or `python -m pytest_erasure.crr --table`) prints the
+README table.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+from pytest_erasure.crr import GATES, Rate, decided, gate_passes
+from pytest_erasure.distributions import binom_pmfs
+
+FIRST_ROUND = 16
+"""The session's first sequential round (`session.SEQUENTIAL_FIRST_ROUND`)."""
+
+
+def sequential_rounds(n: int, first: int = FIRST_ROUND) -> list[int]:
+    """The session's rounds for n samples: first, 2*first, ... while below n, then n."""
+    rounds, k = [], first
+    while k < n:
+        rounds.append(k)
+        k *= 2
+    return rounds + [n]
+
+
+def pass_probability(p: float, threshold: float, gate: str, n: int, *,
+                     sequential: bool = False, first: int = FIRST_ROUND) -> float:
+    """Exact probability that a model whose images show the concept independently with
+    probability `p` passes `gate` at `threshold` with `n` samples; with `sequential`, sampling
+    stops at the first round where `crr.decided` (as `session.measure` does) and the gate judges
+    the images drawn so far."""
+    rounds = sequential_rounds(n, first) if sequential else [n]
+    looks = len(rounds)
+    alive = {0: 1.0}
+    drawn, passed = 0, 0.0
+    for i, upto in enumerate(rounds):
+        step = upto - drawn
+        pmf = binom_pmfs(step, p)
+        grown: dict[int, float] = {}
+        for hits, mass in alive.items():
+            for k, q in enumerate(pmf):
+                if q:
+                    grown[hits + k] = grown.get(hits + k, 0.0) + mass * q
+        drawn, alive = upto, {}
+        last = i == len(rounds) - 1
+        for hits, mass in grown.items():
+            rate = Rate(hits, drawn)
+            if last or (sequential and decided(rate, threshold, looks)):
+                if gate_passes(rate, threshold, gate):
+                    passed += mass
+            else:
+                alive[hits] = mass
+    return min(1.0, passed)
+
+
+@dataclass(frozen=True)
+class GateError:
+    gate: str
+    n: int
+    threshold: float
+    delta: float
+    sequential: bool
+    false_pass: float
+    """P(pass) for a model whose true CRR is threshold + delta."""
+    false_fail: float
+    """P(fail) for a model whose true CRR is threshold - delta."""
+
+
+def gate_error(gate: str, n: int, threshold: float, delta: float = 0.05, *,
+               sequential: bool = False) -> GateError:
+    """Both errors of a gate rule, exactly (see `pass_probability`)."""
+    return GateError(
+        gate, n, threshold, delta, sequential,
+        false_pass=pass_probability(threshold + delta, threshold, gate, n, sequential=sequential),
+        false_fail=1.0 - pass_probability(threshold - delta, threshold, gate, n,
+                                          sequential=sequential))
+
+
+def smallest_passing_n(gate: str, threshold: float, limit: int = 1_000_000) -> int | None:
+    """The smallest n at which 0 hits of n passes `gate` at `threshold`; None if none up to
+    `limit`. Below it the case cannot pass whatever the model draws, so the caller reports
+    'inconclusive: n=4, the gate needs n >= N' instead of a failure. Relies on every gate in
+    GATES passing 0/n for all n above the first that does (their upper bounds for 0 hits fall
+    with n), which the tests check."""
+    def ok(n: int) -> bool:
+        return gate_passes(Rate(0, n), threshold, gate)
+
+    hi = 1
+    while not ok(hi):
+        hi *= 2
+        if hi > limit:
+            return None
+    lo = hi // 2  # ok(lo) is False (or lo == 0)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def error_table(ns: tuple[int, ...] = (16, 32, 64, 128), thresholds: tuple[float, ...] = (0.1, 0.2),
+                delta: float = 0.05) -> str:
+    """A Markdown table: every gate, fixed and sequential, at each n and threshold."""
+    lines = [f"| gate | sampling | threshold | n | false pass (CRR = thr + {delta}) | false fail "
+             f"(CRR = thr - {delta}) | 0 hits passes from n |",
+             "|---|---|---|---|---|---|---|"]
+    for gate in GATES:
+        for sequential in (False, True):
+            for threshold in thresholds:
+                floor = smallest_passing_n(gate, threshold)
+                for n in ns:
+                    e = gate_error(gate, n, threshold, delta, sequential=sequential)
+                    lines.append(f"| {gate} | {'sequential' if sequential else 'fixed'} | "
+                                 f"{threshold:g} | {n} | {e.false_pass:.4f} | {e.false_fail:.4f} | "
+                                 f"{floor} |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--table", action="store_true", help="print the gate error table")
+    parser.add_argument("--delta", type=float, default=0.05)
+    args = parser.parse_args(argv)
+    if not args.table:
+        parser.print_help()
+        return 2
+    print(error_table(delta=args.delta))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
