@@ -95,3 +95,30 @@ def test_sequential_stopping_errs_at_most_the_single_look_rate() -> None:
         assert wrong_stop(p, 0.2, len(rounds)) <= 0.025, p
     # a 95% interval at every look is what this replaced: next to the threshold it errs more
     assert wrong_stop(0.19, 0.2, 1) > 0.025
+
+
+def test_a_rate_carries_its_own_interval() -> None:
+    """A clustered/corrected rate's interval travels: `interval`, to_dict/from_dict, the gate."""
+    rate = Rate(3, 64, low=0.01, high=0.3, method="clustered", design_effect=4.2, clusters=4)
+    assert rate.interval == (0.01, 0.3)
+    data = rate.to_dict()
+    assert (data["ci_low"], data["ci_high"], data["design_effect"]) == (0.01, 0.3, 4.2)
+    assert Rate.from_dict(data) == rate
+    assert not gate_passes(rate, 0.2, "upper") and gate_passes(Rate(3, 64), 0.2, "upper")
+    assert not gate_passes(rate, 0.2, "exact") and gate_passes(Rate(3, 64), 0.2, "exact")
+    assert "4 clusters" in str(rate)
+
+
+def test_plain_rate_records_are_unchanged() -> None:
+    """Old records (hits/n/degenerate only) load, and a plain rate writes no new keys."""
+    assert set(Rate(3, 8, 1).to_dict()) == {"hits", "n", "degenerate", "crr", "ci_low", "ci_high"}
+    assert Rate.from_dict({"hits": 3, "n": 8}) == Rate(3, 8)
+    assert str(Rate(10, 64)) == "15.6% [8.7%, 26.4%] (10/64)"
+    corrected = Rate(10, 64, estimate=0.1, low=0.02, high=0.2, method="rogan-gladen")
+    assert corrected.crr == 0.1 and Rate.from_dict(corrected.to_dict()) == corrected
+
+
+def test_unknown_gate_and_empty_rate() -> None:
+    with pytest.raises(ValueError):
+        gate_passes(Rate(0, 64), 0.2, "median")
+    assert not any(gate_passes(Rate(0, 0), 0.2, g) for g in ("point", "upper", "exact"))
