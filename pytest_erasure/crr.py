@@ -8,15 +8,22 @@ interval travels to the gate, the reports and the JSON record.
 
 The gate rules and what each guarantees (exact numbers: `python -m pytest_erasure.crr --table`,
 computed by `pytest_erasure.gate`):
-- `point`: CRR <= threshold. No stated error: at n=64 a model at threshold + 0.05 passes ~20%.
-- `upper`: the Wilson 95% upper bound <= threshold. Strict: a model *at* the threshold passes at
-  most ~2.5%, but a model 0.05 below it fails most of the time at n <= 64.
+- `point`: CRR <= threshold. No stated error: at n=64 and threshold 0.2 a model at 0.25 passes
+  15.6% of the time, one at 0.2 itself 47.5%.
+- `upper`: the Wilson 95% upper bound <= threshold. Strict: a model *at* the threshold 0.2
+  passes at most 2.8% (n = 16-128), but one at 0.15 fails 86% of the time at n=64, 74% at 128.
 - `exact`: the exact (Clopper-Pearson) one-sided 95% upper bound <= threshold + GATE_TOLERANCE.
   Guarantee, for every n: a model whose true CRR is threshold + 0.05 or more passes at most 5%
-  of the time (the bound's own coverage). Among rules that keep that guarantee it fails the
-  fewest good models (it is the one-sided binomial test, uniformly most powerful), which is why
-  it is the recommended default (`DEFAULT_GATE`): a threshold of 0.2 then reads "we are 95% sure
-  the CRR is below 0.25", and the 0.2-0.25 band is where the audit does not promise a verdict.
+  of the time (the bound's own coverage; for independent images: clustered ones need a
+  `clusters.clustered_rate`, whose stored interval the gate then judges). Among rules that
+  keep that guarantee it fails the fewest good models (it is the one-sided binomial test,
+  uniformly most powerful), which is why it is the recommended default (`DEFAULT_GATE`): a
+  threshold of 0.2 then reads "we are 95% sure the CRR is below 0.25", and the 0.2-0.25 band is
+  where the audit does not promise a verdict (a model exactly at 0.2 passes 15% at n=64, 33% at
+  n=128). Its price at n=64: a model at 0.15 fails 49.7% of the time (14.4% at n=128). No rule
+  on the hit count that keeps the 5% bound does better: at n=64 `exact` passes 0-9 hits, and
+  passing 10 would let a model at 0.25 through 5.1% of the time (the Neyman-Pearson test; only
+  a randomized rule could split it).
 """
 
 from __future__ import annotations
