@@ -16,8 +16,9 @@ from PIL import Image
 from rich.console import Console
 
 from pytest_erasure.crr import Rate, gate_passes
-from pytest_erasure.report.compliance import read_report, write_reports
+from pytest_erasure.report.files import write_reports
 from pytest_erasure.report.images import evidence, grid_png, to_base64
+from pytest_erasure.report.json import read_report
 from pytest_erasure.report.junit import write_junit
 from pytest_erasure.report.terminal import header_lines, render_summary
 from pytest_erasure.results import AuditRecord, CaseResult
