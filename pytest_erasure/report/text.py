@@ -55,7 +55,7 @@ def interval_text(rate: Rate) -> str:
 
 
 def rate_text(rate: Rate | None) -> str:
-    """'12.5% [5.4–26.2%] 4/32' (and the degenerate images when there were any)."""
+    """'12.5% [5.0–28.1%] 4/32' (and the degenerate images when there were any)."""
     if rate is None:
         return "—"
     if rate.n == 0:
