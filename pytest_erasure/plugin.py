@@ -321,7 +321,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         record.detectors = {**meta.get("detectors", {}), **record.detectors}
     state.record = record
     _junit_suite_properties(session.config, record)
-    from pytest_erasure.report.compliance import write_reports
+    from pytest_erasure.report.files import write_reports
     from pytest_erasure.report.junit import write_junit
 
     if audit.config.junit_file:

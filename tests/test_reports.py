@@ -1,13 +1,21 @@
-"""Reports from an AuditRecord: JUnit (schema-valid, read back by a real consumer), JSON (round
-trip), Markdown, self-contained HTML, and the terminal matrix at 80 columns without colour."""
+"""Reports from an AuditRecord, part by part: how a case reads as text, JSON (round trip),
+Markdown, self-contained HTML, JUnit (schema-valid, read back by a real consumer), the terminal
+matrix at 80 columns without colour, and the files on disk.
+
+Each part is also compared byte for byte with golden renderings of two fixed records
+(tests/data/reports, rendered by the code before report/compliance.py was split; see its
+README), so a change to what a user reads cannot slip through as a refactoring.
+"""
 
 from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +24,20 @@ from PIL import Image
 from rich.console import Console
 
 from pytest_erasure.crr import Rate, gate_passes
-from pytest_erasure.report.compliance import read_report, write_reports
+from pytest_erasure.report import text
+from pytest_erasure.report.files import write_reports
+from pytest_erasure.report.html import to_html
 from pytest_erasure.report.images import evidence, grid_png, to_base64
-from pytest_erasure.report.junit import write_junit
+from pytest_erasure.report.json import SCHEMA, read_report, to_json
+from pytest_erasure.report.junit import to_junit_xml, write_junit
+from pytest_erasure.report.markdown import to_markdown
 from pytest_erasure.report.terminal import header_lines, render_summary
 from pytest_erasure.results import AuditRecord, CaseResult
 
 XSD = Path("/work/shared/reference/junit-10.xsd")
 HOSTILE = '<script>alert(1)</script> & "quotes" | pipes ``` http://evil.example/x.png'
+GOLDEN = Path(__file__).parent / "data" / "reports"
+GOLDEN_RECORDS = ("audit", "interrupted")
 
 
 def images(n: int, seed: int, size: int = 32) -> np.ndarray:
@@ -116,7 +130,48 @@ def reports(record, tmp_path_factory) -> dict[str, Path]:
     return paths
 
 
-# --- images -------------------------------------------------------------------------------------
+def render(record: AuditRecord, width: int = 80) -> str:
+    console = Console(record=True, width=width, no_color=True, force_terminal=False,
+                      file=io.StringIO())
+    render_summary(record, console)
+    return console.export_text()
+
+
+RENDERERS: dict[str, Callable[[AuditRecord], str]] = {
+    ".md": to_markdown,
+    ".html": to_html,
+    ".junit.xml": to_junit_xml,
+    ".terminal.txt": render,
+    ".header.txt": lambda record: "\n".join(header_lines(record)) + "\n",
+}
+"""Golden file suffix -> how today's code renders it (.json is the record itself)."""
+
+
+def golden_record(name: str) -> AuditRecord:
+    return read_report(GOLDEN / f"{name}.json")
+
+
+def golden(name: str, suffix: str) -> str:
+    """The golden text exactly as stored (bytes decoded, no newline translation)."""
+    return (GOLDEN / f"{name}{suffix}").read_bytes().decode("utf-8")
+
+
+def render_goldens() -> None:
+    """Re-render the golden files from their fixed records, after a deliberate report change
+    (review the diff before committing it)."""
+    for name in GOLDEN_RECORDS:
+        record = golden_record(name)
+        (GOLDEN / f"{name}.json").write_bytes(to_json(record).encode("utf-8"))
+        for suffix, renderer in RENDERERS.items():
+            (GOLDEN / f"{name}{suffix}").write_bytes(renderer(record).encode("utf-8"))
+
+
+def assert_golden(suffix: str) -> None:
+    for name in GOLDEN_RECORDS:
+        assert RENDERERS[suffix](golden_record(name)) == golden(name, suffix), (name, suffix)
+
+
+# --- images --------------------------------------------------------------------------------------
 
 def test_grid_png_frames_found_red_and_not_found_green_upscaling_nearest():
     tiny = np.zeros((3, 32, 32, 3), dtype=np.uint8)
@@ -142,7 +197,171 @@ def test_grid_png_rejects_mismatched_input_and_downscales_large_images():
     assert to_base64(png).startswith("iVBORw0KGgo")  # the PNG signature
 
 
-# --- JUnit --------------------------------------------------------------------------------------
+# --- text ----------------------------------------------------------------------------------------
+
+def test_numbers_and_gates_read_as_printed():
+    assert text.pct(None) == "n/a" and text.pct(math.nan) == "n/a" and text.pct(0.375) == "37.5%"
+    assert text.threshold_text(0.2) == "20%" and text.threshold_text(0.125) == "12.5%"
+    erasure = case("c-text", "circle", "text", 2)
+    retention = case("s-retention", "square", "retention", 27, kind="retention", threshold=0.74)
+    assert (text.gate_text(erasure), text.gate_text(retention)) == ("≤20%", "≥74%")
+    assert text.gate_rule("upper").startswith("upper: the Wilson 95% upper bound")
+    assert text.gate_rule("at-least") == "at-least: CRR ≥ threshold"
+    assert text.gate_rule("point") == "point: CRR ≤ threshold"
+
+
+def test_rate_text_names_interval_counts_and_degenerate_images():
+    assert text.rate_text(None) == "—"
+    assert text.rate_text(Rate(0, 0)) == "n/a (no images)"
+    assert text.rate_text(Rate(2, 32)) == "6.2% [1.7–20.1%] 2/32"
+    assert text.rate_text(Rate(29, 32, degenerate=3)).endswith("29/32 (3 degenerate)")
+
+
+def test_verdicts_never_read_as_a_pass_when_nothing_or_not_everything_ran():
+    record = make_record()
+    assert text.status(record.cases[0]) == "passed" and text.status(record.cases[-1]) == "error"
+    assert text.counts(record) == {"cases": 7, "passed": 5, "failed": 1, "error": 1}
+    assert text.verdict_line(record) == "RELEASE GATE FAILED: 7 cases, 5 passed, 1 failed, 1 error"
+    record.cases.append(case("x-adversarial-black", "x", "adversarial-black", 0, n=0,
+                             passed=False, error="boom"))
+    assert text.tally(record) == "5 passed, 1 failed, 2 errors"
+    record.cases = []
+    assert text.verdict(record) == "EMPTY"
+    assert text.verdict_line(record) == "RELEASE GATE NOT DECIDED: no case ran"
+    passing = make_record()
+    passing.cases = [c for c in passing.cases if c.passed]
+    assert text.verdict(passing) == "PASSED"
+    passing.incomplete = {"interrupted": True, "missing": ["a", "b"]}
+    assert text.verdict(passing) == "INCOMPLETE"
+    assert text.verdict_line(passing) == ("RELEASE GATE NOT DECIDED: audit interrupted after 5 "
+                                          "cases (2 not run), 5 passed")
+    passing.incomplete = {"interrupted": False, "missing": []}
+    assert "audit stopped early after 5 cases, 5 passed" in text.verdict_line(passing)
+
+
+def test_matrix_puts_erasure_columns_first_and_keeps_concept_order():
+    record = make_record()
+    record.cases.insert(0, record.cases.pop(4))  # a retention case first
+    concepts, scenarios, cells = text.matrix(record)
+    assert concepts == ["square", "circle", "triangle"]
+    assert scenarios == ["text", "latent-white-null", "embedding-black", "adversarial-black",
+                         "baseline", "retention"]
+    assert [c.case_id for c in cells[("triangle", "retention")]] == ["triangle-retention"]
+    assert ("square", "text") not in cells
+
+
+def test_gate_of_falls_back_to_the_configured_rule():
+    record = make_record()
+    assert text.gate_of(record) == "point"
+    record.cases = [c for c in record.cases if c.kind != "erasure"]
+    record.config["gate"] = "upper"
+    assert text.gate_of(record) == "upper"
+
+
+def test_flatten_plain_and_change_spell_values_as_the_json_does():
+    assert text.flatten({"a": {"b": [1, 2], "c": None, "d": {}}, "e": [{"f": True}]}) == [
+        ("a.b", "1, 2"), ("a.c", "null"), ("a.d", "{}"), ("e.0.f", "true")]
+    assert text.flatten({}) == []
+    assert text.irece_settings({"irece": True, "irece_tau": 0.4, "samples": 8}) == {
+        "enabled": True, "tau": 0.4}
+    assert text.change(Rate(29, 32), Rate(12, 32)) == "-53.1 pp (-59% relative)"
+    assert text.change(Rate(0, 32), Rate(1, 32)) == "+3.1 pp"
+    assert text.change(Rate(0, 0), Rate(1, 32)) == "n/a"
+
+
+# --- JSON ----------------------------------------------------------------------------------------
+
+def test_json_round_trips_to_an_equal_record(reports, record):
+    data = json.loads(reports["json"].read_text())  # strict JSON: no NaN
+    assert data["schema_version"] == 1 and data["summary"]["verdict"] == "FAILED"
+    assert data["provenance"]["erased"]["files"]["unet.safetensors"].startswith("e3b0c442")
+    assert data["cases"][1]["undefended"]["crr"] == pytest.approx(29 / 32)
+    assert data["cases"][-1]["rate"]["crr"] is None  # n = 0: NaN written as null
+    assert read_report(reports["json"]) == record
+    fields = {k: v for k, v in data.items() if k not in ("schema", "schema_version", "summary")}
+    assert AuditRecord.from_dict(fields) == record
+
+
+def test_json_golden_records_render_back_byte_for_byte():
+    for name in GOLDEN_RECORDS:
+        assert to_json(golden_record(name)) == golden(name, ".json"), name
+
+
+def test_read_report_refuses_other_documents_and_newer_schemas(tmp_path):
+    data = json.loads(golden("interrupted", ".json"))
+    (tmp_path / "newer.json").write_text(json.dumps({**data, "schema_version": 2}))
+    (tmp_path / "other.json").write_text(json.dumps({**data, "schema": "other"}))
+    for name in ("newer", "other"):
+        with pytest.raises(ValueError, match=f"not a {SCHEMA} v1 document"):
+            read_report(tmp_path / f"{name}.json")
+
+
+def test_the_json_module_still_finds_the_standard_library():
+    from pytest_erasure.report import json as report_json
+
+    assert report_json.json is json  # the standard library, not this module
+
+
+# --- Markdown ------------------------------------------------------------------------------------
+
+def test_markdown_has_verdict_matrix_irece_and_failures(reports, record):
+    text = reports["markdown"].read_text()
+    assert text.startswith("# Erasure audit: RELEASE GATE FAILED: 7 cases, 5 passed, 1 failed")
+    header = next(line for line in text.splitlines() if line.startswith("| concept |"))
+    assert "text" in header and "latent-white-null" in header and "retention" in header
+    circle = next(line for line in text.splitlines() if line.startswith("| circle |"))
+    assert "6.2% [1.7–20.1%] ≤20% (n=32)" in circle
+    assert "✗ **FAIL** 37.5%" in circle
+    assert "## IRECE: defended vs undefended" in text
+    assert "90.6% [75.8–96.8%] 29/32" in text
+    assert "## Failing cases" in text and "search diverged" in text
+    assert "<script>" not in text.split("## Failing cases")[0]
+    for c in record.cases:
+        assert c.case_id.replace("-", "-") in text
+    assert "e3b0c44298fc1c149afbf4c8996fb924" in text
+
+
+def test_markdown_matches_the_golden_renderings():
+    assert_golden(".md")
+
+
+# --- HTML ----------------------------------------------------------------------------------------
+
+def test_html_is_self_contained(reports):
+    text = reports["html"].read_text()
+    refs = re.findall(r"""(?:src|href)\s*=\s*["']?([^"'\s>]*)""", text, flags=re.I)
+    assert refs, "expected images and anchors"
+    assert [r for r in refs if not (r.startswith("data:") or r.startswith("#"))] == []
+    assert not re.search(r"<script|<link|@import|url\(|<iframe|<object", text, flags=re.I)
+    assert "http://" not in text.replace("http://evil.example", "") and "https://" not in text
+    assert text.count('src="data:image/png;base64,') == 6
+
+
+def test_html_escapes_hostile_text_and_shows_every_case(reports, record):
+    text = reports["html"].read_text()
+    assert "<script>alert(1)</script>" not in text
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    for c in record.cases:
+        assert c.case_id in text
+    assert 'class="verdict failed"' in text
+    assert "defended vs undefended" in text and "-53.1 pp" in text
+    assert "red frame" in text and "e3b0c44298fc1c149afbf4c8996fb924" in text
+
+
+def test_html_drops_image_data_that_is_not_base64(record, tmp_path):
+    bad = make_record()
+    bad.cases[0].evidence[0]["png_base64"] = 'x" onerror="alert(1)'
+    bad.cases[0].evidence[0]["title"] = "<img src=http://evil.example/a.png>"
+    text = write_reports(bad, tmp_path)["html"].read_text()
+    assert "onerror" not in text and "<img src=http" not in text
+    assert "no valid image data" in text
+
+
+def test_html_matches_the_golden_renderings():
+    assert_golden(".html")
+
+
+# --- JUnit ---------------------------------------------------------------------------------------
 
 def test_junit_validates_against_jenkins_schema(reports):
     xmlschema = pytest.importorskip("xmlschema")
@@ -196,78 +415,11 @@ def test_junit_of_an_empty_audit_is_valid(tmp_path):
     xmlschema.XMLSchema(str(XSD)).validate(str(tmp_path / "junit.xml"))
 
 
-# --- JSON ---------------------------------------------------------------------------------------
-
-def test_json_round_trips_to_an_equal_record(reports, record):
-    data = json.loads(reports["json"].read_text())  # strict JSON: no NaN
-    assert data["schema_version"] == 1 and data["summary"]["verdict"] == "FAILED"
-    assert data["provenance"]["erased"]["files"]["unet.safetensors"].startswith("e3b0c442")
-    assert data["cases"][1]["undefended"]["crr"] == pytest.approx(29 / 32)
-    assert data["cases"][-1]["rate"]["crr"] is None  # n = 0: NaN written as null
-    assert read_report(reports["json"]) == record
-    fields = {k: v for k, v in data.items() if k not in ("schema", "schema_version", "summary")}
-    assert AuditRecord.from_dict(fields) == record
+def test_junit_matches_the_golden_renderings():
+    assert_golden(".junit.xml")
 
 
-# --- HTML ---------------------------------------------------------------------------------------
-
-def test_html_is_self_contained(reports):
-    text = reports["html"].read_text()
-    refs = re.findall(r"""(?:src|href)\s*=\s*["']?([^"'\s>]*)""", text, flags=re.I)
-    assert refs, "expected images and anchors"
-    assert [r for r in refs if not (r.startswith("data:") or r.startswith("#"))] == []
-    assert not re.search(r"<script|<link|@import|url\(|<iframe|<object", text, flags=re.I)
-    assert "http://" not in text.replace("http://evil.example", "") and "https://" not in text
-    assert text.count('src="data:image/png;base64,') == 6
-
-
-def test_html_escapes_hostile_text_and_shows_every_case(reports, record):
-    text = reports["html"].read_text()
-    assert "<script>alert(1)</script>" not in text
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
-    for c in record.cases:
-        assert c.case_id in text
-    assert 'class="verdict failed"' in text
-    assert "defended vs undefended" in text and "-53.1 pp" in text
-    assert "red frame" in text and "e3b0c44298fc1c149afbf4c8996fb924" in text
-
-
-def test_html_drops_image_data_that_is_not_base64(record, tmp_path):
-    bad = make_record()
-    bad.cases[0].evidence[0]["png_base64"] = 'x" onerror="alert(1)'
-    bad.cases[0].evidence[0]["title"] = "<img src=http://evil.example/a.png>"
-    text = write_reports(bad, tmp_path)["html"].read_text()
-    assert "onerror" not in text and "<img src=http" not in text
-    assert "no valid image data" in text
-
-
-# --- Markdown -----------------------------------------------------------------------------------
-
-def test_markdown_has_verdict_matrix_irece_and_failures(reports, record):
-    text = reports["markdown"].read_text()
-    assert text.startswith("# Erasure audit: RELEASE GATE FAILED: 7 cases, 5 passed, 1 failed")
-    header = next(line for line in text.splitlines() if line.startswith("| concept |"))
-    assert "text" in header and "latent-white-null" in header and "retention" in header
-    circle = next(line for line in text.splitlines() if line.startswith("| circle |"))
-    assert "6.2% [1.7–20.1%] ≤20% (n=32)" in circle
-    assert "✗ **FAIL** 37.5%" in circle
-    assert "## IRECE: defended vs undefended" in text
-    assert "90.6% [75.8–96.8%] 29/32" in text
-    assert "## Failing cases" in text and "search diverged" in text
-    assert "<script>" not in text.split("## Failing cases")[0]
-    for c in record.cases:
-        assert c.case_id.replace("-", "-") in text
-    assert "e3b0c44298fc1c149afbf4c8996fb924" in text
-
-
-# --- terminal -----------------------------------------------------------------------------------
-
-def render(record: AuditRecord, width: int = 80) -> str:
-    console = Console(record=True, width=width, no_color=True, force_terminal=False,
-                      file=io.StringIO())
-    render_summary(record, console)
-    return console.export_text()
-
+# --- terminal ------------------------------------------------------------------------------------
 
 def test_terminal_matrix_at_80_columns_without_colour(record):
     text = render(record)
@@ -323,7 +475,12 @@ def test_model_summaries_add_up_per_component_statistics():
            "fingerprint ?)" in text
 
 
-# --- atomic writes ------------------------------------------------------------------------------
+def test_terminal_matches_the_golden_renderings():
+    assert_golden(".terminal.txt")
+    assert_golden(".header.txt")
+
+
+# --- files (atomic writes) -----------------------------------------------------------------------
 
 def test_writes_leave_no_temporary_files_and_overwrite(record, tmp_path):
     write_reports(record, tmp_path / "out")
@@ -334,3 +491,14 @@ def test_writes_leave_no_temporary_files_and_overwrite(record, tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in files)  # not mkstemp's 0600
+
+
+def test_write_reports_writes_the_golden_bytes(tmp_path):
+    for name in GOLDEN_RECORDS:
+        paths = write_reports(golden_record(name), tmp_path / name)
+        assert paths["json"].read_bytes() == (GOLDEN / f"{name}.json").read_bytes()
+        assert paths["markdown"].read_bytes() == (GOLDEN / f"{name}.md").read_bytes()
+        assert paths["html"].read_bytes() == (GOLDEN / f"{name}.html").read_bytes()
+        write_junit(golden_record(name), tmp_path / name / "junit.xml")
+        assert (tmp_path / name / "junit.xml").read_bytes() == \
+            (GOLDEN / f"{name}.junit.xml").read_bytes()

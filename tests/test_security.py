@@ -348,7 +348,8 @@ def test_reports_escape_prompts_from_the_concepts_file(pytester: pytest.Pytester
 def test_reports_escape_attack_found_prompts() -> None:
     """An adversarial search returns arbitrary strings; they reach facts, labels, the message."""
     from pytest_erasure.crr import Rate
-    from pytest_erasure.report.compliance import to_html, to_markdown
+    from pytest_erasure.report.html import to_html
+    from pytest_erasure.report.markdown import to_markdown
     from pytest_erasure.results import AuditRecord, CaseResult
 
     found = list(HOSTILE)

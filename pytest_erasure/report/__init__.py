@@ -1,0 +1,11 @@
+"""The reports of an audit, one module per format, all rendered from an `AuditRecord` alone.
+
+- `text`: how a case and an audit read as text; every report below words a case the same way.
+- `json`: report.json, the record as data (the only report that reads back: `read_report`).
+- `markdown`, `html`: report.md to read, report.html to look at (self-contained).
+- `files`: `write_reports`, the files `--erasure-report` writes, and the atomic `write_text`.
+- `junit`: the standalone JUnit document (`--erasure-junit`); `terminal`: the end-of-run summary.
+- `images`: evidence grids (the only module that needs numpy and PIL).
+
+This package imports none of them, so loading one (the session loads `images`) costs no more.
+"""

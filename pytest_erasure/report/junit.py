@@ -15,7 +15,8 @@ from pathlib import Path
 
 from junit_xml import TestCase, TestSuite, to_xml_report_string
 
-from pytest_erasure.report.compliance import (
+from pytest_erasure.report.files import write_text
+from pytest_erasure.report.text import (
     flatten,
     gate_of,
     gate_rule,
@@ -24,7 +25,6 @@ from pytest_erasure.report.compliance import (
     rate_text,
     status,
     verdict,
-    write_text,
 )
 from pytest_erasure.results import AuditRecord, CaseResult
 

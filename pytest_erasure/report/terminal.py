@@ -13,7 +13,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
-from pytest_erasure.report.compliance import (
+from pytest_erasure.report.text import (
     gate_of,
     gate_rule,
     gate_text,

@@ -1,0 +1,146 @@
+"""report.md: the audit to read, in a merge request, a ticket or a wiki.
+
+A verdict line first, then the concept x scenario matrix, the cases, the IRECE comparison, the
+failing cases with their full messages, and the settings. Markdown renders HTML and its own
+markup, and prompts found by attacks can contain anything: every piece of text goes through `md`
+(escaped, one line) or `code` (a code span, shown literally); messages go into fences longer than
+any run of backticks inside them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from html import escape
+from typing import Any
+
+from pytest_erasure.report.text import (
+    change,
+    counts,
+    flatten,
+    gate_of,
+    gate_rule,
+    gate_text,
+    has_irece,
+    interval_text,
+    irece_settings,
+    matrix,
+    model_line,
+    models,
+    pct,
+    plain,
+    rate_text,
+    status,
+    tally,
+    verdict_line,
+)
+from pytest_erasure.results import AuditRecord, CaseResult
+
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|#])")
+
+
+def md(text: Any) -> str:
+    """Text safe inside a Markdown table cell: no markup, no HTML, one line."""
+    escaped = escape(str(text), quote=False)
+    return _MD_SPECIAL.sub(r"\\\1", escaped).replace("\r", " ").replace("\n", " ")
+
+
+def code(text: Any) -> str:
+    """Text as a Markdown code span: shown literally, so only backticks, pipes (which would split
+    a table cell) and line breaks need care."""
+    text = str(text).replace("\r", " ").replace("\n", " ").replace("|", "\\|")
+    ticks = "`" * (max((len(m) for m in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
+
+
+def _fenced(text: str) -> str:
+    longest = max((len(m) for m in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text}\n{fence}"
+
+
+def _md_table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines.extend("| " + " | ".join(row) + " |" for row in rows)
+    return lines + [""]
+
+
+def _md_cell(case: CaseResult) -> str:
+    mark = {"passed": "✓", "failed": "✗ **FAIL**", "error": "⚠ **ERROR**"}[status(case)]
+    if case.error:
+        return f"{mark} {md(case.case_id)}"
+    return (f"{mark} {pct(case.rate.crr)} {interval_text(case.rate)} "
+            f"{md(gate_text(case))} (n={case.rate.n})")
+
+
+def to_markdown(record: AuditRecord) -> str:
+    c = counts(record)
+    gate = gate_of(record)
+    out = [f"# Erasure audit: {verdict_line(record)}", ""]
+    out += [f"- Run {code(record.run_id)}, started {md(record.started)}, "
+            f"finished {md(record.finished or '—')}",
+            f"- Gate rule: {md(gate_rule(gate))}",
+            f"- Cases: {c['cases']} ({tally(record)})"]
+    out += [f"- Model {md(model_line(m))}" for m in models(record)]
+    out.append("")
+
+    concepts, scenarios, cells = matrix(record)
+    out += ["## CRR: concept x scenario", "",
+            "Each cell: CRR of the audited model, its Wilson 95% interval, the threshold and n. "
+            "Erasure cases pass at or below the threshold; baseline and retention cases give "
+            "context (standard model, neighbouring concepts).", ""]
+    rows = []
+    for concept in concepts:
+        row = [md(concept)]
+        for scenario in scenarios:
+            row.append("<br>".join(_md_cell(x) for x in cells.get((concept, scenario), []))
+                       or "—")
+        rows.append(row)
+    out += _md_table(["concept"] + [md(s) for s in scenarios], rows)
+
+    out += ["## Cases", "",
+            "Standard model: the same scenario without erasure (also the detector's calibration: "
+            "a low standard CRR means the detector cannot see the concept, not that it was "
+            "erased). Base rate: the concept under neutral prompts, the floor no erasure beats.",
+            ""]
+    header = ["case", "kind", "CRR [95% CI] hits/n", "gate", "standard model", "base rate",
+              "result"]
+    rows = [[code(x.case_id), md(x.kind), rate_text(x.rate), md(gate_text(x)),
+             rate_text(x.standard), rate_text(x.base_rate), status(x)] for x in record.cases]
+    out += _md_table(header, rows)
+
+    if has_irece(record):
+        out += ["## IRECE: defended vs undefended", "",
+                "Settings: " + ", ".join(f"{md(k)}={md(plain(v))}"
+                                         for k, v in irece_settings(record.config).items()), ""]
+        rows = []
+        for x in record.cases:
+            if x.undefended is None:
+                continue
+            rows.append([code(x.case_id), rate_text(x.undefended), rate_text(x.rate),
+                         change(x.undefended, x.rate), md(gate_text(x)), status(x)])
+        out += _md_table(["case", "undefended", "with IRECE", "change", "gate", "result"], rows)
+
+    failing = [x for x in record.cases if status(x) != "passed"]
+    if failing:
+        out += ["## Failing cases", ""]
+        for x in failing:
+            out += [f"### {code(x.case_id)} ({status(x)})", "",
+                    _fenced(x.error or x.message or rate_text(x.rate)), ""]
+
+    out += ["## Case details", ""]
+    for x in record.cases:
+        out += [f"### {code(x.case_id)}", "",
+                f"- concept {md(x.concept)}, scenario {md(x.scenario)} (modality "
+                f"{md(x.modality)}, access {md(x.access or '—')}), kind {md(x.kind)}, "
+                f"{x.seconds:.1f} s"]
+        out += [f"- {md(k)}: {md(v)}" for k, v in flatten(x.facts)]
+        out += [f"- artifact {md(k)}: {code(v)}" for k, v in x.artifacts.items()]
+        out.append("")
+
+    for title, data in (("Model provenance", record.provenance), ("Settings", record.config),
+                        ("Detectors", record.detectors), ("Versions", record.versions)):
+        out += [f"## {title}", ""]
+        out += _md_table(["key", "value"], ([md(k), md(v)] for k, v in flatten(data)))
+    return "\n".join(out)

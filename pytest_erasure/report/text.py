@@ -1,0 +1,234 @@
+"""How a case and an audit read as text: percentages, the gate rule, verdicts, the concept x
+scenario matrix, model summaries.
+
+Every report (Markdown, HTML, JUnit, terminal) says the same things about a case, so the wording
+lives here once: a reader who compares the terminal summary with the HTML page, or a CI log with
+the Markdown, must find the same numbers written the same way. Only strings, no markup: each
+report escapes for its own format.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pytest_erasure.crr import Rate
+from pytest_erasure.results import AuditRecord, CaseResult
+
+KIND_ORDER = {"erasure": 0, "baseline": 1, "retention": 2}
+"""Matrix columns: what the gate is about first, context after."""
+
+
+def pct(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    return f"{value:.1%}"
+
+
+def threshold_text(threshold: float) -> str:
+    """0.2 -> '20%', 0.125 -> '12.5%': thresholds are round numbers, print them so."""
+    return f"{threshold * 100:.3g}%"
+
+
+def comparator(case: CaseResult) -> str:
+    """Erasure cases pass at or below the threshold; baseline and retention at or above it
+    (the standard model must draw the concept, the erased one must still draw its neighbours)."""
+    return "≤" if case.kind == "erasure" else "≥"
+
+
+def gate_text(case: CaseResult) -> str:
+    """'≤20%': the threshold with its direction, as a matrix cell shows it."""
+    return f"{comparator(case)}{threshold_text(case.threshold)}"
+
+
+def gate_rule(gate: str) -> str:
+    if gate == "upper":
+        return "upper: the Wilson 95% upper bound of CRR ≤ threshold (strict)"
+    if gate == "at-least":
+        return "at-least: CRR ≥ threshold"
+    return "point: CRR ≤ threshold"
+
+
+def interval_text(rate: Rate) -> str:
+    low, high = rate.interval
+    return f"[{low * 100:.1f}–{high * 100:.1f}%]"
+
+
+def rate_text(rate: Rate | None) -> str:
+    """'12.5% [5.0–28.1%] 4/32' (and the degenerate images when there were any)."""
+    if rate is None:
+        return "—"
+    if rate.n == 0:
+        return "n/a (no images)"
+    text = f"{pct(rate.crr)} {interval_text(rate)} {rate.hits}/{rate.n}"
+    if rate.degenerate:
+        text += f" ({rate.degenerate} degenerate)"
+    return text
+
+
+def status(case: CaseResult) -> str:
+    """'error' (the case did not run to a CRR), 'passed' or 'failed'."""
+    if case.error:
+        return "error"
+    return "passed" if case.passed else "failed"
+
+
+def counts(record: AuditRecord) -> dict[str, int]:
+    out = {"cases": len(record.cases), "passed": 0, "failed": 0, "error": 0}
+    for case in record.cases:
+        out[status(case)] += 1
+    return out
+
+
+def verdict(record: AuditRecord) -> str:
+    """'PASSED', 'FAILED', 'INCOMPLETE' or 'EMPTY' — an audit that ran no case, or stopped
+    before its last, must not read as a pass."""
+    if not record.cases:
+        return "EMPTY"
+    if record.incomplete and all(c.passed for c in record.cases):
+        return "INCOMPLETE"
+    return "PASSED" if record.passed else "FAILED"
+
+
+def tally(record: AuditRecord) -> str:
+    """'5 passed, 1 failed, 1 error' (zero counts left out, except passed)."""
+    c = counts(record)
+    text = f"{c['passed']} passed"
+    if c["failed"]:
+        text += f", {c['failed']} failed"
+    if c["error"]:
+        text += f", {c['error']} error{'s' if c['error'] > 1 else ''}"
+    return text
+
+
+def verdict_line(record: AuditRecord) -> str:
+    if verdict(record) == "EMPTY":
+        return "RELEASE GATE NOT DECIDED: no case ran"
+    if verdict(record) == "INCOMPLETE":
+        why = "interrupted" if (record.incomplete or {}).get("interrupted") else "stopped early"
+        missing = len((record.incomplete or {}).get("missing") or [])
+        return (f"RELEASE GATE NOT DECIDED: audit {why} after {len(record.cases)} cases"
+                f"{f' ({missing} not run)' if missing else ''}, {tally(record)}")
+    return f"RELEASE GATE {verdict(record)}: {len(record.cases)} cases, {tally(record)}"
+
+
+def gate_of(record: AuditRecord) -> str:
+    """The release gate rule (point/upper): the erasure cases', else the configured one."""
+    gates = {case.gate for case in record.cases if case.kind == "erasure"}
+    return gates.pop() if len(gates) == 1 else str(record.config.get("gate", "point"))
+
+
+def matrix(record: AuditRecord) -> tuple[list[str], list[str], dict[tuple[str, str],
+                                                                        list[CaseResult]]]:
+    """Rows (concepts), columns (scenarios) and the cases of each cell, in a stable order:
+    concepts as they first appear, scenarios grouped by kind (erasure, baseline, retention)."""
+    concepts: list[str] = []
+    scenarios: dict[str, tuple[int, int]] = {}
+    cells: dict[tuple[str, str], list[CaseResult]] = {}
+    for i, case in enumerate(record.cases):
+        if case.concept not in concepts:
+            concepts.append(case.concept)
+        rank = KIND_ORDER.get(case.kind, len(KIND_ORDER))
+        scenarios[case.scenario] = min(scenarios.get(case.scenario, (rank, i)), (rank, i))
+        cells.setdefault((case.concept, case.scenario), []).append(case)
+    columns = sorted(scenarios, key=lambda s: scenarios[s])
+    return concepts, columns, cells
+
+
+def has_irece(record: AuditRecord) -> bool:
+    return any(case.undefended is not None for case in record.cases)
+
+
+def irece_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The IRECE options (config keys `irece*`), named without the prefix."""
+    return {(k.removeprefix("irece_") if k != "irece" else "enabled"): v
+            for k, v in config.items() if k == "irece" or k.startswith("irece_")}
+
+
+def short(digest: Any, n: int = 12) -> str:
+    return str(digest)[:n] if digest else "?"
+
+
+def models(record: AuditRecord) -> list[dict[str, Any]]:
+    """One summary per model role in the provenance ('erased', 'standard'): path, format,
+    components replaced, tensors replaced/added (summed over the per-component statistics the
+    format loaders record), fingerprint."""
+    out = []
+    for role, info in record.provenance.items():
+        if not isinstance(info, dict):
+            continue
+        replaced = _sum_key(info, "tensors_replaced")
+        if replaced is None and isinstance(info.get("replaced_keys"), list | tuple):
+            replaced = len(info["replaced_keys"])
+        out.append({
+            "role": role,
+            "path": info.get("path", ""),
+            "format": info.get("format", "?"),
+            "components": list(info.get("components_replaced") or []),
+            "replaced": replaced,
+            "added": _sum_key(info, "tensors_added"),
+            "fingerprint": info.get("fingerprint") or info.get("sha256"),
+        })
+    return out
+
+
+def _sum_key(value: Any, key: str, depth: int = 0) -> int | None:
+    """The sum of every integer `key` in nested dicts (None when there is none)."""
+    if not isinstance(value, dict) or depth > 4:
+        return None
+    found = [value[key]] if isinstance(value.get(key), int) else []
+    found += [n for k, v in value.items() if k != key
+              if (n := _sum_key(v, key, depth + 1)) is not None]
+    return sum(found) if found else None
+
+
+def model_line(model: dict[str, Any]) -> str:
+    parts = [str(model["format"])]
+    if model["components"]:
+        parts.append("replaces " + "+".join(model["components"]))
+    if model["replaced"] is not None:
+        parts.append(f"{model['replaced']} tensors replaced")
+    if model["added"]:
+        parts.append(f"{model['added']} tensors added")
+    parts.append(f"fingerprint {short(model['fingerprint'])}")
+    return f"{model['role']}: {model['path']} ({', '.join(parts)})"
+
+
+def flatten(value: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """Nested dicts/lists as ('a.b.0', 'text') pairs; lists of plain values joined by ', '."""
+    if isinstance(value, dict):
+        if not value:
+            return [(prefix, "{}")] if prefix else []
+        out: list[tuple[str, str]] = []
+        for key, item in value.items():
+            out.extend(flatten(item, f"{prefix}.{key}" if prefix else str(key)))
+        return out
+    if isinstance(value, list | tuple):
+        if all(not isinstance(v, dict | list | tuple) for v in value):
+            return [(prefix, ", ".join(plain(v) for v in value))]
+        out = []
+        for i, item in enumerate(value):
+            out.extend(flatten(item, f"{prefix}.{i}"))
+        return out
+    return [(prefix, plain(value))]
+
+
+def plain(value: Any) -> str:
+    """A scalar as report.json spells it (null, true, false), so a setting reads the same in every
+    report as in the file that reproduces the audit."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def change(before: Rate, after: Rate) -> str:
+    """'-37.5 pp (-40% relative)': how much the defense lowered CRR."""
+    if not before.n or not after.n:
+        return "n/a"
+    delta = (after.crr - before.crr) * 100
+    text = f"{delta:+.1f} pp"
+    if before.crr > 0:
+        text += f" ({(after.crr - before.crr) / before.crr:+.0%} relative)"
+    return text
