@@ -30,7 +30,7 @@ def main() -> None:
                 for p in (STANDARD, args.erased)]
         assert len(keep) == 2
     else:
-        from pytest_erasure.models import load_models
+        from pytest_erasure.models.loading import load_models
 
         load_models(STANDARD, args.erased)
     print(json.dumps({"max_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_erasure.errors import ErasureInputError
+from pytest_erasure.models.formats import names as format_names
 
 ROOT = Path(__file__).resolve().parent.parent
 SHAPES = ROOT / "fixtures" / "shapes"
@@ -45,7 +46,7 @@ OPTIONS: tuple[Option, ...] = (
            "(default: the shapes world's UCE-erased model)"),
     Option("--erased-format", "erased_format", str, None,
            "force the erased model's format when detection is ambiguous "
-           "(diffusers, single-file, unet, text-encoder, receler, lora)"),
+           f"({', '.join(format_names())})"),
     Option("--standard-model", "standard_model", str, None,
            "standard (un-erased) model folder (default: the shapes world's standard model)"),
     Option("--concepts", "concepts_file", str, None, "concepts file (TOML; default: audits/shapes.toml)"),
@@ -195,6 +196,9 @@ class AuditConfig:
         if self.dtype not in DTYPES:
             raise ErasureInputError("--dtype", f"'{self.dtype}' is not supported",
                                     f"use one of: {', '.join(DTYPES)}")
+        if self.erased_format is not None and self.erased_format not in format_names():
+            raise ErasureInputError("--erased-format", f"'{self.erased_format}' is not a known "
+                                    "format", f"use one of: {', '.join(format_names())}")
         if self.gate not in GATES:
             raise ErasureInputError("--erasure-gate", f"'{self.gate}' is not a gate rule",
                                     f"use one of: {', '.join(GATES)}")

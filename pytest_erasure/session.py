@@ -5,7 +5,7 @@ reference images once, lazily, on first use; collection alone never imports torc
 each worker has its own session; workers ship their results to the controller as JSON.
 
 What the models and detectors are (fingerprints, provenance, descriptions) is known apart from
-the models themselves (`identity.py`): a rerun whose results are all cached reads both from the
+the models themselves (`models/identity.py`): a rerun whose results are all cached reads both from the
 cache and never builds a pipeline or a detector. Detector verdicts are cached too.
 """
 
@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from pytest_erasure.identity import ModelFacts, ModelIdentity
-    from pytest_erasure.models import LoadedModels
+    from pytest_erasure.models.identity import ModelFacts, ModelIdentity
+    from pytest_erasure.models.loading import LoadedModels
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 EVIDENCE_IMAGES = 16
@@ -116,7 +116,7 @@ class AuditSession:
         """Both pipelines, loaded on first use. When the identity came from the cache, the
         load must agree with it: every cache key of this run was made from those fingerprints."""
         if self._models is None:
-            from pytest_erasure.models import load_models
+            from pytest_erasure.models.loading import load_models
 
             models = load_models(
                 self.config.standard_model, self.config.erased_model,
@@ -143,7 +143,7 @@ class AuditSession:
         """Fingerprints, provenance and facts of both models: from the cache when their files
         are unchanged since a successful load, else from loading them (and stored)."""
         if self._identity is None:
-            from pytest_erasure.identity import ModelIdentity, model_key
+            from pytest_erasure.models.identity import ModelIdentity, model_key
 
             if self._models is not None:  # given in memory: nothing on disk to key a record by
                 self._identity = ModelIdentity.of(self._models)
@@ -155,7 +155,7 @@ class AuditSession:
         return self._identity
 
     def _check_identity(self, models: LoadedModels) -> None:
-        from pytest_erasure.identity import ModelIdentity, model_key
+        from pytest_erasure.models.identity import ModelIdentity, model_key
 
         loaded, recorded = ModelIdentity.of(models), self._identity
         self._identity = loaded
@@ -288,7 +288,7 @@ class AuditSession:
 
     def detector_description(self, concept: Concept) -> dict[str, Any]:
         """The detector's `describe()`, from the cache while its files are unchanged."""
-        from pytest_erasure.identity import detector_key
+        from pytest_erasure.models.identity import detector_key
 
         key = _detector_key(concept)
         if key not in self._descriptions:
@@ -587,7 +587,7 @@ def context_for_pipelines(standard: StableDiffusionPipeline, erased: StableDiffu
                           concepts_file: Path, cache_dir: Path | None, **overrides: Any
                           ) -> AuditSession:
     """A session over pipelines already in memory (tests, notebooks): no loading from disk."""
-    from pytest_erasure.models import LoadedModels
+    from pytest_erasure.models.loading import LoadedModels
 
     fingerprints = {role: _pipeline_fingerprint(pipe)
                     for role, pipe in (("standard", standard), ("erased", erased))}
@@ -614,7 +614,8 @@ def with_overrides(config: AuditConfig, **changes: Any) -> AuditConfig:
 def validate_inputs(session: AuditSession) -> None:
     """Everything that can be checked before any model is loaded, so bad input costs a usage
     error in a second, not a crash an hour in."""
-    from pytest_erasure.models import check_device, detect_format
+    from pytest_erasure.models.formats import detect_format
+    from pytest_erasure.models.loading import check_device
 
     config = session.config
     check_device(config.device, config.dtype)

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pytest_erasure.formats import writers
-from pytest_erasure.models import detect_format, load_models
+from pytest_erasure.models.formats import detect_format, writers
+from pytest_erasure.models.loading import load_models
 from pytest_erasure.testing import save_tiny_pipeline, tiny_pipeline
 
 PROMPT = "a red circle"
@@ -203,7 +203,7 @@ class ReferenceAttentionWithEraser(torch.nn.Module):
 
 
 def receler_by_hand(unet, adapters, rank):
-    from pytest_erasure.formats.receler import AdapterEraser, block_prefix
+    from pytest_erasure.models.formats.receler import AdapterEraser, block_prefix
 
     edited = copy.deepcopy(unet)
     for name, module in edited.named_modules():

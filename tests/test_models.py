@@ -16,8 +16,9 @@ import torch
 
 from pytest_erasure.config import SHAPES
 from pytest_erasure.errors import ErasureInputError
-from pytest_erasure.formats import writers
-from pytest_erasure.models import FORMATS, check_device, detect_format, load_models
+from pytest_erasure.models.formats import detect_format, writers
+from pytest_erasure.models.formats import names as format_names
+from pytest_erasure.models.loading import check_device, load_models
 from pytest_erasure.testing import save_tiny_pipeline, tiny_pipeline
 
 
@@ -43,7 +44,7 @@ def uce_file(base, path: Path) -> Path:
 
 
 def test_models_module_imports_no_torch():
-    code = ("import sys, pytest_erasure.models, pytest_erasure.formats; "
+    code = ("import sys, pytest_erasure.models.loading, pytest_erasure.models.formats; "
             "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -87,7 +88,7 @@ def test_symlinked_component_folders_are_fingerprinted(standard_dir, tmp_path):
 
 
 def test_hash_is_cached_per_path_size_mtime(tmp_path):
-    from pytest_erasure.formats import files
+    from pytest_erasure.models.formats import files
 
     path = tmp_path / "w.bin"
     path.write_bytes(b"abc")
@@ -298,7 +299,7 @@ def test_receler_rank_disagrees_with_config(standard_dir, base, tmp_path):
 
 
 def test_single_file_missing_tensors(standard_dir, base, tmp_path):
-    from pytest_erasure.formats.files import read_state_dict
+    from pytest_erasure.models.formats.files import read_state_dict
 
     path = writers.write_single_file(base, tmp_path / "full.safetensors")
     tensors = read_state_dict(path)
@@ -364,7 +365,7 @@ SHAPES_ERASED = (sorted(p for p in (SHAPES / "erased").glob("*") if p.suffix != 
 @pytest.mark.parametrize("erased", SHAPES_ERASED, ids=[p.name for p in SHAPES_ERASED])
 def test_shapes_world_round_trip(erased):
     fmt = detect_format(erased)
-    assert fmt in FORMATS
+    assert fmt in format_names()
     models = load_models(SHAPES / "standard", erased)
     record = models.provenance["erased"]
     assert record["format"] == fmt and record["files"]

@@ -44,7 +44,7 @@ def _write_world(root: Path) -> dict[str, Path]:
     (only the 32 attn2 to_k/to_v weights, perturbed), a concepts file and 4 reference PNGs."""
     import torch
 
-    from pytest_erasure.formats.writers import save_tensors, unet_tensors
+    from pytest_erasure.models.formats.writers import save_tensors, unet_tensors
     from pytest_erasure.testing import sd14_pipeline, tiny_concepts, write_noise_references
 
     paths = {"standard": root / "standard", "erased": root / "uce-circle.safetensors",

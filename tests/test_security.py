@@ -76,7 +76,7 @@ def test_torch_load_is_called_weights_only(tmp_path: Path, monkeypatch: pytest.M
                                            ) -> None:
     import torch
 
-    from pytest_erasure.formats import files
+    from pytest_erasure.models.formats import files
 
     seen: list[dict[str, object]] = []
     real = torch.load

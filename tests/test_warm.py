@@ -28,7 +28,7 @@ import pytest
 AUDIT = "def test_erasure(erasure_case, erasure_check):\n    erasure_check(erasure_case)\n"
 PROBE = '''
 import json, sys
-import pytest_erasure.models as models
+import pytest_erasure.models.loading as models
 import pytest_erasure.session as session
 
 CALLS = {"loads": 0, "detectors": 0}

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from pytest_erasure.cache import Cache
     from pytest_erasure.config import AuditConfig
-    from pytest_erasure.identity import ModelFacts
+    from pytest_erasure.models.identity import ModelFacts
 
 Role = Literal["standard", "erased"]
 

@@ -2,7 +2,7 @@
 
 The standard model is a diffusers folder. The erased model is a full pipeline (folder or single
 file) or an override applied to the standard model (UNet tensors, Receler adapters, a text
-encoder, a LoRA; see `pytest_erasure.formats`). Either way the erased pipeline shares every
+encoder, a LoRA; see `pytest_erasure.models.formats`). Either way the erased pipeline shares every
 component object that is identical with the standard pipeline (`erased.vae is standard.vae`),
 and overridden components share every unchanged tensor, so memory grows only by what differs.
 
@@ -23,15 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_erasure.config import DTYPES
 from pytest_erasure.errors import ErasureInputError
+from pytest_erasure.models.formats.diffusers_folder import COMPONENTS
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
-
-COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-DTYPES = ("float32", "float16", "bfloat16")
-# --erased-format values, in the order detection is documented (docs/formats.md).
-FORMATS = ("diffusers", "single-file", "unet", "receler", "text-encoder", "lora")
 
 
 @dataclass
@@ -40,13 +37,6 @@ class LoadedModels:
     erased: StableDiffusionPipeline
     provenance: dict[str, Any]
     fingerprints: dict[str, str]
-
-
-def detect_format(path: Path) -> str:
-    """The erased model's format, decided by content (JSON configs, tensor key names)."""
-    from pytest_erasure.formats.detect import detect_format as detect
-
-    return detect(Path(path))
 
 
 def check_device(device: str, dtype: str) -> None:
@@ -103,7 +93,8 @@ def force_offline() -> None:
         pass
 
 
-def fingerprint(record: dict[str, Any]) -> str:
+def _digest(record: dict[str, Any]) -> str:
+    """The hash a model's fingerprint is (kept as first written: fingerprints key every cache)."""
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
@@ -118,12 +109,12 @@ def load_models(standard_path: Path, erased_path: Path, *, erased_format: str | 
                 device: str = "cpu", dtype: str = "float32",
                 lora_multiplier: float = 1.0) -> LoadedModels:
     """Both pipelines, on `device` in `dtype`, with provenance and cache fingerprints."""
-    from pytest_erasure.formats.files import forget, require_readable
+    from pytest_erasure.models.formats import get
+    from pytest_erasure.models.formats.files import forget, require_readable
 
     standard_path, erased_path = Path(standard_path), Path(erased_path)
-    if erased_format is not None and erased_format not in FORMATS:
-        raise ErasureInputError("--erased-format", f"'{erased_format}' is not a known format",
-                                f"use one of: {', '.join(FORMATS)}")
+    if erased_format is not None:
+        get(erased_format)  # an unknown name is a usage error before anything loads
     if not math.isfinite(lora_multiplier):
         raise ErasureInputError("--lora-multiplier", f"is {lora_multiplier}",
                                 "give a finite number (1.0 applies the LoRA as trained)")
@@ -153,8 +144,8 @@ def _load(standard_path: Path, erased_path: Path, erased_format: str | None, dev
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from pytest_erasure.formats import OVERRIDES, format_module
-    from pytest_erasure.formats.diffusers_folder import load_standard, validate_pipeline_folder
+    from pytest_erasure.models.formats import detect_format, get
+    from pytest_erasure.models.formats.diffusers_folder import load_standard, validate_pipeline_folder
 
     validate_pipeline_folder(standard_path, "--standard-model")
     try:
@@ -163,38 +154,42 @@ def _load(standard_path: Path, erased_path: Path, erased_format: str | None, dev
         if erased_format is None:
             raise
         detected = None  # the user named the format; their choice is what we load
-    fmt = erased_format or detected
-    assert fmt is not None
+    name = erased_format or detected
+    assert name is not None
+    fmt = get(name)
+    settings = {"lora_multiplier": lora_multiplier}
+    unknown = [o for o in fmt.options if o not in settings]
+    if unknown:
+        raise ValueError(f"format '{name}' reads options no loading setting provides: "
+                         f"{', '.join(unknown)} (known: {', '.join(settings)})")
+    options = {o: settings[o] for o in fmt.options}
     standard, standard_record = load_standard(standard_path, getattr(torch, dtype), device)
     with torch.no_grad():
-        overrides, details = format_module(fmt).load(
-            standard, standard_path, erased_path, lora_multiplier=lora_multiplier)
+        overrides, details = fmt.load(standard, standard_path, erased_path, options)
     components = {**standard.components, **overrides}
     erased = StableDiffusionPipeline(**{**components, "requires_safety_checker": False})
     for module in (erased.unet, erased.vae, erased.text_encoder):
         module.eval()
     shared = [c for c in COMPONENTS if getattr(erased, c) is getattr(standard, c)]
-    standard_fp = fingerprint({"format": "diffusers",
-                               "files": _relative(standard_record["files"], standard_path)})
+    standard_fp = _digest({"format": "diffusers",
+                           "files": _relative(standard_record["files"], standard_path)})
     erased_files = details.pop("files")
-    erased_key: dict[str, Any] = {"format": fmt, "files": _relative(erased_files, erased_path)}
-    if fmt in OVERRIDES:
+    erased_key: dict[str, Any] = {"format": name, "files": _relative(erased_files, erased_path),
+                                  **options}
+    if fmt.applies_to_standard:
         erased_key["standard"] = standard_fp  # an override's result depends on its base
-    if fmt == "lora":
-        erased_key["lora_multiplier"] = lora_multiplier
     erased_record: dict[str, Any] = {
         "path": str(erased_path),
-        "format": fmt,
+        "format": name,
         "detected_format": detected,
         "format_forced": erased_format is not None,
         "files": erased_files,
         "components_shared": shared,
         "components_replaced": [c for c in COMPONENTS if c not in shared],
-        **details,
+        **fmt.describe(details),
+        **options,
     }
-    if fmt == "lora":
-        erased_record["lora_multiplier"] = lora_multiplier
-    fingerprints = {"standard": standard_fp, "erased": fingerprint(erased_key)}
+    fingerprints = {"standard": standard_fp, "erased": _digest(erased_key)}
     standard_record["fingerprint"] = fingerprints["standard"]
     erased_record["fingerprint"] = fingerprints["erased"]
     provenance = {"standard": standard_record, "erased": erased_record, "device": device,

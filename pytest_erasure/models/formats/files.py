@@ -16,13 +16,14 @@ from typing import Any
 from pytest_erasure.errors import ErasureInputError
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 # Files besides weights whose content changes what a folder loads as (configs, tokenizer).
 CONFIG_SUFFIXES = (".json", ".txt", ".model")
 
 _HASHES: dict[tuple[str, int, int], str] = {}
 # The last state dict read, so detecting a format and loading it read a pickle once.
 _LAST: dict[tuple[str, int, int], dict[str, Any]] = {}
+# Key names per file, so every format's detection reads a file's keys once.
+_KEYS: dict[tuple[str, int, int], list[str]] = {}
 
 
 def _stat_key(path: Path) -> tuple[str, int, int]:
@@ -34,6 +35,7 @@ def _stat_key(path: Path) -> tuple[str, int, int]:
 def forget() -> None:
     """Drop the remembered state dict (call once loading is done, to free its memory)."""
     _LAST.clear()
+    _KEYS.clear()
 
 
 def sha256(path: Path) -> str:
@@ -127,6 +129,43 @@ def safetensors_keys(path: Path) -> list[str]:
     except Exception as error:  # safetensors raises its own error types for every corruption
         raise ErasureInputError(str(path), f"is not a valid safetensors file ({_first_line(error)})",
                                 "the file is truncated or corrupt; fetch it again") from error
+
+
+def tensor_keys(path: Path) -> list[str]:
+    """A weight file's top-level key names: the safetensors header (tensors unread), or the
+    pickle's state dict, whose nested dicts (Receler's) count by their own names only when
+    nothing else is at the top."""
+    key = _stat_key(path)
+    if key not in _KEYS:
+        if is_safetensors(path):
+            _KEYS[key] = safetensors_keys(path)
+        else:
+            state = read_state_dict(path)
+            _KEYS[key] = [k for k, v in state.items() if not isinstance(v, dict)] or list(state)
+    return _KEYS[key]
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files of a transformers/diffusers model folder (sharded or not)."""
+    found = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    safetensors = [p for p in found if p.suffix == ".safetensors"]
+    return safetensors or found
+
+
+def lone_weight_file(folder: Path) -> Path | None:
+    """The one weight file of a folder (by suffix, else by safetensors content), if just one."""
+    weights = [p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES]
+    if not weights:
+        weights = [p for p in folder.iterdir() if p.is_file() and is_safetensors(p)]
+    return weights[0] if len(weights) == 1 else None
+
+
+def read_many(files: list[Path]) -> dict[str, Any]:
+    """The tensors of every file (shards of one model), merged."""
+    tensors: dict[str, Any] = {}
+    for file in files:
+        tensors.update(read_state_dict(file))
+    return tensors
 
 
 def read_state_dict(path: Path) -> dict[str, Any]:

@@ -29,17 +29,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_erasure.cache import normalise
-from pytest_erasure.formats.files import walk_files
+from pytest_erasure.models.formats.files import walk_files
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
     from pytest_erasure.config import AuditConfig
     from pytest_erasure.detectors.base import DetectorSpec
-    from pytest_erasure.models import LoadedModels
+    from pytest_erasure.models.loading import LoadedModels
 
 IDENTITY_VERSION = 1
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]  # the whole pytest_erasure package
 LIBRARIES = ("torch", "diffusers", "transformers", "safetensors")
 
 

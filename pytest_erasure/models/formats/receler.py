@@ -10,7 +10,7 @@ processors stay as diffusers made them (attention capture and IRECE still find e
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,16 @@ import torch
 from torch import nn
 
 from pytest_erasure.errors import ErasureInputError
-from pytest_erasure.formats.files import WEIGHT_SUFFIXES, hash_files, read_state_dict
-from pytest_erasure.formats.sharing import clone_sharing
+from pytest_erasure.models.formats.configs import peek_json, read_json
+from pytest_erasure.models.formats.files import (
+    WEIGHT_SUFFIXES,
+    hash_files,
+    is_safetensors,
+    lone_weight_file,
+    read_state_dict,
+    tensor_keys,
+)
+from pytest_erasure.models.formats.sharing import clone_sharing
 
 ADAPTER_KEYS = ("down.weight", "down.bias", "up.weight", "up.bias")
 
@@ -56,20 +64,33 @@ def is_adapter_dict(tensors: dict[str, Any]) -> bool:
     return bool(keys) and all(k.endswith(ADAPTER_KEYS) for k in keys)
 
 
+def eraser_config(folder: Path) -> Path | None:
+    """The folder's JSON file that configures an eraser (eraser_config.json, by content)."""
+    for candidate in sorted(folder.glob("*.json")):
+        data = peek_json(candidate)
+        if "eraser_type" in data or "eraser_rank" in data:
+            return candidate
+    return None
+
+
+def is_adapter_file(path: Path) -> bool:
+    """Adapter weights: nested per block in a pickle, or flat keys inside attention blocks."""
+    keys = tensor_keys(path)
+    if not keys:
+        return False
+    if not is_safetensors(path):
+        state = read_state_dict(path)
+        if any(isinstance(v, dict) for v in state.values()) and is_adapter_dict(state):
+            return True
+    return all(k.endswith(ADAPTER_KEYS) and ".attentions." in k for k in keys)
+
+
 def find_files(path: Path) -> tuple[Path | None, Path]:
     """(config file or None, weights file) of a Receler folder, found by content."""
     what = f"--erased-model {path}"
     if path.is_file():
         return None, path
-    config = None
-    for candidate in sorted(path.glob("*.json")):
-        try:
-            data = json.loads(candidate.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            continue
-        if isinstance(data, dict) and ("eraser_type" in data or "eraser_rank" in data):
-            config = candidate
-            break
+    config = eraser_config(path)
     preferred = path / "eraser_weights.pt"
     weights = [preferred] if preferred.is_file() else sorted(
         p for p in path.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
@@ -92,14 +113,11 @@ def grouped(tensors: dict[str, Any]) -> dict[str, dict[str, torch.Tensor]]:
     return out
 
 
-def load(standard: Any, standard_path: Path, path: Path, **_: Any) -> tuple[dict[str, Any],
-                                                                           dict[str, Any]]:
+def load(standard: Any, standard_path: Path, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     what = f"--erased-model {path}"
     config_file, weights_file = find_files(path)
     config: dict[str, Any] = {}
     if config_file is not None:
-        from pytest_erasure.formats.diffusers_folder import read_json
-
         config = read_json(config_file, "--erased-model")
     eraser_type = config.get("eraser_type", "adapter")
     if eraser_type != "adapter":
@@ -160,3 +178,28 @@ def load(standard: Any, standard_path: Path, path: Path, **_: Any) -> tuple[dict
         "unet": {"tensors_in_file": tensors, "tensors_added": tensors, "tensors_replaced": 0,
                  "tensors_total": len(standard.unet.state_dict())},
     }
+
+
+class RecelerFormat:
+    name = "receler"
+    applies_to_standard = True
+    options: tuple[str, ...] = ()
+
+    def detect(self, path: Path) -> float:
+        """Its eraser config (0.9); adapter weights (0.8); a folder of only such a file (0.5)."""
+        if path.is_dir():
+            if eraser_config(path) is not None:
+                return 0.9
+            lone = lone_weight_file(path)
+            return 0.5 if lone is not None and is_adapter_file(lone) else 0.0
+        return 0.8 if is_adapter_file(path) else 0.0
+
+    def load(self, standard: Any, standard_path: Path, path: Path, options: Mapping[str, Any]
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+        return load(standard, standard_path, path)
+
+    def describe(self, details: dict[str, Any]) -> dict[str, Any]:
+        return details
+
+
+FORMAT = RecelerFormat()

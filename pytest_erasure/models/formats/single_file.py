@@ -10,12 +10,14 @@ The result equals `StableDiffusionPipeline.from_single_file(path, config=standar
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pytest_erasure.errors import ErasureInputError
-from pytest_erasure.formats.files import hash_files, read_state_dict
-from pytest_erasure.formats.sharing import override
+from pytest_erasure.models.formats.clip_keys import IGNORED, normalise
+from pytest_erasure.models.formats.files import hash_files, read_state_dict, tensor_keys
+from pytest_erasure.models.formats.sharing import override
 
 UNET_KEY = "model.diffusion_model."
 VAE_KEYS = ("first_stage_model.", "vae.")
@@ -44,8 +46,6 @@ def load(standard: Any, standard_path: Path, path: Path, **_: Any) -> tuple[dict
         raise ErasureInputError(what, f"has no UNet tensors ({UNET_KEY}*)",
                                 "give a full Stable Diffusion checkpoint, or pass the format of "
                                 "a partial one (--erased-format unet / text-encoder)")
-    from pytest_erasure.formats.text_encoder import IGNORED, normalise
-
     converted = {
         "unet": convert_ldm_unet_checkpoint(checkpoint, dict(standard.unet.config)),
         "vae": convert_ldm_vae_checkpoint(checkpoint, dict(standard.vae.config))
@@ -67,3 +67,23 @@ def load(standard: Any, standard_path: Path, path: Path, **_: Any) -> tuple[dict
             overrides[component] = module
         report[component] = stats
     return overrides, report
+
+
+class SingleFileFormat:
+    name = "single-file"
+    applies_to_standard = True
+    options: tuple[str, ...] = ()
+
+    def detect(self, path: Path) -> float:
+        """UNet tensors beside VAE or text-encoder ones, in the CompVis layout."""
+        return 0.7 if path.is_file() and is_single_file(tensor_keys(path)) else 0.0
+
+    def load(self, standard: Any, standard_path: Path, path: Path, options: Mapping[str, Any]
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+        return load(standard, standard_path, path)
+
+    def describe(self, details: dict[str, Any]) -> dict[str, Any]:
+        return details
+
+
+FORMAT = SingleFileFormat()

@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from pytest_erasure.formats.ldm import UNET_PREFIX, unet_key_to_ldm
+from pytest_erasure.models.formats.ldm import UNET_PREFIX, unet_key_to_ldm
 
 
 def save_tensors(tensors: Mapping[str, torch.Tensor], path: Path) -> Path:
@@ -101,7 +101,7 @@ def write_single_file(pipeline: Any, path: Path) -> Path:
 def receler_adapters(unet: torch.nn.Module, rank: int, seed: int = 0,
                      scale: float = 0.1) -> dict[str, dict[str, torch.Tensor]]:
     """Random adapters keyed as Receler keys them ({block prefix: AdapterEraser.state_dict()})."""
-    from pytest_erasure.formats.receler import AdapterEraser, block_prefix
+    from pytest_erasure.models.formats.receler import AdapterEraser, block_prefix
 
     generator = torch.Generator().manual_seed(seed)
     out: dict[str, dict[str, torch.Tensor]] = {}

@@ -4,31 +4,22 @@ not loaded at all: the standard pipeline's objects are used."""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pytest_erasure.errors import ErasureInputError
-from pytest_erasure.formats.files import folder_files, hash_files, require_readable, sha256
+from pytest_erasure.models.formats.configs import compare_text_config, compare_unet_config, read_json
+from pytest_erasure.models.formats.files import (
+    folder_files,
+    hash_files,
+    refused_global_in,
+    require_readable,
+    sha256,
+)
 
 PIPELINE_CLASS = "StableDiffusionPipeline"
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-# UNet config entries that fix the architecture; an erased UNet must agree with the standard one.
-UNET_ARCHITECTURE = ("cross_attention_dim", "in_channels", "out_channels", "block_out_channels",
-                     "layers_per_block", "down_block_types", "up_block_types",
-                     "attention_head_dim", "use_linear_projection")
-
-
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ErasureInputError(f"{what} {path}", f"is not valid JSON ({error})",
-                                "the file is corrupt; fetch the model again") from error
-    if not isinstance(data, dict):
-        raise ErasureInputError(f"{what} {path}", "is not a JSON object",
-                                "the file is corrupt; fetch the model again")
-    return data
 
 
 def validate_pipeline_folder(path: Path, what: str) -> dict[str, Any]:
@@ -68,22 +59,6 @@ def validate_pipeline_folder(path: Path, what: str) -> dict[str, Any]:
     return index
 
 
-def compare_unet_config(path: Path, standard_path: Path, what: str, config_file: Path) -> None:
-    """Refuse an erased UNet whose architecture differs from the standard one (e.g. SD 2)."""
-    erased = read_json(config_file, what)
-    standard = read_json(standard_path / "unet" / "config.json", "--standard-model")
-    for key in UNET_ARCHITECTURE:
-        if _norm(erased.get(key)) != _norm(standard.get(key)):
-            raise ErasureInputError(
-                f"{what} {path}", f"has a UNet with {key} {erased.get(key)}, the standard "
-                f"model's is {standard.get(key)}",
-                "give an erased model made from this standard model (same architecture)")
-
-
-def _norm(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple | list) else value
-
-
 def load_standard(path: Path, torch_dtype: Any, device: str) -> tuple[Any, dict[str, Any]]:
     """The standard pipeline (offline, safety checker off) and its provenance."""
     from diffusers import StableDiffusionPipeline
@@ -105,8 +80,6 @@ def _from_pretrained(cls: Any, path: Path, what: str, **kwargs: Any) -> Any:
     except ErasureInputError:
         raise
     except Exception as error:  # diffusers raises many types for a corrupt folder
-        from pytest_erasure.formats.files import refused_global_in
-
         refused = refused_global_in(error)
         if refused:
             raise ErasureInputError(
@@ -125,14 +98,11 @@ def component_digest(folder: Path, component: str) -> dict[str, str]:
             if p.parent != folder}
 
 
-def load(standard: Any, standard_path: Path, path: Path, **_: Any) -> tuple[dict[str, Any],
-                                                                           dict[str, Any]]:
+def load(standard: Any, standard_path: Path, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     from diffusers import StableDiffusionPipeline
 
     validate_pipeline_folder(path, "--erased-model")
     compare_unet_config(path, standard_path, "--erased-model", path / "unet" / "config.json")
-    from pytest_erasure.formats.text_encoder import compare_text_config
-
     compare_text_config(path / "text_encoder" / "config.json", standard_path, path)
     identical = [c for c in COMPONENTS
                  if component_digest(path, c) == component_digest(standard_path, c)]
@@ -144,3 +114,23 @@ def load(standard: Any, standard_path: Path, path: Path, **_: Any) -> tuple[dict
     pipeline.to(standard.unet.device)
     overrides = {c: getattr(pipeline, c) for c in COMPONENTS if c not in identical}
     return overrides, {"files": hashes, "identical_files": identical}
+
+
+class DiffusersFormat:
+    name = "diffusers"
+    applies_to_standard = False
+    options: tuple[str, ...] = ()
+
+    def detect(self, path: Path) -> float:
+        """A pipeline folder declares itself (model_index.json)."""
+        return 1.0 if path.is_dir() and (path / "model_index.json").is_file() else 0.0
+
+    def load(self, standard: Any, standard_path: Path, path: Path, options: Mapping[str, Any]
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+        return load(standard, standard_path, path)
+
+    def describe(self, details: dict[str, Any]) -> dict[str, Any]:
+        return details
+
+
+FORMAT = DiffusersFormat()

@@ -8,14 +8,15 @@ erased concept; a fixed multiplier is what we audit and report.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from pytest_erasure.errors import ErasureInputError
-from pytest_erasure.formats.files import hash_files, read_state_dict
-from pytest_erasure.formats.sharing import clone_sharing, set_tensor
+from pytest_erasure.models.formats.files import hash_files, read_state_dict, tensor_keys
+from pytest_erasure.models.formats.sharing import clone_sharing, set_tensor
 
 ROLES = {"lora_unet_": ("unet", "UNet"), "lora_te_": ("text_encoder", "text encoder")}
 FOREIGN = {"lora_te1_": "SDXL (two text encoders)", "lora_te2_": "SDXL (two text encoders)",
@@ -60,8 +61,8 @@ def delta(down: torch.Tensor, up: torch.Tensor, weight: torch.Tensor) -> torch.T
     return product.reshape(weight.shape)
 
 
-def load(standard: Any, standard_path: Path, path: Path, *, lora_multiplier: float = 1.0,
-         **_: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+def load(standard: Any, path: Path, lora_multiplier: float) -> tuple[dict[str, Any],
+                                                                   dict[str, Any]]:
     what = f"--erased-model {path}"
     tensors = read_state_dict(path)
     if not is_lora(list(tensors)):
@@ -115,3 +116,23 @@ def load(standard: Any, standard_path: Path, path: Path, *, lora_multiplier: flo
         raise ErasureInputError(what, "holds no lora_unet_ or lora_te_ modules",
                                 "give a kohya-style LoRA for SD v1")
     return overrides, {"files": hash_files([path]), "lora": report}
+
+
+class LoraFormat:
+    name = "lora"
+    applies_to_standard = True
+    options = ("lora_multiplier",)
+
+    def detect(self, path: Path) -> float:
+        """kohya's `lora_unet_` / `lora_te` key names (0.9: nothing else writes them)."""
+        return 0.9 if path.is_file() and is_lora(tensor_keys(path)) else 0.0
+
+    def load(self, standard: Any, standard_path: Path, path: Path, options: Mapping[str, Any]
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+        return load(standard, path, options["lora_multiplier"])
+
+    def describe(self, details: dict[str, Any]) -> dict[str, Any]:
+        return details
+
+
+FORMAT = LoraFormat()
