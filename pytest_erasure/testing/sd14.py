@@ -195,11 +195,13 @@ PUBLISHED_ROUNDED: dict[str, tuple[float, float]] = {
 
 PROVENANCE: dict[str, str] = {
     "model_index.json":
-        f"{REPO} main: _diffusers_version 0.2.2 with feature_extractor CLIPImageProcessor (541 B). "
-        "Verbatim copies: huggingface.co/cuongdz01/cat_gen/blob/main/model_index.json and "
-        "huggingface.co/spaces/Vchitect/SEINE (pre-trained/stable-diffusion-v1-4/model_index.json). "
-        "Before the CLIPFeatureExtractor->CLIPImageProcessor rename it was 543 B "
-        f"({REPO}/blob/2880f2ca379f41b0226444936bb7a6766a227587/model_index.json, version 0.2.3 there).",
+        "_diffusers_version 0.2.2 (the 'add weights' file) with feature_extractor renamed "
+        "CLIPFeatureExtractor -> CLIPImageProcessor (the rename HF made across SD repos; 543 -> 541 B, "
+        "e.g. huggingface.co/keogh/stable-diffusion-compvis-v1-4 commit fed1434). Verbatim 541 B "
+        "copies: huggingface.co/cuongdz01/cat_gen/blob/main/model_index.json, "
+        "huggingface.co/spaces/Vchitect/SEINE pre-trained/stable-diffusion-v1-4/model_index.json. "
+        f"The fp16 upload ({REPO}/blob/2880f2ca379f41b0226444936bb7a6766a227587/model_index.json) "
+        "says 0.2.3 and CLIPFeatureExtractor.",
     "scheduler/scheduler_config.json":
         f"{REPO}/blob/refs%2Fpr%2F221/scheduler/scheduler_config.json (313 B, commit c47dae7 "
         "'Make sure the scheduler compatible with DDIM'); same bytes in "
@@ -420,7 +422,8 @@ def save_sd14_folder(path: Path, variant: str = "reduced", seed: int = 0, *,
 
     safety_checker=False writes its config but no weights (the full-size checker is 1.2 GB and
     our loader never loads it); such a folder loads with from_pretrained(..., safety_checker=None).
-    `pipeline` saves a given pipeline of this variant (e.g. with altered weights) instead.
+    `pipeline` saves a given pipeline of this variant (e.g. with altered weights) instead; it is
+    cast to `dtype` in place. Without a safety checker it is saved like safety_checker=False.
     """
     import torch
     from diffusers import StableDiffusionPipeline
@@ -433,7 +436,7 @@ def save_sd14_folder(path: Path, variant: str = "reduced", seed: int = 0, *,
     pipeline.to(getattr(torch, dtype))
     pipeline.save_pretrained(path, safe_serialization=True)
     write_published_configs(path, variant)
-    if not safety_checker:
+    if pipeline.safety_checker is None:
         arch = SAFETY_CHECKER_ARCHITECTURE if variant == "full" else REDUCED_SAFETY_CHECKER
         from transformers import CLIPConfig
 
