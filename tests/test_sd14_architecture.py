@@ -8,8 +8,10 @@ a published SD v1.4 erased model runs them, only at 64x64 with 2 denoising steps
 folder is `save_sd14_folder(variant="full")`: every config as CompVis publishes it, so the
 scheduler is PNDM (skip_prk_steps) and prompts go through the 49,408-token CLIP BPE.
 
-About 3 minutes on 2 shared CPU cores with one thread (20 s to build and save the ~2.1 GB of
-float16 weights, under 3 minutes for the audit); run it with `pytest -m slow`.
+Build and save take about a minute (2.17 GB of float16 weights); the audit several minutes on
+2 shared CPU cores with one thread; run it with `pytest -m slow`. PNDM's N steps are N+1 UNet
+calls (the PLMS warm-up repeats a timestep), which IRECE must be built for: until irece.py
+counts the scheduler's own timesteps, the --irece cases error here.
 """
 
 from __future__ import annotations
