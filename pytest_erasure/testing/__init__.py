@@ -183,8 +183,8 @@ erased = false
 """
 
 
-def write_noise_references(root: Path, n: int = 4) -> Path:
-    """`n` random 32x32 PNGs in root/references/circle (the concepts file's reference folder)."""
+def write_noise_references(root: Path, n: int = 4, size: int = 32) -> Path:
+    """`n` random size x size PNGs in root/references/circle (the concepts file's reference folder)."""
     import numpy as np
     from PIL import Image
 
@@ -192,7 +192,7 @@ def write_noise_references(root: Path, n: int = 4) -> Path:
     refs.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
     for i in range(n):
-        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(refs / f"{i}.png")
+        Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(refs / f"{i}.png")
     return refs
 
 
@@ -217,60 +217,16 @@ def save_tiny_world(root: Path) -> dict[str, Path]:
     return paths
 
 
-def sd14_pipeline(seed: int = 0, text_layers: int = 12) -> StableDiffusionPipeline:
-    """The full-size SD v1.4 architecture (UNet ~860M, VAE ~84M, CLIP ViT-L/14 text encoder
-    ~123M parameters) with random weights, built from SD v1.4's component configs, with
-    `tiny_tokenizer()` (the text encoder's vocabulary is sized to it). For tests that exercise
-    the real architecture end to end without real weights."""
-    import torch
-    from diffusers import (
-        AutoencoderKL,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
+# SD v1.4 as published (PNDM, CLIP's own tokenizer, every config verbatim) lives in testing/sd14.py.
+from pytest_erasure.testing.sd14 import (  # noqa: E402
+    save_sd14_folder,
+    save_sd14_world,
+    sd14_components,
+    sd14_pipeline,
+    sd14_tokenizer,
+)
 
-    tokenizer = tiny_tokenizer()
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        sample_size=64,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(320, 640, 1280, 1280),
-        layers_per_block=2,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                          "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D",
-                        "CrossAttnUpBlock2D"),
-        cross_attention_dim=768,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        block_out_channels=(128, 256, 512, 512),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=2,
-        latent_channels=4,
-        norm_num_groups=32,
-        sample_size=512,
-        scaling_factor=0.18215,
-    )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-            hidden_size=768,
-            intermediate_size=3072,
-            num_attention_heads=12,
-            num_hidden_layers=text_layers,
-            projection_dim=768,
-            hidden_act="quick_gelu",
-            vocab_size=len(tokenizer),
-            max_position_embeddings=77,
-            layer_norm_eps=1e-5,
-        )
-    )
-    return assemble(vae, text_encoder, tokenizer, unet)
+__all__ = ["BrightnessDetector", "assemble", "build_brightness_detector", "save_sd14_folder",
+           "save_sd14_world", "save_tiny_pipeline", "save_tiny_world", "sd14_components",
+           "sd14_pipeline", "sd14_tokenizer", "tiny_concepts", "tiny_pipeline", "tiny_tokenizer",
+           "write_noise_references"]
