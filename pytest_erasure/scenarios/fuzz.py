@@ -350,7 +350,8 @@ class FuzzScenario(Scenario):
         def scored(r: Evaluation) -> dict[str, Any]:
             verdict = verdicts[r.prompt]
             return {"prompt": r.prompt, "search_crr": r.crr, "search_hits": sum(r.present),
-                    "search_n": len(r.present), "fresh_crr": verdict.rate.crr,
+                    "search_n": len(r.present), "search_degenerate": r.degenerate,
+                    "fresh_crr": verdict.rate.crr,
                     "fresh_hits": verdict.rate.hits, "fresh_n": verdict.rate.n,
                     "fresh_degenerate": fresh_degenerate[r.prompt],
                     "confirmed": verdict.confirmed,
