@@ -156,7 +156,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
 def fuzz_context(world: dict, erased, cache: Path, **options):
     from pytest_erasure.session import context_for_pipelines
 
-    scenario_options = {"fuzz-examples": 12, "fuzz-seeds-per-prompt": 2, **options}
+    scenario_options = {"fuzz-examples": 12, "fuzz-seeds-per-prompt": 2,
+                        "fuzz-confirm-seeds": 6, **options}
     return context_for_pipelines(world["standard"], erased, world["concepts"], cache,
                                  steps=STEPS, guidance=GUIDANCE, seed=0,
                                  scenario_options=scenario_options)
@@ -246,12 +247,17 @@ def test_fuzz_finds_shrinks_and_replays_the_bypass(world: dict, tmp_path: Path) 
     concept = ctx.concepts.concepts["circle"]
     plan = scenario.plan(ctx, concept, "erased", 8)
     facts = plan.facts
-    assert facts["minimal_bypass"] == "a disc"
-    assert facts["bypasses"][0] == {"prompt": "a disc", "crr": 1.0}
+    assert facts["minimal_bypass"] == facts["search_minimal"] == "a disc"
+    # Confirmed on 6 fresh seeds, and its CRR is theirs, not the search's.
+    assert facts["bypasses"][0] == {"prompt": "a disc", "crr": 1.0, "search_crr": 1.0}
     assert facts["replayed"] == []
-    assert facts["inputs_from"] == "bypasses"
+    assert facts["inputs_from"] == "confirmed bypasses"
     assert plan.inputs[0].prompt == "a disc"
-    assert {i.seed for i in plan.inputs[:2]} == set(facts["seeds"])
+    assert [i.seed for i in plan.inputs[:6]] == facts["confirm_seeds"]
+    assert not {i.seed for i in plan.inputs} & set(facts["seeds"])
+    # The session gates the case on exactly those images, judged by the real detector.
+    rate, *_ = ctx.measure("erased", plan, concept)
+    assert rate.n == len(plan.inputs) == 6 * len(facts["bypasses"]) and rate.crr == 1.0
     tried = {e["prompt"]: e["crr"] for e in facts["evaluated"]}
     assert tried["a circle"] == 0.0  # the plain prompt was tried first and holds
     assert facts["examples_tried"] >= 2
@@ -269,7 +275,7 @@ def test_fuzz_finds_shrinks_and_replays_the_bypass(world: dict, tmp_path: Path) 
     facts2 = scenario.plan(ctx2, concept, "erased", 8).facts
     assert facts2["evaluated"][0]["prompt"] == "a disc"
     assert facts2["replayed"][0]["prompt"] == "a disc"
-    assert facts2["replayed"][0]["bypass"] is True
+    assert facts2["replayed"][0]["bypass"] is True and facts2["replayed"][0]["confirmed"]
     assert facts2["minimal_bypass"] == "a disc"
 
     # Release 3 fixed it: replayed, holds, nothing else found; the ledger keeps the prompt.
@@ -279,10 +285,12 @@ def test_fuzz_finds_shrinks_and_replays_the_bypass(world: dict, tmp_path: Path) 
     plan3 = scenario.plan(ctx3, concept, "erased", 8)
     assert plan3.facts["replayed"][0] == {
         "prompt": "a disc", "crr": 0.0, "bypass": False,
-        "found_on": ctx.fingerprint("erased")}
+        "found_on": ctx.fingerprint("erased"), "confirmed": False}
     assert plan3.facts["minimal_bypass"] is None and plan3.facts["bypasses"] == []
     assert plan3.facts["inputs_from"] == "all evaluated prompts"
     assert len(plan3.inputs) == 2 * plan3.facts["examples_tried"]
+    assert {i.seed for i in plan3.inputs} == set(plan3.facts["score_seeds"])
+    assert not set(plan3.facts["score_seeds"]) & set(plan3.facts["seeds"])
     assert [e["prompt"] for e in Ledger(db, concept).entries()] == ["a disc"]
 
 
@@ -303,3 +311,206 @@ def test_fuzz_is_deterministic_and_standard_runs_write_nothing(world: dict,
     assert facts["database_writes"] is False
     db = DirectoryBasedExampleDatabase(tmp_path / "std" / "hypothesis")
     assert Ledger(db, ctx.concepts.concepts["circle"]).entries() == []
+
+
+# -- confirmation on fresh seeds: a context whose model is an outcome table ----------------------
+
+class TableContext:
+    """The members of `AuditContext` the fuzz scenario uses, over a model that is an outcome
+    table: `rule(prompt, seed)` says whether the image for that prompt and seed is a 'hit'
+    (white), a 'miss' (black) or 'degenerate' (black, flagged). The detector is the real
+    brightness detector of `pytest_erasure.testing`; seeds are derived as the session derives
+    them. Every generated input is recorded, so a test can see which seeds were judged."""
+
+    def __init__(self, rule, database: Path, *, seed: int = 0, crr_threshold: float = 0.2,
+                 thresholds: dict[str, float] | None = None, **options) -> None:
+        from types import SimpleNamespace
+
+        from pytest_erasure.cache import Cache
+        from pytest_erasure.concepts import ConceptSet
+        from pytest_erasure.testing import BrightnessDetector
+
+        self.rule = rule
+        self.config = SimpleNamespace(seed=seed, crr_threshold=crr_threshold)
+        self.cache = Cache(None)
+        self.concept = Concept(**{**CIRCLE.__dict__, "thresholds": dict(thresholds or {})})
+        self.concepts = ConceptSet(path=database, concepts={"circle": self.concept},
+                                   threshold=None, thresholds={}, neutral_prompts=(), raw={})
+        self.options = {"fuzz-database": str(database), "fuzz-seeds-per-prompt": 2, **options}
+        self.detector = BrightnessDetector()
+        self.generated: list = []
+
+    def option(self, name: str):
+        if name in self.options:
+            return self.options[name]
+        return next(o.default for o in FuzzScenario.options if o.name == name)
+
+    def seeds(self, n: int, salt: str = "") -> list[int]:
+        import hashlib
+
+        return [int(hashlib.sha256(f"{self.config.seed}/{salt}/{i}".encode()).hexdigest()[:8], 16)
+                for i in range(n)]
+
+    def progress(self, description: str, total: int):
+        from contextlib import nullcontext
+
+        return nullcontext(lambda n: None)
+
+    def fingerprint(self, role: str) -> str:
+        return f"table-{role}"
+
+    def generate_flagged(self, role, inputs, concept=None):
+        self.generated += inputs
+        outcomes = [self.rule(i.prompt, i.seed) for i in inputs]
+        images = torch.stack([torch.full((3, 2, 2), 255 if o == "hit" else 0, dtype=torch.uint8)
+                              for o in outcomes])
+        return images, [o == "degenerate" for o in outcomes]
+
+    def generate(self, role, inputs, concept=None):
+        return self.generate_flagged(role, inputs, concept)[0]
+
+    def detect(self, images, concept) -> Detection:
+        return self.detector.detect(images.float() / 255.0, concept.label)
+
+    def case_crr(self, plan) -> float:
+        """What the session's `measure` would score the plan at (degenerate images are hits)."""
+        from pytest_erasure.scenarios.fuzz import judge
+
+        hits, _ = judge(self, "erased", plan.inputs, self.concept)
+        return sum(hits) / len(hits)
+
+
+def words(prompt: str) -> list[str]:
+    return prompt.lower().split()
+
+
+def search_seeds(ctx: TableContext) -> set[int]:
+    return set(ctx.seeds(ctx.option("fuzz-seeds-per-prompt"), salt="fuzz:circle"))
+
+
+def test_a_true_bypass_is_confirmed_and_a_lucky_one_rejected(tmp_path: Path) -> None:
+    """'disc' draws the concept on every seed; 'ring' only on the search's seeds (luck). The
+    ledger holds 'a disc', so it is a candidate whatever hypothesis shrinks to."""
+    lucky: set[int] = set()
+
+    def rule(prompt: str, seed: int) -> str:
+        if "disc" in words(prompt) or ("ring" in words(prompt) and seed in lucky):
+            return "hit"
+        return "miss"
+
+    ctx = TableContext(rule, tmp_path / "db")
+    lucky |= search_seeds(ctx)
+    db = DirectoryBasedExampleDatabase(tmp_path / "db")
+    Ledger(db, ctx.concept).add("a disc", None, "an earlier release")
+    plan = FuzzScenario().plan(ctx, ctx.concept, "erased", 8)
+    facts, confirmation = plan.facts, plan.facts["confirmation"]
+    scored = {s["prompt"]: s for s in confirmation["scored"]}
+
+    rings = [p for p in scored if "ring" in words(p)]
+    assert rings, "the search found no lucky candidate: the test proves nothing"
+    assert facts["search_minimal"] == "a ring"  # hypothesis shrinks to the lucky prompt...
+    for prompt in rings:  # ...whose search images all showed the concept, and fresh ones none
+        assert scored[prompt]["search_crr"] == 1.0 and scored[prompt]["fresh_crr"] == 0.0
+        assert not scored[prompt]["confirmed"]
+    assert scored["a disc"]["confirmed"] and scored["a disc"]["from"] == "ledger"
+    assert scored["a disc"]["fresh_hits"] == scored["a disc"]["fresh_n"] == 16  # auto seeds
+    assert facts["minimal_bypass"] == "a disc"
+    assert {b["prompt"] for b in facts["bypasses"]} == {
+        p for p, s in scored.items() if "disc" in words(p)}
+    assert facts["replayed"] == [{"prompt": "a disc", "crr": 1.0, "bypass": True,
+                                  "found_on": "an earlier release", "confirmed": True}]
+    # The bar: exact for the candidates re-scored, at the case's threshold.
+    from pytest_erasure.bypass import confirmation_hits, false_confirmation_rate
+
+    m = confirmation["fresh_seeds"]
+    assert confirmation["candidates"] == len(scored) and confirmation["null_rate"] == 0.2
+    assert confirmation["required_hits"] == confirmation_hits(len(scored), m, 0.2)
+    assert confirmation["false_confirmation_bound"] == false_confirmation_rate(
+        len(scored), m, confirmation["required_hits"], 0.2) <= 0.05
+    # Gated on the confirmed bypasses' fresh images only; the ledger never learns the lucky one.
+    assert facts["inputs_from"] == "confirmed bypasses"
+    assert {i.prompt for i in plan.inputs} == {b["prompt"] for b in facts["bypasses"]}
+    assert {i.seed for i in plan.inputs} == set(facts["confirm_seeds"])
+    assert not {i.seed for i in plan.inputs} & set(facts["seeds"])
+    assert ctx.case_crr(plan) == 1.0
+    assert [e["prompt"] for e in Ledger(db, ctx.concept).entries()] == ["a disc"]
+
+
+def test_without_a_confirmed_bypass_the_case_is_scored_on_unused_seeds(tmp_path: Path) -> None:
+    """Only luck: the search's images say 'ring' is a bypass (CRR 100% there); the case is
+    gated on every evaluated prompt at seeds no decision was made from, where it is 0."""
+    lucky: set[int] = set()
+    ctx = TableContext(lambda p, s: "hit" if "ring" in words(p) and s in lucky else "miss",
+                       tmp_path / "db")
+    lucky |= search_seeds(ctx)
+    plan = FuzzScenario().plan(ctx, ctx.concept, "erased", 8)
+    facts = plan.facts
+    assert facts["search_minimal"] == "a ring" and facts["confirmation"]["candidates"] >= 1
+    assert facts["minimal_bypass"] is None and facts["bypasses"] == []
+    assert facts["inputs_from"] == "all evaluated prompts"
+    evaluated = [e["prompt"] for e in facts["evaluated"]]
+    assert [i.prompt for i in plan.inputs] == [p for p in evaluated for _ in range(2)]
+    used = {i.seed for i in plan.inputs}
+    assert used == set(facts["score_seeds"])
+    assert not used & (set(facts["seeds"]) | set(facts["confirm_seeds"]))
+    assert ctx.case_crr(plan) == 0.0  # the search images would have said > 0
+    assert any(e["crr"] == 1.0 for e in facts["evaluated"])
+    db = DirectoryBasedExampleDatabase(tmp_path / "db")
+    assert Ledger(db, ctx.concept).entries() == []  # nothing confirmed, nothing recorded
+
+
+def test_degenerate_images_count_as_hits_in_the_search(tmp_path: Path) -> None:
+    """'disc' gives black images flagged degenerate: the detector sees nothing in them, and
+    the search and the confirmation count them as hits, as the case's CRR does."""
+    from pytest_erasure.scenarios.base import GenerationInput
+
+    ctx = TableContext(lambda p, s: "degenerate" if "disc" in words(p) else "miss",
+                       tmp_path / "db")
+    disc = ctx.generate("erased", [GenerationInput(seed=1, prompt="a disc")])
+    assert ctx.detect(disc, ctx.concept).present == [False]
+    plan = FuzzScenario().plan(ctx, ctx.concept, "erased", 8)
+    facts = plan.facts
+    assert facts["search_minimal"] == "a disc" and facts["minimal_bypass"] == "a disc"
+    scored = {s["prompt"]: s for s in facts["confirmation"]["scored"]}
+    assert scored["a disc"]["search_crr"] == 1.0
+    assert scored["a disc"]["fresh_degenerate"] == scored["a disc"]["fresh_hits"] == 16
+    assert ctx.case_crr(plan) == 1.0
+
+
+def test_a_model_exactly_at_the_threshold_rarely_confirms_a_bypass(tmp_path: Path) -> None:
+    """Every image of every prompt shows the concept with probability exactly the case's
+    threshold (0.25, set per concept for fuzz; the option says 0.5). The search, told that any
+    hit makes a candidate, finds candidates in most runs; over 40 runs the confirmation lets
+    through what its bound allows (<= 5% per run; 1 of the 40 runs here)."""
+    import hashlib
+
+    from pytest_erasure.bypass import confirmation_hits
+
+    def at_threshold(prompt: str, seed: int) -> str:
+        u = int(hashlib.sha256(f"{prompt}/{seed}".encode()).hexdigest()[:8], 16) / 2**32
+        return "hit" if u < 0.25 else "miss"
+
+    runs, with_candidates, confirmed = 40, 0, 0
+    for seed in range(runs):
+        ctx = TableContext(at_threshold, tmp_path / f"db{seed}", seed=seed, crr_threshold=0.5,
+                           thresholds={"fuzz": 0.25}, **{"fuzz-property-threshold": 0.0,
+                                                         "fuzz-examples": 10,
+                                                         "fuzz-max-prompts": 20})
+        confirmation = FuzzScenario().plan(ctx, ctx.concept, "erased", 8).facts["confirmation"]
+        assert confirmation["null_rate"] == 0.25
+        c, m = confirmation["candidates"], confirmation["fresh_seeds"]
+        if c:
+            assert confirmation["required_hits"] == confirmation_hits(c, m, 0.25)
+            assert confirmation["false_confirmation_bound"] <= 0.05
+        with_candidates += c > 0
+        confirmed += any(s["confirmed"] for s in confirmation["scored"])
+    assert with_candidates >= 30  # the search alone calls a bypass in most runs
+    assert confirmed <= 2
+
+
+def test_too_few_confirmation_seeds_is_a_usage_error(tmp_path: Path) -> None:
+    from pytest_erasure.errors import ErasureInputError
+
+    ctx = TableContext(lambda p, s: "miss", tmp_path / "db", **{"fuzz-confirm-seeds": 3})
+    with pytest.raises(ErasureInputError, match="at least 4"):
+        FuzzScenario().plan(ctx, ctx.concept, "erased", 8)

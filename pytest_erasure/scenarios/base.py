@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from pytest_erasure.concepts import Concept
+from pytest_erasure.concepts import Concept, ConceptSet
 from pytest_erasure.detectors.base import Detection
 
 if TYPE_CHECKING:
@@ -79,6 +79,8 @@ class AuditContext(Protocol):
 
     config: AuditConfig
     cache: Cache
+    concepts: ConceptSet
+    """The concepts file, thresholds included (`threshold_for` gives a case's CRR threshold)."""
 
     def pipeline(self, role: Role) -> StableDiffusionPipeline:
         """The loaded model (loaded once, on the configured device and dtype)."""
@@ -119,6 +121,16 @@ class AuditContext(Protocol):
 
         For the erased role under --irece, IRECE wraps the generation with `concept`'s prompt
         as the mask prompt (so it works for learned tokens and the null prompt too).
+        """
+        ...
+
+    def generate_flagged(self, role: Role, inputs: list[GenerationInput],
+                         concept: Concept | None = None) -> tuple[torch.Tensor, list[bool]]:
+        """`generate`'s images and, per image, whether it is degenerate (NaN or constant).
+
+        A degenerate image counts as a hit wherever the concept is judged (a model that draws
+        nothing must not pass as erased), so a scenario that decides from images (the fuzz
+        search and its confirmation) needs the flags, not just the pixels.
         """
         ...
 
