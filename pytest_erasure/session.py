@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_erasure.cache import Cache, digest, normalise, tensor_digest
+from pytest_erasure.cache import Cache, digest, tensor_digest
 from pytest_erasure.concepts import Concept, ConceptSet, load_concepts
 from pytest_erasure.config import OPTIONS, AuditConfig
 from pytest_erasure.crr import Rate, decided, gate_passes
@@ -272,12 +272,13 @@ class AuditSession:
         key = {"detector": digest(self.detector_description(concept)),
                "spec": _detector_key(concept), "label": concept.label,
                "device": self.config.device.split(":")[0], "images": image_sha256(images)}
-        stored = self.cache.read_json("detection", key)
-        if stored is None:
+
+        def judge() -> dict[str, list[Any]]:
             found = self.detector(concept).detect(images.float() / 255.0, concept.label)
-            stored = {"present": [bool(p) for p in found.present],
-                      "score": [float(s) for s in found.score]}
-            self.cache.write_json("detection", key, stored)
+            return {"present": [bool(p) for p in found.present],
+                    "score": [float(s) for s in found.score]}
+
+        stored = self.cache.json("detection", key, judge)
         return Detection(present=stored["present"], score=stored["score"])
 
     def detector_description(self, concept: Concept) -> dict[str, Any]:
@@ -287,11 +288,8 @@ class AuditSession:
         key = _detector_key(concept)
         if key not in self._descriptions:
             files = detector_key(concept.detector, self.config.device)
-            stored = self.cache.read_json("detector-identity", files)
-            if stored is None:
-                stored = normalise(self.detector(concept).describe())
-                self.cache.write_json("detector-identity", files, stored)
-            self._descriptions[key] = stored
+            self._descriptions[key] = self.cache.json(
+                "detector-identity", files, lambda: self.detector(concept).describe())
         return self._descriptions[key]
 
     # -- IRECE ---------------------------------------------------------------------------------
