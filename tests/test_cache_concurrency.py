@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from pytest_erasure.cache import Cache
@@ -24,6 +25,7 @@ WORKER = r"""
 import json, os, sys, time
 from pathlib import Path
 
+import pytest
 import torch
 
 from pytest_erasure.cache import Cache
@@ -153,3 +155,58 @@ def test_no_cache_computes_everything(tmp_path: Path) -> None:
     out = cache.get_or_compute_many("t", [1, 2], lambda idx: [({"x": torch.ones(1)}, {})
                                                               for _ in idx])
     assert len(out) == 2 and cache.misses == 2
+
+
+AUDIT = "def test_erasure(erasure_case, erasure_check):\n    erasure_check(erasure_case)\n"
+COUNTING = '''
+import json, os
+
+import pytest_erasure.generate as generation
+
+_real = generation.generate
+
+
+def generate(pipe, inputs, *args, **kwargs):
+    """Every image this audit computes: the session calls it under the keys' locks."""
+    out = _real(pipe, inputs, *args, **kwargs)
+    with open(os.environ["ERASURE_COMPUTED_LOG"], "a") as f:
+        f.write(json.dumps({"pid": os.getpid(), "n": len(inputs)}) + "\\n")
+    return out
+
+
+generation.generate = generate
+'''
+
+
+@pytest.mark.slow
+def test_two_audits_at_once_on_one_cache(tiny_world: dict[str, Path], tmp_path: Path) -> None:
+    """Two real pytest audits of the tiny world, started together on one cache folder: the
+    images they share are computed once in all, and both report the same images."""
+    import os
+
+    cache, log = tmp_path / "cache", tmp_path / "computed.log"
+    (tmp_path / "test_audit.py").write_text(AUDIT)
+    (tmp_path / "conftest.py").write_text(COUNTING)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ERASURE_COMPUTED_LOG": str(log)}
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider",
+         f"--standard-model={tiny_world['standard']}", f"--erased-model={tiny_world['erased']}",
+         f"--concepts={tiny_world['concepts']}", f"--erasure-cache={cache}",
+         f"--erasure-report={tmp_path / f'report-{k}'}", "--samples=16", "--steps=4",
+         "--batch-size=4", "--scenarios=baseline,text,retention"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for k in range(2)]
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    for proc, out in zip(procs, outputs, strict=True):
+        assert proc.returncode in (0, 1), out  # cases may fail; nothing may crash
+
+    computed = [json.loads(line) for line in log.read_text().splitlines()]
+    images = list((cache / "image").rglob("*.safetensors"))
+    assert images and sum(c["n"] for c in computed) == len(images)  # each image once in all
+    assert not list(cache.rglob("*.tmp"))
+    store = Cache(cache)
+    assert all(store._read(p, drop_damaged=False) is not None for p in images)
+    reports = [json.loads((tmp_path / f"report-{k}" / "report.json").read_text())
+               for k in range(2)]
+    digests = [{c["case_id"]: c["facts"]["image_sha256"] for c in r["cases"]} for r in reports]
+    assert digests[0] == digests[1] and len(digests[0]) == 3
