@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pytest_erasure.memory import chunked, describe
 from pytest_erasure.scenarios.base import GenerationInput
 
 if TYPE_CHECKING:
@@ -88,8 +89,9 @@ def generate(
         groups.setdefault(g, []).append(i)
     uncond = encode(pipe, [""])
     for guidance, indices in groups.items():
-        for start in range(0, len(indices), batch_size):
-            chunk = indices[start:start + batch_size]
+        def run(start: int, stop: int, guidance: float = guidance, indices: list[int] = indices
+                ) -> None:
+            chunk = indices[start:stop]
             batch = [inputs[i] for i in chunk]
             embeds = _conditioning(pipe, batch).to(pipe.device, dtype)
             latents = torch.cat([initial_latents(pipe, b, sampling) for b in batch])
@@ -125,6 +127,9 @@ def generate(
                 out[i], degenerate[i] = as_uint8, bad
             if advance:
                 advance(len(chunk))
+
+        batch_size = chunked("generation", len(indices), batch_size, run, lambda: describe(
+            pipe, f"generating {sampling.height}x{sampling.width} images", sampling.dtype))
     return torch.stack(out), degenerate  # type: ignore[arg-type]
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from pytest_erasure.errors import ErasureInputError
+from pytest_erasure.memory import chunked, describe
 
 if TYPE_CHECKING:
     import torch
@@ -78,10 +79,13 @@ def encode(pipe: StableDiffusionPipeline, images: torch.Tensor, batch_size: int 
     import torch
 
     vae, out = pipe.vae, []
-    with torch.no_grad():
-        for i in range(0, len(images), batch_size):
-            x = images[i:i + batch_size].to(vae.device, vae.dtype) * 2 - 1
+
+    def run(i: int, stop: int) -> None:
+        with torch.no_grad():
+            x = images[i:stop].to(vae.device, vae.dtype) * 2 - 1
             out.append(vae.encode(x).latent_dist.mean)
+
+    chunked("vae encode", len(images), batch_size, run, lambda: _describe(pipe, images, "encoding"))
     return torch.cat(out) * vae.config.scaling_factor
 
 
@@ -91,10 +95,13 @@ def decode(pipe: StableDiffusionPipeline, latents: torch.Tensor, batch_size: int
     import torch
 
     vae, out = pipe.vae, []
-    with torch.no_grad():
-        for i in range(0, len(latents), batch_size):
-            z = latents[i:i + batch_size].to(vae.device, vae.dtype) / vae.config.scaling_factor
+
+    def run(i: int, stop: int) -> None:
+        with torch.no_grad():
+            z = latents[i:stop].to(vae.device, vae.dtype) / vae.config.scaling_factor
             out.append(((vae.decode(z).sample.float() + 1) / 2).clamp(0, 1).cpu())
+
+    chunked("vae decode", len(latents), batch_size, run, lambda: _describe(pipe, latents, "decoding"))
     return torch.cat(out)
 
 
@@ -120,8 +127,9 @@ def ddim_invert(
     scheduler.set_timesteps(steps)
     cond, uncond = _text(pipe, prompt, None, guidance)
     out = []
-    for i in range(0, len(images), batch_size):
-        latents = encode(pipe, images[i:i + batch_size], batch_size)
+
+    def run(i: int, stop: int) -> None:
+        latents = encode(pipe, images[i:stop], batch_size)
         with torch.no_grad():
             for t in scheduler.timesteps:
                 eps = _eps(pipe, latents, t.to(latents.device), cond, uncond, guidance)
@@ -129,6 +137,9 @@ def ddim_invert(
                 if progress is not None:
                     progress(1)
         out.append(latents.float().cpu())
+
+    chunked("ddim inversion", len(images), batch_size, run,
+            lambda: _describe(pipe, images, "inverting"))
     return torch.cat(out)
 
 
@@ -155,10 +166,11 @@ def denoise(
     cond = cond.to(dtype)
     uncond = None if uncond is None else uncond.to(dtype)
     out = []
-    for i in range(0, len(latents), batch_size):
+
+    def run(i: int, stop: int) -> None:
         scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)
         scheduler.set_timesteps(steps, device=device)
-        x = latents[i:i + batch_size].to(device, dtype) * scheduler.init_noise_sigma
+        x = latents[i:stop].to(device, dtype) * scheduler.init_noise_sigma
         with torch.no_grad():
             for t in scheduler.timesteps:
                 eps = _eps(pipe, scheduler.scale_model_input(x, t), t, cond, uncond, guidance)
@@ -166,7 +178,16 @@ def denoise(
                 if progress is not None:
                     progress(1)
         out.append(x.float().cpu())
+
+    chunked("denoise", len(latents), batch_size, run, lambda: _describe(pipe, latents, "denoising"))
     return torch.cat(out)
+
+
+def _describe(pipe: StableDiffusionPipeline, batch: torch.Tensor, doing: str) -> str:
+    h, w = batch.shape[-2:]
+    if batch.shape[-3] == pipe.unet.config.in_channels:  # latents: the images are 8x larger
+        h, w = h * pipe.vae_scale_factor, w * pipe.vae_scale_factor
+    return describe(pipe, f"{doing} {h}x{w} images", pipe.unet.dtype)
 
 
 def regenerate(pipe: StableDiffusionPipeline, latents: torch.Tensor, **kwargs: Any

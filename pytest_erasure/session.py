@@ -20,12 +20,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_erasure.cache import Cache, digest, normalise, tensor_digest
+from pytest_erasure.cache import Cache, digest, tensor_digest
 from pytest_erasure.concepts import Concept, ConceptSet, load_concepts
 from pytest_erasure.config import OPTIONS, AuditConfig
 from pytest_erasure.crr import Rate, decided, gate_passes
 from pytest_erasure.detectors.base import Detection, Detector, build_detector
 from pytest_erasure.errors import ErasureInputError
+from pytest_erasure.memory import BatchSizes, recording
 from pytest_erasure.results import AuditRecord, CaseResult
 from pytest_erasure.scenarios.base import GenerationInput, Plan, Role, Scenario, registry
 
@@ -72,6 +73,9 @@ class AuditSession:
         self._references: dict[str, torch.Tensor] = {}
         self._irece_conditioning: dict[str, Any] = {}
         self.results: dict[str, CaseResult] = {}
+        self.batch_sizes = BatchSizes()
+        """Batch sizes halved after running out of GPU memory (`memory.py`), kept for the
+        session so each out-of-memory is paid once."""
         self.run_id = hashlib.sha256(str(time.time_ns()).encode()).hexdigest()[:12]
         self.started = _now()
         self.console: Any = None
@@ -240,15 +244,8 @@ class AuditSession:
         base_key = {"model": self.fingerprint(role), "sampling": sampling.key(),
                     "irece": self._irece_settings(concept) if irece else None}
         keys = [{**base_key, "input": _input_key(item)} for item in inputs]
-        found: dict[int, tuple[torch.Tensor, bool]] = {}
-        for i, key in enumerate(keys):
-            path = self.cache.path("image", key)
-            entry = self.cache._read(path) if path is not None else None
-            if entry is not None:
-                found[i] = (entry[0]["image"], bool(entry[1]["degenerate"]))
-                self.cache.hits += 1
-        missing = [i for i in range(len(inputs)) if i not in found]
-        if missing:
+
+        def compute_missing(missing: list[int]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
             pipe = self.pipeline(role)
             factory = self._irece_factory(concept) if irece else None
             label = f"generate {role}{' +IRECE' if irece else ''}"
@@ -256,13 +253,10 @@ class AuditSession:
                 images, flags = generate(pipe, [inputs[i] for i in missing], sampling,
                                          self.config.batch_size, callback_factory=factory,
                                          advance=advance)
-            for j, i in enumerate(missing):
-                found[i] = (images[j], flags[j])
-                path = self.cache.path("image", keys[i])
-                if path is not None:
-                    self.cache.misses += 1
-                    self.cache._write(path, {"image": images[j]}, {"degenerate": flags[j]})
-        ordered = [found[i] for i in range(len(inputs))]
+            return [({"image": images[j]}, {"degenerate": flags[j]}) for j in range(len(missing))]
+
+        ordered = [(entry["image"], bool(facts["degenerate"])) for entry, facts in
+                   self.cache.get_or_compute_many("image", keys, compute_missing)]
         return torch.stack([o[0] for o in ordered]), [o[1] for o in ordered]
 
     def detector(self, concept: Concept) -> Detector:
@@ -278,12 +272,13 @@ class AuditSession:
         key = {"detector": digest(self.detector_description(concept)),
                "spec": _detector_key(concept), "label": concept.label,
                "device": self.config.device.split(":")[0], "images": image_sha256(images)}
-        stored = self.cache.read_json("detection", key)
-        if stored is None:
+
+        def judge() -> dict[str, list[Any]]:
             found = self.detector(concept).detect(images.float() / 255.0, concept.label)
-            stored = {"present": [bool(p) for p in found.present],
-                      "score": [float(s) for s in found.score]}
-            self.cache.write_json("detection", key, stored)
+            return {"present": [bool(p) for p in found.present],
+                    "score": [float(s) for s in found.score]}
+
+        stored = self.cache.json("detection", key, judge)
         return Detection(present=stored["present"], score=stored["score"])
 
     def detector_description(self, concept: Concept) -> dict[str, Any]:
@@ -293,11 +288,8 @@ class AuditSession:
         key = _detector_key(concept)
         if key not in self._descriptions:
             files = detector_key(concept.detector, self.config.device)
-            stored = self.cache.read_json("detector-identity", files)
-            if stored is None:
-                stored = normalise(self.detector(concept).describe())
-                self.cache.write_json("detector-identity", files, stored)
-            self._descriptions[key] = stored
+            self._descriptions[key] = self.cache.json(
+                "detector-identity", files, lambda: self.detector(concept).describe())
         return self._descriptions[key]
 
     # -- IRECE ---------------------------------------------------------------------------------
@@ -372,7 +364,10 @@ class AuditSession:
         concept = self.concepts.concepts[case.concept]
         runner = {"erasure": self._run_erasure, "baseline": self._run_baseline,
                   "retention": self._run_retention}[case.kind]
-        result = runner(case, concept)
+        with recording(self.batch_sizes):
+            result = runner(case, concept)
+        if self.batch_sizes.reduced():  # out of GPU memory: the batch sizes that worked
+            result.facts["effective_batch_size"] = self.batch_sizes.reduced()
         result.seconds = round(time.perf_counter() - started, 3)
         self.results[case.id] = result
         return result

@@ -169,14 +169,22 @@ def train_textual_inversion(
     seed: int = 0,
     templates: Sequence[str] = TEMPLATES,
     progress: Callable[[int], None] | None = None,
+    micro_batch: int | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """Learn `num_vectors` embedding rows for `token` from images (N, 3, H, W) in [0, 1].
 
     Returns (embeds (num_vectors, D) float32 on the CPU, per-step losses). Deterministic for a
     given seed on a given device. AdamW without weight decay (the example decays all rows; with
     only the new rows optimised, decay would merely pull them toward zero).
+
+    `micro_batch` (default: `batch_size`) splits each step's batch into UNet passes whose
+    gradients are accumulated, weighted by their share: the same batch, the same loss, less
+    memory. Out of GPU memory, the whole run restarts from its first step at half the
+    micro-batch (`memory.halving`), so its result is that of a run given that micro-batch.
     """
     import torch
+
+    from pytest_erasure.memory import describe, halving
 
     validate_budget(steps, lr, batch_size, num_vectors)
     if images.ndim != 4 or images.shape[1] != 3 or len(images) == 0:
@@ -185,21 +193,50 @@ def train_textual_inversion(
                                 "give a non-empty batch (N, 3, H, W) in [0, 1]")
     splice = _Splice(pipe, token, num_vectors)
     mean, std = encode_images(pipe, images)
-    vectors = initial_vectors(pipe, init_token, num_vectors).to(pipe.unet.device)
-    vectors.requires_grad_(True)
-    optimizer = torch.optim.AdamW([vectors], lr=lr, weight_decay=0.0)
-    generator = torch.Generator().manual_seed(seed)
-    losses: list[float] = []
-    for _ in range(steps):
-        loss = _loss(pipe, splice, vectors, mean, std, generator, batch_size, templates)
+
+    def train(micro: int) -> tuple[torch.Tensor, list[float]]:
+        vectors = initial_vectors(pipe, init_token, num_vectors).to(pipe.unet.device)
+        vectors.requires_grad_(True)
+        optimizer = torch.optim.AdamW([vectors], lr=lr, weight_decay=0.0)
+        generator = torch.Generator().manual_seed(seed)
+        losses: list[float] = []
+        for _ in range(steps):
+            loss, grad = _gradient(pipe, splice, vectors, mean, std, generator, batch_size,
+                                   templates, micro)
+            optimizer.zero_grad(set_to_none=True)
+            vectors.grad = grad
+            optimizer.step()
+            losses.append(float(loss))
+            if progress is not None:
+                progress(1)
+        return vectors.detach().float().cpu(), losses
+
+    h, w = images.shape[-2:]
+    return halving("textual inversion micro-batch", min(micro_batch or batch_size, batch_size),
+                   train, lambda: describe(pipe, f"training on {h}x{w} images", pipe.unet.dtype))
+
+
+def _gradient(pipe: StableDiffusionPipeline, splice: _Splice, vectors: torch.Tensor,
+              mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator, batch_size: int,
+              templates: Sequence[str], micro: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, its gradient w.r.t. vectors) of one step's batch, in UNet passes of `micro` rows.
+    The batch is drawn whole first, so every micro-batch size sees the same samples."""
+    import torch
+
+    draw = _draw(mean, std, generator, batch_size, len(templates),
+                 pipe.scheduler.config.num_train_timesteps)
+    if micro >= batch_size:  # one pass: exactly the loop without accumulation
+        loss = _batch_loss(pipe, splice, vectors, draw, templates)
         (grad,) = torch.autograd.grad(loss, [vectors])
-        optimizer.zero_grad(set_to_none=True)
-        vectors.grad = grad
-        optimizer.step()
-        losses.append(float(loss.detach()))
-        if progress is not None:
-            progress(1)
-    return vectors.detach().float().cpu(), losses
+        return loss.detach(), grad
+    total, grad = torch.zeros(()), torch.zeros_like(vectors)
+    for start in range(0, batch_size, micro):
+        part = {k: v[start:start + micro] for k, v in draw.items()}
+        share = len(part["t"]) / batch_size
+        loss = _batch_loss(pipe, splice, vectors, part, templates) * share
+        (g,) = torch.autograd.grad(loss, [vectors])
+        total, grad = total + loss.detach().cpu(), grad + g
+    return total, grad
 
 
 def _loss(pipe: StableDiffusionPipeline, splice: _Splice, vectors: torch.Tensor,
@@ -207,18 +244,31 @@ def _loss(pipe: StableDiffusionPipeline, splice: _Splice, vectors: torch.Tensor,
           templates: Sequence[str]) -> torch.Tensor:
     """Epsilon (or v) MSE of one batch: random images, latent samples, noise, timesteps and
     templates, all drawn from `generator` on the CPU so a seed gives the same batch anywhere."""
+    draw = _draw(mean, std, generator, batch_size, len(templates),
+                 pipe.scheduler.config.num_train_timesteps)
+    return _batch_loss(pipe, splice, vectors, draw, templates)
+
+
+def _draw(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator, batch_size: int,
+          n_templates: int, n_timesteps: int) -> dict[str, torch.Tensor]:
     import torch
+
+    index = torch.randint(len(mean), (batch_size,), generator=generator)
+    latents = mean[index] + std[index] * torch.randn(mean[index].shape, generator=generator)
+    noise = torch.randn(latents.shape, generator=generator)
+    t = torch.randint(n_timesteps, (batch_size,), generator=generator)
+    pick = torch.randint(n_templates, (batch_size,), generator=generator)
+    return {"latents": latents, "noise": noise, "t": t, "pick": pick}
+
+
+def _batch_loss(pipe: StableDiffusionPipeline, splice: _Splice, vectors: torch.Tensor,
+                draw: dict[str, torch.Tensor], templates: Sequence[str]) -> torch.Tensor:
     from torch.nn import functional as F
 
     unet, scheduler = pipe.unet, pipe.scheduler
     device, dtype = unet.device, unet.dtype
-    index = torch.randint(len(mean), (batch_size,), generator=generator)
-    latents = mean[index] + std[index] * torch.randn(mean[index].shape, generator=generator)
-    noise = torch.randn(latents.shape, generator=generator)
-    t = torch.randint(scheduler.config.num_train_timesteps, (batch_size,), generator=generator)
-    pick = torch.randint(len(templates), (batch_size,), generator=generator).tolist()
-    prompts = [templates[k].format(splice.token) for k in pick]
-    latents, noise, t = latents.to(device), noise.to(device), t.to(device)
+    prompts = [templates[k].format(splice.token) for k in draw["pick"].tolist()]
+    latents, noise, t = (draw[k].to(device) for k in ("latents", "noise", "t"))
     a = scheduler.alphas_cumprod.to(device)[t].view(-1, 1, 1, 1)
     noisy = (a.sqrt() * latents + (1 - a).sqrt() * noise).to(dtype)
     prediction = scheduler.config.prediction_type
