@@ -15,13 +15,20 @@ Precedence, per option: a value the user gave (flag or ini) > the profile's > th
 Options no profile names (rab-targets, rab-keep, fuzz-property-threshold, ...) are settings
 rather than budgets, or have nothing published to follow; they keep their defaults.
 
-Memory of the sd14 textual-inversion budget (batch 1 x accumulation 4 at 512x512, fp16) —
-estimated, not measured on a GPU (this project has none): we counted the bytes autograd saves
-for backward in one TI step of one sample on the full-size SD v1.4 architecture
-(`pytest_erasure.testing.sd14_pipeline`, random weights), float32 on the CPU at 64, 128 and
-256 px, with `torch.autograd.graph.saved_tensors_hooks` (each storage counted once), and scaled
-by pixels (the count grew ~4x per doubling of the side from 128 to 256 px: linear in pixels,
-since scaled-dot-product attention saves no probability matrix): MEASURED_PLACEHOLDER. Weights in fp16 add ~2.1 GB (UNet 860M + CLIP-L 123M + VAE 84M parameters x 2 bytes).
+Memory of the sd14 textual-inversion budget (micro-batch 1 x accumulation 4 at 512x512, fp16
+on one 80 GB GPU) — counted on the CPU, not measured on a GPU (this project has none): the
+bytes autograd saves for backward in one TI step of one sample on the full-size SD v1.4
+architecture (`pytest_erasure.testing.sd14_pipeline()`, random weights, float32), counted with
+`torch.autograd.graph.saved_tensors_hooks`, each storage once, weights and buffers excluded:
+133 MiB at 128 px, 395 MiB at 256 px, 1444 MiB at 512 px (one step at 512 px ran on the CPU;
+the count is linear in pixels, since scaled-dot-product attention saves no probability
+matrix: 128 and 256 px predict 1444). In fp16 that is ~0.72 GB per micro-batch sample, beside
+~2.1 GB of fp16 weights (UNet ~860M, CLIP ViT-L ~123M, VAE ~84M parameters); AdamW's state
+for one 768-vector is nothing. So the sd14 budget needs ~3 GB plus the backward's transient
+buffers and allocator slack (not counted), and even a micro-batch of 16 (Concept Inversion's
+4 x 4 without accumulation) would need ~14 GB: accumulation is there for smaller GPUs and
+larger budgets, not because 80 GB are short. Gradient accumulation does not change the peak
+(micro-batches run one after another; only the 768-float gradient is summed).
 """
 
 from __future__ import annotations

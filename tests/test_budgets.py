@@ -98,13 +98,12 @@ def test_scenario_settings_show_resolved_values(tiny_world: dict[str, Path]):
 
 
 def test_plugin_resolves_flags_ini_and_profile(pytester: pytest.Pytester, tiny_world: dict[str, Path]):
-    from pytest_erasure.plugin import STATE
+    from pytest_erasure.plugin import ErasureState
 
     paths = [f"--standard-model={tiny_world['standard']}", f"--erased-model={tiny_world['erased']}",
              f"--concepts={tiny_world['concepts']}", "-p", "no:cacheprovider"]
     pytester.makeini("[pytest]\nerasure_budget = sd14\nerasure_opt_rab_population = 50\n")
-    config = pytester.parseconfigure(*paths, "--ti-steps=5")
-    audit = config.stash[STATE].audit_config()
+    audit = ErasureState(pytester.parseconfig(*paths, "--ti-steps=5")).audit_config()
     assert audit.budget == "sd14"
     options, sources = audit.scenario_options, audit.scenario_sources
     assert (options["ti-steps"], options["rab-population"], options["ti-accumulation"],
@@ -113,8 +112,8 @@ def test_plugin_resolves_flags_ini_and_profile(pytester: pytest.Pytester, tiny_w
     assert "When Are Concepts Erased" in sources["ti-accumulation"]
     assert sources["rab-keep"].startswith("option default")
     # The flag wins over the ini file.
-    config = pytester.parseconfigure(*paths, "--erasure-budget=shapes")
-    assert config.stash[STATE].audit_config().scenario_options["ti-accumulation"] == 1
+    config = pytester.parseconfig(*paths, "--erasure-budget=shapes")
+    assert ErasureState(config).audit_config().scenario_options["ti-accumulation"] == 1
 
 
 def test_help_text_shows_profile_values(pytester: pytest.Pytester):
@@ -123,3 +122,18 @@ def test_help_text_shows_profile_values(pytester: pytest.Pytester):
     assert "--erasure-budget" in text
     assert "(shapes: 100, ours; sd14: 3000, When Are Concepts Erased;" in text
     assert "sd14: 200, Ring-A-Bell" in text
+
+
+def test_sd14_readme_commands_use_the_profile_and_its_table_matches():
+    import re
+
+    text = (Path(__file__).resolve().parent.parent / "audits" / "sd14" / "README.md").read_text()
+    assert "--erasure-budget sd14" in text.split("COMMON=", 1)[1].split("```", 1)[0]
+    sd14 = profile("sd14")
+    rows = re.findall(r"^\| `--([a-z0-9-]+)` \| ([^|]+?) \|", text, flags=re.M)
+    assert len(rows) >= 4
+    for name, value in rows:
+        expected = sd14[name].value
+        shown = value.split()[0].strip("`")
+        assert (float(shown) == float(expected) if isinstance(expected, int | float)
+                else shown == expected), (name, value, expected)
