@@ -190,12 +190,11 @@ class AuditConfig:
     def describe(self) -> dict[str, Any]:
         """JSON-able settings for reports."""
         out = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        # Resolved values in scenario_options; where each comes from (the user, the budget
+        # profile and its paper, or the option's default) beside the profile's name.
         out["scenario_options"] = dict(self.scenario_options)
-        out["scenario_sources"] = dict(self.scenario_sources)
-        out["budget_profile"] = {
-            "name": self.budget,
-            "options": {name: {"value": value, "source": self.scenario_sources.get(name, "")}
-                        for name, value in self.scenario_options.items()}}
+        out["budget_profile"] = {"name": out.pop("budget"),
+                                 "sources": dict(out.pop("scenario_sources"))}
         return out
 
     def validate(self) -> None:

@@ -65,9 +65,12 @@ def test_precedence_given_then_profile_then_default():
     assert config.scenario_options["rab-population"] == 200
     assert config.scenario_sources["rab-population"].startswith("profile sd14, Ring-A-Bell")
     described = config.describe()
-    assert described["budget"] == "sd14"
-    entry = described["budget_profile"]["options"]["ti-accumulation"]
-    assert entry["value"] == 4 and "When Are Concepts Erased" in entry["source"]
+    assert described["budget_profile"]["name"] == "sd14"
+    assert described["scenario_options"]["ti-accumulation"] == 4
+    assert "When Are Concepts Erased" in described["budget_profile"]["sources"]["ti-accumulation"]
+    import json
+
+    json.dumps(described)  # the JSON report's config
     assert default_config().scenario_options["ti-steps"] == 100  # the shapes profile
 
 

@@ -153,7 +153,8 @@ def test_bf16_textual_inversion_brings_circles_back_on_the_shapes_world(tmp_path
             requires_safety_checker=False)
 
     ctx = context_for_pipelines(load(SHAPES / "standard"), load(SHAPES / "erased" / "uce-circle"),
-                                REPO / "audits" / "shapes.toml", None, steps=25, samples=16,
+                                REPO / "audits" / "shapes.toml", tmp_path / "cache",
+                                steps=25, samples=16,
                                 batch_size=16, dtype="bfloat16")
     circle = ctx.concepts.concepts["circle"]
     scenarios = registry()
@@ -162,9 +163,20 @@ def test_bf16_textual_inversion_brings_circles_back_on_the_shapes_world(tmp_path
     plan = scenarios["embedding-white"].plan(ctx, circle, "erased", 16)
     tokens = sum(ctx.detect(ctx.generate("erased", plan.inputs, circle), circle).present)
     facts = plan.facts
-    assert facts["final_loss"] < facts["initial_loss"], facts
     assert facts["precision"]["loss_scaling"] == "none"  # bf16: float32's exponent range
     assert tokens >= 12 and tokens >= words + 6, (words, tokens, facts)
+    # The per-step losses are too noisy to fall visibly in 100 steps (fp32 too: 0.033 -> 0.036);
+    # on a fixed draw the learned token's loss is lower (fp32: 0.0428 -> 0.0343).
+    from pytest_erasure.scenarios.embedding import concept_images
+    from pytest_erasure.textual_inversion import evaluation_loss, initial_vectors
+
+    erased = ctx.pipeline("erased")
+    images, _ = concept_images(ctx, circle, 25)
+    embeds, _, _ = scenarios["embedding-white"].learn(ctx, circle, "erased")
+    init = initial_vectors(erased, "shape", 1)
+    before = evaluation_loss(erased, images, "<circle>", init, samples=64)
+    after = evaluation_loss(erased, images, "<circle>", embeds, samples=64)
+    assert after < 0.9 * before, (before, after)
 
 
 # -- DDIM inversion ---------------------------------------------------------------------------
