@@ -59,7 +59,7 @@ RAB = "Ring-A-Bell"
 RAB_REPO = "chiayi-hsu/Ring-A-Bell (Tsai et al., ICLR 2024)"
 MOFC = "Memories of Forgotten Concepts"
 MOFC_REPO = "matanr/Memories_of_Forgotten_Concepts"
-SHAPES_WORLD = "ours, sized for the shapes world (CPU minutes)"
+SHAPES_WORLD = "sized for the shapes world (CPU minutes)"
 
 PROFILES: dict[str, dict[str, Budget]] = {
     "shapes": {
