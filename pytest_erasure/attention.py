@@ -167,9 +167,6 @@ class CrossAttentionCapture:
                 raise ValueError(f"token indices {bad} are outside the {n_key}-token text sequence")
             columns = torch.tensor(self.token_indices, device=query.device)
             chunk = max(1, self.chunk_elements // (batch * heads * n_key))
-            # Upcast: probabilities of a bf16/fp16 model are computed in float32 (what
-            # upcast_softmax does); the map is a statistic, not part of the forward.
-            query, key = query.float(), key.float()
             key_t = key.transpose(-1, -2)
             parts = []
             for start in range(0, n_query, chunk):
@@ -189,7 +186,20 @@ def _query_key(
     attention_mask: torch.Tensor | None,
     temb: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Query (B, heads, N, d), key (B, heads, S, d), additive mask, as AttnProcessor2_0 has."""
+    """Query (B, heads, N, d), key (B, heads, S, d), additive mask, as AttnProcessor2_0 has,
+    but in float32 whatever the UNet's dtype.
+
+    The maps are a statistic beside the forward, not part of it, so they need not share its
+    precision: the hidden states, the text context and the to_q/to_k weights are upcast and
+    the projections, scores and softmax all run in float32. Upcasting only the softmax (as
+    diffusers' upcast_softmax does) left the q/k projections in half precision, whose
+    rounding moved IRECE's thresholded masks between a bf16 and a float32 UNet.
+    """
+    from torch.nn import functional as F
+
+    hidden_states = hidden_states.float()
+    if encoder_hidden_states is not None:
+        encoder_hidden_states = encoder_hidden_states.float()
     if attn.spatial_norm is not None:
         hidden_states = attn.spatial_norm(hidden_states, temb)
     if hidden_states.ndim == 4:
@@ -202,16 +212,41 @@ def _query_key(
         mask = attn.prepare_attention_mask(attention_mask, context.shape[1], batch)
         mask = mask.view(batch, attn.heads, -1, mask.shape[-1])
     if attn.group_norm is not None:
-        hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-    query = attn.to_q(hidden_states)
+        hidden_states = _float_module(attn.group_norm, hidden_states.transpose(1, 2)
+                                      ).transpose(1, 2)
+    query = _linear32(attn.to_q, hidden_states, F)
     if encoder_hidden_states is not None and attn.norm_cross:
-        context = attn.norm_encoder_hidden_states(context)
-    key = attn.to_k(context)
+        context = attn.norm_encoder_hidden_states(context.to(attn.to_k.weight.dtype)).float()
+    key = _linear32(attn.to_k, context, F)
     head_dim = key.shape[-1] // attn.heads
     query = query.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
     key = key.view(batch, -1, attn.heads, head_dim).transpose(1, 2)
     if getattr(attn, "norm_q", None) is not None:
-        query = attn.norm_q(query)
+        query = _float_module(attn.norm_q, query)
     if getattr(attn, "norm_k", None) is not None:
-        key = attn.norm_k(key)
+        key = _float_module(attn.norm_k, key)
     return query, key, mask
+
+
+def _linear32(layer: Any, x: torch.Tensor, F: Any) -> torch.Tensor:
+    """`layer` (an nn.Linear, possibly LoRA-wrapped) applied in float32. A plain Linear uses
+    its upcast weight directly; anything else (a LoRA layer of an SPM model) runs as is on
+    input in its own dtype and is upcast after, which keeps its extra terms."""
+    from torch import nn
+
+    if type(layer) is nn.Linear:
+        bias = None if layer.bias is None else layer.bias.float()
+        return F.linear(x.float(), layer.weight.float(), bias)
+    return layer(x.to(layer.weight.dtype)).float()
+
+
+def _float_module(module: Any, x: torch.Tensor) -> torch.Tensor:
+    """A norm layer applied in float32: a float32 copy of it when its parameters are in half
+    precision (norms hold few parameters; SD v1.4's attn2 has none of these norms)."""
+    import copy
+
+    import torch
+
+    if all(p.dtype == torch.float32 for p in module.parameters()):
+        return module(x.float())
+    return copy.deepcopy(module).float()(x.float())

@@ -93,6 +93,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("--irece-steps", "irece_steps", int, 1, "number of consecutive IRECE intervention steps"),
     Option("--irece-resolutions", "irece_resolutions", str, None,
            "comma-separated attention map sizes IRECE uses (default: all)"),
+    Option("--erasure-budget", "budget", str, "shapes",
+           "attack budget profile: every attack option (TI, Ring-A-Bell, inversion, fuzz) at "
+           "the value of a named world, each with its source; shapes: sized for the bundled "
+           "shapes world (CPU minutes); sd14: what the published attacks used on SD v1.4. "
+           "A flag or ini value you give wins over the profile "
+           "(pytest_erasure/budgets.py holds the profiles)"),
     Option("--allow-hub", "allow_hub", bool, False,
            "allow Hugging Face hub access (offline is forced otherwise)", action="store_true"),
 )
@@ -131,7 +137,12 @@ class AuditConfig:
     irece_steps: int
     irece_resolutions: tuple[int, ...] | None
     allow_hub: bool
+    budget: str = "shapes"
     scenario_options: dict[str, Any] = field(default_factory=dict)
+    """Resolved scenario option values: given > budget profile > option default."""
+    scenario_sources: dict[str, str] = field(default_factory=dict)
+    """Where each value in `scenario_options` comes from (the user, the profile and its paper,
+    or the option's default)."""
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> AuditConfig:
@@ -166,13 +177,25 @@ class AuditConfig:
                 raise ErasureInputError(
                     "--irece-resolutions", f"'{values['irece_resolutions']}' is not a list of "
                     "sizes", "give comma-separated map sizes, e.g. 16,32") from None
+        from pytest_erasure.budgets import DEFAULT_PROFILE, profile, resolve
+
+        v["budget"] = str(v.get("budget") or DEFAULT_PROFILE).strip().lower()
+        profile(v["budget"])  # an unknown name is a usage error before anything runs
+        # scenario_options are the values the user gave; scenario_defaults (the plugin passes
+        # every registered option's) fill what neither the user nor the profile sets.
+        v["scenario_options"], v["scenario_sources"] = resolve(
+            v["budget"], dict(v.get("scenario_options") or {}), v.pop("scenario_defaults", None))
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: val for k, val in v.items() if k in known})
 
     def describe(self) -> dict[str, Any]:
         """JSON-able settings for reports."""
         out = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        # Resolved values in scenario_options; where each comes from (the user, the budget
+        # profile and its paper, or the option's default) beside the profile's name.
         out["scenario_options"] = dict(self.scenario_options)
+        out["budget_profile"] = {"name": out.pop("budget"),
+                                 "sources": dict(out.pop("scenario_sources"))}
         return out
 
     def validate(self) -> None:

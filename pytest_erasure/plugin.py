@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from pytest_erasure.budgets import help_note
 from pytest_erasure.config import DEFAULT_CONCEPTS, DEFAULT_ERASED, DEFAULT_STANDARD, OPTIONS, AuditConfig
 from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.results import CaseResult
@@ -60,14 +61,21 @@ class ErasureState:
             cache = getattr(self.config, "cache", None)
             values["cache_dir"] = (cache.mkdir("erasure") if cache is not None
                                    else root / ".erasure_cache")
-        scenario_options: dict[str, Any] = {}
+        # What the user gave (flag, else ini); AuditConfig fills the rest from the budget
+        # profile, then from the options' defaults (pytest_erasure/budgets.py).
+        given: dict[str, Any] = {}
+        defaults: dict[str, Any] = {}
         for option in iter_options(registry()):
+            defaults[option.name] = option.default
             value = self.config.getoption(_scenario_dest(option))
             if value is None:
                 ini = self.config.getini(_scenario_dest(option))
-                value = option.type(ini) if ini not in (None, "", []) else option.default
-            scenario_options[option.name] = value
-        values["scenario_options"] = scenario_options
+                if ini in (None, "", []):
+                    continue
+                value = option.type(ini)
+            given[option.name] = value
+        values["scenario_options"] = given
+        values["scenario_defaults"] = defaults
         config = AuditConfig.from_values(values)
         config.validate()
         return config
@@ -135,7 +143,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for option in iter_options(registry()):
         group.addoption(f"--{option.name}", dest=_scenario_dest(option), default=None,
                         type=option.type if option.type is not bool else None,
-                        help=f"{option.help} (default: {option.default})".replace("%", "%%"))
+                        help=f"{option.help} {help_note(option.name, option.default)}"
+                        .replace("%", "%%"))
         parser.addini(_scenario_dest(option), f"{option.help} (ini twin of --{option.name})",
                       default=None)
 

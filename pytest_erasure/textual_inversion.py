@@ -21,8 +21,9 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pytest_erasure.cache import atomic_write_bytes
 from pytest_erasure.errors import ErasureInputError
@@ -56,17 +57,78 @@ def expand_prompt(prompt: str, token: str, num_vectors: int) -> str:
     return prompt.replace(token, " ".join(token_names(token, num_vectors)))
 
 
-def validate_budget(steps: int, lr: float, batch_size: int, num_vectors: int) -> None:
+def validate_budget(steps: int, lr: float, batch_size: int, num_vectors: int,
+                    accumulation: int = 1) -> None:
     """Budgets a user typed: clear errors instead of a loop that learns nothing."""
     checks = (
         ("--ti-steps", steps, steps >= 1, "give a whole number of training steps >= 1"),
         ("--ti-lr", lr, lr > 0, "give a positive learning rate"),
         ("--ti-batch-size", batch_size, batch_size >= 1, "give a batch size >= 1"),
         ("--ti-vectors", num_vectors, num_vectors >= 1, "give a number of vectors >= 1"),
+        ("--ti-accumulation", accumulation, accumulation >= 1,
+         "give a number of accumulated micro-batches >= 1"),
     )
     for name, value, ok, fix in checks:
         if not ok:
             raise ErasureInputError(name, f"is {value}", fix)
+
+
+@dataclass
+class LossScaler:
+    """Dynamic loss scaling for a float16 model, with torch.amp.GradScaler's rule.
+
+    At SD v1.4's latent size the loss is a mean over 4 x 64 x 64 elements per sample, so the
+    gradient reaching the UNet's output is ~1e-4 per element and shrinks on its way back
+    through the fp16 UNet and text encoder, far below fp16's smallest normal number (6e-5):
+    unscaled, much of it flushes to zero and the token learns little or nothing. The loss is
+    multiplied by `scale` before backward and the (float32) gradient divided by it after; a
+    step whose gradient holds inf/nan is skipped and the scale halved, and after
+    `growth_interval` good steps in a row the scale doubles. bfloat16 has float32's exponent
+    range, so it needs no scaling (`for_dtype` returns a disabled scaler); float32 neither.
+    A disabled scaler still skips a non-finite step rather than let AdamW spread NaN into the
+    learned rows.
+    """
+
+    enabled: bool = True
+    scale: float = 2.0**16
+    growth_factor: float = 2.0
+    backoff_factor: float = 0.5
+    growth_interval: int = 2000
+    skipped: int = 0
+    _good: int = field(default=0, repr=False)
+
+    def __post_init__(self) -> None:
+        if not self.enabled:
+            self.scale = 1.0
+
+    @classmethod
+    def for_dtype(cls, dtype: torch.dtype) -> LossScaler:
+        import torch
+
+        return cls(enabled=dtype == torch.float16)
+
+    def unscale(self, grad: torch.Tensor) -> torch.Tensor | None:
+        """The float32 gradient divided by the scale, or None (and the scale backed off) when
+        it is not finite: the caller skips that step."""
+        import torch
+
+        grad = grad.float() / self.scale
+        if not bool(torch.isfinite(grad).all()):
+            self.skipped += 1
+            self._good = 0
+            if self.enabled:
+                self.scale *= self.backoff_factor
+            return None
+        self._good += 1
+        if self.enabled and self._good >= self.growth_interval:
+            self.scale *= self.growth_factor
+            self._good = 0
+        return grad
+
+    def describe(self) -> dict[str, Any]:
+        """For reports: whether scaling ran, the final scale, how many steps were skipped."""
+        return {"loss_scaling": "dynamic" if self.enabled else "none",
+                "final_scale": self.scale, "skipped_steps": self.skipped}
 
 
 class _Splice:
@@ -166,9 +228,11 @@ def train_textual_inversion(
     steps: int = 100,
     lr: float = 2e-3,
     batch_size: int = 32,
+    accumulation: int = 1,
     seed: int = 0,
     templates: Sequence[str] = TEMPLATES,
     progress: Callable[[int], None] | None = None,
+    scaler: LossScaler | None = None,
     micro_batch: int | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """Learn `num_vectors` embedding rows for `token` from images (N, 3, H, W) in [0, 1].
@@ -177,16 +241,25 @@ def train_textual_inversion(
     given seed on a given device. AdamW without weight decay (the example decays all rows; with
     only the new rows optimised, decay would merely pull them toward zero).
 
-    `micro_batch` (default: `batch_size`) splits each step's batch into UNet passes whose
-    gradients are accumulated, weighted by their share: the same batch, the same loss, less
-    memory. Out of GPU memory, the whole run restarts from its first step at half the
-    micro-batch (`memory.halving`), so its result is that of a run given that micro-batch.
+    Each optimizer step averages the gradients of `accumulation` batches of `batch_size`
+    (effective batch = batch_size x accumulation, as diffusers' train_batch_size x
+    gradient_accumulation_steps); with accumulation 1 the draws and arithmetic are exactly
+    those of the loop before accumulation existed. The learned rows are a float32 master copy
+    whatever the model's dtype (cast to it only where they enter the text encoder), and AdamW
+    updates them in float32. `scaler` (default: `LossScaler.for_dtype(unet.dtype)`, dynamic
+    scaling for float16 only) may be passed to read its skipped steps and scale afterwards;
+    a skipped step still records its loss and counts toward `steps`.
+
+    `micro_batch` (default: `batch_size`) splits each drawn batch into UNet passes whose
+    gradients are summed, weighted by their share: the same batch, the same loss, less memory.
+    Out of GPU memory, the whole run restarts from its first step at half the micro-batch
+    (`memory.halving`), so its result is that of a run given that micro-batch.
     """
     import torch
 
     from pytest_erasure.memory import describe, halving
 
-    validate_budget(steps, lr, batch_size, num_vectors)
+    validate_budget(steps, lr, batch_size, num_vectors, accumulation)
     if images.ndim != 4 or images.shape[1] != 3 or len(images) == 0:
         raise ErasureInputError("textual-inversion training images",
                                 f"have shape {tuple(images.shape)}",
@@ -195,18 +268,27 @@ def train_textual_inversion(
     mean, std = encode_images(pipe, images)
 
     def train(micro: int) -> tuple[torch.Tensor, list[float]]:
+        step_scaler = scaler if scaler is not None else LossScaler.for_dtype(pipe.unet.dtype)
         vectors = initial_vectors(pipe, init_token, num_vectors).to(pipe.unet.device)
         vectors.requires_grad_(True)
         optimizer = torch.optim.AdamW([vectors], lr=lr, weight_decay=0.0)
         generator = torch.Generator().manual_seed(seed)
         losses: list[float] = []
         for _ in range(steps):
-            loss, grad = _gradient(pipe, splice, vectors, mean, std, generator, batch_size,
-                                   templates, micro)
-            optimizer.zero_grad(set_to_none=True)
-            vectors.grad = grad
-            optimizer.step()
-            losses.append(float(loss))
+            total: torch.Tensor | None = None
+            step_loss = 0.0
+            for _ in range(accumulation):
+                loss, grad = _gradient(pipe, splice, vectors, mean, std, generator, batch_size,
+                                       templates, micro, step_scaler)
+                total = grad if total is None else total + grad
+                step_loss += float(loss)
+            assert total is not None
+            unscaled = step_scaler.unscale(total if accumulation == 1 else total / accumulation)
+            if unscaled is not None:
+                optimizer.zero_grad(set_to_none=True)
+                vectors.grad = unscaled
+                optimizer.step()
+            losses.append(step_loss if accumulation == 1 else step_loss / accumulation)
             if progress is not None:
                 progress(1)
         return vectors.detach().float().cpu(), losses
@@ -218,23 +300,25 @@ def train_textual_inversion(
 
 def _gradient(pipe: StableDiffusionPipeline, splice: _Splice, vectors: torch.Tensor,
               mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator, batch_size: int,
-              templates: Sequence[str], micro: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, its gradient w.r.t. vectors) of one step's batch, in UNet passes of `micro` rows.
-    The batch is drawn whole first, so every micro-batch size sees the same samples."""
+              templates: Sequence[str], micro: int, scaler: LossScaler
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, the gradient of the scaled loss w.r.t. vectors) of one drawn batch, in UNet passes
+    of `micro` rows. The batch is drawn whole first, so every micro-batch size sees the same
+    samples."""
     import torch
 
     draw = _draw(mean, std, generator, batch_size, len(templates),
                  pipe.scheduler.config.num_train_timesteps)
-    if micro >= batch_size:  # one pass: exactly the loop without accumulation
+    if micro >= batch_size:  # one pass: exactly the loop without splitting
         loss = _batch_loss(pipe, splice, vectors, draw, templates)
-        (grad,) = torch.autograd.grad(loss, [vectors])
+        (grad,) = torch.autograd.grad(loss * scaler.scale if scaler.enabled else loss, [vectors])
         return loss.detach(), grad
     total, grad = torch.zeros(()), torch.zeros_like(vectors)
     for start in range(0, batch_size, micro):
         part = {k: v[start:start + micro] for k, v in draw.items()}
         share = len(part["t"]) / batch_size
         loss = _batch_loss(pipe, splice, vectors, part, templates) * share
-        (g,) = torch.autograd.grad(loss, [vectors])
+        (g,) = torch.autograd.grad(loss * scaler.scale if scaler.enabled else loss, [vectors])
         total, grad = total + loss.detach().cpu(), grad + g
     return total, grad
 

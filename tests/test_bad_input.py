@@ -178,6 +178,10 @@ CATALOGUE: list[Bad] = [
         "give a number", ini="erasure_crr_threshold = high"),
     Bad("ini-gate-unknown", {}, "--erasure-gate: 'strict' is not a gate rule",
         "use one of: point, upper", ini="erasure_gate = strict"),
+    Bad("budget-unknown", {"--erasure-budget": "huge"},
+        "--erasure-budget: 'huge' is not a budget profile", "use one of: shapes, sd14"),
+    Bad("ini-budget-unknown", {}, "--erasure-budget: 'sd15' is not a budget profile",
+        "use one of: shapes, sd14", ini="erasure_budget = sd15"),
 ]
 
 # Run in a fresh interpreter: the user's view, imports and all (the rest run in-process).

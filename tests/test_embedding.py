@@ -103,7 +103,10 @@ def test_scenario_ids_and_options():
     assert set(names) >= {"ti-steps", "ti-lr", "ti-batch-size", "ti-init-token", "ti-vectors"}
     assert (names["ti-steps"].default, names["ti-lr"].default,
             names["ti-batch-size"].default) == (100, 2e-3, 32)
-    assert "SD v1.4" in names["ti-steps"].help
+    assert names["ti-accumulation"].default == 1
+    from pytest_erasure.budgets import help_note
+
+    assert "sd14: 3000, When Are Concepts Erased" in help_note("ti-steps", 100)
 
 
 # -- the scenarios through an audit session ------------------------------------------------------

@@ -6,8 +6,8 @@ standard model, the concept and the search settings, and is cached under exactly
 erased and the standard model are then asked the same found prompts, like text prompts.
 
 Budget defaults are scaled for the shapes world (population 64, 150 generations, K=8); the
-published SD v1.4 budget is `--rab-population 200 --rab-generations 3000 --rab-tokens 16`
-(see `pytest_erasure.ring_a_bell.SD14`).
+published SD v1.4 budget (population 200, 3000 generations, K=16; `ring_a_bell.SD14`) is
+`--erasure-budget sd14` (`pytest_erasure/budgets.py`).
 """
 
 from __future__ import annotations
@@ -36,17 +36,17 @@ class RingABellScenario(Scenario):
     access = "black-box"
     options = (
         ScenarioOption("rab-population", int, SHAPES.population,
-                       "Ring-A-Bell population size (published SD v1.4: 200)"),
+                       "Ring-A-Bell population size"),
         ScenarioOption("rab-generations", int, SHAPES.generations,
-                       "Ring-A-Bell generations (published SD v1.4: 3000)"),
+                       "Ring-A-Bell generations"),
         ScenarioOption("rab-tokens", int, SHAPES.tokens,
-                       "Ring-A-Bell free tokens K per prompt (published SD v1.4: 16)"),
+                       "Ring-A-Bell free tokens K per prompt"),
         ScenarioOption("rab-eta", float, SHAPES.eta,
-                       "Ring-A-Bell step along the concept vector (published: 3)"),
+                       "Ring-A-Bell step along the concept vector"),
         ScenarioOption("rab-mutation", float, SHAPES.mutation,
-                       "Ring-A-Bell mutation rate per child (published: 0.25)"),
+                       "Ring-A-Bell mutation rate per child"),
         ScenarioOption("rab-crossover", float, SHAPES.crossover,
-                       "Ring-A-Bell crossover rate per child (published: 0.5)"),
+                       "Ring-A-Bell crossover rate per child"),
         ScenarioOption("rab-targets", int, 1,
                        "how many of the concept's prompts are search targets (one search each)"),
         ScenarioOption("rab-keep", int, SHAPES.keep,

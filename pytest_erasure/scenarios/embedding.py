@@ -36,31 +36,27 @@ if TYPE_CHECKING:
     import torch
 
 TI_OPTIONS: tuple[ScenarioOption, ...] = (
-    ScenarioOption(
-        "ti-steps", int, 100,
-        "textual-inversion training steps. Shapes world: 100 (~22 s on 2 CPU cores) bring "
-        "circles back through a UCE-erased model. SD v1.4: 3000 ('When Are Concepts Erased') "
-        "to 5000 (Concept Inversion)"),
+    ScenarioOption("ti-steps", int, 100, "textual-inversion training (optimizer) steps"),
     ScenarioOption(
         "ti-lr", float, 2e-3,
-        "textual-inversion learning rate (AdamW, new rows only). Shapes world: 2e-3. SD v1.4: "
-        "5e-4 x batch ('When Are Concepts Erased', = 2e-3 at batch 4) or 5e-3 x batch "
-        "(Concept Inversion)"),
+        "textual-inversion learning rate (AdamW, new rows only), already scaled: the papers' "
+        "'5e-4 scaled' means 5e-4 x the effective batch"),
     ScenarioOption(
         "ti-batch-size", int, 32,
-        "textual-inversion batch size (no accumulation: give the effective batch). Shapes "
-        "world: 32. SD v1.4: 4 (1 x 4 accumulation, 'When Are Concepts Erased') or 16 "
-        "(4 x 4, Concept Inversion)"),
+        "textual-inversion micro-batch: samples per forward pass; the effective batch per "
+        "optimizer step is --ti-batch-size x --ti-accumulation"),
     ScenarioOption(
-        "ti-init-token", str, "shape",
-        "word whose embedding initialises the learned token. Shapes world: 'shape'. SD v1.4: "
-        "'object' ('When Are Concepts Erased')"),
+        "ti-accumulation", int, 1,
+        "textual-inversion gradient accumulation: micro-batches whose gradients are averaged "
+        "into one optimizer step (the effective batch fits in memory at 512 px)"),
+    ScenarioOption("ti-init-token", str, "shape",
+                   "word whose embedding initialises the learned token"),
     ScenarioOption("ti-vectors", int, 1,
                    "embedding vectors per learned token (diffusers' num_vectors)"),
     ScenarioOption(
         "ti-train-images", int, 25,
         "for a concept without reference images: how many images the standard model draws "
-        "for its prompts to train on (Concept Inversion used 25)"),
+        "for its prompts to train on"),
 )
 
 TI_CACHE_VERSION = 1
@@ -116,8 +112,13 @@ class EmbeddingScenario(Scenario):
                   "batch_size": int(ctx.option("ti-batch-size")),
                   "init_token": str(ctx.option("ti-init-token")),
                   "num_vectors": int(ctx.option("ti-vectors"))}
+        accumulation = int(ctx.option("ti-accumulation"))
         validate_budget(budget["steps"], budget["lr"], budget["batch_size"],
-                        budget["num_vectors"])
+                        budget["num_vectors"], accumulation)
+        if accumulation != 1:
+            # Only when set: the cache key (and so the results) of accumulation-free budgets
+            # stay what they were before accumulation existed.
+            budget["accumulation"] = accumulation
         if not budget["init_token"].strip():
             raise ErasureInputError("--ti-init-token", "is empty",
                                     "give a word such as 'object' or 'shape'")
@@ -131,6 +132,7 @@ class EmbeddingScenario(Scenario):
         from pytest_erasure.textual_inversion import (
             TEMPLATES,
             WEIGHTS_NAME,
+            LossScaler,
             save_learned_embeds,
             train_textual_inversion,
         )
@@ -142,16 +144,21 @@ class EmbeddingScenario(Scenario):
         key = {"version": TI_CACHE_VERSION, "model": ctx.fingerprint(role),
                "images": images_digest(images), "budget": budget, "token": token,
                "seed": seed, "templates": list(TEMPLATES), "dtype": ctx.config.dtype}
+        if ctx.config.dtype == "float16":
+            key["loss_scaling"] = "dynamic"  # fp16 runs before loss scaling learned other rows
 
         def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             pipe = ctx.pipeline(role)
+            scaler = LossScaler.for_dtype(pipe.unet.dtype)
             with ctx.progress(f"textual inversion {concept.name} ({role} model)",
                               budget["steps"]) as advance:
                 embeds, losses = train_textual_inversion(
                     pipe, images, token=token, init_token=budget["init_token"],
                     num_vectors=budget["num_vectors"], steps=budget["steps"], lr=budget["lr"],
-                    batch_size=budget["batch_size"], seed=seed, progress=advance)
-            return {"embeds": embeds}, {"losses": losses}
+                    batch_size=budget["batch_size"],
+                    accumulation=budget.get("accumulation", 1), seed=seed, progress=advance,
+                    scaler=scaler)
+            return {"embeds": embeds}, {"losses": losses, "precision": scaler.describe()}
 
         tensors, stored = ctx.cache.tensors("textual-inversion", key, compute)
         embeds = tensors["embeds"]
@@ -175,6 +182,8 @@ class EmbeddingScenario(Scenario):
             "loss_curve": _summary(losses),
             "embedding_norm": float(embeds.norm(dim=-1).mean()),
         }
+        if "precision" in stored:
+            facts["precision"] = stored["precision"]
         return embeds, facts, file
 
     def encode(self, ctx: AuditContext, target: Role, prompts: list[str], token: str,
