@@ -242,6 +242,7 @@ class IRECE:
     def reset(self) -> None:
         self.masks = []
         self.layers = {}
+        self._settle_after = None
 
     def __call__(
         self, pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]
