@@ -42,7 +42,7 @@ def run(sampler: str, samples: int, work: Path) -> dict:
     standard_check = case["facts"].get("standard_plan", case["facts"])["case_reconstruction"]
     return {
         "sampler": sampler,
-        "class": data["provenance"]["sampler"]["erased"]["class"],
+        "class": data["provenance"]["erased"]["sampler"]["class"],
         "inversion_exact": case["facts"]["inversion_exact"]["exact"],
         "reconstruction_psnr": check["psnr"],
         "inversion_psnr": check["inversion_psnr"],

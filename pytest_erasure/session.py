@@ -149,12 +149,15 @@ class AuditSession:
                                                      models.standard.scheduler.config)
             models.erased.scheduler = (models.standard.scheduler if shared else make_sampler(
                 self.config.sampler, models.erased.scheduler.config))
-        models.provenance = {**models.provenance, "sampler": {
-            "name": self.config.sampler or "the model's own",
-            **{role: {"class": type(pipe.scheduler).__name__,
-                      "config": {k: v for k, v in dict(pipe.scheduler.config).items()
-                                 if not k.startswith("_")}}
-               for role, pipe in (("standard", models.standard), ("erased", models.erased))}}}
+        # What each model samples with, beside what was loaded for it (every report shows it).
+        provenance = dict(models.provenance)
+        for role, pipe in (("standard", models.standard), ("erased", models.erased)):
+            provenance[role] = {**provenance.get(role, {}), "sampler": {
+                "option": self.config.sampler or "the model's own",
+                "class": type(pipe.scheduler).__name__,
+                "config": {k: v for k, v in dict(pipe.scheduler.config).items()
+                           if not k.startswith("_")}}}
+        models.provenance = provenance
         if self.config.invariant_layers:
             from pytest_erasure.invariant import make_batch_invariant
 

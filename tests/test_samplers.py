@@ -251,7 +251,7 @@ def test_the_sampler_keys_every_image_and_is_in_the_facts(tiny_world, tmp_path):
     assert euler.cache.misses == 1 and not torch.equal(first, other)
     again = session("euler")
     assert torch.equal(again.generate("standard", inputs), other) and again.cache.misses == 0
-    assert again.identity.provenance["sampler"]["erased"]["class"] == "EulerDiscreteScheduler"
+    assert again.identity.provenance["erased"]["sampler"]["class"] == "EulerDiscreteScheduler"
 
 
 # ---------------------------------------------------------------- every sampler, every scenario
@@ -305,7 +305,7 @@ def test_every_scenario_under_irece_with_every_sampler(name, sd14_world, pyteste
     assert len(cases) == 11 and not [c for c in cases.values() if c.get("error")], cases.keys()
     expected = SAMPLERS[name or "pndm"]
     assert data["config"]["sampler"] == name
-    assert {data["provenance"]["sampler"][role]["class"] for role in ("standard", "erased")
+    assert {data["provenance"][role]["sampler"]["class"] for role in ("standard", "erased")
             } == {expected}
     latent = cases["circle-latent-white-null"]["facts"]
     assert latent["inversion_exact"]["sampler"] == expected
