@@ -22,6 +22,18 @@ DEFAULT_ERASED = SHAPES / "erased" / "uce-circle"
 
 DTYPES = ("float32", "float16", "bfloat16")
 GATES = ("point", "upper")
+SAMPLERS: dict[str, str] = {
+    "pndm": "PNDMScheduler",
+    "ddim": "DDIMScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-ancestral": "EulerAncestralDiscreteScheduler",
+    "dpm++2m": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
+"""`--sampler` names and the diffusers scheduler class each stands for (the SD 1.x samplers;
+`samplers.make_sampler` builds them from the model's own scheduler config)."""
+BATCH_INVARIANT = ("auto", "on", "off")
 
 
 @dataclass(frozen=True)
@@ -57,12 +69,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("--device", "device", str, "cpu", "torch device: cpu, cuda, cuda:1, mps"),
     Option("--dtype", "dtype", str, "float32", f"model dtype: {', '.join(DTYPES)}"),
     Option("--batch-size", "batch_size", int, 16, "images generated per forward pass"),
+    Option("--batch-invariant", "batch_invariant", str, "auto",
+           "auto (default): batch-invariant layers on cpu, the libraries' native kernels on "
+           "cuda/mps; on: always (an image's bits never depend on --batch-size); off: never "
+           "(faster; the last bits of an image may then depend on its batch)"),
     Option("--no-batch-invariant", "native_kernels", bool, False,
-           "use the math libraries' own batched kernels: faster, but an image's last bits then "
-           "depend on --batch-size (default: batch-invariant layers, bit-identical images)",
-           action="store_true"),
+           "the same as --batch-invariant=off", action="store_true"),
     Option("--steps", "steps", int, 25, "denoising steps"),
     Option("--guidance", "guidance", float, 7.5, "classifier-free guidance scale"),
+    Option("--sampler", "sampler", str, None,
+           f"denoising sampler for both models: {', '.join(SAMPLERS)} (default: the model's "
+           "own scheduler; SD v1.4 ships pndm)"),
     Option("--height", "height", int, None, "image height (default: the model's native size)"),
     Option("--width", "width", int, None, "image width (default: the model's native size)"),
     Option("--crr-threshold", "crr_threshold", float, 0.2,
@@ -116,9 +133,11 @@ class AuditConfig:
     device: str
     dtype: str
     batch_size: int
+    batch_invariant: str
     native_kernels: bool
     steps: int
     guidance: float
+    sampler: str | None
     height: int | None
     width: int | None
     crr_threshold: float
@@ -188,6 +207,17 @@ class AuditConfig:
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: val for k, val in v.items() if k in known})
 
+    @property
+    def invariant_layers(self) -> bool:
+        """Whether the pipelines get batch-invariant layers (`invariant.py`): `auto` is on for
+        the CPU, where they cost little and buy bit-identical images across batch sizes, and off
+        for GPUs, whose kernels they were not measured on and would only slow down."""
+        if self.native_kernels or self.batch_invariant == "off":
+            return False
+        if self.batch_invariant == "on":
+            return True
+        return self.device.split(":")[0] == "cpu"
+
     def describe(self) -> dict[str, Any]:
         """JSON-able settings for reports."""
         out = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
@@ -196,6 +226,7 @@ class AuditConfig:
         out["scenario_options"] = dict(self.scenario_options)
         out["budget_profile"] = {"name": out.pop("budget"),
                                  "sources": dict(out.pop("scenario_sources"))}
+        out["invariant_layers"] = self.invariant_layers
         return out
 
     def validate(self) -> None:
@@ -222,6 +253,16 @@ class AuditConfig:
         if self.erased_format is not None and self.erased_format not in format_names():
             raise ErasureInputError("--erased-format", f"'{self.erased_format}' is not a known "
                                     "format", f"use one of: {', '.join(format_names())}")
+        if self.sampler is not None and self.sampler not in SAMPLERS:
+            raise ErasureInputError("--sampler", f"'{self.sampler}' is not a known sampler",
+                                    f"use one of: {', '.join(SAMPLERS)} (or leave it unset for "
+                                    "the model's own scheduler)")
+        if self.batch_invariant not in BATCH_INVARIANT:
+            raise ErasureInputError("--batch-invariant", f"'{self.batch_invariant}' is not a mode",
+                                    f"use one of: {', '.join(BATCH_INVARIANT)}")
+        if self.native_kernels and self.batch_invariant == "on":
+            raise ErasureInputError("--no-batch-invariant", "contradicts --batch-invariant=on",
+                                    "give one of them")
         if self.gate not in GATES:
             raise ErasureInputError("--erasure-gate", f"'{self.gate}' is not a gate rule",
                                     f"use one of: {', '.join(GATES)}")

@@ -4,6 +4,8 @@ Every sample has its own seed and its own initial latent, drawn on the CPU from 
 so an image does not depend on the batch size, the device order or which xdist worker made it.
 Inputs are grouped by guidance scale (a batch shares one); every batch is conditioned through
 `prompt_embeds`, so typed prompts, learned embeddings and inverted latents take one code path.
+A stochastic sampler (Euler ancestral) draws its per-step noise from one CPU generator per
+sample, seeded from the sample's seed, for the same reason.
 """
 
 from __future__ import annotations
@@ -33,12 +35,16 @@ class Sampling:
     batch_invariant: bool = True
     """Whether the pipeline's layers are the batch-invariant ones (`invariant.py`): the two
     kinds of kernel give images that differ in the last bits, so they never share a cache entry."""
+    sampler: dict[str, Any] | None = None
+    """The scheduler in use, class and config (`ModelFacts.scheduler_key`): another sampler
+    draws another image from the same initial latent."""
 
     def key(self) -> dict[str, Any]:
         device_type = self.device.split(":")[0]
         return {"steps": self.steps, "guidance": self.guidance, "height": self.height,
                 "width": self.width, "device": device_type, "dtype": self.dtype,
-                "kernels": "batch-invariant" if self.batch_invariant else "native"}
+                "kernels": "batch-invariant" if self.batch_invariant else "native",
+                "sampler": self.sampler}
 
 
 def native_size(pipe: StableDiffusionPipeline) -> int:
@@ -54,6 +60,14 @@ def initial_latents(pipe: StableDiffusionPipeline, item: GenerationInput, sampli
     shape = (1, pipe.unet.config.in_channels, sampling.height // pipe.vae_scale_factor,
              sampling.width // pipe.vae_scale_factor)
     return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(item.seed))
+
+
+def step_generator(item: GenerationInput) -> torch.Generator:
+    """The CPU generator a stochastic sampler draws this sample's step noise from: seeded from
+    the sample's seed alone (so not its batch), on a stream apart from its initial latent's."""
+    import torch
+
+    return torch.Generator("cpu").manual_seed((item.seed * 2_654_435_761 + 97) % 2**63)
 
 
 def encode(pipe: StableDiffusionPipeline, prompts: list[str]) -> torch.Tensor:
@@ -107,6 +121,7 @@ def generate(
                     negative_prompt_embeds=uncond.expand(len(batch), -1, -1).to(
                         pipe.device, dtype),
                     latents=latents.to(pipe.device, dtype),
+                    generator=[step_generator(b) for b in batch],
                     num_inference_steps=sampling.steps,
                     guidance_scale=guidance,
                     height=sampling.height,

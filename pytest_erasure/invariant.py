@@ -23,8 +23,21 @@ world, generating at batches 1, 3, 8 and 10): audits at batches 8, 1 and 3 give 
 the layers give a sample identical outputs in batches of 1, 3 and 17 at 1, 2, 3 and 4 threads, and
 the same bits with 1 or 2 threads (three or more change the bits, whatever the batch: another
 summation split). That is this machine's CPU kernels; other CPUs and GPUs choose other kernels,
-which that test checks wherever it runs. The cost is in README's benchmark table;
-`--no-batch-invariant` turns the layers off.
+which that test checks wherever it runs. The cost is in README's benchmark table.
+
+Where they are used (`--batch-invariant auto|on|off`, `AuditConfig.invariant_layers`): `auto`,
+the default, turns them on for the CPU and off for cuda and mps. On the CPU they cost little
+and buy bit-identical images across batch sizes and -n. On a GPU they were never measured to
+buy that (cuBLAS and cuDNN pick kernels by shape too, and the Conv2d path here relies on
+oneDNN's behaviour), while splitting every Linear into a batched matmul only slows it. What the
+GPU path promises instead: the same seed, batch size, GPU model, driver and library versions
+give the same images only if torch runs deterministic algorithms; set
+`CUBLAS_WORKSPACE_CONFIG=:4096:8` in the environment and call
+`torch.use_deterministic_algorithms(True)` (e.g. in a conftest.py) for that. Across batch sizes
+or GPU models, expect a few pixels to move by a level and CRR to stay (verdicts are robust to
+last-bit changes; a cached image is keyed by the kernels it was made with). `on` forces the
+layers on a GPU too (correct, slower, invariance unmeasured there); `off` (or the older
+`--no-batch-invariant`) gives the native kernels on the CPU.
 
 Layers are changed by swapping their class for a subclass (same parameters, same state dict), so
 they survive `copy.deepcopy` and `isinstance` checks; applying twice is a no-op.

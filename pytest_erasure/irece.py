@@ -13,19 +13,32 @@ intervention step, never a second denoising loop.
 
 Choices the paper leaves open, made here:
 
-* **Which latent.** `callback_on_step_end(pipe, i, t_i, ...)` runs after step i and returns the
-  latent that step i+1 denoises at timestep `timesteps[i+1]`. Intervention step k therefore
-  acts in the callback of step k-1 and gives the standard UNet `timesteps[k]`: the timestep of
-  the latent it sees. Step 0's input (the initial noise) cannot be intervened on; a fractional
+* **Which latent.** `callback_on_step_end(pipe, i, t_i, ...)` runs after the pipeline's i-th
+  model evaluation and returns the latent evaluation i+1 denoises at `timesteps[i+1]`.
+  Intervention step k acts in that callback for the evaluation whose input is the trajectory's
+  k-th state, and gives the standard UNet that evaluation's timestep: the timestep of the
+  latent it sees. Step 0's input (the initial noise) cannot be intervened on; a fractional
   t* is clamped into [1, N - n_steps], a step index out of that range is an error.
+* **What a step is.** One noise level of the N the sampler was asked for (`--steps`), whatever
+  the number of timesteps it runs (`samplers.trajectory_points`, read from the pipeline's own
+  scheduler after `set_timesteps`). For most samplers the two coincide. PNDM as SD v1.4 ships
+  it (PLMS, `skip_prk_steps`) runs N + 1 timesteps for N steps: evaluations 0 and 1 are the
+  predictor and corrector of its first step (1 sees a throwaway prediction, at the timestep
+  that evaluation 2 repeats with the real latent), so its step k >= 1 is evaluation k + 1. Step
+  k is thus the same noise level under every sampler.
+* **The solver's history.** A multistep solver (PLMS, LMS, DPM++ 2M, UniPC) extrapolates from
+  the slopes of earlier steps, which belong to the trajectory x*_t was taken off. IRECE clears
+  them at every intervention (`samplers.reset_history`): the next step is the solver's own
+  first-order step from x*_t, as if sampling had started there, and the order builds up again.
 * **t\\* as a fraction** counts from the first (noisiest) step: 0.2 at 25 steps is step 5.
-* **What N(0, I) means at step k.** In SD's variance-preserving frame (DDIM, DDPM, PNDM:
-  `init_noise_sigma` = 1) x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps has unit variance at every t,
-  and xi_t ~ N(0, I) is exactly the paper's noise. Sigma-parameterised schedulers (Euler, LMS:
-  `init_noise_sigma` > 1) carry x_t = x_0 + sigma_t eps instead; the same noise in their frame is
-  sqrt(sigma_t^2 + 1) * N(0, I), which is 1 / the factor `scheduler.scale_model_input` applies at
-  t. We scale xi by that, read from the scheduler itself, not by `init_noise_sigma` (the scale
-  at t = T only, far too loud at later steps). For DDIM the scale is exactly 1.
+* **What N(0, I) means at step k.** In SD's variance-preserving frame (DDIM, DDPM, PNDM,
+  DPM++ 2M, UniPC: `init_noise_sigma` = 1) x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) eps has unit
+  variance at every t, and xi_t ~ N(0, I) is exactly the paper's noise. Sigma-parameterised
+  schedulers (Euler, Euler ancestral, LMS: `init_noise_sigma` > 1) carry x_t = x_0 +
+  sigma_t eps instead; the same noise in their frame is sqrt(sigma_t^2 + 1) * N(0, I), which
+  is 1 / the factor `scheduler.scale_model_input` applies at t. We scale xi by that, read from
+  the scheduler itself, not by `init_noise_sigma` (the scale at t = T only, far too loud at
+  later steps). For the variance-preserving samplers the scale is exactly 1.
 * **Noise seeding.** xi is drawn on the CPU in float32 from generators seeded by (seed, step),
   then moved to the latents' device and dtype: identical on CPU and CUDA. `seed` may be one int
   (one generator for the batch) or one int per image (each image's noise independent of its
@@ -41,6 +54,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_erasure.attention import CrossAttentionCapture
 from pytest_erasure.errors import ErasureInputError
+from pytest_erasure.samplers import reset_history, settle_history, trajectory_points
 
 if TYPE_CHECKING:
     import torch
@@ -175,6 +189,7 @@ class IRECE:
         n_steps: int = 1,
         resolutions: tuple[int, ...] | None = None,
         seed: int | Sequence[int] = 0,
+        reset_history: bool = True,
     ) -> None:
         if not 0 <= tau <= 1:
             raise ErasureInputError("--irece-tau", f"is {tau}", "give a number between 0 and 1")
@@ -192,6 +207,10 @@ class IRECE:
         self.n_steps = n_steps
         self.resolutions = None if resolutions is None else tuple(int(r) for r in resolutions)
         self.seed = seed
+        self.reset_history = reset_history
+        """Clear a multistep solver's history at each intervention (module docstring); False
+        only to measure what the reset changes."""
+        self._settle_after: int | None = None
         self.steps = resolve_steps(t_star, n_steps, num_inference_steps)
         self.masks: list[torch.Tensor] = []
         self.layers: dict[str, tuple[int, int]] = {}
@@ -217,26 +236,37 @@ class IRECE:
             "token_indices": list(self.token_indices),
             "seed": self.seed if isinstance(self.seed, int) else list(self.seed),
             "noise": "N(0, I) in the model-input frame (1 / scale_model_input factor at t)",
+            "solver_history": "reset at each intervention" if self.reset_history else "kept",
         }
 
     def reset(self) -> None:
         self.masks = []
         self.layers = {}
+        self._settle_after = None
 
     def __call__(
         self, pipe: Any, step_index: int, timestep: Any, callback_kwargs: dict[str, Any]
     ) -> dict[str, Any]:
-        step = step_index + 1
-        if step not in self.steps:
-            return callback_kwargs
-        timesteps = pipe.scheduler.timesteps
-        if len(timesteps) != self.num_inference_steps:
+        scheduler = pipe.scheduler
+        if self._settle_after == step_index:
+            settle_history(scheduler)
+            self._settle_after = None
+        following = step_index + 1  # the evaluation whose input this callback returns
+        points = trajectory_points(scheduler)
+        if len(points) != self.num_inference_steps:
             raise ValueError(
                 f"IRECE was built for {self.num_inference_steps} steps but the pipeline runs "
-                f"{len(timesteps)} timesteps: pass the same num_inference_steps to both"
+                f"{len(scheduler.timesteps)} timesteps ({len(points)} steps): pass the same "
+                "num_inference_steps to both"
             )
+        if following not in points or points.index(following) not in self.steps:
+            return callback_kwargs
+        step = points.index(following)
         latents = callback_kwargs["latents"]
-        callback_kwargs["latents"] = self.intervene(pipe.scheduler, latents, timesteps[step], step)
+        callback_kwargs["latents"] = self.intervene(scheduler, latents,
+                                                    scheduler.timesteps[following], step)
+        if self.reset_history and reset_history(scheduler):
+            self._settle_after = following
         return callback_kwargs
 
     def intervene(self, scheduler: Any, latents: torch.Tensor, timestep: Any,

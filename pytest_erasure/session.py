@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, replace
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
     from pytest_erasure.models.loading import LoadedModels
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+MEMO_BYTES = 512 * 2**20
+"""Images kept in memory for reuse within a run (a latent plan's check, then its case's
+measurement; the base rate of every case), so a run without the disk cache generates nothing
+twice either. Least recently used images go first."""
 EVIDENCE_IMAGES = 16
 SEQUENTIAL_FIRST_ROUND = 16
 KINDS = ("erasure", "baseline", "retention")
@@ -72,6 +77,10 @@ class AuditSession:
         self._descriptions: dict[str, dict[str, Any]] = {}
         self._references: dict[str, torch.Tensor] = {}
         self._irece_conditioning: dict[str, Any] = {}
+        self._memo: OrderedDict[str, tuple[torch.Tensor, bool]] = OrderedDict()
+        self._memo_bytes = 0
+        self.generated = 0
+        """Images this session denoised (not found in the memo or the cache)."""
         self.results: dict[str, CaseResult] = {}
         self.batch_sizes = BatchSizes()
         """Batch sizes halved after running out of GPU memory (`memory.py`), kept for the
@@ -131,11 +140,29 @@ class AuditSession:
         return self._models
 
     def _ready(self, models: LoadedModels) -> LoadedModels:
-        """Quiet pipelines with batch-invariant layers (unless --no-batch-invariant), so an
-        image depends on its own seed and input alone, not on its batch's size."""
+        """Quiet pipelines running the configured sampler, with batch-invariant layers where
+        they are on (`--batch-invariant`; auto: the CPU), so an image depends on its own seed
+        and input alone, not on its batch's size."""
         for pipe in (models.standard, models.erased):
             pipe.set_progress_bar_config(disable=True)
-        if not self.config.native_kernels:
+        if self.config.sampler is not None:
+            from pytest_erasure.samplers import make_sampler
+
+            shared = models.erased.scheduler is models.standard.scheduler
+            models.standard.scheduler = make_sampler(self.config.sampler,
+                                                     models.standard.scheduler.config)
+            models.erased.scheduler = (models.standard.scheduler if shared else make_sampler(
+                self.config.sampler, models.erased.scheduler.config))
+        # What each model samples with, beside what was loaded for it (every report shows it).
+        provenance = dict(models.provenance)
+        for role, pipe in (("standard", models.standard), ("erased", models.erased)):
+            provenance[role] = {**provenance.get(role, {}), "sampler": {
+                "option": self.config.sampler or "the model's own",
+                "class": type(pipe.scheduler).__name__,
+                "config": {k: v for k, v in dict(pipe.scheduler.config).items()
+                           if not k.startswith("_")}}}
+        models.provenance = provenance
+        if self.config.invariant_layers:
             from pytest_erasure.invariant import make_batch_invariant
 
             make_batch_invariant(*(getattr(pipe, name) for pipe in (models.standard, models.erased)
@@ -240,24 +267,51 @@ class AuditSession:
         height, width = self.size()
         sampling = Sampling(self.config.steps, self.config.guidance, height, width,
                             self.config.device, self.config.dtype,
-                            batch_invariant=not self.config.native_kernels)
+                            batch_invariant=self.config.invariant_layers,
+                            sampler=self.model_facts(role).scheduler_key())
         base_key = {"model": self.fingerprint(role), "sampling": sampling.key(),
                     "irece": self._irece_settings(concept) if irece else None}
         keys = [{**base_key, "input": _input_key(item)} for item in inputs]
+        names = [digest(key) for key in keys]
+        found: dict[int, tuple[torch.Tensor, bool]] = {}
+        for i in range(len(inputs)):
+            if names[i] in self._memo:
+                self._memo.move_to_end(names[i])
+                found[i] = self._memo[names[i]]
+        rest = [i for i in range(len(inputs)) if i not in found]
 
         def compute_missing(missing: list[int]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+            chosen = [rest[j] for j in missing]
             pipe = self.pipeline(role)
             factory = self._irece_factory(concept) if irece else None
             label = f"generate {role}{' +IRECE' if irece else ''}"
-            with self.progress(label, len(missing)) as advance:
-                images, flags = generate(pipe, [inputs[i] for i in missing], sampling,
+            with self.progress(label, len(chosen)) as advance:
+                images, flags = generate(pipe, [inputs[i] for i in chosen], sampling,
                                          self.config.batch_size, callback_factory=factory,
                                          advance=advance)
-            return [({"image": images[j]}, {"degenerate": flags[j]}) for j in range(len(missing))]
+            self.generated += len(chosen)
+            return [({"image": images[j].clone()}, {"degenerate": flags[j]})
+                    for j in range(len(chosen))]
 
-        ordered = [(entry["image"], bool(facts["degenerate"])) for entry, facts in
-                   self.cache.get_or_compute_many("image", keys, compute_missing)]
+        if rest:
+            computed = self.cache.get_or_compute_many("image", [keys[i] for i in rest],
+                                                      compute_missing)
+            for i, (entry, facts) in zip(rest, computed, strict=True):
+                found[i] = (entry["image"], bool(facts["degenerate"]))
+        for i in range(len(inputs)):
+            self._remember(names[i], found[i])
+        ordered = [found[i] for i in range(len(inputs))]
         return torch.stack([o[0] for o in ordered]), [o[1] for o in ordered]
+
+    def _remember(self, name: str, entry: tuple[torch.Tensor, bool]) -> None:
+        if name in self._memo:
+            self._memo.move_to_end(name)
+            return
+        self._memo[name] = entry
+        self._memo_bytes += entry[0].numel() * entry[0].element_size()
+        while len(self._memo) > 1 and self._memo_bytes > MEMO_BYTES:
+            _, (image, _) = self._memo.popitem(last=False)
+            self._memo_bytes -= image.numel() * image.element_size()
 
     def detector(self, concept: Concept) -> Detector:
         key = _detector_key(concept)
@@ -299,7 +353,7 @@ class AuditSession:
         return {"t_star": c.irece_t_star, "tau": c.irece_tau, "steps": c.irece_steps,
                 "resolutions": list(c.irece_resolutions) if c.irece_resolutions else None,
                 "mask_prompt": concept.texts()[0] if concept else None,
-                "standard": self.fingerprint("standard")}
+                "standard": self.fingerprint("standard"), "solver_history": "reset"}
 
     def _irece_factory(self, concept: Concept) -> Callable[[list[GenerationInput]], Any]:
         from pytest_erasure.irece import IRECE, concept_conditioning

@@ -1,6 +1,7 @@
 """Determinism on CPU: the same seed gives the same images (bit for bit) and the same CRR, whatever
 the batch size and whether the cases run under pytest-xdist (and with 1 or 2 threads alike);
-another seed gives other images. `--no-batch-invariant` trades the batch-size part for speed:
+another seed gives other images. `--batch-invariant=off` (alias `--no-batch-invariant`; the
+default `auto` is on for the CPU) trades the batch-size part for speed:
 rates stay equal, images may differ by one level in rare pixels.
 
 Images are compared two ways: per case, through the report's `image_sha256` fact (a digest of the
@@ -75,8 +76,8 @@ def runs(tiny_world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory,
     _audit(root, _args(tiny_world, out["b8-again"]))
     _audit(root, _args(tiny_world, out["b1"], batch=1, cache=out["cache-b1"]))
     _audit(root, _args(tiny_world, out["b3"], batch=3, cache=out["cache-b3"]))
-    for batch in (8, 1):
-        _audit(root, _args(tiny_world, out[f"native-b{batch}"], "--no-batch-invariant",
+    for batch, flag in ((8, "--no-batch-invariant"), (1, "--batch-invariant=off")):
+        _audit(root, _args(tiny_world, out[f"native-b{batch}"], flag,
                            batch=batch, cache=out[f"cache-native-b{batch}"]))
     _audit(root, _args(tiny_world, out["seed1"], seed=1))
     if importlib.util.find_spec("xdist") is not None:

@@ -158,11 +158,15 @@ def test_latent_plans(tiny_world: dict[str, Path], tmp_path: Path, counted: list
     assert facts["inversion"] == {"prompt": "", "steps": 4, "guidance": 1.0}
     assert facts["perturbations"] == [] and facts["reference_images"]["source"] == "references"
     assert {"mse", "psnr", "vae_psnr"} <= set(facts["reconstruction"])
-    # The inversion and its check; the case's own regeneration is the same computation here.
-    assert counted == ["ddim_invert", "reconstruction_error"]
+    # The inversion, and no denoising of the checks' own: both are measured on the case's
+    # images (white-box, null prompt: the inversion's round trip is the case's trajectory).
+    assert counted == ["ddim_invert"]
+    assert ctx.generated == 4 and facts["reconstruction"] == facts["case_reconstruction"]
+    assert facts["inversion_exact"]["exact"] is True  # the tiny world samples with DDIM
 
-    # What the session generates from the plan is what the inversion check regenerated.
+    # The case finds its images (generated once), and they are the plain DDIM regeneration.
     images = ctx.generate("erased", null.inputs[:2], circle).float() / 255
+    assert ctx.generated == 4
     ours = regenerate(ctx.pipeline("erased"), torch.stack([i.latents for i in null.inputs[:2]]),
                       prompt="", steps=4, guidance=1.0)
     assert (images - ours).abs().max() < 2 / 255

@@ -45,7 +45,10 @@ LIBRARIES = ("torch", "diffusers", "transformers", "safetensors")
 
 @dataclass(frozen=True)
 class ModelFacts:
-    """What plan code may know about a model before deciding it needs the model itself."""
+    """What plan code may know about a model before deciding it needs the model itself.
+
+    The scheduler is the one the pipeline runs: `--sampler`'s when given (the session swaps
+    it in before the facts are read, and the sampler is part of `model_key`)."""
 
     native_size: int
     scheduler_class: str
@@ -56,7 +59,7 @@ class ModelFacts:
         return int(self.scheduler_config["num_train_timesteps"])
 
     def scheduler_key(self) -> dict[str, Any]:
-        """The scheduler as cache keys of DDIM inversions name it."""
+        """The sampler in use, as every image, inversion and reconstruction cache key names it."""
         return {"class": self.scheduler_class, "config": self.scheduler_config}
 
     @classmethod
@@ -133,6 +136,7 @@ def model_key(config: AuditConfig) -> dict[str, Any]:
         "files": stat_identity([config.standard_model, config.erased_model]),
         "erased_format": config.erased_format,
         "lora_multiplier": config.lora_multiplier,
+        "sampler": config.sampler,
         "device": config.device,
         "dtype": config.dtype,
         "code": code_identity(),

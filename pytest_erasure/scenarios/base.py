@@ -116,11 +116,12 @@ class AuditContext(Protocol):
         ...
 
     def generate(self, role: Role, inputs: list[GenerationInput],
-                 concept: Concept | None = None) -> torch.Tensor:
+                 concept: Concept | None = None, defended: bool | None = None) -> torch.Tensor:
         """uint8 images (N, 3, H, W) on the CPU, batched and cached per input.
 
         For the erased role under --irece, IRECE wraps the generation with `concept`'s prompt
-        as the mask prompt (so it works for learned tokens and the null prompt too).
+        as the mask prompt (so it works for learned tokens and the null prompt too), unless
+        `defended` is False.
         """
         ...
 

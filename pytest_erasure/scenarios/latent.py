@@ -24,7 +24,14 @@ repeat its image, and counting it twice would make the CRR interval narrower tha
 The case's n is the number of distinct references (ship at least --samples of them).
 
 Every plan reports the inversion's own reconstruction error (regenerated through the model it
-was inverted with, with the inversion prompt): a failed inversion is not a successful erasure.
+was inverted with, with the inversion prompt): a failed inversion is not a successful erasure;
+and the case's (`case_reconstruction`: the audited model's undefended images, the very images
+the case generates, so the check costs no generation of its own).
+
+Only DDIM retraces a DDIM inversion: the other samplers integrate the same ODE with other
+formulas (close, not exact) and Euler ancestral adds fresh noise at every step. Every plan says
+which in `facts["inversion_exact"]` (`samplers.INVERSION_EXACT`); benchmarks/results/samplers.json
+has the reconstruction each sampler reaches on the shapes world.
 """
 
 from __future__ import annotations
@@ -185,10 +192,50 @@ class LatentScenario(Scenario):
         summary["sampler"] = facts["sampler"]
         return summary
 
+    def check(self, ctx: AuditContext, role: Role, inputs: list[GenerationInput],
+              images: torch.Tensor, concept: Concept) -> dict[str, Any]:
+        """The reconstruction error of `inputs` regenerated on `role`'s model (undefended)
+        against `images`, measured on the very images the session generates for them: a
+        case's check costs no denoising of its own, and the case finds its images in the
+        memo or the cache. Against the VAE's round trip as in `reconstruction_error`; no
+        latent-space error (uint8 images carry no final latents). Cached by the images."""
+        import torch
+
+        from pytest_erasure.cache import tensor_digest
+        from pytest_erasure.inversion import decode, encode, psnr
+
+        regenerated = ctx.generate(role, inputs, concept, defended=False)
+        key = {"version": LATENT_CACHE_VERSION, "model": ctx.fingerprint(role),
+               "regenerated": tensor_digest({"images": regenerated}),
+               "images": images_digest(images), "dtype": ctx.config.dtype}
+        facts = ctx.cache.read_json("inversion-check", key)
+        if facts is None:
+            pipe = ctx.pipeline(role)
+            target = images.float().cpu()
+            ours = regenerated.float() / 255.0
+            per_image = ((ours - target) ** 2).flatten(1).mean(1)
+            with torch.no_grad():
+                round_trip = decode(pipe, encode(pipe, target, ctx.config.batch_size).float(),
+                                    ctx.config.batch_size)
+            vae_mse = float(((round_trip - target) ** 2).mean())
+            inversion_mse = float(((ours - round_trip) ** 2).mean())
+            mse = float(per_image.mean())
+            facts = {"mse": mse, "psnr": psnr(mse), "vae_mse": vae_mse, "vae_psnr": psnr(vae_mse),
+                     "inversion_mse": inversion_mse, "inversion_psnr": psnr(inversion_mse),
+                     "worst_image_mse": float(per_image.max()) if len(per_image) else None}
+            ctx.cache.write_json("inversion-check", key, facts)
+        summary = {k: (_round(v) if isinstance(v, float) else v) for k, v in facts.items()}
+        summary["prompt"] = inputs[0].prompt if inputs else None
+        summary["guidance"] = inputs[0].guidance if inputs else None
+        summary["sampler"] = ctx.model_facts(role).scheduler_class
+        summary["measured_on"] = f"the {role} model's undefended images of these latents"
+        return summary
+
     # -- the plan ------------------------------------------------------------------------------
 
     def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
         from pytest_erasure.inversion import perturb
+        from pytest_erasure.samplers import inversion_exactness
 
         inversion = self.inversion_settings(ctx, concept)
         regeneration = self.regeneration(ctx, concept)
@@ -202,14 +249,28 @@ class LatentScenario(Scenario):
         inverted_from = perturb(references, transforms, perturbation_seed) if transforms \
             else references
         latents = self.invert(ctx, role, inverted_from, inversion, concept.name)
-        own = self.reconstruction(ctx, role, latents, inverted_from, inversion, concept.name)
-        case = self.reconstruction(ctx, target, latents, references, regeneration,
-                                   concept.name)
         seeds = ctx.seeds(unique, f"latent/{concept.name}")
         inputs = [GenerationInput(seed=s, prompt=regeneration["prompt"],
                                   latents=latents[i], guidance=regeneration["guidance"],
                                   label=f"inverted ref {i}")
                   for i, s in enumerate(seeds)]
+        # The case's check is measured on the images the case is judged on (generated once).
+        case = self.check(ctx, target, inputs, references, concept)
+        if inversion["steps"] == int(ctx.config.steps):
+            # The inversion's own round trip: through the model it was inverted with, with
+            # its prompt. When that is the case's own trajectory (white-box, same prompt and
+            # guidance) it is the same images; otherwise the session's memo and cache still
+            # share it with whichever plan generates it (the standard plan, black-box).
+            own_inputs = [GenerationInput(seed=s, prompt=inversion["prompt"], latents=latents[i],
+                                          guidance=inversion["guidance"])
+                          for i, s in enumerate(seeds)]
+            same = (role == target and not transforms
+                    and inversion["prompt"] == regeneration["prompt"]
+                    and inversion["guidance"] == regeneration["guidance"])
+            own = case if same else self.check(ctx, role, own_inputs, inverted_from, concept)
+        else:  # another step count than the session generates with: denoised here
+            own = self._seeded_reconstruction(ctx, role, latents, inverted_from, inversion,
+                                              concept.name)
         facts: dict[str, Any] = {
             "reference_images": source,
             "unique_references": unique,
@@ -222,11 +283,25 @@ class LatentScenario(Scenario):
             "perturbation_seed": perturbation_seed if transforms else None,
             "reconstruction": own,
             "case_reconstruction": case,
+            "inversion_exact": inversion_exactness(ctx.model_facts(target).scheduler_class),
         }
         if inversion["steps"] != regeneration["steps"]:
             facts["warning"] = (f"inverted with {inversion['steps']} DDIM steps but regenerated "
                                 f"with {regeneration['steps']}: the round trip is not exact")
+            facts["inversion_exact"]["exact"] = False
         return Plan(inputs=inputs, facts=facts)
+
+    def _seeded_reconstruction(self, ctx: AuditContext, role: Role, latents: torch.Tensor,
+                               images: torch.Tensor, settings: dict[str, Any], label: str
+                               ) -> dict[str, Any]:
+        """`reconstruction` with torch's global generator seeded for the call: `denoise` passes
+        no generator, and a stochastic sampler (Euler ancestral) would draw from whatever state
+        the run left it in."""
+        import torch
+
+        with torch.random.fork_rng():
+            torch.manual_seed(ctx.seeds(1, f"inversion-check/{label}")[0])
+            return self.reconstruction(ctx, role, latents, images, settings, label)
 
 
 SCENARIOS = [LatentScenario(access, variant)

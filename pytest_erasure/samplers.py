@@ -1,0 +1,159 @@
+"""The SD 1.x samplers: building them, where their trajectories are, and resetting their history.
+
+`--sampler NAME` replaces both pipelines' scheduler by `Cls.from_config(model's scheduler
+config)`, so beta schedule, timestep spacing and offset stay the model's own and only the
+integrator changes. `pndm` is PLMS as SD v1.4 ships it (`skip_prk_steps=True`): without it
+PNDM spends its first steps on four-evaluation Runge-Kutta warm-up steps, which no SD 1.x
+release uses.
+
+IRECE replaces the latent between two steps. Two facts about a sampler decide how:
+
+* **Which timesteps are states of the trajectory** (`trajectory_points`). Most samplers run one
+  model evaluation per step: `len(timesteps) == N` and the input of every step is x_t. PNDM
+  with `skip_prk_steps` runs N + 1: its first step is a predictor-corrector pair (index 0
+  predicts x'_{t1} by a first-order step, index 1 evaluates the model there and redoes the step
+  from x_{t0} with the averaged slope, the pseudo-improved Euler that starts PLMS), so the input
+  of index 1 is a throwaway prediction, and index 2 repeats index 1's timestep with the real
+  x_{t1}. Its points are therefore indices 0, 2, 3, ..., N: again N of them, one per noise level.
+* **What history a multistep solver keeps** (`reset_history`): PNDM `ets` (+ `counter`,
+  `cur_sample`), LMS `derivatives`, DPM++ 2M `model_outputs` / `lower_order_nums`, UniPC
+  `model_outputs` / `timestep_list` / `last_sample` / `lower_order_nums`. After IRECE replaces
+  x_t by x*_t those slopes belong to a trajectory the latent is no longer on: extrapolating
+  them would carry the replaced region's old direction into x*_t (UniPC's corrector would even
+  rebuild x_t from the pre-intervention `last_sample`, undoing most of the replacement). So the
+  history is cleared, and the step from x*_t is the solver's own first-order step, the step a
+  fresh solver would take had sampling started at x*_t at that noise level; the order then
+  builds up again as it does at the start of sampling. DDIM, Euler and Euler ancestral keep no
+  history. (`tests/test_samplers.py` checks, per sampler, that the step after an intervention
+  equals a fresh solver's first step from x*_t, and that without the reset it would not.)
+
+This module imports torch and diffusers only inside functions.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from pytest_erasure.config import SAMPLERS
+from pytest_erasure.errors import ErasureInputError
+
+INVERSION_EXACT: dict[str, tuple[bool, str]] = {
+    "DDIMScheduler": (True, "DDIM with eta 0 retraces the DDIM inversion's steps backwards: "
+                            "the round trip is exact up to the inversion's own linearisation"),
+    "PNDMScheduler": (False, "PLMS integrates the same probability-flow ODE with a multistep "
+                             "formula, not the DDIM steps the inversion reversed: close, not exact"),
+    "LMSDiscreteScheduler": (False, "LMS integrates the same ODE in sigma space with a "
+                                    "4th-order multistep formula: close, not exact"),
+    "EulerDiscreteScheduler": (False, "Euler's step in sigma space is DDIM's step only in the "
+                                      "limit of small steps: close, not exact"),
+    "EulerAncestralDiscreteScheduler": (False, "Euler ancestral adds fresh noise at every step: "
+                                               "the inverted latent only seeds a stochastic "
+                                               "trajectory"),
+    "DPMSolverMultistepScheduler": (False, "DPM-Solver++(2M) integrates the same ODE at second "
+                                           "order (its first-order step is DDIM's): close, not "
+                                           "exact"),
+    "UniPCMultistepScheduler": (False, "UniPC integrates the same ODE with a predictor-corrector "
+                                       "of order 2: close, not exact"),
+}
+
+
+def make_sampler(name: str, config: Any) -> Any:
+    """The scheduler `--sampler name` stands for, from a model's scheduler config."""
+    import diffusers
+
+    if name not in SAMPLERS:
+        raise ErasureInputError("--sampler", f"'{name}' is not a known sampler",
+                                f"use one of: {', '.join(SAMPLERS)}")
+    cls = getattr(diffusers, SAMPLERS[name])
+    overrides: dict[str, Any] = {"skip_prk_steps": True} if name == "pndm" else {}
+    return cls.from_config(dict(config), **overrides)
+
+
+def inversion_exactness(scheduler_class: str) -> dict[str, Any]:
+    """Whether regenerating with this sampler retraces a DDIM inversion, and why (for plans)."""
+    exact, reason = INVERSION_EXACT.get(
+        scheduler_class, (False, f"{scheduler_class} is not DDIM: the round trip is not exact"))
+    return {"exact": exact, "sampler": scheduler_class, "reason": reason}
+
+
+def _is_pndm(scheduler: Any) -> bool:
+    from diffusers import PNDMScheduler
+
+    return isinstance(scheduler, PNDMScheduler)
+
+
+def trajectory_points(scheduler: Any) -> list[int]:
+    """Indices into `scheduler.timesteps` (after `set_timesteps`) whose input latent is the
+    state x_t of the trajectory, one per noise level (see the module docstring)."""
+    n = len(scheduler.timesteps)
+    if _is_pndm(scheduler):
+        if not scheduler.config.skip_prk_steps:
+            raise ErasureInputError(
+                "IRECE with PNDMScheduler(skip_prk_steps=False)",
+                "cannot tell which of its Runge-Kutta warm-up evaluations are states of the "
+                "trajectory", "use --sampler pndm (PLMS, as SD v1.4 ships it) or another sampler")
+        return [0, *range(2, n)]
+    if int(getattr(scheduler, "order", 1)) != 1:
+        raise ErasureInputError(
+            f"IRECE with {type(scheduler).__name__}",
+            "evaluates the model several times per step", f"use --sampler {' / '.join(SAMPLERS)}")
+    return list(range(n))
+
+
+def reset_history(scheduler: Any) -> bool:
+    """Forget the multistep history so the next step is a first-order step from the current
+    latent. Returns whether the scheduler needs `settle_history` after that step."""
+    name = type(scheduler).__name__
+    if _is_pndm(scheduler):
+        # counter 0 is PLMS's first-order step (it also stores cur_sample for a corrector that
+        # `settle_history` then skips: the schedule has no repeated timestep for it here).
+        scheduler.ets = []
+        scheduler.counter = 0
+        scheduler.cur_sample = None
+        return True
+    if hasattr(scheduler, "derivatives"):  # LMS
+        scheduler.derivatives = []
+        _bound_lms_order(scheduler)
+        return False
+    if hasattr(scheduler, "model_outputs") and hasattr(scheduler, "lower_order_nums"):
+        order = len(scheduler.model_outputs)
+        scheduler.model_outputs = [None] * order
+        scheduler.lower_order_nums = 0
+        if hasattr(scheduler, "timestep_list"):  # UniPC
+            scheduler.timestep_list = [None] * order
+            scheduler.last_sample = None  # else its corrector rebuilds x_t from the old state
+        return False
+    if name not in {"DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
+                    "DDPMScheduler"}:
+        raise ErasureInputError(f"IRECE with {name}", "keeps a history IRECE cannot reset",
+                                f"use --sampler {' / '.join(SAMPLERS)}")
+    return False
+
+
+def settle_history(scheduler: Any) -> None:
+    """After the first step that followed `reset_history`: PNDM's counter says 'corrector
+    next' (1); move it past, so PLMS continues with its second-order step on the real x_t."""
+    if _is_pndm(scheduler) and scheduler.counter == 1:
+        scheduler.counter = 2
+        scheduler.cur_sample = None
+
+
+def _bound_lms_order(scheduler: Any) -> None:
+    """LMS takes its order from the step index (`min(step_index + 1, 4)`), not from the
+    derivatives it holds: after a reset it would weigh one derivative with a 4th-order
+    coefficient. Bound the order by the history held (+1, the step's own). In a run without a
+    reset the bound equals LMS's own order at every step, so leaving it on the instance changes
+    nothing else."""
+    step = scheduler.step
+    if getattr(step, "erasure_bounded", False):
+        return
+
+    @functools.wraps(step)
+    def bounded(model_output: Any, timestep: Any, sample: Any, order: int = 4,
+                **kwargs: Any) -> Any:
+        return step(model_output, timestep, sample,
+                    order=min(order, len(scheduler.derivatives) + 1), **kwargs)
+
+    bounded.erasure_bounded = True  # type: ignore[attr-defined]
+    scheduler.step = bounded
