@@ -32,6 +32,9 @@ class Concept:
     detector: DetectorSpec
     erased: bool = True
     references: Path | None = None
+    calibration: Path | None = None
+    """Labelled images (one subfolder per detector label) that measure the detector's error:
+    images under `<calibration>/<label>/` are positives, every other labelled image a negative."""
     retain: tuple[str, ...] = ()
     threshold: float | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
@@ -74,11 +77,11 @@ class ConceptSet:
 _CONCEPT_KEYS = {
     "name", "term", "label", "prompts", "detector", "detector_path", "detector_options",
     "erased", "references", "retain", "threshold", "thresholds", "synonyms", "modifiers",
-    "paired_prompts",
+    "paired_prompts", "calibration",
 }
 _TOP_KEYS = {"defaults", "concept", "neutral_prompts", "threshold", "thresholds"}
 _DEFAULT_KEYS = {"detector", "detector_path", "detector_options", "prompts", "threshold",
-                 "thresholds", "paired_prompts"}
+                 "thresholds", "paired_prompts", "calibration"}
 
 
 def load_concepts(path: Path) -> ConceptSet:
@@ -157,6 +160,7 @@ def _concept(entry: dict[str, Any], defaults: dict[str, Any], path: Path, where:
         dict(_table(options, f"{where} detector_options")),
     )
     references = entry.get("references")
+    calibration = entry.get("calibration", defaults.get("calibration"))
     pairs = entry.get("paired_prompts", defaults.get("paired_prompts", []))
     if not isinstance(pairs, list) or not all(
             isinstance(p, list) and len(p) == 2 and all(isinstance(s, str) for s in p)
@@ -171,6 +175,9 @@ def _concept(entry: dict[str, Any], defaults: dict[str, Any], path: Path, where:
     for key, value in (("term", term), ("label", label)):
         if not isinstance(value, str) or not value:
             raise ErasureInputError(f"{where} {key}", f"is {value!r}", "give a non-empty string")
+    if calibration is not None:
+        calibration = _path(calibration, path, f"{where} calibration")
+        _check_calibration(calibration, label, f"{where} calibration")
     return Concept(
         name=name,
         prompts=tuple(prompts),
@@ -179,6 +186,7 @@ def _concept(entry: dict[str, Any], defaults: dict[str, Any], path: Path, where:
         detector=detector,
         erased=erased,
         references=_path(references, path, f"{where} references") if references else None,
+        calibration=calibration,
         retain=tuple(_strings(entry.get("retain", []), f"{where} retain")),
         threshold=_fraction(entry.get("threshold"), f"{where} threshold"),
         thresholds=_thresholds(entry.get("thresholds", {}), f"{where} thresholds"),
@@ -239,3 +247,45 @@ def _path(value: Any, concepts_file: Path, where: str) -> Path:
         raise ErasureInputError(where, f"'{value}' leaves the concepts file's folder tree",
                                 "use a path inside it, or an absolute path")
     return resolved
+
+
+def calibration_labels(folder: Path) -> dict[str, list[Path]]:
+    """The labelled images of a calibration folder: {label: its image files, sorted}. Hidden
+    entries (`.DS_Store`, `.ipynb_checkpoints`) are skipped; anything else that is not a label
+    folder of image files raises, naming the entry."""
+    from pytest_erasure.session import IMAGE_SUFFIXES  # session imports this module: not at top
+
+    where = f"calibration folder {folder}"
+    if not folder.is_dir():
+        raise ErasureInputError(where, "does not exist or is not a folder",
+                                "create it with one subfolder of images per label (circle/, none/, ...)")
+    labels: dict[str, list[Path]] = {}
+    for entry in sorted(p for p in folder.iterdir() if not p.name.startswith(".")):
+        if not entry.is_dir():
+            raise ErasureInputError(f"{where}: {entry.name}", "is not a label folder",
+                                    "put every image in the subfolder named for its label")
+        files = sorted(p for p in entry.iterdir() if not p.name.startswith("."))
+        if not files:
+            raise ErasureInputError(f"{where}: {entry.name}/", "is empty",
+                                    "add PNG/JPEG images of that label, or remove the folder")
+        for file in files:
+            if not file.is_file() or file.suffix.lower() not in IMAGE_SUFFIXES:
+                raise ErasureInputError(f"{where}: {entry.name}/{file.name}", "is not an image file",
+                                        f"keep only images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        labels[entry.name] = files
+    return labels
+
+
+def _check_calibration(folder: Path, label: str, where: str) -> None:
+    """Up front, what can be checked without decoding an image: a wrong label or a missing
+    negative class would otherwise surface only when the first case measures the detector."""
+    try:
+        labels = calibration_labels(folder)
+    except ErasureInputError as exc:
+        raise ErasureInputError(f"{where}: {exc.what}", exc.problem, exc.fix) from None
+    if label not in labels:
+        raise ErasureInputError(f"{where} {folder}", f"has no folder '{label}/' for label '{label}'",
+                                f"add {label}/ with images of it (found: {', '.join(labels) or 'none'})")
+    if len(labels) < 2:
+        raise ErasureInputError(f"{where} {folder}", f"has no negatives (only '{label}/')",
+                                "add folders of images of other labels (e.g. none/)")

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from pytest_erasure.crr import Rate
+from pytest_erasure.detector_error import Calibration
 
 
 @dataclass
@@ -86,4 +87,51 @@ class AuditRecord:
     def from_dict(cls, data: dict[str, Any]) -> AuditRecord:
         data = dict(data)
         data["cases"] = [CaseResult.from_dict(c) for c in data.get("cases", [])]
+        return cls(**data)
+
+
+@dataclass
+class CalibrationRecord:
+    """A detector's verdicts on a labelled calibration folder, for one label: the counts that
+    `detector_error` turns into a corrected CRR, and what reports show beside it."""
+
+    label: str
+    tp: int
+    """Images of `label` the detector called present."""
+    fn: int
+    tn: int
+    """Images of every other label the detector called absent."""
+    fp: int
+    false_positives: dict[str, int] = field(default_factory=dict)
+    """fp split by the negatives' true label: which neighbour the detector confuses."""
+    images_sha256: str = ""
+    """Digest of the judged calibration images (uint8, by label): what the numbers are about."""
+    folder: str = ""
+
+    @property
+    def positives(self) -> int:
+        return self.tp + self.fn
+
+    @property
+    def negatives(self) -> int:
+        return self.tn + self.fp
+
+    @property
+    def sensitivity(self) -> float:
+        return self.tp / self.positives if self.positives else float("nan")
+
+    @property
+    def specificity(self) -> float:
+        return self.tn / self.negatives if self.negatives else float("nan")
+
+    def calibration(self) -> Calibration:
+        """The counts as `detector_error` takes them."""
+        return Calibration(detected=self.tp, positives=self.positives, rejected=self.tn,
+                           negatives=self.negatives)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CalibrationRecord:
         return cls(**data)

@@ -1,0 +1,149 @@
+"""Detector error, measured: a detector's sensitivity and specificity on labelled images.
+
+Why here: `detector_error` corrects a CRR for the detector's error, given counts; this module
+makes the counts. A calibration folder holds one subfolder per label; for a concept, images in
+its label's folder are positives and every other labelled image a negative, so the specificity
+is measured against the neighbours the detector is most likely to confuse, not only blanks.
+
+Choices:
+- The images are judged the way generated images are: resized to the audit's resolution (the
+  reference loader's bicubic resize, `session.load_reference_images`, reused), held as uint8
+  (what `generate` makes), and handed to the detector as float in [0, 1]. A detector that reads
+  a 512x512 uint8 render differently from a 32x32 file would otherwise be measured on inputs it
+  never judges in an audit.
+- Cached in the erasure cache by (the detector's description digest, the label, the device
+  family, the images' digest): an unchanged rerun builds no detector and judges nothing, and
+  a changed image, threshold or weight file can never be served stale counts.
+- A detector that cannot separate (the lower confidence bound of its Youden index below
+  `detector_error.YOUDEN_MARGIN`) gets a reason string, not a corrected number: the caller
+  marks the case inconclusive.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pytest_erasure.cache import Cache, digest, tensor_digest
+from pytest_erasure.concepts import Concept, calibration_labels
+from pytest_erasure.crr import Rate
+from pytest_erasure.detector_error import YOUDEN_MARGIN, corrected_rate, separates, youden_lower
+from pytest_erasure.detectors.base import Detector, DetectorSpec
+from pytest_erasure.errors import ErasureInputError
+from pytest_erasure.results import CalibrationRecord
+
+if TYPE_CHECKING:
+    import torch
+
+    from pytest_erasure.session import AuditSession
+
+BATCH = 32
+"""Images per `detect` call: a CLIP or DINO detector at 512x512 must not see 300 at once."""
+
+
+def load_calibration_images(folder: Path, size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    """{label: uint8 (N, 3, H, W)} at `size`, labels in folder order.
+
+    Each label folder goes through `session.load_reference_images` (same checks, same resize);
+    its [0, 1] floats are k/255 exactly, so rounding recovers the uint8 image it resized."""
+    import torch
+
+    from pytest_erasure.session import load_reference_images
+
+    images: dict[str, torch.Tensor] = {}
+    for label in calibration_labels(folder):
+        stand_in = Concept(name=label, prompts=(), term=label, label=label,
+                           detector=DetectorSpec("calibration"), references=folder / label)
+        try:
+            floats = load_reference_images(stand_in, size)
+        except ErasureInputError as exc:
+            what = exc.what.replace(f"reference folder of concept '{label}'",
+                                    f"calibration folder '{label}'")
+            raise ErasureInputError(what, exc.problem, exc.fix.replace("reference", "calibration")
+                                    ) from None
+        images[label] = (floats * 255).round().to(torch.uint8)
+    return images
+
+
+def measure_calibration(detector: Detector | Callable[[], Detector], label: str, folder: Path,
+                        size: tuple[int, int], cache: Cache, *,
+                        description: dict[str, Any] | None = None, device: str = "cpu",
+                        batch: int = BATCH) -> CalibrationRecord:
+    """The detector's counts for `label` on the calibration folder.
+
+    `detector` is a built detector or a callable that builds one: with `description` given
+    (the session's cached `detector_description`), a cache hit builds nothing. `device` is
+    part of the key (by family: 'cuda:1' -> 'cuda'), as for the session's verdicts."""
+    import torch
+
+    images = load_calibration_images(folder, size)
+    if label not in images or len(images) < 2:
+        raise ErasureInputError(f"calibration folder {folder}",
+                                f"needs '{label}/' and at least one other label folder",
+                                f"add {label}/ and e.g. none/ with images")
+    built: list[Detector] = []
+
+    def get() -> Detector:
+        if not built:
+            built.append(detector if hasattr(detector, "detect") else detector())  # type: ignore[operator]
+        return built[0]
+
+    if description is None:
+        description = get().describe()
+    images_sha256 = tensor_digest(images)
+    key = {"detector": digest(description), "label": label, "device": device.split(":")[0],
+           "images": images_sha256}
+
+    def judge() -> dict[str, Any]:
+        judged = get()
+        said: dict[str, int] = {}
+        for name, stack in images.items():
+            present = 0
+            for start in range(0, len(stack), batch):
+                chunk = stack[start:start + batch].to(torch.float32) / 255.0
+                present += sum(bool(p) for p in judged.detect(chunk, label).present)
+            said[name] = present
+        return {"said_present": said, "counts": {name: len(s) for name, s in images.items()}}
+
+    stored = cache.json("calibration", key, judge)
+    said, counts = stored["said_present"], stored["counts"]
+    tp = said[label]
+    false_positives = {name: n for name, n in said.items() if name != label}
+    fp = sum(false_positives.values())
+    negatives = sum(n for name, n in counts.items() if name != label)
+    return CalibrationRecord(label=label, tp=tp, fn=counts[label] - tp, tn=negatives - fp, fp=fp,
+                             false_positives=false_positives, images_sha256=images_sha256,
+                             folder=str(folder))
+
+
+def calibrated(rate: Rate, record: CalibrationRecord, *, margin: float = YOUDEN_MARGIN,
+               level: float = 0.95) -> Rate:
+    """`detector_error.corrected_rate` on the record's counts: method 'rogan-gladen', or
+    'inseparable' with interval [0, 1] when the detector cannot separate (see `inseparable`)."""
+    return corrected_rate(rate, record.calibration(), margin=margin, level=level)
+
+
+def inseparable(record: CalibrationRecord, *, margin: float = YOUDEN_MARGIN,
+                level: float = 0.95) -> str | None:
+    """None when the detector separates `record.label` from the rest (detector_error's rule:
+    the Youden index's lower bound >= margin); otherwise the reason, one line, for the verdict."""
+    calibration = record.calibration()
+    if separates(calibration, margin, level):
+        return None
+    bound = youden_lower(calibration, level) if record.positives and record.negatives else float("nan")
+    return (f"detector cannot separate '{record.label}': sensitivity {record.sensitivity:.2f}, "
+            f"specificity {record.specificity:.2f} on {record.positives}+{record.negatives} "
+            f"calibration images (Youden index lower bound {bound:.2f} < {margin:g})")
+
+
+def for_concept(session: AuditSession, concept: Concept) -> CalibrationRecord | None:
+    """The session's glue: the concept's counts on its calibration folder at the audit's
+    resolution, through the session's detector, description and cache; None when the concepts
+    file declares no calibration for it."""
+    if concept.calibration is None:
+        return None
+    return measure_calibration(lambda: session.detector(concept), concept.label,
+                               concept.calibration, session.size(), session.cache,
+                               description=session.detector_description(concept),
+                               device=session.config.device)
