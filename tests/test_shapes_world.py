@@ -20,7 +20,8 @@ from render import SHAPES  # noqa: E402  (fixtures/shapes/render.py: the world's
 torch = pytest.importorskip("torch")
 pytest.importorskip("diffusers")
 
-SHIPPED = ["standard", "detector", "references", "erased", "README.md", "measurements.json"]
+SHIPPED = ["standard", "detector", "references", "calibration", "erased", "README.md",
+           "measurements.json"]
 MAX_BYTES = 40 * 1024 * 1024
 N_CRR = 16
 
