@@ -106,7 +106,7 @@ CATALOGUE: list[Bad] = [
     # -- concepts files ------------------------------------------------------------------------
     Bad("concepts-unknown-key", {"--concepts": "{bad}/concepts/unknown-key.toml"},
         "concepts file {bad}/concepts/unknown-key.toml [[concept]] #1: has unknown key(s) promts",
-        "use only: detector"),
+        "use only: calibration, detector"),
     Bad("concepts-unknown-top-key", {"--concepts": "{bad}/concepts/unknown-top.toml"},
         "concepts file {bad}/concepts/unknown-top.toml: has unknown key(s) treshold",
         "use only: concept, defaults"),
