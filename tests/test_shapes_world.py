@@ -113,6 +113,43 @@ def test_standard_pipeline_loads_offline(measure, standard):
     assert measure.generate(standard, "a circle", range(2)).shape == (2, 3, 32, 32)
 
 
+FOLDERS = ["standard", "erased/uce-circle", "erased/esd-x-circle"]
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_shipped_folder_loads_as_any_diffusers_folder(folder):
+    """No dtype argument, as a user who knows nothing of fp16 storage would load it: transformers
+    takes the text encoder's dtype from its config, diffusers loads float32 (build.py's
+    `load_as_float32`); an fp16 text encoder beside an fp32 UNet failed at the first step."""
+    from diffusers import StableDiffusionPipeline
+
+    pipe = StableDiffusionPipeline.from_pretrained(WORLD / folder)
+    pipe.set_progress_bar_config(disable=True)
+    assert {getattr(pipe, c).dtype for c in ("unet", "vae", "text_encoder")} == {torch.float32}
+    image = pipe("a circle", num_inference_steps=2, generator=torch.Generator().manual_seed(0),
+                 output_type="np").images
+    assert image.shape == (1, 32, 32, 3) and bool((image >= 0).all() and (image <= 1).all())
+    assert float(image.std()) > 0  # a picture, not a constant (NaNs would fail the range check)
+
+
+@pytest.mark.parametrize("folder", FOLDERS)
+def test_save_pipeline_rewrites_the_shipped_folder(measure, tmp_path, folder):
+    """A rebuild writes what ships, configs and weights byte for byte: build.py's save_pipeline
+    on the loaded (float32) pipeline reproduces the folder's files. An erased folder's tokenizer
+    is the exception: its tokenizer.json keeps the padding and truncation of the erasure's
+    tokenizer calls, which a reload turns into tokenizer_config.json entries (a rebuild re-runs
+    the erasure, not a reload)."""
+    from build import save_pipeline
+
+    shipped, again = WORLD / folder, tmp_path / "again"
+    save_pipeline(measure.load_pipeline(shipped), again)
+    skip = () if folder == "standard" else ("tokenizer",)
+    files = sorted(f.relative_to(shipped) for f in shipped.rglob("*")
+                   if f.is_file() and f.relative_to(shipped).parts[0] not in skip)
+    assert [f for f in files if not (again / f).is_file()] == []
+    assert [str(f) for f in files if (shipped / f).read_bytes() != (again / f).read_bytes()] == []
+
+
 @pytest.fixture(scope="module")
 def standard_crr(measure, standard, detector) -> dict[str, float]:
     """The standard model's CRR of each concept's own prompt on the fixed seeds 0..15."""

@@ -191,6 +191,11 @@ def _read(path: Path) -> dict[str, Any]:
             raise ErasureInputError(
                 str(path), f"is not a valid safetensors file ({_first_line(error)})",
                 "the file is truncated or corrupt; fetch it again") from error
+        # safetensors hands back each tensor at its byte offset in the file (4-byte aligned,
+        # wherever the header's length puts it). On CPUs where MKL runs its SSE kernels a GEMM
+        # sums in another order for an unaligned operand, so the same weights gave other last
+        # bits than from a .ckpt or a diffusers folder (torch allocates 64-byte aligned): copy.
+        loaded = {k: v.clone() for k, v in loaded.items()}
     else:
         loaded = _load_pickle(path)
     while isinstance(loaded, Mapping) and "state_dict" in loaded and isinstance(
