@@ -3,8 +3,10 @@
 A key is the sha256 of a canonical JSON of what the result depends on (model fingerprint,
 scenario settings, seed, ...), so an unchanged rerun recomputes nothing and a changed setting
 can never be served a stale result. Entries are safetensors files written to a temporary name
-and renamed into place (atomic on POSIX), with the sha256 of their tensors in the metadata:
-an interrupted write leaves no entry, and a damaged entry is detected, dropped and recomputed.
+and renamed into place (atomic on POSIX), with a checksum in the metadata over their tensors
+*and* their facts (a found Ring-A-Bell prompt, a degenerate flag, TI losses are results as much
+as the tensors are): an interrupted write leaves no entry, and a damaged or edited entry is
+detected, dropped and recomputed.
 A file lock per key keeps two processes (xdist workers, two audits sharing one cache folder)
 from computing the same entry twice: `tensors` and `get_or_compute_many` take the locks of the
 keys they must compute, read again once they hold them (the other process may have written the
@@ -59,6 +61,13 @@ def tensor_digest(tensors: Tensors) -> str:
         h.update(str(tuple(t.shape)).encode())
         h.update(t.view(-1).view(dtype=__import__("torch").uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def entry_checksum(tensors: Tensors, facts: Any) -> str:
+    """The checksum of a tensor entry: its tensors and its facts, the facts as canonical JSON
+    (`digest`), so what is checked is the facts' meaning, not the whitespace they were written
+    with."""
+    return hashlib.sha256(f"{tensor_digest(tensors)}\n{digest(facts)}".encode()).hexdigest()
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -234,9 +243,14 @@ class Cache:
             data = path.read_bytes()
             tensors = load(data)
             meta = _safetensors_metadata(data)
-            if meta.get("sha256") != tensor_digest(tensors):
+            facts = json.loads(meta.get("facts", "{}"))
+            # An entry written before the checksum covered the facts (no "checksum") is
+            # recomputed, not trusted: its facts cannot be verified. ("sha256", the tensors'
+            # digest alone, is still written, so an older version reading this cache keeps
+            # working as before.)
+            if meta.get("checksum") != entry_checksum(tensors, facts):
                 raise ValueError("checksum mismatch")
-            return tensors, json.loads(meta.get("facts", "{}"))
+            return tensors, facts
         except (SafetensorError, ValueError, OSError, json.JSONDecodeError):
             if drop_damaged:
                 path.unlink(missing_ok=True)
@@ -246,7 +260,9 @@ class Cache:
         from safetensors.torch import save
 
         tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-        meta = {"sha256": tensor_digest(tensors), "facts": json.dumps(facts, default=str)}
+        text = json.dumps(facts, default=str)
+        meta = {"sha256": tensor_digest(tensors), "facts": text,
+                "checksum": entry_checksum(tensors, json.loads(text))}
         atomic_write_bytes(path, save(tensors, metadata=meta))
 
 

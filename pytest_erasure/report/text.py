@@ -165,10 +165,32 @@ def models(record: AuditRecord) -> list[dict[str, Any]]:
             "path": info.get("path", ""),
             "format": info.get("format", "?"),
             "components": list(info.get("components_replaced") or []),
+            "changed": _changed_per_component(info),
             "replaced": replaced,
             "added": _sum_key(info, "tensors_added"),
             "fingerprint": info.get("fingerprint") or info.get("sha256"),
         })
+    return out
+
+
+def _changed_per_component(info: dict[str, Any]) -> dict[str, str]:
+    """{component: '32 of 686 tensors changed'} for each replaced component compared whole with
+    the standard one (a full pipeline folder: no tensor came from an override file, so the count
+    that says what differs is the changed one), or {component: 'config: ...'} / 'differs in ...'
+    when what differs is not tensors. Override formats (their stats carry `tensors_replaced`)
+    keep their summed "N tensors replaced"."""
+    out: dict[str, str] = {}
+    for component in info.get("components_replaced") or []:
+        stats = info.get(component)
+        if not isinstance(stats, dict) or "tensors_replaced" in stats:
+            continue
+        if stats.get("config_changed"):
+            out[component] = "config: " + ", ".join(map(str, stats["config_changed"]))
+        elif isinstance(stats.get("tensors_changed"), int):
+            out[component] = (f"{stats['tensors_changed']} of {stats.get('tensors_total', '?')} "
+                              "tensors changed")
+        elif stats.get("differs_in"):
+            out[component] = "differs in " + ", ".join(map(str, stats["differs_in"]))
     return out
 
 
@@ -185,7 +207,9 @@ def _sum_key(value: Any, key: str, depth: int = 0) -> int | None:
 def model_line(model: dict[str, Any]) -> str:
     parts = [str(model["format"])]
     if model["components"]:
-        parts.append("replaces " + "+".join(model["components"]))
+        changed = model.get("changed") or {}
+        parts.append("replaces " + "+".join(
+            f"{c} ({changed[c]})" if c in changed else c for c in model["components"]))
     if model["replaced"] is not None:
         parts.append(f"{model['replaced']} tensors replaced")
     if model["added"]:

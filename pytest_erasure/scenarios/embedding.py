@@ -86,6 +86,14 @@ def concept_images(ctx: AuditContext, concept: Concept, count: int
                     "prompts": prompts, "count": count}
 
 
+def numerics(config: Any) -> dict[str, str]:
+    """What a cached computation's numbers depend on besides its inputs: the dtype and the
+    device *type* it ran on. A textual inversion or an inversion learned in bfloat16, or on a GPU
+    whose kernels round differently from the CPU's, is another result; which GPU of a kind
+    (cuda:0, cuda:1) is not (as in `Sampling.key`, the images' keys)."""
+    return {"dtype": str(config.dtype), "device": str(config.device).split(":")[0]}
+
+
 def images_digest(images: torch.Tensor) -> str:
     from pytest_erasure.cache import tensor_digest
 
@@ -124,13 +132,23 @@ class EmbeddingScenario(Scenario):
                                     "give a word such as 'object' or 'shape'")
         return budget
 
+    def learn_key(self, ctx: AuditContext, role: Role, images: torch.Tensor,
+                  budget: dict[str, Any], token: str, seed: int) -> dict[str, Any]:
+        from pytest_erasure.textual_inversion import TEMPLATES
+
+        key = {"version": TI_CACHE_VERSION, "model": ctx.fingerprint(role),
+               "images": images_digest(images), "budget": budget, "token": token,
+               "seed": seed, "templates": list(TEMPLATES), **numerics(ctx.config)}
+        if ctx.config.dtype == "float16":
+            key["loss_scaling"] = "dynamic"  # fp16 runs before loss scaling learned other rows
+        return key
+
     def learn(self, ctx: AuditContext, concept: Concept, role: Role
               ) -> tuple[torch.Tensor, dict[str, Any], Path]:
         """(embeds (num_vectors, D), facts, saved file): trained through `role`'s model, or
         read from the cache when the same model, images and budget were seen before."""
         from pytest_erasure.cache import digest
         from pytest_erasure.textual_inversion import (
-            TEMPLATES,
             WEIGHTS_NAME,
             LossScaler,
             save_learned_embeds,
@@ -141,11 +159,7 @@ class EmbeddingScenario(Scenario):
         images, source = concept_images(ctx, concept, int(ctx.option("ti-train-images")))
         token = f"<{concept.name}>"
         seed = ctx.seeds(1, f"textual-inversion/{concept.name}")[0]
-        key = {"version": TI_CACHE_VERSION, "model": ctx.fingerprint(role),
-               "images": images_digest(images), "budget": budget, "token": token,
-               "seed": seed, "templates": list(TEMPLATES), "dtype": ctx.config.dtype}
-        if ctx.config.dtype == "float16":
-            key["loss_scaling"] = "dynamic"  # fp16 runs before loss scaling learned other rows
+        key = self.learn_key(ctx, role, images, budget, token, seed)
 
         def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             pipe = ctx.pipeline(role)
@@ -186,17 +200,22 @@ class EmbeddingScenario(Scenario):
             facts["precision"] = stored["precision"]
         return embeds, facts, file
 
+    def encode_key(self, ctx: AuditContext, target: Role, prompts: list[str], token: str,
+                   embeds: torch.Tensor) -> dict[str, Any]:
+        from pytest_erasure.cache import tensor_digest
+
+        return {"version": TI_CACHE_VERSION, "model": ctx.fingerprint(target),
+                "embeds": tensor_digest({"embeds": embeds}), "token": token, "prompts": prompts,
+                **numerics(ctx.config)}
+
     def encode(self, ctx: AuditContext, target: Role, prompts: list[str], token: str,
                embeds: torch.Tensor) -> dict[str, torch.Tensor]:
         """Each prompt through `target`'s text encoder with the learned token, (77, D) float32,
         cached: the encodings are part of every image's cache key, so computing them would
         load the models on a rerun that needs nothing else."""
-        from pytest_erasure.cache import tensor_digest
         from pytest_erasure.textual_inversion import encode_with_embedding
 
-        key = {"version": TI_CACHE_VERSION, "model": ctx.fingerprint(target),
-               "embeds": tensor_digest({"embeds": embeds}), "token": token, "prompts": prompts,
-               "dtype": ctx.config.dtype, "device": ctx.config.device.split(":")[0]}
+        key = self.encode_key(ctx, target, prompts, token, embeds)
 
         def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             pipe = ctx.pipeline(target)

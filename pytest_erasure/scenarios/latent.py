@@ -49,7 +49,7 @@ from pytest_erasure.scenarios.base import (
     Scenario,
     ScenarioOption,
 )
-from pytest_erasure.scenarios.embedding import concept_images, images_digest
+from pytest_erasure.scenarios.embedding import concept_images, images_digest, numerics
 
 if TYPE_CHECKING:
     import torch
@@ -138,15 +138,19 @@ class LatentScenario(Scenario):
 
     # -- computation (cached) ------------------------------------------------------------------
 
+    def invert_key(self, ctx: AuditContext, role: Role, images: torch.Tensor,
+                   settings: dict[str, Any]) -> dict[str, Any]:
+        return {"version": LATENT_CACHE_VERSION, "model": ctx.fingerprint(role),
+                "images": images_digest(images), "settings": settings,
+                "scheduler": ctx.model_facts(role).scheduler_key(), **numerics(ctx.config)}
+
     def invert(self, ctx: AuditContext, role: Role, images: torch.Tensor,
                settings: dict[str, Any], label: str) -> torch.Tensor:
         from pytest_erasure.inversion import check_steps, ddim_invert
 
         facts = ctx.model_facts(role)
         check_steps(facts.num_train_timesteps, settings["steps"])
-        key = {"version": LATENT_CACHE_VERSION, "model": ctx.fingerprint(role),
-               "images": images_digest(images), "settings": settings,
-               "dtype": ctx.config.dtype, "scheduler": facts.scheduler_key()}
+        key = self.invert_key(ctx, role, images, settings)
         batch = ctx.config.batch_size
 
         def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -160,6 +164,13 @@ class LatentScenario(Scenario):
         tensors, _ = ctx.cache.tensors("ddim-inversion", key, compute)
         return tensors["latents"]
 
+    def reconstruction_key(self, ctx: AuditContext, role: Role, latents: torch.Tensor,
+                           images: torch.Tensor, settings: dict[str, Any]) -> dict[str, Any]:
+        return {"version": LATENT_CACHE_VERSION, "model": ctx.fingerprint(role),
+                "latents": images_digest(latents), "images": images_digest(images),
+                "settings": settings, "scheduler": ctx.model_facts(role).scheduler_key(),
+                **numerics(ctx.config)}
+
     def reconstruction(self, ctx: AuditContext, role: Role, latents: torch.Tensor,
                        images: torch.Tensor, settings: dict[str, Any], label: str
                        ) -> dict[str, Any]:
@@ -170,10 +181,7 @@ class LatentScenario(Scenario):
 
         model = ctx.model_facts(role)
         check_steps(model.num_train_timesteps, settings["steps"], "--steps")
-        key = {"version": LATENT_CACHE_VERSION, "model": ctx.fingerprint(role),
-               "latents": images_digest(latents), "images": images_digest(images),
-               "settings": settings, "dtype": ctx.config.dtype,
-               "scheduler": model.scheduler_key()}
+        key = self.reconstruction_key(ctx, role, latents, images, settings)
         batch = ctx.config.batch_size
 
         def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -192,6 +200,16 @@ class LatentScenario(Scenario):
         summary["sampler"] = facts["sampler"]
         return summary
 
+    def check_key(self, ctx: AuditContext, role: Role, regenerated: torch.Tensor,
+                  images: torch.Tensor) -> dict[str, Any]:
+        """The images are uint8 and part of the key, but the VAE round trip the check measures
+        against runs on the device in the dtype: both are in the key too."""
+        from pytest_erasure.cache import tensor_digest
+
+        return {"version": LATENT_CACHE_VERSION, "model": ctx.fingerprint(role),
+                "regenerated": tensor_digest({"images": regenerated}),
+                "images": images_digest(images), **numerics(ctx.config)}
+
     def check(self, ctx: AuditContext, role: Role, inputs: list[GenerationInput],
               images: torch.Tensor, concept: Concept) -> dict[str, Any]:
         """The reconstruction error of `inputs` regenerated on `role`'s model (undefended)
@@ -201,13 +219,10 @@ class LatentScenario(Scenario):
         latent-space error (uint8 images carry no final latents). Cached by the images."""
         import torch
 
-        from pytest_erasure.cache import tensor_digest
         from pytest_erasure.inversion import decode, encode, psnr
 
         regenerated = ctx.generate(role, inputs, concept, defended=False)
-        key = {"version": LATENT_CACHE_VERSION, "model": ctx.fingerprint(role),
-               "regenerated": tensor_digest({"images": regenerated}),
-               "images": images_digest(images), "dtype": ctx.config.dtype}
+        key = self.check_key(ctx, role, regenerated, images)
         facts = ctx.cache.read_json("inversion-check", key)
         if facts is None:
             pipe = ctx.pipeline(role)
