@@ -121,11 +121,10 @@ def _probe(dest: Destination) -> Path:
     return base
 
 
-def check_destinations(destinations: Iterable[Destination],
-                       free_space: Callable[[Path], int] | None = None) -> None:
+def check_destinations(destinations: Iterable[Destination]) -> None:
     """Raise ErasureInputError for the first destination the audit could not write, or for a
-    filesystem without room for everything the run writes to it."""
-    free = free_space or (lambda p: shutil.disk_usage(p).free)
+    filesystem without room for everything the run writes to it (destinations on one disk
+    share its free space)."""
     by_device: dict[int, list[tuple[Destination, Path]]] = {}
     for dest in destinations:
         base = _probe(dest)
@@ -135,7 +134,7 @@ def check_destinations(destinations: Iterable[Destination],
         if need == 0:
             continue
         dest, base = max(entries, key=lambda e: e[0].need)
-        available = free(base)
+        available = shutil.disk_usage(base).free
         if available < need:
             shared = (f" (with {', '.join(d.what for d, _ in entries if d is not dest)} on the "
                       "same disk)" if len(entries) > 1 else "")
