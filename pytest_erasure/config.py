@@ -178,6 +178,10 @@ class AuditConfig:
 
     def validate(self) -> None:
         """Cheap checks that need no torch; device/dtype availability is checked on load."""
+        for option in OPTIONS:
+            value = getattr(self, option.field)
+            if option.type is float and value is not None and not math.isfinite(value):
+                raise ErasureInputError(option.flag, f"is {value}", "give a finite number")
         counts = (("--samples", self.samples, 1), ("--batch-size", self.batch_size, 1),
                   ("--steps", self.steps, 1), ("--irece-steps", self.irece_steps, 1))
         for name, value, low in counts:

@@ -623,9 +623,14 @@ def validate_inputs(session: AuditSession) -> None:
     from pytest_erasure.models import check_device, detect_format
 
     config = session.config
+    from pytest_erasure.formats import FORMATS
+
     check_device(config.device, config.dtype)
     if config.erased_format is None:
         detect_format(config.erased_model)
+    elif config.erased_format not in FORMATS:
+        raise ErasureInputError("--erased-format", f"'{config.erased_format}' is not a known "
+                                "format", f"use one of: {', '.join(FORMATS)}")
     cases = session.cases()  # unknown --scenarios
     if config.irece:
         from pytest_erasure.irece import resolve_steps

@@ -105,7 +105,7 @@ CATALOGUE: list[Bad] = [
         "--erased-model {bad}/lora-other.safetensors: 0 of 1 LoRA modules match a layer of the "
         "standard UNet", "give a LoRA trained on this SD v1-family standard model", loads_models=True),
     Bad("erased-format-unknown", {"--erased-format": "onnx"},
-        "--erased-format: 'onnx' is not a known format", "use one of: diffusers", loads_models=True),
+        "--erased-format: 'onnx' is not a known format", "use one of: diffusers"),
     # -- concepts files ------------------------------------------------------------------------
     Bad("concepts-unknown-key", {"--concepts": "{bad}/concepts/unknown-key.toml"},
         "concepts file {bad}/concepts/unknown-key.toml [[concept]] #1: has unknown key(s) promts",
@@ -206,6 +206,9 @@ CATALOGUE: list[Bad] = [
         "--retention-tolerance: is 2.0", "give a number between 0 and 1"),
     Bad("baseline-min-below-0", {"--baseline-min": "-0.5"}, "--baseline-min: is -0.5",
         "give a number between 0 and 1"),
+    Bad("guidance-not-finite", {"--guidance": "nan"}, "--guidance: is nan", "give a finite number"),
+    Bad("inversion-guidance-not-finite", {"--scenarios": "latent", "--inversion-guidance": "inf"},
+        "--inversion-guidance: is inf", "give a finite number"),
     Bad("lora-multiplier-not-a-number", {"--lora-multiplier": "full"},
         "--lora-multiplier: 'full' is not a number", "give a number"),
     Bad("irece-one-step", {"--steps": "1"}, "--steps: is 1",

@@ -176,6 +176,9 @@ def test_reports_that_cannot_be_written_at_the_end_go_to_a_fallback(
         assert names == {"circle-baseline", "circle-text"}
     finally:
         shutil.rmtree(fallback, ignore_errors=True)
-    cases = {c.get("name") for c in ET.parse(junitxml).getroot().iter("testcase")}
+    root = ET.parse(junitxml).getroot()
+    cases = {c.get("name") for c in root.iter("testcase")}
     assert {"test_erasure[circle-text]", "test_erasure[circle-baseline]"} <= cases, \
         "pytest's own --junitxml still comes out"
+    props = {p.get("name"): p.get("value") for p in root.iter("property")}
+    assert str(fallback) in props["erasure_outputs"], "CI sees where the reports went"

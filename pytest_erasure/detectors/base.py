@@ -3,6 +3,8 @@
 A detector decides, per image, whether a concept is present. CRR is only as good as the detector,
 so every detector describes its own rule and threshold, and that description goes into reports.
 Third parties register detectors under the entry-point group `pytest_erasure.detectors`.
+A detector's module may also define `check(spec, labels)`: a cheap check (configs and file
+listings, never weights) that the audit runs before any model loads (`check_detector`).
 """
 
 from __future__ import annotations
