@@ -7,6 +7,8 @@ in one place. Validation turns bad input into `ErasureInputError` (a one-line us
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,6 +233,10 @@ class AuditConfig:
 
     def validate(self) -> None:
         """Cheap checks that need no torch; device/dtype availability is checked on load."""
+        for option in OPTIONS:
+            value = getattr(self, option.field)
+            if option.type is float and value is not None and not math.isfinite(value):
+                raise ErasureInputError(option.flag, f"is {value}", "give a finite number")
         counts = (("--samples", self.samples, 1), ("--batch-size", self.batch_size, 1),
                   ("--steps", self.steps, 1), ("--irece-steps", self.irece_steps, 1))
         for name, value, low in counts:
@@ -242,6 +248,18 @@ class AuditConfig:
                             ("--irece-tau", self.irece_tau)):
             if not 0 <= value <= 1:
                 raise ErasureInputError(name, f"is {value}", "give a number between 0 and 1")
+        if not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            raise ErasureInputError("--seed", f"is {self.seed}",
+                                    f"give a whole number between {SEED_RANGE[0]} and "
+                                    f"{SEED_RANGE[1]} (torch's generator range)")
+        for name, size in (("--height", self.height), ("--width", self.width)):
+            if size is not None and size < 1:
+                raise ErasureInputError(name, f"is {size}", "give a positive number of pixels, "
+                                        "or leave it unset for the model's native size")
+        if self.irece_resolutions is not None and (
+                not self.irece_resolutions or min(self.irece_resolutions) < 1):
+            raise ErasureInputError("--irece-resolutions", f"is {self.irece_resolutions}",
+                                    "give comma-separated positive map sizes, e.g. 16,32")
         if self.guidance < 0:
             raise ErasureInputError("--guidance", f"is {self.guidance}", "give a number >= 0")
         if self.irece_t_star < 0:
@@ -271,3 +289,83 @@ class AuditConfig:
             if not path.exists():
                 raise ErasureInputError(f"{name} {path}", "does not exist",
                                         "give the path of a local model (nothing is downloaded)")
+        self.validate_size()
+
+    def validate_size(self) -> None:
+        """--height/--width against the standard model, read from its config files (no weights
+        load): the VAE divides the image by its scale factor, and diffusers'
+        StableDiffusionPipeline refuses any size that is not a multiple of 8 whatever the VAE
+        (its check_inputs hard-codes 8), so a size must be a multiple of both. With
+        --irece-resolutions, at least one size must be a cross-attention map size of the UNet
+        at that resolution, or IRECE has no map to mask with."""
+        geometry = model_geometry(self.standard_model)
+        step = math.lcm(PIPELINE_MULTIPLE, geometry.scale_factor)
+        for name, size in (("--height", self.height), ("--width", self.width)):
+            if size is not None and size % step:
+                raise ErasureInputError(
+                    name, f"is {size}, not a multiple of {step}",
+                    f"give a multiple of {step} (the VAE downsamples by {geometry.scale_factor}; "
+                    f"diffusers' pipeline needs multiples of {PIPELINE_MULTIPLE}), e.g. "
+                    f"{max(step, size // step * step)}")
+        if self.irece and self.irece_resolutions and geometry.native_size:
+            height = self.height or geometry.native_size
+            width = self.width or geometry.native_size
+            sizes = geometry.attention_sizes(height, width)
+            if sizes and not set(self.irece_resolutions) & set(sizes):
+                raise ErasureInputError(
+                    "--irece-resolutions",
+                    f"{','.join(map(str, self.irece_resolutions))} match no cross-attention map "
+                    f"of this model at {height}x{width}",
+                    f"choose among {','.join(map(str, sizes))} or leave it unset")
+
+
+SEED_RANGE = (-(2**63), 2**64 - 1)
+"""What torch.Generator.manual_seed accepts (Ring-A-Bell seeds one with --seed itself)."""
+PIPELINE_MULTIPLE = 8
+
+
+@dataclass(frozen=True)
+class ModelGeometry:
+    """What the image size must fit, read from a diffusers folder's config files."""
+
+    scale_factor: int
+    native_size: int | None
+    attention_levels: tuple[int, ...] = ()
+    """Down-block indices whose maps have cross-attention (the mid block counts as the last)."""
+
+    def attention_sizes(self, height: int, width: int) -> list[int]:
+        """The longer side of each cross-attention map (how `--irece-resolutions` names them):
+        every down block halves the latent, rounding up like a stride-2 convolution."""
+        h, w = height // self.scale_factor, width // self.scale_factor
+        sizes: list[int] = []
+        for level in range(max(self.attention_levels, default=-1) + 1):
+            if level in self.attention_levels:
+                sizes.append(max(h, w))
+            h, w = -(-h // 2), -(-w // 2)
+        return sorted(set(sizes), reverse=True)
+
+
+def model_geometry(folder: Path) -> ModelGeometry:
+    """The VAE's scale factor (2 ** (len(block_out_channels) - 1), as diffusers computes it)
+    and the native size (UNet sample_size x factor) of a diffusers pipeline folder. Anything
+    unreadable gives SD v1's values (8, unknown): loading the model reports the folder itself."""
+    def read(part: str) -> dict[str, Any]:
+        try:
+            data = json.loads((folder / part / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    vae, unet = read("vae"), read("unet")
+    blocks = vae.get("block_out_channels")
+    factor = 2 ** (len(blocks) - 1) if isinstance(blocks, list) and blocks else 8
+    sample = unet.get("sample_size")
+    if isinstance(sample, list) and sample:
+        sample = max(sample)
+    native = int(sample) * factor if isinstance(sample, int) and not isinstance(sample, bool) \
+        else None
+    down = unet.get("down_block_types") or []
+    levels = [i for i, kind in enumerate(down) if "CrossAttn" in str(kind)]
+    if down and "CrossAttn" in str(unet.get("mid_block_type", "UNetMidBlock2DCrossAttn")):
+        levels.append(len(down) - 1)
+    return ModelGeometry(factor, native, tuple(sorted(set(levels))))

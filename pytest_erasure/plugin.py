@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -40,6 +41,8 @@ class ErasureState:
         self.worker_results: list[CaseResult] = []
         self.worker_meta: list[dict[str, Any]] = []
         self.record: Any = None
+        self.output_lines: list[str] = []
+        """Where the reports went (or why not where asked), for the terminal summary."""
 
     @property
     def is_worker(self) -> bool:
@@ -58,9 +61,7 @@ class ErasureState:
         values["standard_model"] = _rooted(values["standard_model"], root) or DEFAULT_STANDARD
         values["concepts_file"] = _rooted(values["concepts_file"], root) or DEFAULT_CONCEPTS
         if values["cache_dir"] is None and not values["no_cache"]:
-            cache = getattr(self.config, "cache", None)
-            values["cache_dir"] = (cache.mkdir("erasure") if cache is not None
-                                   else root / ".erasure_cache")
+            values["cache_dir"] = self._default_cache(root)
         # What the user gave (flag, else ini); AuditConfig fills the rest from the budget
         # profile, then from the options' defaults (pytest_erasure/budgets.py).
         given: dict[str, Any] = {}
@@ -72,13 +73,25 @@ class ErasureState:
                 ini = self.config.getini(_scenario_dest(option))
                 if ini in (None, "", []):
                     continue
-                value = option.type(ini)
-            given[option.name] = value
+                value = ini
+            given[option.name] = _scenario_value(option, value)
         values["scenario_options"] = given
         values["scenario_defaults"] = defaults
         config = AuditConfig.from_values(values)
         config.validate()
         return config
+
+    def _default_cache(self, root: Path) -> Path:
+        """.pytest_cache/d/erasure, created now: a folder pytest cannot create is the user's
+        to fix (or to avoid with --erasure-cache / --no-erasure-cache), not a traceback."""
+        cache = getattr(self.config, "cache", None)
+        try:
+            return Path(cache.mkdir("erasure")) if cache is not None else root / ".erasure_cache"
+        except OSError as exc:
+            raise ErasureInputError(
+                "default erasure cache folder (.pytest_cache/d/erasure)",
+                f"cannot be created ({exc.strerror or exc})",
+                "pass --erasure-cache=DIR on a writable disk, or --no-erasure-cache") from None
 
     def session(self) -> Any:
         """The audit session; ErasureInputError on bad input (the caller turns it into a usage
@@ -93,12 +106,25 @@ class ErasureState:
             concepts = load_concepts(audit_config.concepts_file)
             session = AuditSession(audit_config, concepts)
             validate_inputs(session)
+            self._check_outputs(session)
             workerinput = getattr(self.config, "workerinput", None)
             if workerinput and "erasure_run_id" in workerinput:
                 session.run_id = workerinput["erasure_run_id"]
             self._setup_output(session)
             self._session = session
         return self._session
+
+    def _check_outputs(self, session: Any) -> None:
+        """Every place the run writes is writable and has room, before any model loads."""
+        from pytest_erasure.config import model_geometry
+        from pytest_erasure.outputs import check_destinations, destinations
+
+        config = session.config
+        native = model_geometry(config.standard_model).native_size or 512
+        size = (config.height or native, config.width or native)
+        xmlpath = getattr(self.config.option, "xmlpath", None)
+        junitxml = Path(os.path.abspath(xmlpath)) if xmlpath and not self.is_worker else None
+        check_destinations(destinations(session, size, junitxml))
 
     def _setup_output(self, session: Any) -> None:
         if self.is_worker or os.environ.get("CI") or not sys.stderr.isatty():
@@ -121,9 +147,28 @@ def _rooted(value: Any, root: Path) -> Path | None:
     return path if path.is_absolute() else (Path.cwd() / path)
 
 
+def _scenario_value(option: ScenarioOption, value: Any) -> Any:
+    """A scenario option from the command line or ini (text) as its type; bad text is a usage
+    error naming the option, not argparse's multi-line complaint or a ValueError."""
+    if value is None or option.type is str or isinstance(value, option.type):
+        return value
+    if option.type is bool:
+        return str(value).strip().lower() in ("1", "true", "yes", "on")
+    kind = {int: "whole number", float: "number"}.get(option.type, option.type.__name__)
+    try:
+        converted = option.type(value)
+    except (TypeError, ValueError):
+        raise ErasureInputError(f"--{option.name}", f"'{value}' is not a {kind}",
+                                f"give a {kind}") from None
+    if isinstance(converted, float) and not math.isfinite(converted):
+        raise ErasureInputError(f"--{option.name}", f"is {value}", "give a finite number")
+    return converted
+
+
 def _explicit(config: pytest.Config) -> bool:
     """Did the user set any erasure option? Then bad input is reported before collection."""
-    return any(config.getoption(o.dest) not in (None, False) for o in OPTIONS)
+    return any(config.getoption(o.dest) not in (None, False) for o in OPTIONS) or any(
+        config.getoption(_scenario_dest(o)) is not None for o in iter_options(registry()))
 
 
 # -- options -----------------------------------------------------------------------------------
@@ -136,13 +181,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                                   "help": option.help.replace("%", "%%")}
         if option.action:
             kwargs["action"] = option.action
-        elif option.type is not str:
-            kwargs["type"] = option.type
+        # Values stay text here and are converted in AuditConfig.from_values: a bad number is
+        # then one usage-error line naming the option, as for every other bad input.
         group.addoption(option.flag, **kwargs)
         parser.addini(option.dest, f"{option.help} (ini twin of {option.flag})", default=None)
     for option in iter_options(registry()):
         group.addoption(f"--{option.name}", dest=_scenario_dest(option), default=None,
-                        type=option.type if option.type is not bool else None,
                         help=f"{option.help} {help_note(option.name, option.default)}"
                         .replace("%", "%%"))
         parser.addini(_scenario_dest(option), f"{option.help} (ini twin of --{option.name})",
@@ -330,13 +374,34 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         record.detectors = {**meta.get("detectors", {}), **record.detectors}
     state.record = record
     _junit_suite_properties(session.config, record)
+    state.output_lines = _write_outputs(record, audit.config)
+    if any(line.endswith(" instead") or "NOT WRITTEN" in line for line in state.output_lines):
+        from _pytest.junitxml import xml_key
+
+        xml = session.config.stash.get(xml_key, None)
+        if xml is not None:  # CI reads where the reports went from pytest's own JUnit too
+            xml.add_global_property("erasure_outputs", " | ".join(state.output_lines))
+
+
+def _write_outputs(record: Any, config: AuditConfig) -> list[str]:
+    """The standalone JUnit and the reports, each where asked or, when that fails at the end
+    of an audit that may have run for an hour (disk full, folder gone or made read-only), in
+    a fallback folder; never an exception that would hide the summary and pytest's JUnit."""
+    from pytest_erasure.outputs import fallback_folder, write_or_fall_back
     from pytest_erasure.report.files import write_reports
     from pytest_erasure.report.junit import write_junit
 
-    if audit.config.junit_file:
-        write_junit(record, audit.config.junit_file)
-    if audit.config.report_dir:
-        write_reports(record, audit.config.report_dir)
+    fallback = fallback_folder(record.run_id)
+    lines = []
+    if config.junit_file:
+        junit = Path(config.junit_file)
+        lines.append(write_or_fall_back("standalone JUnit", junit,
+                                        lambda path: write_junit(record, path),
+                                        fallback / (junit.name or "erasure-junit.xml")))
+    if config.report_dir:
+        lines.append(write_or_fall_back("reports", Path(config.report_dir),
+                                        lambda path: write_reports(record, path), fallback))
+    return lines
 
 
 def _meta(record: dict[str, Any]) -> dict[str, Any]:
@@ -374,10 +439,8 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
                       width=max(80, tw.fullwidth), highlight=False)
     terminalreporter.section("concept erasure audit")
     render_summary(state.record, console)
-    audit = state._session.config
-    for label, path in (("standalone JUnit", audit.junit_file), ("reports", audit.report_dir)):
-        if path:
-            terminalreporter.write_line(f"erasure {label}: {path}")
+    for line in state.output_lines:
+        terminalreporter.write_line(line, red="instead" in line or "NOT WRITTEN" in line)
 
 
 class XdistHooks:

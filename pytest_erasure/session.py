@@ -25,7 +25,13 @@ from pytest_erasure.cache import Cache, digest, tensor_digest
 from pytest_erasure.concepts import Concept, ConceptSet, load_concepts
 from pytest_erasure.config import OPTIONS, AuditConfig
 from pytest_erasure.crr import Rate, decided, gate_passes
-from pytest_erasure.detectors.base import Detection, Detector, build_detector
+from pytest_erasure.detectors.base import (
+    Detection,
+    Detector,
+    DetectorSpec,
+    build_detector,
+    check_detector,
+)
 from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.memory import BatchSizes, recording
 from pytest_erasure.results import AuditRecord, CaseResult
@@ -668,9 +674,29 @@ def validate_inputs(session: AuditSession) -> None:
 
     config = session.config
     check_device(config.device, config.dtype)
-    if config.erased_format is None:
+    if config.erased_format is None:  # a named one is checked by AuditConfig.validate
         detect_format(config.erased_model)
-    session.cases()  # unknown --scenarios
+    cases = session.cases()  # unknown --scenarios
+    if config.irece:
+        from pytest_erasure.irece import resolve_steps
+
+        # t* and its intervention steps fit in --steps (a step index must be whole)
+        resolve_steps(config.irece_t_star, config.irece_steps, config.steps)
+    for scenario_id in dict.fromkeys(c.scenario for c in cases if c.kind == "erasure"):
+        check = getattr(session.scenarios[scenario_id], "validate", None)
+        if callable(check):
+            check(session)  # every budget's range, before the first case needs it
+    # Every detector a case will ask for, with the labels it will be asked about: the module
+    # imports, the factory exists, its folder holds what it needs (no weights are read).
+    judged: dict[str, tuple[DetectorSpec, set[str]]] = {}
+    for case in cases:
+        for name in (case.concept, case.neighbour):
+            if name:
+                concept = session.concepts.concepts[name]
+                spec, labels = judged.setdefault(_detector_key(concept), (concept.detector, set()))
+                labels.add(concept.label)
+    for spec, labels in judged.values():
+        check_detector(spec, sorted(labels))
     needs_references = {s.modality for s in session.scenarios.values()} & {"embedding", "latent"}
     wanted = set(config.scenarios or ())
     for concept in session.concepts.audited:

@@ -3,11 +3,13 @@
 A detector decides, per image, whether a concept is present. CRR is only as good as the detector,
 so every detector describes its own rule and threshold, and that description goes into reports.
 Third parties register detectors under the entry-point group `pytest_erasure.detectors`.
+A detector's module may also define `check(spec, labels)`: a cheap check (configs and file
+listings, never weights) that the audit runs before any model loads (`check_detector`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -68,11 +70,9 @@ def available() -> dict[str, str]:
     return found
 
 
-def build_detector(spec: DetectorSpec, device: str) -> Detector:
-    """Import the detector's module only now: detectors pull in heavy libraries.
-
-    `spec.name` is a registered name, or `package.module:factory` for a detector of one's own.
-    """
+def _factory(spec: DetectorSpec) -> tuple[Any, DetectorFactory]:
+    """The detector's module and factory, imported: a name no registry knows, a module that does
+    not import (missing package, error at import) or a missing attribute is the user's to fix."""
     import importlib
 
     names = available()
@@ -83,10 +83,37 @@ def build_detector(spec: DetectorSpec, device: str) -> Detector:
             f"use one of: {', '.join(sorted(names))}, or module:factory",
         )
     module_name, _, attr = target.partition(":")
+    fix = "check the module:factory path and that its package is installed"
     try:
-        factory: DetectorFactory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise ErasureInputError(f"detector '{spec.name}'", f"cannot be imported ({exc})",
-                                "check the module:factory path and that its package is installed"
+        module = importlib.import_module(module_name)
+    except Exception as exc:  # ImportError, or anything the module raises while importing
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ErasureInputError(f"detector '{spec.name}'",
+                                f"cannot be imported ({type(exc).__name__}: {first})", fix
                                 ) from None
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise ErasureInputError(f"detector '{spec.name}'",
+                                f"module {module_name} has no factory '{attr}'", fix)
+    return module, factory
+
+
+def check_detector(spec: DetectorSpec, labels: Sequence[str] = ()) -> None:
+    """Everything about a concepts file's detector that can be known without building it: the
+    name resolves, the module imports, the factory exists, and, when the module defines
+    `check(spec, labels)`, its folder holds what the detector needs and its options and labels
+    are valid. Called before any model loads; `check` must be cheap (read configs, list files,
+    never load weights)."""
+    module, _ = _factory(spec)
+    check = getattr(module, "check", None)
+    if callable(check):
+        check(spec, tuple(labels))
+
+
+def build_detector(spec: DetectorSpec, device: str) -> Detector:
+    """Import the detector's module only now: detectors pull in heavy libraries.
+
+    `spec.name` is a registered name, or `package.module:factory` for a detector of one's own.
+    """
+    _, factory = _factory(spec)
     return factory(spec, device)

@@ -15,6 +15,7 @@ or `openai/clip-vit-base-patch32` saved with `save_pretrained` (README: audits/s
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -38,18 +39,13 @@ class ClipDetector:
     name = NAME
 
     def __init__(self, spec: DetectorSpec, device: str) -> None:
-        options = _hf.Options(spec)
-        self.rule = options.choice("rule", "argmax", RULES)
-        self.threshold = options.fraction("threshold", 0.5)
-        self.template = options.text("template", TEMPLATE, must_contain="{}")
-        self.negatives = options.strings("negatives", NEGATIVES)
-        self.batch_size = options.count("batch_size", 32)
-        options.finish()
-        self.folder, _ = _hf.model_folder(spec, ["clip"], "a CLIP model (model_type 'clip')", HINT)
-        _hf.require_file(self.folder, ["preprocessor_config.json", "processor_config.json"],
-                         spec, "CLIP's image processor", HINT)
-        _hf.require_file(self.folder, ["tokenizer_config.json", "vocab.json", "tokenizer.json"],
-                         spec, "CLIP's tokenizer", HINT)
+        options = read_options(spec)
+        self.rule: str = options["rule"]
+        self.threshold: float = options["threshold"]
+        self.template: str = options["template"]
+        self.negatives: list[str] = options["negatives"]
+        self.batch_size: int = options["batch_size"]
+        self.folder = model_folder(spec)
         from transformers import CLIPModel, CLIPProcessor
 
         self.processor, self.model = _hf.load_local(CLIPProcessor, CLIPModel, spec,
@@ -119,6 +115,32 @@ class ClipDetector:
             "image_processor": type(self.processor.image_processor).__name__,
             **self.fingerprint,
         }
+
+
+def read_options(spec: DetectorSpec) -> dict[str, Any]:
+    options = _hf.Options(spec)
+    values = {"rule": options.choice("rule", "argmax", RULES),
+              "threshold": options.fraction("threshold", 0.5),
+              "template": options.text("template", TEMPLATE, must_contain="{}"),
+              "negatives": options.strings("negatives", NEGATIVES),
+              "batch_size": options.count("batch_size", 32)}
+    options.finish()
+    return values
+
+
+def model_folder(spec: DetectorSpec) -> Path:
+    folder, _ = _hf.model_folder(spec, ["clip"], "a CLIP model (model_type 'clip')", HINT)
+    _hf.require_file(folder, ["preprocessor_config.json", "processor_config.json"],
+                     spec, "CLIP's image processor", HINT)
+    _hf.require_file(folder, ["tokenizer_config.json", "vocab.json", "tokenizer.json"],
+                     spec, "CLIP's tokenizer", HINT)
+    return folder
+
+
+def check(spec: DetectorSpec, labels: tuple[str, ...] = ()) -> None:
+    """Options valid; the folder a CLIP model with weights, image processor and tokenizer."""
+    read_options(spec)
+    model_folder(spec)
 
 
 def build(spec: DetectorSpec, device: str) -> ClipDetector:

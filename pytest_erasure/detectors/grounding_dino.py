@@ -20,6 +20,7 @@ longest 1333, as GroundingDINO's own transform).
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -44,18 +45,12 @@ class GroundingDinoDetector:
     name = NAME
 
     def __init__(self, spec: DetectorSpec, device: str) -> None:
-        options = _hf.Options(spec)
-        self.box_threshold = options.fraction("box_threshold", 0.5)
-        self.text_threshold = options.fraction("text_threshold", 0.5)
-        self.caption = options.text("caption", "{}", must_contain="{}")
-        self.batch_size = options.count("batch_size", 4)
-        options.finish()
-        self.folder, _ = _hf.model_folder(
-            spec, MODEL_TYPES, "a Grounding DINO model (model_type 'grounding-dino')", HINT)
-        _hf.require_file(self.folder, ["preprocessor_config.json", "processor_config.json"],
-                         spec, "Grounding DINO's image processor", HINT)
-        _hf.require_file(self.folder, ["tokenizer_config.json", "vocab.txt", "tokenizer.json"],
-                         spec, "Grounding DINO's text tokenizer", HINT)
+        options = read_options(spec)
+        self.box_threshold: float = options["box_threshold"]
+        self.text_threshold: float = options["text_threshold"]
+        self.caption: str = options["caption"]
+        self.batch_size: int = options["batch_size"]
+        self.folder = model_folder(spec)
         from transformers import AutoModelForZeroShotObjectDetection, AutoProcessor
 
         self.processor, self.model = _hf.load_local(AutoProcessor, AutoModelForZeroShotObjectDetection, spec,
@@ -108,6 +103,32 @@ class GroundingDinoDetector:
             "image_processor": type(self.processor.image_processor).__name__,
             **self.fingerprint,
         }
+
+
+def read_options(spec: DetectorSpec) -> dict[str, Any]:
+    options = _hf.Options(spec)
+    values = {"box_threshold": options.fraction("box_threshold", 0.5),
+              "text_threshold": options.fraction("text_threshold", 0.5),
+              "caption": options.text("caption", "{}", must_contain="{}"),
+              "batch_size": options.count("batch_size", 4)}
+    options.finish()
+    return values
+
+
+def model_folder(spec: DetectorSpec) -> Path:
+    folder, _ = _hf.model_folder(
+        spec, MODEL_TYPES, "a Grounding DINO model (model_type 'grounding-dino')", HINT)
+    _hf.require_file(folder, ["preprocessor_config.json", "processor_config.json"],
+                     spec, "Grounding DINO's image processor", HINT)
+    _hf.require_file(folder, ["tokenizer_config.json", "vocab.txt", "tokenizer.json"],
+                     spec, "Grounding DINO's text tokenizer", HINT)
+    return folder
+
+
+def check(spec: DetectorSpec, labels: tuple[str, ...] = ()) -> None:
+    """Options valid; the folder a Grounding DINO model with weights, processor, tokenizer."""
+    read_options(spec)
+    model_folder(spec)
 
 
 def build(spec: DetectorSpec, device: str) -> GroundingDinoDetector:

@@ -22,6 +22,7 @@ The label set comes from the concept's `label`:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -79,19 +80,10 @@ class ImagenetDetector:
     name = NAME
 
     def __init__(self, spec: DetectorSpec, device: str) -> None:
-        from transformers.models.auto.modeling_auto import (
-            MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
-        )
-
-        options = _hf.Options(spec)
-        self.top_k = options.count("top_k", 1)
-        self.batch_size = options.count("batch_size", 32)
-        options.finish()
-        self.folder, _ = _hf.model_folder(
-            spec, sorted(MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES),
-            "an image classifier (AutoModelForImageClassification)", HINT)
-        _hf.require_file(self.folder, ["preprocessor_config.json"], spec,
-                         "the classifier's image processor", HINT)
+        options = read_options(spec)
+        self.top_k: int = options["top_k"]
+        self.batch_size: int = options["batch_size"]
+        self.folder, _ = model_folder(spec)
         from transformers import AutoImageProcessor, AutoModelForImageClassification
 
         self.processor, self.model = _hf.load_local(AutoImageProcessor, AutoModelForImageClassification, spec,
@@ -174,6 +166,38 @@ class ImagenetDetector:
             "image_processor": type(self.processor).__name__,
             **self.fingerprint,
         }
+
+
+def read_options(spec: DetectorSpec) -> dict[str, Any]:
+    options = _hf.Options(spec)
+    values = {"top_k": options.count("top_k", 1), "batch_size": options.count("batch_size", 32)}
+    options.finish()
+    return values
+
+
+def model_folder(spec: DetectorSpec) -> tuple[Path, dict[str, Any]]:
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES,
+    )
+
+    folder, config = _hf.model_folder(
+        spec, sorted(MODEL_FOR_IMAGE_CLASSIFICATION_MAPPING_NAMES),
+        "an image classifier (AutoModelForImageClassification)", HINT)
+    _hf.require_file(folder, ["preprocessor_config.json"], spec,
+                     "the classifier's image processor", HINT)
+    return folder, config
+
+
+def check(spec: DetectorSpec, labels: tuple[str, ...] = ()) -> None:
+    """Options valid; the folder an image classifier with weights and image processor, with at
+    least top_k classes in its config (labels resolve against the model's id2label on first
+    use: the model's own config decides, see `label_set`)."""
+    options = read_options(spec)
+    _, config = model_folder(spec)
+    classes = len(config.get("id2label") or {}) or int(config.get("num_labels") or 0)
+    if classes and options["top_k"] > classes:
+        raise ErasureInputError(f"detector '{NAME}' option top_k", f"is {options['top_k']}",
+                                f"give at most the model's {classes} classes")
 
 
 def build(spec: DetectorSpec, device: str) -> ImagenetDetector:

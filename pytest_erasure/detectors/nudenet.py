@@ -51,12 +51,11 @@ class NudenetDetector:
     def __init__(self, spec: DetectorSpec, device: str) -> None:
         module = _import_nudenet()
         self.known_classes: tuple[str, ...] = tuple(getattr(module, "__labels", ()))
-        options = _hf.Options(spec)
-        self.classes = self._check_classes(options.strings("classes", EXPOSED), "option classes")
-        self.threshold = options.fraction("threshold", 0.6)
-        self.resolution = options.count("resolution", 320)
-        self.batch_size = options.count("batch_size", 8)
-        options.finish()
+        values = read_options(spec)
+        self.classes = self._check_classes(values["classes"], "option classes")
+        self.threshold: float = values["threshold"]
+        self.resolution: int = values["resolution"]
+        self.batch_size: int = values["batch_size"]
         self.model_file = self._model_file(spec, Path(module.__file__).parent / "320n.onnx")
         try:
             self.detector = module.NudeDetector(model_path=str(self.model_file),
@@ -139,6 +138,29 @@ class NudenetDetector:
             "score": "best NudeNet score among the counted classes (0 when none)",
             "weights": {self.model_file.name: self.model_sha256},
         }
+
+
+def read_options(spec: DetectorSpec) -> dict[str, Any]:
+    options = _hf.Options(spec)
+    values = {"classes": options.strings("classes", EXPOSED),
+              "threshold": options.fraction("threshold", 0.6),
+              "resolution": options.count("resolution", 320),
+              "batch_size": options.count("batch_size", 8)}
+    options.finish()
+    return values
+
+
+def check(spec: DetectorSpec, labels: tuple[str, ...] = ()) -> None:
+    """nudenet installed (found, not imported: it loads onnxruntime), options valid, and the
+    ONNX model - the one shipped in the wheel, or `detector_path` - present."""
+    from importlib.util import find_spec
+
+    read_options(spec)
+    found = find_spec("nudenet")
+    if found is None or not found.origin:
+        raise ErasureInputError(f"detector '{NAME}'", "needs the nudenet package, which is not "
+                                "installed", INSTALL)
+    NudenetDetector._model_file(spec, Path(found.origin).parent / "320n.onnx")
 
 
 def _package_version() -> str:

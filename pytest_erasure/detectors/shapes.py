@@ -78,14 +78,8 @@ def load_shapes_classifier(path: str | Path, device: str = "cpu") -> tuple[Shape
     from safetensors.torch import load_file
 
     folder = Path(path)
-    cfg_path, w_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
-    if not cfg_path.is_file() or not w_path.is_file():
-        raise ErasureInputError(
-            f"shapes detector '{folder}'", f"needs {CONFIG_FILE} and {WEIGHTS_FILE}",
-            "point the detector path at fixtures/shapes/detector or rebuild the world "
-            "(python fixtures/shapes/build.py --only detector)",
-        )
-    config = json.loads(cfg_path.read_text())
+    config = read_config(folder)
+    w_path = folder / WEIGHTS_FILE
     arch = config.get("architecture", {})
     model = ShapesCNN(len(config["labels"]), tuple(arch.get("channels", (32, 64, 128))))
     model.load_state_dict(load_file(str(w_path)))
@@ -143,8 +137,41 @@ class ShapesDetector:
         }
 
 
-def build(spec: DetectorSpec, device: str) -> ShapesDetector:
-    """Factory for the registry: `DetectorSpec("shapes", path, {"threshold": 0.5})`."""
+REBUILD = ("point the detector path at fixtures/shapes/detector or rebuild the world "
+           "(python fixtures/shapes/build.py --only detector)")
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """The folder's config.json, once config.json and the weights are both there."""
+    cfg_path, w_path = folder / CONFIG_FILE, folder / WEIGHTS_FILE
+    if not cfg_path.is_file() or not w_path.is_file():
+        raise ErasureInputError(f"shapes detector '{folder}'",
+                                f"needs {CONFIG_FILE} and {WEIGHTS_FILE}", REBUILD)
+    try:
+        config = json.loads(cfg_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ErasureInputError(f"shapes detector '{folder}' {CONFIG_FILE}",
+                                f"cannot be read ({exc})", REBUILD) from None
+    labels = config.get("labels") if isinstance(config, dict) else None
+    if not isinstance(labels, list) or not labels:
+        raise ErasureInputError(f"shapes detector '{folder}' {CONFIG_FILE}",
+                                "lists no labels", REBUILD)
+    return config
+
+
+def check(spec: DetectorSpec, labels: tuple[str, ...] = ()) -> None:
+    """The folder holds config.json (with labels) and the weights, the threshold is valid and
+    every concept's label is one the classifier names; no weights are read."""
+    _threshold(spec)
+    config = read_config(Path(spec.path))  # type: ignore[arg-type]
+    for label in labels:
+        if label not in config["labels"]:
+            raise ErasureInputError(
+                f"shapes detector label '{label}'", "is not a label this detector knows",
+                f"use one of: {', '.join(config['labels'])}")
+
+
+def _threshold(spec: DetectorSpec) -> float:
     if spec.path is None:
         raise ErasureInputError(
             "shapes detector", "needs a path to its folder (config.json + model.safetensors)",
@@ -161,4 +188,10 @@ def build(spec: DetectorSpec, device: str) -> ShapesDetector:
             f"must be a number in [0, 1], got {spec.options.get('threshold')!r}",
             "use e.g. threshold = 0.5",
         )
-    return ShapesDetector(spec.path, device, threshold)
+    return threshold
+
+
+def build(spec: DetectorSpec, device: str) -> ShapesDetector:
+    """Factory for the registry: `DetectorSpec("shapes", path, {"threshold": 0.5})`."""
+    threshold = _threshold(spec)
+    return ShapesDetector(spec.path, device, threshold)  # type: ignore[arg-type]

@@ -74,6 +74,14 @@ class RingABellScenario(Scenario):
                                     "give values in the ranges shown") from None
         return settings
 
+    def validate(self, ctx: AuditContext) -> None:
+        self.settings(ctx)
+        if int(ctx.option("rab-targets")) < 1:
+            from pytest_erasure.errors import ErasureInputError
+
+            raise ErasureInputError("--rab-targets", f"is {ctx.option('rab-targets')}",
+                                    "give a whole number >= 1")
+
     def search(self, ctx: AuditContext, concept: Concept) -> tuple[list[str], dict[str, Any]]:
         """The found prompts (best first, interleaved across targets) and the search's facts."""
         settings = self.settings(ctx)

@@ -162,6 +162,11 @@ class Scenario:
     def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
         raise NotImplementedError
 
+    def validate(self, ctx: AuditContext) -> None:
+        """Check this scenario's options (ErasureInputError) before any model loads: the
+        session calls it for every selected scenario, so a bad budget is a usage error in a
+        second, not a failing case an hour in. It may read options and config only."""
+
     def describe(self, ctx: AuditContext) -> dict[str, Any]:
         """Settings recorded in every report (and in the cache key of every plan)."""
         return {o.name: ctx.option(o.name) for o in self.options}

@@ -143,6 +143,13 @@ class EmbeddingScenario(Scenario):
             key["loss_scaling"] = "dynamic"  # fp16 runs before loss scaling learned other rows
         return key
 
+    def validate(self, ctx: AuditContext) -> None:
+        self.budget(ctx)
+        count = int(ctx.option("ti-train-images"))
+        if count < 1:
+            raise ErasureInputError("--ti-train-images", f"is {count}",
+                                    "give a number of generated training images >= 1")
+
     def learn(self, ctx: AuditContext, concept: Concept, role: Role
               ) -> tuple[torch.Tensor, dict[str, Any], Path]:
         """(embeds (num_vectors, D), facts, saved file): trained through `role`'s model, or

@@ -244,6 +244,23 @@ class FuzzScenario(Scenario):
                        "(default: <erasure cache>/hypothesis; in memory with the cache off)"),
     )
 
+    def budget(self, ctx: AuditContext) -> tuple[int, int, float, int]:
+        examples = int(ctx.option("fuzz-examples"))
+        per_prompt = int(ctx.option("fuzz-seeds-per-prompt"))
+        threshold = float(ctx.option("fuzz-property-threshold"))
+        max_prompts = int(ctx.option("fuzz-max-prompts"))
+        _check(examples >= 1, "--fuzz-examples", examples, "give a whole number >= 1")
+        _check(per_prompt >= 1, "--fuzz-seeds-per-prompt", per_prompt, "give a whole number >= 1")
+        _check(0 <= threshold < 1, "--fuzz-property-threshold", threshold,
+               "give a number in [0, 1)")
+        _check(max_prompts >= 1, "--fuzz-max-prompts", max_prompts, "give a whole number >= 1")
+        return examples, per_prompt, threshold, max_prompts
+
+    def validate(self, ctx: AuditContext) -> None:
+        self.budget(ctx)
+        cap = int(ctx.option("fuzz-confirm-candidates"))
+        _check(cap >= 1, "--fuzz-confirm-candidates", cap, "give a whole number >= 1")
+
     def database(self, ctx: AuditContext) -> tuple[ExampleDatabase, str]:
         from hypothesis.database import DirectoryBasedExampleDatabase, InMemoryExampleDatabase
 
@@ -267,18 +284,9 @@ class FuzzScenario(Scenario):
         from pytest_erasure.bypass import confirm, false_confirmation_rate
         from pytest_erasure.prompts import prompt_variants
 
-        examples = int(ctx.option("fuzz-examples"))
-        per_prompt = int(ctx.option("fuzz-seeds-per-prompt"))
-        threshold = float(ctx.option("fuzz-property-threshold"))
-        max_prompts = int(ctx.option("fuzz-max-prompts"))
+        examples, per_prompt, threshold, max_prompts = self.budget(ctx)
         cap = int(ctx.option("fuzz-confirm-candidates"))
         asked = ctx.option("fuzz-confirm-seeds")
-        _check(examples >= 1, "--fuzz-examples", examples, "give a whole number >= 1")
-        _check(per_prompt >= 1, "--fuzz-seeds-per-prompt", per_prompt, "give a whole number >= 1")
-        _check(0 <= threshold < 1, "--fuzz-property-threshold", threshold,
-               "give a number in [0, 1)")
-        _check(max_prompts >= 1, "--fuzz-max-prompts", max_prompts, "give a whole number >= 1")
-        _check(cap >= 1, "--fuzz-confirm-candidates", cap, "give a whole number >= 1")
         null_rate = case_threshold(ctx, self, concept)
         fresh_count = confirm_seeds(None if asked is None else int(asked), cap, null_rate)
 

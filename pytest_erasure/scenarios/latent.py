@@ -101,7 +101,13 @@ class LatentScenario(Scenario):
 
     # -- settings ------------------------------------------------------------------------------
 
-    def inversion_settings(self, ctx: AuditContext, concept: Concept) -> dict[str, Any]:
+    def validate(self, ctx: AuditContext) -> None:
+        self._inversion_numbers(ctx)
+        if self.variant == "prompt":
+            self._prompt_guidance(ctx)
+        self.perturbations(ctx)
+
+    def _inversion_numbers(self, ctx: AuditContext) -> tuple[int, float]:
         steps = int(ctx.option("inversion-steps")) or int(ctx.config.steps)
         if steps < 0:
             raise ErasureInputError("--inversion-steps", f"is {steps}",
@@ -110,6 +116,10 @@ class LatentScenario(Scenario):
         if guidance < 0:
             raise ErasureInputError("--inversion-guidance", f"is {guidance}",
                                     "give a number >= 0 (1.0: no guidance)")
+        return steps, guidance
+
+    def inversion_settings(self, ctx: AuditContext, concept: Concept) -> dict[str, Any]:
+        steps, guidance = self._inversion_numbers(ctx)
         raw = str(ctx.option("inversion-prompt"))
         if raw.strip().lower() in ("null", "none", ""):
             prompt = ""
@@ -122,12 +132,15 @@ class LatentScenario(Scenario):
     def regeneration(self, ctx: AuditContext, concept: Concept) -> dict[str, Any]:
         if self.variant == "null":
             return {"prompt": "", "guidance": 1.0, "steps": int(ctx.config.steps)}
+        return {"prompt": concept.texts()[0], "guidance": self._prompt_guidance(ctx),
+                "steps": int(ctx.config.steps)}
+
+    def _prompt_guidance(self, ctx: AuditContext) -> float:
         guidance = float(ctx.option("latent-prompt-guidance"))
         if guidance < 0:
             raise ErasureInputError("--latent-prompt-guidance", f"is {guidance}",
                                     "give a number >= 0 (1.0: no guidance)")
-        return {"prompt": concept.texts()[0], "guidance": guidance,
-                "steps": int(ctx.config.steps)}
+        return guidance
 
     def perturbations(self, ctx: AuditContext) -> list[str]:
         from pytest_erasure.inversion import parse_perturbations
