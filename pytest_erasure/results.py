@@ -12,6 +12,8 @@ from typing import Any
 from pytest_erasure.crr import Rate
 from pytest_erasure.detector_error import Calibration
 
+VERDICTS = ("pass", "fail", "inconclusive")
+
 
 @dataclass
 class CaseResult:
@@ -41,6 +43,14 @@ class CaseResult:
     """Image grids, [{'title': str, 'png_base64': str, 'labels': [..], 'present': [..]}]."""
     seconds: float = 0.0
     error: str | None = None
+    verdict: str = ""
+    """'pass', 'fail' or 'inconclusive' (VERDICTS). Inconclusive: the audit could not have
+    seen the concept (the attack did not reproduce it on the standard model, the detector is
+    blind or cannot separate, the inversion did not reconstruct, n is too small for the gate
+    ever to pass); it fails the gate unless the run was told to report it only. `passed` is
+    whether the case counts as passing the gate, which follows from verdict and that choice."""
+    reason: str = ""
+    """Why the verdict: the gate's comparison for pass/fail, the inconclusive reason(s)."""
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

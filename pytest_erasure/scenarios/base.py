@@ -53,6 +53,10 @@ class GenerationInput:
     guidance: float | None = None
     label: str = ""
     """Short text for the report's evidence grid (the prompt, 'learned token', 'inverted ref 3')."""
+    cluster: str = ""
+    """What this sample shares with others beyond its seed (the prompt, the reference image,
+    the attack restart that produced its embedding): samples of one cluster are not
+    independent, and the case's interval accounts for it (`clusters.clustered_rate`)."""
 
 
 @dataclass
