@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from pytest_erasure.crr import GATES, Rate, decided, gate_passes
+from pytest_erasure.crr import GATES, decided, gate_passes
 from pytest_erasure.distributions import binom_pmfs
+from pytest_erasure.records import Rate
 
 FIRST_ROUND = 16
 """The session's first sequential round (`session.SEQUENTIAL_FIRST_ROUND`)."""

@@ -10,7 +10,7 @@ from math import comb
 
 import pytest
 
-from pytest_erasure.crr import DEFAULT_GATE, GATES, Rate, decided, exact_upper, gate_passes
+from pytest_erasure.crr import DEFAULT_GATE, GATES, decided, exact_upper, gate_passes
 from pytest_erasure.gate import (
     error_table,
     gate_error,
@@ -18,6 +18,7 @@ from pytest_erasure.gate import (
     sequential_rounds,
     smallest_passing_n,
 )
+from pytest_erasure.records import Rate
 
 
 def _binomial_pass(p: float, threshold: float, gate: str, n: int) -> float:

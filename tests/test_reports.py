@@ -23,7 +23,8 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from pytest_erasure.crr import Rate, gate_passes
+from pytest_erasure.crr import gate_passes
+from pytest_erasure.records import AuditRecord, CaseResult, Rate
 from pytest_erasure.report import text
 from pytest_erasure.report.files import write_reports
 from pytest_erasure.report.html import to_html
@@ -32,7 +33,6 @@ from pytest_erasure.report.json import SCHEMA, read_report, to_json
 from pytest_erasure.report.junit import to_junit_xml, write_junit
 from pytest_erasure.report.markdown import to_markdown
 from pytest_erasure.report.terminal import header_lines, render_summary
-from pytest_erasure.results import AuditRecord, CaseResult
 
 XSD = Path("/work/shared/reference/junit-10.xsd")
 HOSTILE = '<script>alert(1)</script> & "quotes" | pipes ``` http://evil.example/x.png'

@@ -14,6 +14,7 @@ import re
 from html import escape
 from typing import Any
 
+from pytest_erasure.records import AuditRecord, CaseResult
 from pytest_erasure.report.text import (
     change,
     gate_of,
@@ -33,7 +34,6 @@ from pytest_erasure.report.text import (
     verdict,
     verdict_line,
 )
-from pytest_erasure.results import AuditRecord, CaseResult
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;

@@ -15,8 +15,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from pytest_erasure.records import AuditRecord
 from pytest_erasure.report.text import counts, verdict
-from pytest_erasure.results import AuditRecord
 
 SCHEMA = "pytest-erasure/report"
 SCHEMA_VERSION = 1

@@ -10,11 +10,14 @@ pattern rejects (`1e-05`); both are fixed after it builds the tree.
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
 from junit_xml import TestCase, TestSuite, to_xml_report_string
 
+from pytest_erasure.records import AuditRecord, CaseResult
 from pytest_erasure.report.files import write_text
 from pytest_erasure.report.text import (
     flatten,
@@ -26,7 +29,6 @@ from pytest_erasure.report.text import (
     status,
     verdict,
 )
-from pytest_erasure.results import AuditRecord, CaseResult
 
 
 def write_junit(record: AuditRecord, path: Path) -> None:
@@ -102,3 +104,41 @@ def _testcase(case: CaseResult) -> TestCase:
         tc.add_failure_info(message=message.splitlines()[0], output=message,
                             failure_type="CRRGate")
     return tc
+
+
+# --- pytest's own --junitxml --------------------------------------------------------------------
+
+def case_properties(result: CaseResult) -> dict[str, Any]:
+    """A case's numbers as `record_property`s of its testcase in pytest's own JUnit."""
+    low, high = result.rate.interval
+    props: dict[str, Any] = {
+        "concept": result.concept, "scenario": result.scenario, "kind": result.kind,
+        "verdict": result.verdict, "reason": result.reason,
+        "crr": round(result.rate.crr, 6), "ci_low": round(low, 6), "ci_high": round(high, 6),
+        "n": result.rate.n, "threshold": result.threshold, "gate": result.gate,
+        "degenerate": result.rate.degenerate,
+    }
+    for name in ("standard", "undefended", "base_rate"):
+        rate = getattr(result, name)
+        if rate is not None:
+            props[f"{name}_crr"] = round(rate.crr, 6)
+    return props
+
+
+def add_pytest_suite_properties(xml: Any, record: AuditRecord, outputs: list[str]) -> None:
+    """Suite facts in pytest's own --junitxml (its LogXML, or None without --junitxml),
+    written once, from the controller; where the reports went when that was not where asked."""
+    if xml is None:
+        return
+    xml.add_global_property("erasure_run_id", record.run_id)
+    xml.add_global_property("erasure_verdict", "passed" if record.passed else "failed")
+    for role, info in sorted(record.provenance.items()):
+        if isinstance(info, dict):
+            xml.add_global_property(f"erasure_{role}_model",
+                                    json.dumps(info, sort_keys=True, default=str))
+    for name, value in sorted(record.versions.items()):
+        xml.add_global_property(f"version_{name}", value)
+    xml.add_global_property("erasure_config", json.dumps(record.config, sort_keys=True, default=str))
+    if any(line.endswith(" instead") or "NOT WRITTEN" in line for line in outputs):
+        # CI reads where the reports went from pytest's own JUnit too
+        xml.add_global_property("erasure_outputs", " | ".join(outputs))

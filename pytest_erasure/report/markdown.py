@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from html import escape
 from typing import Any
 
+from pytest_erasure.records import AuditRecord, CaseResult
 from pytest_erasure.report.text import (
     change,
     counts,
@@ -34,7 +35,6 @@ from pytest_erasure.report.text import (
     tally,
     verdict_line,
 )
-from pytest_erasure.results import AuditRecord, CaseResult
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|#])")
 

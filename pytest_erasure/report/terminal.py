@@ -13,6 +13,7 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from pytest_erasure.records import AuditRecord, CaseResult
 from pytest_erasure.report.text import (
     gate_of,
     gate_rule,
@@ -28,7 +29,6 @@ from pytest_erasure.report.text import (
     verdict,
     verdict_line,
 )
-from pytest_erasure.results import AuditRecord, CaseResult
 
 
 def header_lines(record: AuditRecord) -> list[str]:

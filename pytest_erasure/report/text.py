@@ -12,8 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pytest_erasure.crr import Rate
-from pytest_erasure.results import AuditRecord, CaseResult
+from pytest_erasure.records import AuditRecord, CaseResult, Rate
 
 KIND_ORDER = {"erasure": 0, "baseline": 1, "retention": 2}
 """Matrix columns: what the gate is about first, context after."""

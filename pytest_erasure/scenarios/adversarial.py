@@ -16,15 +16,9 @@ from dataclasses import replace
 from typing import Any
 
 from pytest_erasure.concepts import Concept
+from pytest_erasure.records import GenerationInput, Plan, Role
 from pytest_erasure.ring_a_bell import SHAPES, SearchSettings, paired_prompts
-from pytest_erasure.scenarios.base import (
-    AuditContext,
-    GenerationInput,
-    Plan,
-    Role,
-    Scenario,
-    ScenarioOption,
-)
+from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
 
 CACHE_KIND = "ring-a-bell"
 SEARCH_VERSION = 1

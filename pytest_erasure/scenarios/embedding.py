@@ -23,14 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pytest_erasure.concepts import PLACEHOLDER, Concept
 from pytest_erasure.errors import ErasureInputError
-from pytest_erasure.scenarios.base import (
-    AuditContext,
-    GenerationInput,
-    Plan,
-    Role,
-    Scenario,
-    ScenarioOption,
-)
+from pytest_erasure.records import GenerationInput, Plan, Role
+from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
 
 if TYPE_CHECKING:
     import torch
