@@ -224,6 +224,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     if config.pluginmanager.hasplugin("xdist"):
         config.pluginmanager.register(XdistHooks(state), "erasure-xdist")
+    config.pluginmanager.register(JunitFailureTypes(config), "erasure-junit-types")
 
 
 # -- collection ----------------------------------------------------------------------------------
@@ -303,7 +304,7 @@ def erasure_check(erasure_session: Any, request: pytest.FixtureRequest) -> Calla
         for key, value in _properties(result).items():
             request.node.user_properties.append((key, value))
         if not result.passed:
-            pytest.fail(result.message, pytrace=False)
+            pytest.fail(_fail_message(result), pytrace=False)
         return result
 
     return check
@@ -318,9 +319,50 @@ def _record_error(session: Any, case: Any, error: str) -> None:
         passed=False, rate=Rate(0, 0), message=error, error=error)
 
 
+def _fail_message(result: CaseResult) -> str:
+    """An inconclusive case fails as 'INCONCLUSIVE: <reason>' (the gate's numbers decide nothing
+    there), so no CI reader takes it for a measured regression; a failed one with its message."""
+    from pytest_erasure.report.text import reason_of, verdict_of
+
+    if verdict_of(result) == "inconclusive":
+        return f"INCONCLUSIVE: {reason_of(result)}"
+    return result.message or f"FAIL: {reason_of(result)}"
+
+
+class JunitFailureTypes:
+    """Gives the <failure> pytest's --junitxml writes for an erasure case a type that says which
+    verdict failed it: `erasure.Inconclusive` or `erasure.CRRGate`. LogXML writes only a message
+    (pytest 9, `_NodeReporter.append_failure`), so this runs after it (trylast) on the same call
+    report and sets the attribute on the node it just appended. A case is recognised by its
+    `verdict` property (`_properties`); other failures (usage errors, exceptions) keep pytest's
+    plain <failure>."""
+
+    TYPES = {"inconclusive": "erasure.Inconclusive", "fail": "erasure.CRRGate"}
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        from _pytest.junitxml import xml_key
+
+        xml = self.config.stash.get(xml_key, None)
+        verdict = dict(report.user_properties).get("verdict")
+        if xml is None or report.when != "call" or not report.failed or verdict not in self.TYPES:
+            return
+        if (report.nodeid, getattr(report, "node", None)) not in xml.node_reporters:
+            return
+        failures = [n for n in xml.node_reporter(report).nodes if n.tag == "failure"]
+        if failures:
+            failures[-1].set("type", self.TYPES[str(verdict)])
+
+
 def _properties(result: CaseResult) -> dict[str, Any]:
+    from pytest_erasure.report.text import reason_of, verdict_of
+
     low, high = result.rate.interval
     props: dict[str, Any] = {
+        "verdict": verdict_of(result), "reason": reason_of(result),
         "concept": result.concept, "scenario": result.scenario, "kind": result.kind,
         "crr": round(result.rate.crr, 6), "ci_low": round(low, 6), "ci_high": round(high, 6),
         "n": result.rate.n, "threshold": result.threshold, "gate": result.gate,

@@ -6,6 +6,16 @@ the audit's facts (model provenance with sha256, versions, config, detectors, IR
 id) and each case's numbers go to its <system-out> as readable text. junit-xml also writes a
 `disabled` attribute that the schema does not know, and may write float times the schema's
 pattern rejects (`1e-05`); both are fixed after it builds the tree.
+
+Verdicts: a failed case is `<failure type="CRRGate">`, an errored one `<error>`. An inconclusive
+case the gate holds against the release (`--erasure-inconclusive=fail`, the default) is
+`<failure type="Inconclusive" message="INCONCLUSIVE: reason">`: it fails the build exactly as the
+pytest run did, and its type tells a CI dashboard it is not a measured regression. One the run
+reports only is `<skipped type="Inconclusive" message="INCONCLUSIVE (reported, not gated):
+reason">`: not a failure, since the pytest run passed it and this document must not contradict
+the exit status; and not a pass either, since every JUnit reader (Jenkins, GitLab, GitHub,
+junitparser) counts and shows a skipped case apart from the passing ones. `<skipped>` is the one
+element the schema has for "ran, decided nothing".
 """
 
 from __future__ import annotations
@@ -21,10 +31,13 @@ from pytest_erasure.report.text import (
     gate_of,
     gate_rule,
     gate_text,
+    gated,
     irece_settings,
     rate_text,
+    reason_of,
     status,
     verdict,
+    verdict_label,
 )
 from pytest_erasure.results import AuditRecord, CaseResult
 
@@ -43,6 +56,8 @@ def to_junit_xml(record: AuditRecord) -> str:
              for i, (concept, cases) in enumerate(suites.items())]
     root = ET.fromstring(to_xml_report_string(built, prettyprint=False, encoding="utf-8"))
     root.set("name", f"pytest-erasure {record.run_id}")
+    for skipped in root.iter("skipped"):  # junit-xml takes no type for it; only ours skip
+        skipped.set("type", "Inconclusive")
     for element in (root, *root.iter("testsuite")):
         element.attrib.pop("disabled", None)
         element.attrib.pop("assertions", None)
@@ -75,6 +90,7 @@ def case_text(case: CaseResult) -> str:
     lines = [f"case: {case.case_id} ({case.kind}; concept {case.concept}, scenario "
              f"{case.scenario}, modality {case.modality}, access {case.access or '-'})",
              f"result: {status(case)}",
+             f"verdict: {verdict_label(case)}: {reason_of(case)}",
              f"CRR: {rate_text(case.rate)}",
              f"gate: {gate_rule(case.gate)}; threshold {gate_text(case)}",
              f"n: {case.rate.n} images, {case.rate.hits} with the concept, "
@@ -97,7 +113,13 @@ def _testcase(case: CaseResult) -> TestCase:
     if case.error:
         first = case.error.strip().splitlines()[0] if case.error.strip() else "error"
         tc.add_error_info(message=first, output=case.error, error_type="error")
-    elif not case.passed:
+    elif status(case) == "inconclusive":
+        message = f"{verdict_label(case)}: {reason_of(case)}"
+        if gated(case):
+            tc.add_failure_info(message=message, output=message, failure_type="Inconclusive")
+        else:
+            tc.add_skipped_info(message=message, output=message)
+    elif not case.passed or status(case) != "passed":
         message = case.message or f"CRR {rate_text(case.rate)} fails {gate_text(case)}"
         tc.add_failure_info(message=message.splitlines()[0], output=message,
                             failure_type="CRRGate")
