@@ -113,3 +113,19 @@ def test_fail_message_and_properties_for_old_and_new_records() -> None:
     props = _properties(old)
     assert (props["verdict"], props["reason"]) == ("fail", "CRR 37.5% exceeds threshold 20%")
     assert _properties(_result(passed=True, rate=Rate(1, 32)))["verdict"] == "pass"
+
+
+def test_junitxml_failure_types_survive_xdist(pytester: pytest.Pytester) -> None:
+    """Under -n the controller writes the file from workers' reports (keyed by worker node)."""
+    pytest.importorskip("xdist")
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_cases=CASES)
+    result = pytester.runpytest_subprocess("--junitxml=junit.xml", "-p", "no:cacheprovider",
+                                           "-n", "2")
+    result.assert_outcomes(passed=2, failed=3)
+    root = ET.parse(pytester.path / "junit.xml").getroot()
+    types = {tc.get("name"): [f.get("type") for f in tc.iter("failure")]
+             for tc in root.iter("testcase")}
+    assert types["test_case[blind]"] == ["erasure.Inconclusive"]
+    assert types["test_case[leaky]"] == ["erasure.CRRGate"]
+    assert types["test_not_an_erasure_case"] == [None]
