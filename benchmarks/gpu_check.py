@@ -127,6 +127,7 @@ def check_images(images: Any, what: str) -> None:
 
 def build(args: argparse.Namespace) -> Any:
     import torch
+
     from pytest_erasure.testing.sd14 import sd14_pipeline
 
     pipe = sd14_pipeline(args.variant, seed=0)
@@ -187,10 +188,10 @@ def bench_irece(pipe: Any, args: argparse.Namespace, clock: Clock) -> dict[str, 
 
 
 def budget(name: str) -> dict[str, Any]:
-    """The sd14 profile's TI budget (pytest_erasure.budgets)."""
-    from pytest_erasure.budgets import profile_values
+    """A budget profile's values (pytest_erasure.budgets), e.g. the sd14 profile's TI budget."""
+    from pytest_erasure.budgets import profile
 
-    return profile_values(name)
+    return {option: entry.value for option, entry in profile(name).items()}
 
 
 def bench_ti(pipe: Any, args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
@@ -209,12 +210,12 @@ def bench_ti(pipe: Any, args: argparse.Namespace, clock: Clock) -> dict[str, Any
         return train_textual_inversion(
             pipe, images, token="<gpu-check>", init_token=str(values["ti-init-token"]),
             steps=steps, lr=float(values["ti-lr"]), batch_size=batch,
-            accumulation=accumulation, seed=0)
+            accumulation=accumulation, micro_batch=batch, seed=0)
 
     train_textual_inversion(pipe, images, token="<gpu-check>",
                             init_token=str(values["ti-init-token"]), steps=1,
                             lr=float(values["ti-lr"]), batch_size=batch,
-                            accumulation=accumulation, seed=0)  # warm-up
+                            accumulation=accumulation, micro_batch=batch, seed=0)  # warm-up
     peak_reset(args.device)
     seconds, (embeds, losses) = clock.time(train)
     require(all(math.isfinite(v) for v in losses), "TI loss is not finite (fp16 underflow?)")
