@@ -24,13 +24,28 @@ an audit that exits with anything but 0/1.
     python benchmarks/gpu_check.py                       # on the GPU machine (cuda, fp16, 512 px)
     python benchmarks/gpu_check.py --smoke               # here: CPU, reduced model, 64 px, seconds
 
-On the lent GPU machine torch is installed but diffusers and our pure-Python dependencies are
-not, and it has no network: download the wheels here first, carry them, install offline there:
+Preparing a GPU machine that has torch (with its CUDA libraries) but neither diffusers nor our
+pure-Python dependencies, and no network. Here, from the repository root, with network (pip
+fetches each pinned release and builds openai-clip's sdist into a wheel):
 
-    pip download -d .gpu-wheels -c constraints.txt diffusers transformers safetensors \
-        accelerate huggingface_hub tokenizers hypothesis rich junit-xml filelock scipy ...
-    # on the machine: pip install --no-index --find-links .gpu-wheels -e . --no-deps ... ; then
+    pip wheel -w .gpu-wheels --no-deps -c constraints.txt -r benchmarks/gpu_wheels.txt
+
+This is 49 wheels, 58 MiB for CPython 3.11 on x86-64 Linux (the largest are numpy 16 MiB and
+transformers 13 MiB); `.gpu-wheels/` is git-ignored, so copy it to the machine beside the
+tree. scipy (35 MiB, needed only for --sampler lms) and hf-xet
+(4 MiB, needed only for Hub downloads) are left out so the wheels stay under the 64 MiB a
+device run carries. For a machine whose Python is not 3.11, add
+`--only-binary=:all: --python-version 3.X --platform manylinux_2_28_x86_64` (openai-clip then
+has to be built here beforehand: `pip wheel -w .gpu-wheels --no-deps openai-clip==1.0.1`). On
+the machine, offline:
+
+    pip install --no-index --find-links .gpu-wheels --no-deps -c constraints.txt \
+        -r benchmarks/gpu_wheels.txt
+    pip install --no-index --find-links .gpu-wheels --no-deps -e .
     python benchmarks/gpu_check.py --out $OUT/gpu_check.json
+
+(checked here: these two installs into a fresh venv holding only torch==2.13.0 give an
+environment where `--smoke` runs; `pip check` then reports only scipy and hf-xet missing.)
 """
 
 from __future__ import annotations
