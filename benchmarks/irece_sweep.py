@@ -76,10 +76,11 @@ def main(argv: list[str] | None = None) -> int:
                                     if any(math.isfinite(d) for d in distances) else math.inf)
         return row
 
-    rows = [{"irece": False, **measure(dataclasses.replace(base, irece=False))}]
+    rows = [{"irece": False, **measure(dataclasses.replace(base, defense=None))}]
     for t_star in args.t_star:
         for tau in args.tau:
-            config = dataclasses.replace(base, irece=True, irece_t_star=t_star, irece_tau=tau)
+            config = dataclasses.replace(base, defense="irece", scenario_options={
+                **base.scenario_options, "irece-t-star": t_star, "irece-tau": tau})
             rows.append({"irece": True, "t_star": t_star, "tau": tau, **measure(config)})
             print(json.dumps(rows[-1]), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
