@@ -55,7 +55,6 @@ def main(argv: list[str] | None = None) -> int:
 
     def measure(config: Any) -> dict[str, Any]:
         session.config = config  # models, detectors and caches stay loaded
-        session._irece_conditioning.clear()
         row: dict[str, Any] = {}
         for name, scenario in (("text", text), ("latent-white-null", latent)):
             plan = scenario.plan(session, circle, "erased", args.samples)

@@ -102,7 +102,7 @@ OPTIONS: tuple[Option, ...] = (
            "exact (default): the exact one-sided 95% upper bound <= threshold + 0.05, so a model "
            "5 points over its threshold passes at most 5% of the time at any n; upper: the "
            "Wilson 95% upper bound <= threshold (stricter); point: CRR <= threshold (no stated "
-           "error). Exact error rates: python -m pytest_erasure.crr --table"),
+           "error). Exact error rates: python -m pytest_erasure.gate --table"),
     Option("--attack-floor", "attack_floor", float, 0.5,
            "an erasure case is inconclusive when its attack reproduces the concept on the "
            "standard model in less than this fraction (the attack did not work: a low CRR on "

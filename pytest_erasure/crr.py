@@ -6,7 +6,7 @@ by `clusters.clustered_rate` or `detector_error.corrected_rate` carries its own 
 (clustered samples, detector error), and every consumer reads `rate.interval`, so the corrected
 interval travels to the gate, the reports and the JSON record.
 
-The gate rules and what each guarantees (exact numbers: `python -m pytest_erasure.crr --table`,
+The gate rules and what each guarantees (exact numbers: `python -m pytest_erasure.gate --table`,
 computed by `pytest_erasure.gate`):
 - `point`: CRR <= threshold. No stated error: at n=64 and threshold 0.2 a model at 0.25 passes
   15.6% of the time, one at 0.2 itself 47.5%.
@@ -83,8 +83,3 @@ def decided(rate: Rate, threshold: float, looks: int = 1) -> bool:
     low, high = wilson(rate.hits, rate.n, look_z(looks))
     return high <= threshold or low > threshold
 
-
-if __name__ == "__main__":
-    from pytest_erasure.gate import main
-
-    raise SystemExit(main())

@@ -8,7 +8,7 @@ binomial sum; the sequential rule (`crr.decided` at each of the session's doubli
 the hit counts still undecided. The only assumption is the binomial one: images independent
 with one true CRR (see `pytest_erasure.clusters` for when they are not).
 
-`python -m pytest_erasure.gate --table` (or `python -m pytest_erasure.crr --table`) prints the
+`python -m pytest_erasure.gate --table` prints the
 README table.
 """
 

@@ -86,6 +86,9 @@ def pytest_configure(config: pytest.Config) -> None:
                 _session(config)  # bad input: a usage error before collection
     except ErasureInputError as exc:
         raise _usage_error(exc) from None
+    from pytest_erasure.report.junit import FailureTypes
+
+    config.pluginmanager.register(FailureTypes(config), "erasure-junit-failure-types")
 
 
 # -- collection ----------------------------------------------------------------------------------
@@ -150,7 +153,7 @@ def erasure_check(erasure_session: AuditSession, request: pytest.FixtureRequest
                   ) -> Callable[[Any], CaseResult]:
     """Run a case, record its numbers as JUnit properties, and fail the test unless it passes
     the gate (an inconclusive case fails with its own message, unless reported only)."""
-    from pytest_erasure.report.junit import case_properties
+    from pytest_erasure.report.junit import case_properties, fail_message
 
     def check(case: Any) -> CaseResult:
         try:
@@ -163,7 +166,7 @@ def erasure_check(erasure_session: AuditSession, request: pytest.FixtureRequest
             raise
         request.node.user_properties.extend(case_properties(result).items())
         if not result.passed:
-            pytest.fail(result.message, pytrace=False)
+            pytest.fail(fail_message(result), pytrace=False)
         return result
 
     return check

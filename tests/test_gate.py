@@ -122,7 +122,7 @@ def test_smallest_passing_n_none_when_impossible() -> None:
 
 
 def test_table_cli() -> None:
-    out = subprocess.run([sys.executable, "-m", "pytest_erasure.crr", "--table"],
+    out = subprocess.run([sys.executable, "-m", "pytest_erasure.gate", "--table"],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == error_table()
     assert "| exact | fixed | 0.2 | 64 | 0.0252 | 0.4974 | 11 |" in out
