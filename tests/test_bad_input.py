@@ -616,8 +616,8 @@ def assert_usage_error(result: pytest.RunResult, what: str, fix: str) -> None:
 def record_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """What an in-process run loaded: every model load and detector build is recorded (and
     refused), so a case proves its usage error came before anything heavy."""
+    import pytest_erasure.context
     import pytest_erasure.models.loading
-    import pytest_erasure.session
 
     loaded: list[str] = []
 
@@ -630,7 +630,7 @@ def record_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         raise AssertionError("a detector was built before the usage error")
 
     monkeypatch.setattr(pytest_erasure.models.loading, "load_models", load_models)
-    monkeypatch.setattr(pytest_erasure.session, "build_detector", build_detector)
+    monkeypatch.setattr(pytest_erasure.context, "build_detector", build_detector)
     return loaded
 
 

@@ -67,7 +67,7 @@ def sampling():
 
 
 def sha(images: torch.Tensor) -> str:
-    from pytest_erasure.session import image_sha256
+    from pytest_erasure.checks import image_sha256
 
     return image_sha256(images)
 
