@@ -3,11 +3,13 @@
 Each option has one definition here (`OPTIONS`): the plugin registers the command-line flag and
 its ini twin from it, and `AuditConfig.from_pytest` reads it back, so a name or a default lives
 in one place. Validation turns bad input into `ErasureInputError` (a one-line usage error).
+
+Longer than most modules on purpose: the options table is the single definition of every flag,
+its ini twin, default and help, and splitting it would scatter that one fact.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -375,6 +377,8 @@ class AuditConfig:
         load): the VAE divides the image by its scale factor, and diffusers'
         StableDiffusionPipeline refuses any size that is not a multiple of 8 whatever the VAE
         (its check_inputs hard-codes 8), so a size must be a multiple of both."""
+        from pytest_erasure.models.geometry import PIPELINE_MULTIPLE, model_geometry
+
         geometry = model_geometry(self.standard_model)
         step = math.lcm(PIPELINE_MULTIPLE, geometry.scale_factor)
         for name, size in (("--height", self.height), ("--width", self.width)):
@@ -388,54 +392,6 @@ class AuditConfig:
 
 SEED_RANGE = (-(2**63), 2**64 - 1)
 """What torch.Generator.manual_seed accepts (Ring-A-Bell seeds one with --seed itself)."""
-PIPELINE_MULTIPLE = 8
-
-
-@dataclass(frozen=True)
-class ModelGeometry:
-    """What the image size must fit, read from a diffusers folder's config files."""
-
-    scale_factor: int
-    native_size: int | None
-    attention_levels: tuple[int, ...] = ()
-    """Down-block indices whose maps have cross-attention (the mid block counts as the last)."""
-
-    def attention_sizes(self, height: int, width: int) -> list[int]:
-        """The longer side of each cross-attention map (how IRECE's resolutions name them):
-        every down block halves the latent, rounding up like a stride-2 convolution."""
-        h, w = height // self.scale_factor, width // self.scale_factor
-        sizes: list[int] = []
-        for level in range(max(self.attention_levels, default=-1) + 1):
-            if level in self.attention_levels:
-                sizes.append(max(h, w))
-            h, w = -(-h // 2), -(-w // 2)
-        return sorted(set(sizes), reverse=True)
-
-
-def model_geometry(folder: Path) -> ModelGeometry:
-    """The VAE's scale factor (2 ** (len(block_out_channels) - 1), as diffusers computes it)
-    and the native size (UNet sample_size x factor) of a diffusers pipeline folder. Anything
-    unreadable gives SD v1's values (8, unknown): loading the model reports the folder itself."""
-    def read(part: str) -> dict[str, Any]:
-        try:
-            data = json.loads((folder / part / "config.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            return {}
-        return data if isinstance(data, dict) else {}
-
-    vae, unet = read("vae"), read("unet")
-    blocks = vae.get("block_out_channels")
-    factor = 2 ** (len(blocks) - 1) if isinstance(blocks, list) and blocks else 8
-    sample = unet.get("sample_size")
-    if isinstance(sample, list) and sample:
-        sample = max(sample)
-    native = int(sample) * factor if isinstance(sample, int) and not isinstance(sample, bool) \
-        else None
-    down = unet.get("down_block_types") or []
-    levels = [i for i, kind in enumerate(down) if "CrossAttn" in str(kind)]
-    if down and "CrossAttn" in str(unet.get("mid_block_type", "UNetMidBlock2DCrossAttn")):
-        levels.append(len(down) - 1)
-    return ModelGeometry(factor, native, tuple(sorted(set(levels))))
 
 
 def requested(config: pytest.Config) -> bool:

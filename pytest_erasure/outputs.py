@@ -269,7 +269,7 @@ def destinations(session: AuditSession, size: tuple[int, int], junitxml: Path | 
 def check_outputs(session: AuditSession, config: Any) -> None:
     """Every place the run writes is writable and has room, before any model loads (`config`:
     pytest's, for its own --junitxml path)."""
-    from pytest_erasure.config import model_geometry
+    from pytest_erasure.models.geometry import model_geometry
 
     audit = session.config
     native = model_geometry(audit.standard_model).native_size or 512

@@ -109,10 +109,10 @@ CATALOGUE: list[Bad] = [
     # -- concepts files ------------------------------------------------------------------------
     Bad("concepts-unknown-key", {"--concepts": "{bad}/concepts/unknown-key.toml"},
         "concepts file {bad}/concepts/unknown-key.toml [[concept]] #1: has unknown key(s) promts",
-        "use only: calibration, detector"),
+        "use only: attack_floors, calibration, detector"),
     Bad("concepts-unknown-top-key", {"--concepts": "{bad}/concepts/unknown-top.toml"},
         "concepts file {bad}/concepts/unknown-top.toml: has unknown key(s) treshold",
-        "use only: concept, defaults"),
+        "use only: attack_floors, concept, defaults"),
     Bad("concepts-prompts-wrong-type", {"--concepts": "{bad}/concepts/prompts-type.toml"},
         "('circle') prompts: is 'a {concept}'", "give a list of strings"),
     Bad("concepts-erased-wrong-type", {"--concepts": "{bad}/concepts/erased-type.toml"},

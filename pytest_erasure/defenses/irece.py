@@ -379,7 +379,7 @@ class IreceDefense:
         """The checks `AuditConfig.validate` made before defenses were a registry, in its order,
         then (only when enabled) that t* and its steps fit in --steps and that a chosen map
         size exists in the model at the configured image size."""
-        from pytest_erasure.config import model_geometry
+        from pytest_erasure.models.geometry import model_geometry
 
         t_star, tau = self._value(config, "irece-t-star"), self._value(config, "irece-tau")
         steps = self._value(config, "irece-steps")
