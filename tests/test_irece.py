@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.defenses.irece import IRECE, concept_conditioning, irece_mask, resolve_steps
+from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.testing import tiny_pipeline
 
 STEPS = 6
