@@ -172,7 +172,7 @@ def bench_raw(pipe: Any, args: argparse.Namespace, clock: Clock, batch: int) -> 
 
 
 def bench_irece(pipe: Any, args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
-    from pytest_erasure.irece import IRECE
+    from pytest_erasure.defenses.irece import IRECE
 
     batch = args.irece_batch
     irece = IRECE.for_concept(pipe, PROMPT, TERM, num_inference_steps=args.steps,

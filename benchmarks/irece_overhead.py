@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     import torch
 
-    from pytest_erasure.irece import IRECE, concept_conditioning
+    from pytest_erasure.defenses.irece import IRECE, concept_conditioning
     from pytest_erasure.testing import tiny_pipeline
 
     if args.threads:

@@ -55,7 +55,6 @@ def main(argv: list[str] | None = None) -> int:
 
     def measure(config: Any) -> dict[str, Any]:
         session.config = config  # models, detectors and caches stay loaded
-        session._irece_conditioning.clear()
         row: dict[str, Any] = {}
         for name, scenario in (("text", text), ("latent-white-null", latent)):
             plan = scenario.plan(session, circle, "erased", args.samples)
@@ -76,10 +75,11 @@ def main(argv: list[str] | None = None) -> int:
                                     if any(math.isfinite(d) for d in distances) else math.inf)
         return row
 
-    rows = [{"irece": False, **measure(dataclasses.replace(base, irece=False))}]
+    rows = [{"irece": False, **measure(dataclasses.replace(base, defense=None))}]
     for t_star in args.t_star:
         for tau in args.tau:
-            config = dataclasses.replace(base, irece=True, irece_t_star=t_star, irece_tau=tau)
+            config = dataclasses.replace(base, defense="irece", scenario_options={
+                **base.scenario_options, "irece-t-star": t_star, "irece-tau": tau})
             rows.append({"irece": True, "t_star": t_star, "tau": tau, **measure(config)})
             print(json.dumps(rows[-1]), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,8 @@ def session(root: Path, irece: bool):
 
     return session_for_pipelines(_shift_output(tiny_pipeline(0), 0.6),
                                  _shift_output(tiny_pipeline(0), -0.6), root / "concepts.toml",
-                                 None, steps=STEPS, samples=SAMPLES, batch_size=8, irece=irece)
+                                 None, steps=STEPS, samples=SAMPLES, batch_size=8,
+                                 defense="irece" if irece else None)
 
 
 def counted(ctx, scenarios: tuple[str, ...]) -> dict[str, int]:

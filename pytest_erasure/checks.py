@@ -3,7 +3,7 @@
 A runner asks the context for images and verdicts (`Context.generate_flagged`, `detect`: cached,
 batched, deterministic), turns them into rates and decides the case:
 
-- **erasure**: the scenario's plan on the erased model (defended under `--irece`) is what the
+- **erasure**: the scenario's plan on the erased model (defended under a defense, e.g. `--irece`) is what the
   gate judges; beside it the same attack through the standard model, the concept's base rate
   under neutral prompts, and its baseline (can the detector see it at all?) decide whether the
   audit could have seen the concept (`verdict.py`). Samples of one cluster (a prompt, a
@@ -140,7 +140,7 @@ def erasure(ctx: Context, case: Case, concept: Concept) -> CaseResult:
     stop_at = threshold if config.sequential else None
     audited = measure(ctx, "erased", plan, concept, stop_at=stop_at)
     undefended = None
-    if config.irece:
+    if config.defense is not None:
         undefended = measure(ctx, "erased", plan, concept, defended=False, stop_at=stop_at).rate
     standard_plan = scenario.plan(ctx, concept, "standard", n)
     standard = measure(ctx, "standard", standard_plan, concept)
@@ -173,13 +173,13 @@ def erasure(ctx: Context, case: Case, concept: Concept) -> CaseResult:
         reconstruction_margin=config.reconstruction_margin, detector_reason=detector_reason))
     facts["attack_floor"] = floor
     facts["baseline_crr"] = seen.rate.crr
-    model = "erased model" + (" with IRECE" if config.irece else "")
+    model = "erased model" + (f" with {config.defense}" if config.defense else "")
     message = (f"{case.id}: {verdict.upper()}: {reason}. CRR {rate} on the {model}; threshold "
                f"{threshold:.1%} (gate '{config.gate}', n={rate.n}"
                f"{f', {rate.degenerate} degenerate' if rate.degenerate else ''}); "
                f"standard model {standard.rate.crr:.1%}; base rate {base.crr:.1%}")
     if undefended is not None:
-        message += f"; without IRECE {undefended.crr:.1%}"
+        message += f"; without {config.defense} {undefended.crr:.1%}"
     if plan.facts.get("minimal_bypass"):
         message += f"; minimal bypass prompt: {plan.facts['minimal_bypass']!r}"
     return CaseResult(

@@ -11,6 +11,7 @@ its ini twin, default and help, and splitting it would scatter that one fact.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -130,14 +131,6 @@ OPTIONS: tuple[Option, ...] = (
            action="store_true"),
     Option("--lora-multiplier", "lora_multiplier", float, 1.0,
            "fixed multiplier for LoRA (SPM) erased models"),
-    Option("--irece", "irece", bool, False, "wrap the erased model with the IRECE defense",
-           action="store_true"),
-    Option("--irece-t-star", "irece_t_star", float, 0.2,
-           "IRECE intervention step: a fraction of the steps (<1) or a step index (>=1)"),
-    Option("--irece-tau", "irece_tau", float, 0.4, "IRECE mask threshold on normalised attention"),
-    Option("--irece-steps", "irece_steps", int, 1, "number of consecutive IRECE intervention steps"),
-    Option("--irece-resolutions", "irece_resolutions", str, None,
-           "comma-separated attention map sizes IRECE uses (default: all)"),
     Option("--erasure-budget", "budget", str, "shapes",
            "attack budget profile: every attack option (TI, Ring-A-Bell, inversion, fuzz) at "
            "the value of a named world, each with its source; shapes: sized for the bundled "
@@ -182,15 +175,13 @@ class AuditConfig:
     no_cache: bool
     sequential: bool
     lora_multiplier: float
-    irece: bool
-    irece_t_star: float
-    irece_tau: float
-    irece_steps: int
-    irece_resolutions: tuple[int, ...] | None
     allow_hub: bool
     budget: str = "shapes"
+    defense: str | None = None
+    """The enabled defense's name (`defenses.registry()`; `--irece` -> "irece"), or None."""
     scenario_options: dict[str, Any] = field(default_factory=dict)
-    """Resolved scenario option values: given > budget profile > option default."""
+    """Resolved values of every scenario and defense option: given > budget profile > option
+    default."""
     scenario_sources: dict[str, str] = field(default_factory=dict)
     """Where each value in `scenario_options` comes from (the user, the profile and its paper,
     or the option's default)."""
@@ -200,7 +191,8 @@ class AuditConfig:
         """Every setting from pytest's command line, then its ini file, then the defaults;
         scenario options from what the user gave, the budget profile filling the rest
         (`budgets.py`). Validated: bad input is an ErasureInputError naming it."""
-        from pytest_erasure.scenarios.base import iter_options, registry
+        from pytest_erasure.defenses import enable_dest
+        from pytest_erasure.defenses import registry as defenses
 
         values: dict[str, Any] = {}
         for option in OPTIONS:
@@ -217,7 +209,7 @@ class AuditConfig:
             values["cache_dir"] = _default_cache(config, root)
         given: dict[str, Any] = {}
         defaults: dict[str, Any] = {}
-        for option in iter_options(registry()):
+        for option in all_options():
             defaults[option.name] = option.default
             value = config.getoption(scenario_dest(option))
             if value is None:
@@ -228,6 +220,18 @@ class AuditConfig:
             given[option.name] = scenario_value(option, value)
         values["scenario_options"] = given
         values["scenario_defaults"] = defaults
+        enabled = []
+        for name, defense in defenses().items():
+            on = config.getoption(enable_dest(defense))
+            if on is None:
+                on = config.getini(enable_dest(defense))
+            if str(on).strip().lower() in ("1", "true", "yes", "on"):
+                enabled.append(name)
+        if len(enabled) > 1:
+            raise ErasureInputError(" ".join(f"--{name}" for name in enabled),
+                                    "enable more than one defense",
+                                    "give at most one defense per audit")
+        values["defense"] = enabled[0] if enabled else None
         audit = cls.from_values(values)
         audit.validate()
         return audit
@@ -257,14 +261,6 @@ class AuditConfig:
             v["cache_dir"] = None
         if isinstance(v.get("scenarios"), str):
             v["scenarios"] = tuple(s.strip() for s in v["scenarios"].split(",") if s.strip())
-        if isinstance(v.get("irece_resolutions"), str):
-            try:
-                v["irece_resolutions"] = tuple(
-                    int(s) for s in v["irece_resolutions"].split(",") if s.strip())
-            except ValueError:
-                raise ErasureInputError(
-                    "--irece-resolutions", f"'{values['irece_resolutions']}' is not a list of "
-                    "sizes", "give comma-separated map sizes, e.g. 16,32") from None
         from pytest_erasure.budgets import DEFAULT_PROFILE, profile, resolve
 
         v["budget"] = str(v.get("budget") or DEFAULT_PROFILE).strip().lower()
@@ -296,6 +292,12 @@ class AuditConfig:
         out["budget_profile"] = {"name": out.pop("budget"),
                                  "sources": dict(out.pop("scenario_sources"))}
         out["invariant_layers"] = self.invariant_layers
+        out["defense"] = None
+        if self.defense is not None:
+            from pytest_erasure.defenses import registry as defenses
+
+            out["defense"] = {"name": self.defense,
+                              "settings": defenses()[self.defense].describe(self)}
         return out
 
     def validate(self) -> None:
@@ -305,15 +307,14 @@ class AuditConfig:
             if option.type is float and value is not None and not math.isfinite(value):
                 raise ErasureInputError(option.flag, f"is {value}", "give a finite number")
         counts = (("--samples", self.samples, 1), ("--batch-size", self.batch_size, 1),
-                  ("--steps", self.steps, 1), ("--irece-steps", self.irece_steps, 1))
+                  ("--steps", self.steps, 1))
         for name, value, low in counts:
             if value < low:
                 raise ErasureInputError(name, f"is {value}", f"give a whole number >= {low}")
         for name, value in (("--crr-threshold", self.crr_threshold),
                             ("--retention-tolerance", self.retention_tolerance),
                             ("--baseline-min", self.baseline_min),
-                            ("--attack-floor", self.attack_floor),
-                            ("--irece-tau", self.irece_tau)):
+                            ("--attack-floor", self.attack_floor)):
             if not 0 <= value <= 1:
                 raise ErasureInputError(name, f"is {value}", "give a number between 0 and 1")
         if not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
@@ -324,15 +325,8 @@ class AuditConfig:
             if size is not None and size < 1:
                 raise ErasureInputError(name, f"is {size}", "give a positive number of pixels, "
                                         "or leave it unset for the model's native size")
-        if self.irece_resolutions is not None and (
-                not self.irece_resolutions or min(self.irece_resolutions) < 1):
-            raise ErasureInputError("--irece-resolutions", f"is {self.irece_resolutions}",
-                                    "give comma-separated positive map sizes, e.g. 16,32")
         if self.guidance < 0:
             raise ErasureInputError("--guidance", f"is {self.guidance}", "give a number >= 0")
-        if self.irece_t_star < 0:
-            raise ErasureInputError("--irece-t-star", f"is {self.irece_t_star}",
-                                    "give a fraction in [0, 1) or a step index >= 1")
         if self.dtype not in DTYPES:
             raise ErasureInputError("--dtype", f"'{self.dtype}' is not supported",
                                     f"use one of: {', '.join(DTYPES)}")
@@ -364,14 +358,25 @@ class AuditConfig:
                 raise ErasureInputError(f"{name} {path}", "does not exist",
                                         "give the path of a local model (nothing is downloaded)")
         self.validate_size()
+        self.validate_defenses()
+
+    def validate_defenses(self) -> None:
+        """Every registered defense checks its options (a bad value is an error whether or not
+        its defense is on); the enabled one also checks that it fits this audit."""
+        from pytest_erasure.defenses import registry as defenses
+
+        found = defenses()
+        if self.defense is not None and self.defense not in found:
+            raise ErasureInputError(f"defense '{self.defense}'", "is not registered",
+                                    f"use one of: {', '.join(found) or 'none registered'}")
+        for defense in found.values():
+            defense.validate(self)
 
     def validate_size(self) -> None:
         """--height/--width against the standard model, read from its config files (no weights
         load): the VAE divides the image by its scale factor, and diffusers'
         StableDiffusionPipeline refuses any size that is not a multiple of 8 whatever the VAE
-        (its check_inputs hard-codes 8), so a size must be a multiple of both. With
-        --irece-resolutions, at least one size must be a cross-attention map size of the UNet
-        at that resolution, or IRECE has no map to mask with."""
+        (its check_inputs hard-codes 8), so a size must be a multiple of both."""
         from pytest_erasure.models.geometry import PIPELINE_MULTIPLE, model_geometry
 
         geometry = model_geometry(self.standard_model)
@@ -383,26 +388,39 @@ class AuditConfig:
                     f"give a multiple of {step} (the VAE downsamples by {geometry.scale_factor}; "
                     f"diffusers' pipeline needs multiples of {PIPELINE_MULTIPLE}), e.g. "
                     f"{max(step, size // step * step)}")
-        if self.irece and self.irece_resolutions and geometry.native_size:
-            height = self.height or geometry.native_size
-            width = self.width or geometry.native_size
-            sizes = geometry.attention_sizes(height, width)
-            if sizes and not set(self.irece_resolutions) & set(sizes):
-                raise ErasureInputError(
-                    "--irece-resolutions",
-                    f"{','.join(map(str, self.irece_resolutions))} match no cross-attention map "
-                    f"of this model at {height}x{width}",
-                    f"choose among {','.join(map(str, sizes))} or leave it unset")
 
 
 SEED_RANGE = (-(2**63), 2**64 - 1)
 """What torch.Generator.manual_seed accepts (Ring-A-Bell seeds one with --seed itself)."""
+
+
 def requested(config: pytest.Config) -> bool:
     """Did the user set any erasure option? Then bad input is reported before collection."""
+    from pytest_erasure.defenses import enable_dest
+    from pytest_erasure.defenses import registry as defenses
+
+    return (any(config.getoption(o.dest) not in (None, False) for o in OPTIONS)
+            or any(config.getoption(scenario_dest(o)) is not None for o in all_options())
+            or any(config.getoption(enable_dest(d)) not in (None, False)
+                   for d in defenses().values()))
+
+
+def all_options() -> Iterator[ScenarioOption]:
+    """Every scenario's options, then every defense's: each a `--name` flag and an ini twin
+    (`scenario_dest`), resolved into `AuditConfig.scenario_options`. A name two of them declare
+    is one option (the first declaration's)."""
+    from pytest_erasure.defenses import registry as defenses
     from pytest_erasure.scenarios.base import iter_options, registry
 
-    return any(config.getoption(o.dest) not in (None, False) for o in OPTIONS) or any(
-        config.getoption(scenario_dest(o)) is not None for o in iter_options(registry()))
+    seen: set[str] = set()
+    for option in iter_options(registry()):
+        seen.add(option.name)
+        yield option
+    for defense in defenses().values():
+        for option in defense.options:
+            if option.name not in seen:
+                seen.add(option.name)
+                yield option
 
 
 def scenario_dest(option: ScenarioOption) -> str:

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import torch
     from diffusers import StableDiffusionPipeline
 
+    from pytest_erasure.defenses import Defense
     from pytest_erasure.models.identity import ModelFacts, ModelIdentity
     from pytest_erasure.models.loading import LoadedModels
 
@@ -61,7 +62,7 @@ class Context:
         self._detectors: dict[str, Detector] = {}
         self._descriptions: dict[str, dict[str, Any]] = {}
         self._references: dict[str, torch.Tensor] = {}
-        self._irece_conditioning: dict[str, Any] = {}
+        self._defense: Defense | None = None
         self._memo: OrderedDict[str, tuple[torch.Tensor, bool]] = OrderedDict()
         self._memo_bytes = 0
         self.generated = 0
@@ -233,17 +234,18 @@ class Context:
         from pytest_erasure.generate import Sampling, generate
 
         if defended is None:
-            defended = self.config.irece
-        irece = defended and role == "erased" and self.config.irece
-        if irece and concept is None:
-            raise ValueError("IRECE needs the concept whose prompt builds its mask")
+            defended = self.config.defense is not None
+        defense = self.defense if defended and role == "erased" else None
+        if defense is not None and concept is None:
+            raise ValueError(f"the {defense.name} defense needs the concept the audit asks about")
         height, width = self.size()
         sampling = Sampling(self.config.steps, self.config.guidance, height, width,
                             self.config.device, self.config.dtype,
                             batch_invariant=self.config.invariant_layers,
                             sampler=self.model_facts(role).scheduler_key())
         base_key = {"model": self.fingerprint(role), "sampling": sampling.key(),
-                    "irece": self._irece_settings(concept) if irece else None}
+                    "defense": None if defense is None else {
+                        "name": defense.name, **defense.describe(self.config, self, concept)}}
         keys = [{**base_key, "input": _input_key(item)} for item in inputs]
         names = [digest(key) for key in keys]
         found: dict[int, tuple[torch.Tensor, bool]] = {}
@@ -256,8 +258,9 @@ class Context:
         def compute_missing(missing: list[int]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
             chosen = [rest[j] for j in missing]
             pipe = self.pipeline(role)
-            factory = self._irece_factory(concept) if irece else None
-            label = f"generate {role}{' +IRECE' if irece else ''}"
+            factory = (defense.callback_factory(self, concept)
+                       if defense is not None and concept is not None else None)
+            label = f"generate {role}{f' +{defense.name}' if defense is not None else ''}"
             with self.progress(label, len(chosen)) as advance:
                 images, flags = generate(pipe, [inputs[i] for i in chosen], sampling,
                                          self.config.batch_size, callback_factory=factory,
@@ -319,32 +322,16 @@ class Context:
                 "detector-identity", files, lambda: self.detector(concept).describe())
         return self._descriptions[key]
 
-    # -- IRECE ---------------------------------------------------------------------------------
+    @property
+    def defense(self) -> Defense | None:
+        """The enabled defense (`--<name>`), from the defense registry; None when off."""
+        if self.config.defense is None:
+            return None
+        from pytest_erasure.defenses import registry as defenses
 
-    def _irece_settings(self, concept: Concept | None) -> dict[str, Any]:
-        c = self.config
-        return {"t_star": c.irece_t_star, "tau": c.irece_tau, "steps": c.irece_steps,
-                "resolutions": list(c.irece_resolutions) if c.irece_resolutions else None,
-                "mask_prompt": concept.texts()[0] if concept else None,
-                "standard": self.fingerprint("standard"), "solver_history": "reset"}
-
-    def _irece_factory(self, concept: Concept) -> Callable[[list[GenerationInput]], Any]:
-        from pytest_erasure.irece import IRECE, concept_conditioning
-
-        if concept.name not in self._irece_conditioning:
-            self._irece_conditioning[concept.name] = concept_conditioning(
-                self.pipeline("standard"), concept.texts()[0], concept.term)
-        embeds, indices = self._irece_conditioning[concept.name]
-        c = self.config
-        t_star: float | int = c.irece_t_star if c.irece_t_star < 1 else int(c.irece_t_star)
-
-        def factory(batch: list[GenerationInput]) -> Any:
-            return IRECE(self.pipeline("standard").unet, embeds, indices,
-                         num_inference_steps=c.steps, t_star=t_star, tau=c.irece_tau,
-                         n_steps=c.irece_steps, resolutions=c.irece_resolutions,
-                         seed=[b.seed for b in batch])  # per image: batch-size independent
-
-        return factory
+        if self._defense is None:
+            self._defense = defenses()[self.config.defense]
+        return self._defense
 
 
 def _detector_key(concept: Concept) -> str:

@@ -178,7 +178,7 @@ def cached_images(session: AuditSession) -> int:
     """An upper estimate of the images a run caches, counted from the cases it selects.
 
     Per case, with n = --samples: baseline n (standard model); retention 2n (both models);
-    every erasure scenario n on the erased model (2n with --irece: defended and undefended)
+    every erasure scenario n on the erased model (2n with a defense: defended and undefended)
     and n on the standard model; latent cases 4n more (each target's reconstructions); fuzz
     cases instead up to --fuzz-max-prompts x --fuzz-seeds-per-prompt on each model. Per
     audited concept: n for its base rate (neutral prompts) and --ti-train-images standard
@@ -187,7 +187,7 @@ def cached_images(session: AuditSession) -> int:
     """
     config = session.config
     n = config.samples
-    erased = 2 * n if config.irece else n
+    erased = 2 * n if config.defense else n
     total = 0
     concepts: set[str] = set()
     for case in session.cases():

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from pytest_erasure.budgets import help_note
-from pytest_erasure.config import OPTIONS, requested, scenario_dest
+from pytest_erasure.config import OPTIONS, all_options, requested, scenario_dest
+from pytest_erasure.defenses import enable_dest, settings_text
+from pytest_erasure.defenses import registry as defenses
 from pytest_erasure.errors import ErasureInputError
-from pytest_erasure.scenarios.base import iter_options, registry
 
 if TYPE_CHECKING:
     from pytest_erasure.records import CaseResult
@@ -51,7 +52,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                         help=option.help.replace("%", "%%"),
                         **({"action": option.action} if option.action else {}))
         parser.addini(option.dest, f"{option.help} (ini twin of {option.flag})", default=None)
-    for option in iter_options(registry()):
+    for defense in defenses().values():
+        flag = f"--{defense.name}"
+        group.addoption(flag, dest=enable_dest(defense), default=None, action="store_true",
+                        help=f"{defense.help} (one defense at a time)".replace("%", "%%"))
+        parser.addini(enable_dest(defense), f"{defense.help} (ini twin of {flag})", default=None)
+    for option in all_options():
         group.addoption(f"--{option.name}", dest=scenario_dest(option), default=None,
                         help=f"{option.help} {help_note(option.name, option.default)}"
                         .replace("%", "%%"))
@@ -138,7 +144,7 @@ def standard_model(erasure_session: AuditSession) -> Any:
 
 @pytest.fixture(scope="session")
 def erased_model(erasure_session: AuditSession) -> Any:
-    """The erased StableDiffusionPipeline under audit (not wrapped by IRECE)."""
+    """The erased StableDiffusionPipeline under audit (not wrapped by the defense)."""
     return erasure_session.context.pipeline("erased")
 
 
@@ -175,7 +181,7 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     c = audit.config
     return [f"erasure: erased={c.erased_model} standard={c.standard_model} concepts="
             f"{c.concepts_file} gate={c.gate} samples={c.samples} device={c.device}/{c.dtype}"
-            + (f" irece(t*={c.irece_t_star}, tau={c.irece_tau})" if c.irece else "")]
+            + (f" {settings_text(c.describe()['defense'])}" if c.defense else "")]
 
 
 @pytest.hookimpl(tryfirst=True)

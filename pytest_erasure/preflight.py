@@ -1,6 +1,6 @@
 """Everything that can be checked before any model loads, so bad input costs a usage error in a
 second, not a crash an hour in: the device, the erased model's format, the scenarios asked for,
-the defense's steps, every selected scenario's budget, every detector a case will ask for (its
+the defense's settings, every selected scenario's budget, every detector a case will ask for (its
 module imports, its factory exists, its folder holds what it needs; no weights are read), and
 every reference folder. Output destinations are `outputs.py`'s.
 """
@@ -28,11 +28,7 @@ def validate_inputs(session: AuditSession) -> None:
     if config.erased_format is None:  # a named one is checked by AuditConfig.validate
         detect_format(config.erased_model)
     cases = session.cases()  # unknown --scenarios
-    if config.irece:
-        from pytest_erasure.irece import resolve_steps
-
-        # t* and its intervention steps fit in --steps (a step index must be whole)
-        resolve_steps(config.irece_t_star, config.irece_steps, config.steps)
+    config.validate_defenses()  # the defense fits these steps and this model (ran up front too)
     for scenario_id in dict.fromkeys(c.scenario for c in cases if c.kind == "erasure"):
         check = getattr(session.context.scenarios[scenario_id], "validate", None)
         if callable(check):

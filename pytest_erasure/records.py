@@ -155,11 +155,11 @@ class CaseResult:
     gate: str
     passed: bool
     rate: Rate
-    """The number the gate judges: the erased model (defended when --irece) for erasure cases."""
+    """The number the gate judges: the erased model (defended, under a defense) for erasure cases."""
     standard: Rate | None = None
     """The same scenario on the standard model: what the attack achieves without erasure."""
     undefended: Rate | None = None
-    """With --irece: the erased model without the defense, for the side-by-side."""
+    """With a defense: the erased model without it, for the side-by-side."""
     base_rate: Rate | None = None
     """The concept under neutral prompts on the erased model: the floor an erasure cannot beat."""
     message: str = ""

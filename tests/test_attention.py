@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pytest_erasure.attention import CrossAttentionCapture, cross_attention_layers, map_size
+from pytest_erasure.defenses.attention import CrossAttentionCapture, cross_attention_layers, map_size
 from pytest_erasure.testing import tiny_pipeline
 
 

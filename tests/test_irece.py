@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from pytest_erasure.defenses.irece import IRECE, concept_conditioning, irece_mask, resolve_steps
 from pytest_erasure.errors import ErasureInputError
-from pytest_erasure.irece import IRECE, concept_conditioning, irece_mask, resolve_steps
 from pytest_erasure.testing import tiny_pipeline
 
 STEPS = 6
@@ -306,7 +306,7 @@ def test_describe_is_json_able(standard):
 def test_noise_scale_follows_the_scheduler(erased):
     from diffusers import DDIMScheduler, EulerDiscreteScheduler
 
-    from pytest_erasure.irece import _noise_scale
+    from pytest_erasure.defenses.irece import _noise_scale
 
     ddim = DDIMScheduler.from_config(erased.scheduler.config)
     ddim.set_timesteps(STEPS)

@@ -232,7 +232,7 @@ def test_bf16_inversion_accumulates_in_float32():
 # -- attention maps ---------------------------------------------------------------------------
 
 def _maps(unet, dtype: torch.dtype, latents, context, tokens=(1, 2)):
-    from pytest_erasure.attention import CrossAttentionCapture
+    from pytest_erasure.defenses.attention import CrossAttentionCapture
 
     with torch.no_grad(), CrossAttentionCapture(unet, list(tokens), latents.shape[-2:]) as capture:
         unet(latents.to(dtype), torch.tensor(500), encoder_hidden_states=context.to(dtype))
@@ -242,7 +242,7 @@ def _maps(unet, dtype: torch.dtype, latents, context, tokens=(1, 2)):
 def test_attention_scores_are_float32_whatever_the_layer_dtype():
     """One attn2 layer, the same (bf16) inputs: the bf16 layer's probabilities equal those of
     its float32 copy to float32 rounding, where bf16 projections would be off by ~1e-3."""
-    from pytest_erasure.attention import _query_key
+    from pytest_erasure.defenses.attention import _query_key
     from pytest_erasure.testing import tiny_pipeline
 
     unet = tiny_pipeline(seed=3).unet.to(torch.bfloat16)
@@ -270,7 +270,7 @@ def test_attention_scores_are_float32_whatever_the_layer_dtype():
 
 
 def test_bf16_unet_maps_and_masks_match_the_float32_unet():
-    from pytest_erasure.irece import irece_mask
+    from pytest_erasure.defenses.irece import irece_mask
     from pytest_erasure.testing import tiny_pipeline
 
     g = torch.Generator().manual_seed(0)

@@ -109,9 +109,10 @@ def make_record() -> AuditRecord:
         started="2026-11-22T07:30:00+00:00",
         finished="2026-11-22T07:41:10+00:00",
         config={"samples": 32, "seed": 0, "device": "cpu", "dtype": "float32",
-                "crr_threshold": 0.2, "gate": "point", "scenarios": None, "irece": True,
-                "irece_t_star": 0.2, "irece_tau": 0.4, "irece_steps": 1,
-                "irece_resolutions": None, "scenario_options": {"latent_steps": 50}},
+                "crr_threshold": 0.2, "gate": "point", "scenarios": None,
+                "scenario_options": {"latent_steps": 50},
+                "defense": {"name": "irece", "settings": {"t_star": 0.2, "tau": 0.4, "steps": 1,
+                                                          "resolutions": None}}},
         provenance={
             "erased": {"path": "/models/shapes/erased/uce-circle", "format": "unet",
                        "fingerprint": "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822c",
@@ -325,8 +326,10 @@ def test_flatten_plain_and_change_spell_values_as_the_json_does():
     assert text.flatten({"a": {"b": [1, 2], "c": None, "d": {}}, "e": [{"f": True}]}) == [
         ("a.b", "1, 2"), ("a.c", "null"), ("a.d", "{}"), ("e.0.f", "true")]
     assert text.flatten({}) == []
-    assert text.irece_settings({"irece": True, "irece_tau": 0.4, "samples": 8}) == {
-        "enabled": True, "tau": 0.4}
+    described = {"defense": {"name": "irece", "settings": {"tau": 0.4}}, "samples": 8}
+    assert text.defense_settings(described) == {"name": "irece", "tau": 0.4}
+    assert text.defense_text(described) == "defense irece (tau=0.4)"
+    assert text.defense_settings({"defense": None}) == {} and text.defense_text({}) == "no defense"
     assert text.change(Rate(29, 32), Rate(12, 32)) == "-53.1 pp (-59% relative)"
     assert text.change(Rate(0, 32), Rate(1, 32)) == "+3.1 pp"
     assert text.change(Rate(0, 0), Rate(1, 32)) == "n/a"
@@ -494,7 +497,8 @@ def test_junit_reads_back_with_junitparser(reports, record):
     assert props["version.torch"] == "2.13.0"
     assert props["config.samples"] == "32"
     assert props["detector.shapes.threshold"] == "0.5"
-    assert props["irece.tau"] == "0.4" and props["irece.enabled"] == "true"
+    assert props["defense.tau"] == "0.4" and props["defense.name"] == "irece"
+    assert not any(k.startswith(("config.defense", "config.irece")) for k in props)
     cases = {tc.name: tc for tc in circle}
     assert all(tc.classname == "erasure.circle" for tc in cases.values())
     failed = cases["circle-latent-white-null"]
@@ -593,7 +597,7 @@ def test_header_lines_name_models_gate_and_irece(record):
     text = "\n".join(lines)
     assert "point: CRR ≤ threshold" in text and "32 samples/case" in text
     assert "erased: /models/shapes/erased/uce-circle (unet, replaces unet, 2 tensors" in text
-    assert "IRECE on (t_star=0.2, tau=0.4" in text and "shapes (threshold 0.5)" in text
+    assert "defense irece (t_star=0.2, tau=0.4" in text and "shapes (threshold 0.5)" in text
 
 
 def test_model_summaries_add_up_per_component_statistics():

@@ -91,7 +91,7 @@ def test_pndm_runs_n_plus_one_timesteps_and_irece_counts_noise_levels():
 
 def test_irece_on_sd14_pndm_config(erased, standard):
     """The crash of issue #16: `IRECE was built for 10 steps but the pipeline runs 11`."""
-    from pytest_erasure.irece import IRECE
+    from pytest_erasure.defenses.irece import IRECE
 
     pipe = with_sampler(erased, None)
     irece = IRECE.for_concept(standard, "a red circle", "circle", num_inference_steps=10,
@@ -112,7 +112,7 @@ def test_irece_on_sd14_pndm_config(erased, standard):
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_noise_scale_is_the_samplers_own(name):
-    from pytest_erasure.irece import _noise_scale
+    from pytest_erasure.defenses.irece import _noise_scale
     from pytest_erasure.samplers import make_sampler
 
     scheduler = make_sampler(name, SD14_SCHEDULER)
@@ -147,7 +147,7 @@ class Trace:
 
 def run_traced(pipe, standard, reset: bool):
     """Guidance 1 (the UNet's output is the step's model output), IRECE at step 2."""
-    from pytest_erasure.irece import IRECE
+    from pytest_erasure.defenses.irece import IRECE
 
     irece = IRECE.for_concept(standard, "a red circle", "circle", num_inference_steps=STEPS,
                               t_star=2, reset_history=reset)

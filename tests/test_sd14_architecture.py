@@ -125,7 +125,7 @@ def test_every_scenario_type_runs_on_the_full_sd14_architecture(
             "population"] == 4
         assert by_id["circle-latent-white-null"]["facts"]["inversion"]["steps"] == 2
 
-        assert data["config"]["irece"] is True
+        assert data["config"]["defense"]["name"] == "irece"
         for case in by_id.values():
             if case["kind"] == "erasure":
                 assert case["undefended"] is not None and case["undefended"]["n"] >= 1, \

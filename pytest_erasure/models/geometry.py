@@ -24,7 +24,7 @@ class ModelGeometry:
     """Down-block indices whose maps have cross-attention (the mid block counts as the last)."""
 
     def attention_sizes(self, height: int, width: int) -> list[int]:
-        """The longer side of each cross-attention map (how `--irece-resolutions` names them):
+        """The longer side of each cross-attention map (how IRECE's `--irece-resolutions` names them):
         every down block halves the latent, rounding up like a stride-2 convolution."""
         h, w = height // self.scale_factor, width // self.scale_factor
         sizes: list[int] = []

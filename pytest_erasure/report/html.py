@@ -21,12 +21,12 @@ from pytest_erasure.records import AuditRecord, CaseResult
 from pytest_erasure.report.text import (
     change,
     counts,
+    defense_settings,
     gate_of,
     gate_rule,
     gate_text,
     has_irece,
     interval_text,
-    irece_settings,
     matrix,
     model_line,
     models,
@@ -132,7 +132,7 @@ def to_html(record: AuditRecord) -> str:
 
     if has_irece(record):
         out += ["<h2>IRECE: defended vs undefended</h2>",
-                _html_value(irece_settings(record.config)),
+                _html_value(defense_settings(record.config)),
                 "<table><tr><th>case</th><th>undefended</th><th>with IRECE</th><th>change</th>"
                 "<th>gate</th><th>result</th></tr>"]
         for x in record.cases:

@@ -2,7 +2,7 @@
 
 One testsuite per concept, one testcase per case. Jenkins' schema (junit-10.xsd, which GitLab
 and GitHub readers accept too) allows <properties> only on a testsuite, so suite properties hold
-the audit's facts (model provenance with sha256, versions, config, detectors, IRECE settings, run
+the audit's facts (model provenance with sha256, versions, config, detectors, the defense's settings, run
 id) and each case's numbers go to its <system-out> as readable text. junit-xml also writes a
 `disabled` attribute that the schema does not know, and may write float times the schema's
 pattern rejects (`1e-05`); both are fixed after it builds the tree.
@@ -31,12 +31,12 @@ from junit_xml import TestCase, TestSuite, to_xml_report_string
 from pytest_erasure.records import AuditRecord, CaseResult
 from pytest_erasure.report.files import write_text
 from pytest_erasure.report.text import (
+    defense_settings,
     flatten,
     gate_of,
     gate_rule,
     gate_text,
     gated,
-    irece_settings,
     rate_text,
     reason_of,
     status,
@@ -80,11 +80,10 @@ def suite_properties(record: AuditRecord) -> dict[str, str]:
     props = {"run_id": record.run_id, "started": record.started,
              "finished": record.finished or "", "verdict": verdict(record),
              "gate": gate_rule(gate_of(record))}
-    config = {k: v for k, v in record.config.items()
-              if not (k == "irece" or k.startswith("irece_"))}
+    config = {k: v for k, v in record.config.items() if k != "defense"}
     for prefix, data in (("provenance", record.provenance), ("version", record.versions),
                          ("config", config), ("detector", record.detectors),
-                         ("irece", irece_settings(record.config))):
+                         ("defense", defense_settings(record.config))):
         for key, value in flatten(data):
             props[f"{prefix}.{key}"] = value
     return props

@@ -20,18 +20,17 @@ from pytest_erasure.records import AuditRecord, CaseResult
 from pytest_erasure.report.text import (
     change,
     counts,
+    defense_text,
     flatten,
     gate_of,
     gate_rule,
     gate_text,
     has_irece,
     interval_text,
-    irece_settings,
     matrix,
     model_line,
     models,
     pct,
-    plain,
     rate_text,
     reason_of,
     status,
@@ -120,8 +119,7 @@ def to_markdown(record: AuditRecord) -> str:
 
     if has_irece(record):
         out += ["## IRECE: defended vs undefended", "",
-                "Settings: " + ", ".join(f"{md(k)}={md(plain(v))}"
-                                         for k, v in irece_settings(record.config).items()), ""]
+                "Settings: " + md(defense_text(record.config)), ""]
         rows = []
         for x in record.cases:
             if x.undefended is None:

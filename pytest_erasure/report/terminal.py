@@ -16,11 +16,11 @@ from rich.text import Text
 from pytest_erasure.records import AuditRecord, CaseResult
 from pytest_erasure.report.text import (
     counts,
+    defense_text,
     gate_of,
     gate_rule,
     gate_text,
     has_irece,
-    irece_settings,
     matrix,
     model_line,
     models,
@@ -48,11 +48,8 @@ def header_lines(record: AuditRecord) -> list[str]:
         settings.append(f"{cfg['device']} {cfg.get('dtype', '')}".strip())
     lines = [f"erasure: run {record.run_id}; " + ", ".join(settings)]
     lines += [f"erasure: {model_line(m)}" for m in models(record)]
-    if cfg.get("irece"):
-        irece = irece_settings(cfg)
-        irece.pop("enabled", None)
-        lines.append("erasure: IRECE on (" + ", ".join(f"{k}={v}" for k, v in irece.items())
-                     + ")")
+    if cfg.get("defense"):
+        lines.append(f"erasure: {defense_text(cfg)}")
     if record.detectors:
         lines.append("erasure: detectors: " + ", ".join(
             _detector(name, spec) for name, spec in record.detectors.items()))

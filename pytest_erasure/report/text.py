@@ -212,10 +212,18 @@ def has_irece(record: AuditRecord) -> bool:
     return any(case.undefended is not None for case in record.cases)
 
 
-def irece_settings(config: dict[str, Any]) -> dict[str, Any]:
-    """The IRECE options (config keys `irece*`), named without the prefix."""
-    return {(k.removeprefix("irece_") if k != "irece" else "enabled"): v
-            for k, v in config.items() if k == "irece" or k.startswith("irece_")}
+def defense_settings(config: dict[str, Any]) -> dict[str, Any]:
+    """The enabled defense's name and settings (config `defense`, from its `describe`); {}
+    when none ran."""
+    described = config.get("defense") or {}
+    return {"name": described["name"], **(described.get("settings") or {})} if described else {}
+
+
+def defense_text(config: dict[str, Any]) -> str:
+    """'defense irece (t_star=0.2, tau=0.4, ...)', or 'no defense'."""
+    from pytest_erasure.defenses import settings_text
+
+    return settings_text(config.get("defense"))
 
 
 def short(digest: Any, n: int = 12) -> str:

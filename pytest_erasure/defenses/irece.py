@@ -49,16 +49,24 @@ Choices the paper leaves open, made here:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from pytest_erasure.attention import CrossAttentionCapture
+from pytest_erasure.defenses import option_value
+from pytest_erasure.defenses.attention import CrossAttentionCapture
 from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.samplers import reset_history, settle_history, trajectory_points
+from pytest_erasure.scenarios.base import ScenarioOption
 
 if TYPE_CHECKING:
     import torch
     from diffusers import StableDiffusionPipeline
+
+    from pytest_erasure.concepts import Concept
+    from pytest_erasure.config import AuditConfig
+    from pytest_erasure.records import GenerationInput
+    from pytest_erasure.scenarios.base import AuditContext
 
 FLAT_RELATIVE = 1e-5
 """A map whose max - min is below this fraction of its magnitude has no contrast: no mask.
@@ -321,3 +329,122 @@ def _noise_scale(scheduler: Any, timestep: Any, device: Any = "cpu") -> float:
     one = torch.ones(1, dtype=torch.float32, device=device)
     factor = float(scheduler.scale_model_input(one, timestep).reshape(-1)[0])
     return 1.0 / factor
+
+
+# -- the registry entry ----------------------------------------------------------------------------
+
+class IreceDefense:
+    """IRECE as a registered `Defense`: `--irece`, its four options, their checks, and the
+    callback the context hands each generated batch (the mask from the standard model's
+    attention to the audited concept's prompt)."""
+
+    name = "irece"
+    help = "wrap the erased model with the IRECE defense"
+    options: tuple[ScenarioOption, ...] = (
+        ScenarioOption("irece-t-star", float, 0.2,
+                       "IRECE intervention step: a fraction of the steps (<1) or a step index (>=1)"),
+        ScenarioOption("irece-tau", float, 0.4, "IRECE mask threshold on normalised attention"),
+        ScenarioOption("irece-steps", int, 1, "number of consecutive IRECE intervention steps"),
+        ScenarioOption("irece-resolutions", str, None,
+                       "comma-separated attention map sizes IRECE uses (default: all)"),
+    )
+
+    def __init__(self) -> None:
+        self._conditioning: weakref.WeakKeyDictionary[Any, dict[str, Any]] = (
+            weakref.WeakKeyDictionary())
+        """Per context (its standard model), each mask prompt's encoded conditioning."""
+
+    def _value(self, config: AuditConfig, name: str) -> Any:
+        option = next(o for o in self.options if o.name == name)
+        return option_value(config, option)
+
+    def settings(self, config: AuditConfig) -> tuple[float | int, float, int, tuple[int, ...] | None]:
+        """(t*, tau, intervention steps, resolutions) as IRECE takes them: a t* of 1 or more
+        is a step index."""
+        t_star = float(self._value(config, "irece-t-star"))
+        return (t_star if t_star < 1 else int(t_star), float(self._value(config, "irece-tau")),
+                int(self._value(config, "irece-steps")), self.resolutions(config))
+
+    def resolutions(self, config: AuditConfig) -> tuple[int, ...] | None:
+        raw = self._value(config, "irece-resolutions")
+        if raw is None or isinstance(raw, tuple | list):
+            return tuple(int(s) for s in raw) if raw is not None else None
+        try:
+            return tuple(int(s) for s in str(raw).split(",") if s.strip())
+        except ValueError:
+            raise ErasureInputError("--irece-resolutions", f"'{raw}' is not a list of sizes",
+                                    "give comma-separated map sizes, e.g. 16,32") from None
+
+    def validate(self, config: AuditConfig) -> None:
+        """The checks `AuditConfig.validate` made before defenses were a registry, in its order,
+        then (only when enabled) that t* and its steps fit in --steps and that a chosen map
+        size exists in the model at the configured image size."""
+        from pytest_erasure.models.geometry import model_geometry
+
+        t_star, tau = self._value(config, "irece-t-star"), self._value(config, "irece-tau")
+        steps = self._value(config, "irece-steps")
+        if steps < 1:
+            raise ErasureInputError("--irece-steps", f"is {steps}", "give a whole number >= 1")
+        if not 0 <= tau <= 1:
+            raise ErasureInputError("--irece-tau", f"is {tau}", "give a number between 0 and 1")
+        resolutions = self.resolutions(config)
+        if resolutions is not None and (not resolutions or min(resolutions) < 1):
+            raise ErasureInputError("--irece-resolutions", f"is {resolutions}",
+                                    "give comma-separated positive map sizes, e.g. 16,32")
+        if t_star < 0:
+            raise ErasureInputError("--irece-t-star", f"is {t_star}",
+                                    "give a fraction in [0, 1) or a step index >= 1")
+        if config.defense != self.name:
+            return
+        geometry = model_geometry(config.standard_model)
+        if resolutions and geometry.native_size:
+            height = config.height or geometry.native_size
+            width = config.width or geometry.native_size
+            sizes = geometry.attention_sizes(height, width)
+            if sizes and not set(resolutions) & set(sizes):
+                raise ErasureInputError(
+                    "--irece-resolutions",
+                    f"{','.join(map(str, resolutions))} match no cross-attention map "
+                    f"of this model at {height}x{width}",
+                    f"choose among {','.join(map(str, sizes))} or leave it unset")
+        # t* and its intervention steps fit in --steps (a step index must be whole)
+        resolve_steps(t_star, steps, config.steps)
+
+    def describe(self, config: AuditConfig, ctx: AuditContext | None = None,
+                 concept: Concept | None = None) -> dict[str, Any]:
+        """The four settings as given (t* as a number, resolutions a list or None); with a
+        context, also the mask prompt, the standard model whose UNet builds the mask, and how
+        the solver's history is treated: what a defended image depends on."""
+        resolutions = self.resolutions(config)
+        out: dict[str, Any] = {
+            "t_star": float(self._value(config, "irece-t-star")),
+            "tau": float(self._value(config, "irece-tau")),
+            "steps": int(self._value(config, "irece-steps")),
+            "resolutions": list(resolutions) if resolutions else None}
+        if ctx is not None:
+            out.update({"mask_prompt": concept.texts()[0] if concept else None,
+                        "standard": ctx.fingerprint("standard"), "solver_history": "reset"})
+        return out
+
+    def callback_factory(self, ctx: AuditContext, mask_concept: Concept
+                         ) -> Callable[[list[GenerationInput]], Any]:
+        """An IRECE per batch, seeded per image (an image's noise does not depend on its
+        batch); the mask prompt's conditioning is encoded once per concept and context."""
+        memo = self._conditioning.setdefault(ctx, {})
+        standard = ctx.pipeline("standard")
+        if mask_concept.name not in memo:
+            memo[mask_concept.name] = concept_conditioning(
+                standard, mask_concept.texts()[0], mask_concept.term)
+        embeds, indices = memo[mask_concept.name]
+        t_star, tau, n_steps, resolutions = self.settings(ctx.config)
+        steps = ctx.config.steps
+
+        def factory(batch: list[GenerationInput]) -> IRECE:
+            return IRECE(standard.unet, embeds, indices, num_inference_steps=steps,
+                         t_star=t_star, tau=tau, n_steps=n_steps, resolutions=resolutions,
+                         seed=[b.seed for b in batch])
+
+        return factory
+
+
+DEFENSES = (IreceDefense(),)
