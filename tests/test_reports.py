@@ -411,7 +411,7 @@ def test_markdown_has_verdict_matrix_irece_and_failures(reports, record):
     assert "? **INCONCLUSIVE (reported, not gated)** 0.0%" in triangle and BLIND_REASON in triangle
     row = next(line for line in text.splitlines() if line.startswith("| `triangle-text` |"))
     assert row.endswith(f"| INCONCLUSIVE (reported, not gated) | {BLIND_REASON} |")
-    assert "## IRECE: defended vs undefended" in text
+    assert "## irece: defended vs undefended" in text or "## the defense: defended vs undefended" in text
     assert "90.6% [75.8–96.8%] 29/32" in text
     assert "## Failing and inconclusive cases" in text and "search diverged" in text
     assert "### `triangle-text` (INCONCLUSIVE (reported, not gated))" in text
@@ -515,7 +515,7 @@ def test_junit_reads_back_with_junitparser(reports, record):
     assert reported.result[0].type == "Inconclusive"
     assert reported.result[0].message == f"INCONCLUSIVE (reported, not gated): {BLIND_REASON}"
     assert triangle["triangle-retention"].is_passed
-    assert "undefended CRR (without IRECE): 90.6%" in failed.system_out
+    assert "undefended CRR (without the defense): 90.6%" in failed.system_out
     assert "standard model CRR: 93.8%" in failed.system_out
     assert "base rate (neutral prompts): 3.1%" in failed.system_out
     assert "threshold ≤20%" in failed.system_out

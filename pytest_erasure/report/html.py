@@ -21,11 +21,12 @@ from pytest_erasure.records import AuditRecord, CaseResult
 from pytest_erasure.report.text import (
     change,
     counts,
+    defense_name,
     defense_settings,
     gate_of,
     gate_rule,
     gate_text,
-    has_irece,
+    has_defense,
     interval_text,
     matrix,
     model_line,
@@ -112,7 +113,8 @@ def to_html(record: AuditRecord) -> str:
             "standard (un-erased) model in the same scenario (a low value means the detector "
             "cannot see the concept); "
             "<i>base</i>: the concept under neutral prompts; <i>undefended</i>: the erased model "
-            "without IRECE. Grey cells are context (baseline, retention).</p>",
+            f"without {esc(defense_name(record))}. Grey cells are context (baseline, "
+            "retention).</p>",
             "<table><tr><th>concept</th>"
             + "".join(f"<th>{esc(s)}</th>" for s in scenarios) + "</tr>"]
     for concept in concepts:
@@ -130,10 +132,11 @@ def to_html(record: AuditRecord) -> str:
         out.append("".join(row) + "</tr>")
     out.append("</table>")
 
-    if has_irece(record):
-        out += ["<h2>IRECE: defended vs undefended</h2>",
+    if has_defense(record):
+        name = esc(defense_name(record))
+        out += [f"<h2>{name}: defended vs undefended</h2>",
                 _html_value(defense_settings(record.config)),
-                "<table><tr><th>case</th><th>undefended</th><th>with IRECE</th><th>change</th>"
+                f"<table><tr><th>case</th><th>undefended</th><th>with {name}</th><th>change</th>"
                 "<th>gate</th><th>result</th></tr>"]
         for x in record.cases:
             if x.undefended is None:
@@ -192,9 +195,9 @@ def _html_case(case: CaseResult, i: int) -> str:
            f"modality {esc(case.modality)} · access {esc(case.access or '—')} · kind "
            f"{esc(case.kind)} · gate {esc(case.gate)} {esc(gate_text(case))} · "
            f"{case.seconds:.1f} s</p>"]
-    rows = [("audited model" + (" (with IRECE)" if case.undefended is not None else ""),
+    rows = [("audited model" + (" (defended)" if case.undefended is not None else ""),
              case.rate), ("standard model", case.standard),
-            ("erased model without IRECE", case.undefended),
+            ("erased model without the defense", case.undefended),
             ("base rate (neutral prompts)", case.base_rate)]
     out.append("<table><tr><th></th><th>CRR</th><th>95% interval</th><th>hits/n</th>"
                "<th>degenerate</th></tr>")

@@ -100,7 +100,7 @@ def case_text(case: CaseResult) -> str:
              f"n: {case.rate.n} images, {case.rate.hits} with the concept, "
              f"{case.rate.degenerate} degenerate"]
     for name, rate in (("standard model CRR", case.standard),
-                       ("undefended CRR (without IRECE)", case.undefended),
+                       ("undefended CRR (without the defense)", case.undefended),
                        ("base rate (neutral prompts)", case.base_rate)):
         if rate is not None:
             lines.append(f"{name}: {rate_text(rate)}")

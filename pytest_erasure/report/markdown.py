@@ -1,9 +1,10 @@
 """report.md: the audit to read, in a merge request, a ticket or a wiki.
 
 A verdict line first, then the concept x scenario matrix, the cases (each with its verdict and
-why), the IRECE comparison, the failing and inconclusive cases with their full messages, and the
-settings. An inconclusive case is marked `?` and named INCONCLUSIVE wherever a case is shown, and
-its reason goes into its matrix cell: its numbers decide nothing, the reason is what to read.
+why), the defended-vs-undefended comparison, the failing and inconclusive cases with their
+full messages, and the settings. An inconclusive case is marked `?` and named INCONCLUSIVE
+wherever a case is shown, and its reason goes into its matrix cell: its numbers decide nothing,
+the reason is what to read.
 Markdown renders HTML and its own markup, and prompts found by attacks can contain anything:
 every piece of text goes through `md` (escaped, one line) or `code` (a code span, shown
 literally); messages go into fences longer than any run of backticks inside them.
@@ -20,12 +21,13 @@ from pytest_erasure.records import AuditRecord, CaseResult
 from pytest_erasure.report.text import (
     change,
     counts,
+    defense_name,
     defense_text,
     flatten,
     gate_of,
     gate_rule,
     gate_text,
-    has_irece,
+    has_defense,
     interval_text,
     matrix,
     model_line,
@@ -117,8 +119,9 @@ def to_markdown(record: AuditRecord) -> str:
              md(reason_of(x))] for x in record.cases]
     out += _md_table(header, rows)
 
-    if has_irece(record):
-        out += ["## IRECE: defended vs undefended", "",
+    if has_defense(record):
+        name = md(defense_name(record))
+        out += [f"## {name}: defended vs undefended", "",
                 "Settings: " + md(defense_text(record.config)), ""]
         rows = []
         for x in record.cases:
@@ -126,7 +129,8 @@ def to_markdown(record: AuditRecord) -> str:
                 continue
             rows.append([code(x.case_id), rate_text(x.undefended), rate_text(x.rate),
                          change(x.undefended, x.rate), md(gate_text(x)), status(x)])
-        out += _md_table(["case", "undefended", "with IRECE", "change", "gate", "result"], rows)
+        out += _md_table(["case", "undefended", f"with {name}", "change", "gate", "result"],
+                         rows)
 
     failing = [x for x in record.cases if status(x) != "passed"]
     if failing:

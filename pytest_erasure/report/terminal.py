@@ -16,11 +16,12 @@ from rich.text import Text
 from pytest_erasure.records import AuditRecord, CaseResult
 from pytest_erasure.report.text import (
     counts,
+    defense_name,
     defense_text,
     gate_of,
     gate_rule,
     gate_text,
-    has_irece,
+    has_defense,
     matrix,
     model_line,
     models,
@@ -70,8 +71,8 @@ def render_summary(record: AuditRecord, console: Console) -> None:
     if record.cases:
         legend = ("✓ passes the gate, ✗ fails, ? inconclusive (the audit could not have seen "
                   "the concept); std: standard model")
-        if has_irece(record):
-            legend += "; undef: erased model without IRECE"
+        if has_defense(record):
+            legend += f"; undef: erased model without {defense_name(record)}"
         console.print(Text(legend + "; grey: context (baseline, retention)", style="dim"))
 
     for case in record.cases:

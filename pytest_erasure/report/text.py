@@ -208,8 +208,13 @@ def matrix(record: AuditRecord) -> tuple[list[str], list[str], dict[tuple[str, s
     return concepts, columns, cells
 
 
-def has_irece(record: AuditRecord) -> bool:
+def has_defense(record: AuditRecord) -> bool:
     return any(case.undefended is not None for case in record.cases)
+
+
+def defense_name(record: AuditRecord) -> str:
+    """The defense the run enabled, as its reports name it ('irece'), or 'the defense'."""
+    return str(defense_settings(record.config).get("name") or "the defense")
 
 
 def defense_settings(config: dict[str, Any]) -> dict[str, Any]:
