@@ -61,8 +61,8 @@ MOFC = "Memories of Forgotten Concepts"
 MOFC_REPO = "matanr/Memories_of_Forgotten_Concepts"
 SHAPES_WORLD = "sized for the shapes world (CPU minutes)"
 RESTARTS_MEASURED = ("measured: 4 white-box textual-inversion restarts reached 10-12 of 16 "
-                     "circles each through ESD-x, 7-8 of 8 through UCE, within sampling noise; "
-                     "3 is the fewest with a worst run and a finite restart-level interval "
+                     "circles each through ESD-x, 15 of 16 each through UCE, within sampling "
+                     "noise; 3 is the fewest with a worst run and a finite restart-level interval "
                      "(pytest_erasure/scenarios/restarts.py)")
 
 PROFILES: dict[str, dict[str, Budget]] = {

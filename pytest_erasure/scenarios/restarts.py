@@ -32,30 +32,33 @@ from pytest_erasure.scenarios.base import AuditContext, ScenarioOption
 
 OPTION = "attack-restarts"
 DEFAULT_RESTARTS = 3
-"""Chosen by measurement (white-box textual inversion on the shapes world, concept circle, the
-session's own detector; /tmp script over `embedding-white.plan` + `session.measure`, restarts
-4, seeds 125723007 (restart 0), 1714986707, 4244943412, 1551938758):
-- UCE-erased model, 32 samples (8 per restart): 7/8, 8/8, 8/8, 7/8 (87.5-100%);
-- ESD-x-erased model, 64 samples (16 per restart): 10/16, 11/16, 12/16, 11/16 (62.5-75%),
-  final losses 0.040, 0.035, 0.039, 0.037; design effect on restarts 1.00.
-So on the shapes world the restarts differ by no more than their own sampling noise (a
-binomial sd of ~12 points at 16 images), and the worst restart is a few points above the
-pooled rate. Many restarts are not warranted by that spread; one is not enough to see it at
-all (one cluster: the restart-level interval is undetermined, and there is no best run to
-keep). 3 is the fewest that gives a worst-of-several and a restart-clustered interval of
-finite width (t on 2 degrees of freedom: 4.30; 2 restarts: 12.7), at 3x one run's cost
-(shapes world: ~22 s per textual inversion on 2 CPU cores per budgets.py, so ~6 runs instead of 2 for both
+"""Chosen by measurement: `benchmarks/attack_restarts.py --restarts 4` on the shapes world,
+concept circle, the concepts file's detector (results: benchmarks/results/attack_restarts.jsonl);
+textual-inversion seeds 125723007 (restart 0), 1714986707, 4244943412, 1551938758:
+- embedding-white, UCE-erased model, 64 samples (16 per restart): 15/16 in every restart (final
+  losses 0.036, 0.032, 0.036, 0.034); at 32 samples 7/8, 8/8, 8/8, 7/8;
+- embedding-white, ESD-x-erased model, 64 samples: 10/16, 11/16, 12/16, 11/16 (62.5-75%; final
+  losses 0.040, 0.035, 0.039, 0.037); design effect on restarts 1.00;
+- adversarial-black (shapes budget), UCE-erased model, 64 samples: 0/16, 0/16, 0/16, 1/16.
+So on the shapes world the restarts differ by no more than their own sampling noise (a binomial
+sd of ~12 points at 16 images), and the worst restart is a few points above the pooled rate.
+That spread does not call for many restarts; one cannot show it at all (one cluster: the
+restart-level interval is undetermined, and there is no best run to keep). 3 is the fewest
+that gives a worst of several and a restart-clustered interval of finite width (t on 2 degrees
+of freedom: 4.30; with 2 restarts: 12.7), at 3x one run's cost (a 100-step shapes-world
+textual inversion takes ~22 s on 2 CPU cores per budgets.py: 6 runs instead of 2 for both
 embedding cases and their standard-model comparison)."""
 
 ATTACK_RESTARTS = ScenarioOption(
     OPTION, int, DEFAULT_RESTARTS,
     "independent restarts of a random attack (textual inversion, Ring-A-Bell), each with its "
-    "own seed and cache entry; the case's samples are spread over them round-robin and the "
-    "report judges the worst (the attacker keeps their best run). Restart 0 is the single run "
-    "of --attack-restarts 1. 3 by measurement (pytest_erasure/scenarios/restarts.py): on the "
-    "shapes world 4 white-box textual-inversion restarts reached 10-12 of 16 circles each "
-    "through the ESD-x model, 7-8 of 8 through the UCE model: within sampling noise, so the "
-    "fewest restarts that show a worst run and a finite restart-level interval")
+    "own seed and cache entry; the case's samples are spread over them round-robin and every "
+    "restart is recorded, so the worst can be judged (an attacker keeps their best run). "
+    "Restart 0 is the single run of --attack-restarts 1. 3 by measurement "
+    "(pytest_erasure/scenarios/restarts.py): on the shapes world 4 white-box "
+    "textual-inversion restarts reached 10-12 of 16 circles each through the ESD-x model, 15 "
+    "of 16 each through the UCE model: within sampling noise, so the fewest restarts that "
+    "show a worst run and a finite restart-level interval")
 
 
 def restart_count(ctx: AuditContext) -> int:
