@@ -18,11 +18,13 @@ import time
 
 
 def main() -> None:
+    from pytest_erasure.checks import measure
     from pytest_erasure.clusters import worst_restart
     from pytest_erasure.concepts import load_concepts
     from pytest_erasure.config import DEFAULT_CONCEPTS, SHAPES
+    from pytest_erasure.context import Context
     from pytest_erasure.scenarios.base import registry
-    from pytest_erasure.session import AuditSession, default_config
+    from pytest_erasure.session import default_config
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--erased", default="uce-circle", help="a model in fixtures/shapes/erased")
@@ -35,11 +37,12 @@ def main() -> None:
     config = default_config(erased_model=SHAPES / "erased" / args.erased, samples=args.samples,
                             cache_dir=args.cache,
                             scenario_options={"attack-restarts": args.restarts})
-    session = AuditSession(config, load_concepts(DEFAULT_CONCEPTS))
-    circle = session.concepts.concepts["circle"]
+    ctx = Context(config, load_concepts(DEFAULT_CONCEPTS))
+    circle = ctx.concepts.concepts["circle"]
     start = time.time()
-    plan = registry()[args.scenario].plan(session, circle, "erased", args.samples)
-    rate, _images, present, _degenerate = session.measure("erased", plan, circle)
+    plan = registry()[args.scenario].plan(ctx, circle, "erased", args.samples)
+    measured = measure(ctx, "erased", plan, circle)
+    rate, present = measured.rate, measured.present
     outcomes: dict[int, list[bool]] = {}
     inner: dict[int, list[str]] = {}
     for item, restart, hit in zip(plan.inputs, plan.facts["input_restarts"], present, strict=True):
@@ -54,8 +57,8 @@ def main() -> None:
         "erased": args.erased, "scenario": args.scenario, "restarts": args.restarts,
         "samples": args.samples, "seconds": round(time.time() - start), "crr": rate.crr,
         "hits_per_restart": {r: [sum(v), len(v)] for r, v in outcomes.items()},
-        "seeds": [run["seed"] for run in plan.facts["restarts"]],
-        "final_loss": [final_loss(run) for run in plan.facts["restarts"]],
+        "seeds": [run["seed"] for run in plan.facts["attack_runs"]],
+        "final_loss": [final_loss(run) for run in plan.facts["attack_runs"]],
         "pooled": str(summary.pooled), "worst": str(summary.worst),
         "worst_restart": summary.worst_restart}))
 

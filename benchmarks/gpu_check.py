@@ -24,13 +24,28 @@ an audit that exits with anything but 0/1.
     python benchmarks/gpu_check.py                       # on the GPU machine (cuda, fp16, 512 px)
     python benchmarks/gpu_check.py --smoke               # here: CPU, reduced model, 64 px, seconds
 
-On the lent GPU machine torch is installed but diffusers and our pure-Python dependencies are
-not, and it has no network: download the wheels here first, carry them, install offline there:
+Preparing a GPU machine that has torch (with its CUDA libraries) but neither diffusers nor our
+pure-Python dependencies, and no network. Here, from the repository root, with network (pip
+fetches each pinned release and builds openai-clip's sdist into a wheel):
 
-    pip download -d .gpu-wheels -c constraints.txt diffusers transformers safetensors \
-        accelerate huggingface_hub tokenizers hypothesis rich junit-xml filelock scipy ...
-    # on the machine: pip install --no-index --find-links .gpu-wheels -e . --no-deps ... ; then
+    pip wheel -w .gpu-wheels --no-deps -c constraints.txt -r benchmarks/gpu_wheels.txt
+
+This is 49 wheels, 58 MiB for CPython 3.11 on x86-64 Linux (the largest are numpy 16 MiB and
+transformers 13 MiB); `.gpu-wheels/` is git-ignored, so copy it to the machine beside the
+tree. scipy (35 MiB, needed only for --sampler lms) and hf-xet
+(4 MiB, needed only for Hub downloads) are left out so the wheels stay under the 64 MiB a
+device run carries. For a machine whose Python is not 3.11, add
+`--only-binary=:all: --python-version 3.X --platform manylinux_2_28_x86_64` (openai-clip then
+has to be built here beforehand: `pip wheel -w .gpu-wheels --no-deps openai-clip==1.0.1`). On
+the machine, offline:
+
+    pip install --no-index --find-links .gpu-wheels --no-deps -c constraints.txt \
+        -r benchmarks/gpu_wheels.txt
+    pip install --no-index --find-links .gpu-wheels --no-deps -e .
     python benchmarks/gpu_check.py --out $OUT/gpu_check.json
+
+(checked here: these two installs into a fresh venv holding only torch==2.13.0 give an
+environment where `--smoke` runs; `pip check` then reports only scipy and hf-xet missing.)
 """
 
 from __future__ import annotations
@@ -127,6 +142,7 @@ def check_images(images: Any, what: str) -> None:
 
 def build(args: argparse.Namespace) -> Any:
     import torch
+
     from pytest_erasure.testing.sd14 import sd14_pipeline
 
     pipe = sd14_pipeline(args.variant, seed=0)
@@ -187,10 +203,10 @@ def bench_irece(pipe: Any, args: argparse.Namespace, clock: Clock) -> dict[str, 
 
 
 def budget(name: str) -> dict[str, Any]:
-    """The sd14 profile's TI budget (pytest_erasure.budgets)."""
-    from pytest_erasure.budgets import profile_values
+    """A budget profile's values (pytest_erasure.budgets), e.g. the sd14 profile's TI budget."""
+    from pytest_erasure.budgets import profile
 
-    return profile_values(name)
+    return {option: entry.value for option, entry in profile(name).items()}
 
 
 def bench_ti(pipe: Any, args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
@@ -209,12 +225,12 @@ def bench_ti(pipe: Any, args: argparse.Namespace, clock: Clock) -> dict[str, Any
         return train_textual_inversion(
             pipe, images, token="<gpu-check>", init_token=str(values["ti-init-token"]),
             steps=steps, lr=float(values["ti-lr"]), batch_size=batch,
-            accumulation=accumulation, seed=0)
+            accumulation=accumulation, micro_batch=batch, seed=0)
 
     train_textual_inversion(pipe, images, token="<gpu-check>",
                             init_token=str(values["ti-init-token"]), steps=1,
                             lr=float(values["ti-lr"]), batch_size=batch,
-                            accumulation=accumulation, seed=0)  # warm-up
+                            accumulation=accumulation, micro_batch=batch, seed=0)  # warm-up
     peak_reset(args.device)
     seconds, (embeds, losses) = clock.time(train)
     require(all(math.isfinite(v) for v in losses), "TI loss is not finite (fp16 underflow?)")

@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from pytest_erasure import checks
     from pytest_erasure.concepts import load_concepts
     from pytest_erasure.scenarios.text import prompt_plan
     from pytest_erasure.session import AuditSession, default_config
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     concepts = load_concepts(base.concepts_file)
     circle = concepts.concepts["circle"]
     neighbours = [concepts.concepts[n] for n in circle.retain]
-    session = AuditSession(base, concepts)
+    session = AuditSession(base, concepts).context
     latent = session.scenarios["latent-white-null"]
     text = session.scenarios["text"]
 
@@ -58,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         row: dict[str, Any] = {}
         for name, scenario in (("text", text), ("latent-white-null", latent)):
             plan = scenario.plan(session, circle, "erased", args.samples)
-            rate, *_ = session.measure("erased", plan, circle)
+            rate = checks.measure(session, "erased", plan, circle).rate
             row[name] = rate.to_dict()
         kept, distances = [], []
         for neighbour in neighbours:

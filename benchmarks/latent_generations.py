@@ -24,23 +24,24 @@ SCENARIOS = ("latent-white-null", "latent-white-prompt", "latent-black-null",
 
 
 def session(root: Path, irece: bool):
-    from pytest_erasure.session import context_for_pipelines
+    from pytest_erasure.session import session_for_pipelines
     from pytest_erasure.testing import _shift_output, tiny_pipeline
 
-    return context_for_pipelines(_shift_output(tiny_pipeline(0), 0.6),
+    return session_for_pipelines(_shift_output(tiny_pipeline(0), 0.6),
                                  _shift_output(tiny_pipeline(0), -0.6), root / "concepts.toml",
                                  None, steps=STEPS, samples=SAMPLES, batch_size=8, irece=irece)
 
 
 def counted(ctx, scenarios: tuple[str, ...]) -> dict[str, int]:
-    from pytest_erasure.session import Case
+    from pytest_erasure.records import Case
 
     counts = {"standard": 0, "erased": 0}
     hooks = []
     for role in counts:
         def hook(module, args, kwargs, role=role):
             counts[role] += int(args[0].shape[0])
-        hooks.append(ctx.pipeline(role).unet.register_forward_pre_hook(hook, with_kwargs=True))
+        hooks.append(ctx.context.pipeline(role).unet.register_forward_pre_hook(
+            hook, with_kwargs=True))
     try:
         for scenario in scenarios:
             ctx.run(Case(f"circle-{scenario}", "circle", scenario, "erasure", "latent",

@@ -29,7 +29,7 @@ def run(sampler: str, samples: int, work: Path) -> dict:
     command = [sys.executable, "-m", "pytest", "audits/", "--scenarios=latent-white-null",
                f"--sampler={sampler}", f"--samples={samples}", f"--erasure-report={report}",
                f"--erasure-cache={work / 'cache'}", "-q", "-p", "no:cacheprovider",
-               "-p", "no:randomly"]
+               "-p", "no:randomly", "--irece", "--erasure-inconclusive=report"]
     started = time.perf_counter()
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, "CI": "1"})
@@ -48,7 +48,8 @@ def run(sampler: str, samples: int, work: Path) -> dict:
         "inversion_psnr": check["inversion_psnr"],
         "vae_psnr": check["vae_psnr"],
         "standard_reconstruction_psnr": standard_check["psnr"],
-        "crr": case["rate"]["hits"] / case["rate"]["n"],
+        "crr": case["undefended"]["hits"] / case["undefended"]["n"],
+        "irece_crr": case["rate"]["hits"] / case["rate"]["n"],
         "n": case["rate"]["n"],
         "standard_crr": case["standard"]["hits"] / case["standard"]["n"],
         "seconds": round(seconds, 1),
@@ -69,8 +70,9 @@ def main() -> None:
     result = {
         "command": "PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/samplers.py "
                    f"--samples {args.samples}",
-        "audit": "pytest audits/ --scenarios=latent-white-null --sampler=X "
-                 f"--samples={args.samples} (shapes world, UCE-erased circle, 25 steps)",
+        "audit": "pytest audits/ --scenarios=latent-white-null --sampler=X --irece "
+                 f"--samples={args.samples} (shapes world, UCE-erased circle, 25 steps; crr "
+                 "undefended, irece_crr with IRECE at its defaults)",
         "psnr": "dB against the 16 reference renders (reconstruction), against their VAE round "
                 "trip (inversion), and of the VAE round trip itself (vae); erased model's "
                 "undefended images; standard_reconstruction_psnr: the same through the standard "
@@ -78,11 +80,14 @@ def main() -> None:
         "rows": rows,
     }
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print("| sampler | reconstruction PSNR | inversion PSNR | VAE PSNR | CRR (erased) | CRR (standard) |")
-    print("|---|---|---|---|---|---|")
+    print("| sampler | DDIM inversion exact | reconstruction PSNR | inversion PSNR | VAE PSNR "
+          "| CRR (erased) | CRR (erased + IRECE) | CRR (standard) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['sampler']} | {r['reconstruction_psnr']:.1f} dB | {r['inversion_psnr']:.1f} dB "
-              f"| {r['vae_psnr']:.1f} dB | {r['crr']:.0%} | {r['standard_crr']:.0%} |")
+        print(f"| {r['sampler']} | {'yes' if r['inversion_exact'] else 'no'} "
+              f"| {r['reconstruction_psnr']:.1f} dB | {r['inversion_psnr']:.1f} dB "
+              f"| {r['vae_psnr']:.1f} dB | {r['crr']:.0%} | {r['irece_crr']:.0%} "
+              f"| {r['standard_crr']:.0%} |")
 
 
 if __name__ == "__main__":

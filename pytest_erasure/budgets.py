@@ -18,7 +18,7 @@ rather than budgets, or have nothing published to follow; they keep their defaul
 Memory of the sd14 textual-inversion budget (micro-batch 1 x accumulation 4 at 512x512, fp16
 on one 80 GB GPU) — counted on the CPU, not measured on a GPU (this project has none): the
 bytes autograd saves for backward in one TI step of one sample on the full-size SD v1.4
-architecture (`pytest_erasure.testing.sd14_pipeline()`, random weights, float32), counted with
+architecture (`pytest_erasure.testing.sd14.sd14_pipeline()`, random weights, float32), counted with
 `torch.autograd.graph.saved_tensors_hooks`, each storage once, weights and buffers excluded:
 133 MiB at 128 px, 395 MiB at 256 px, 1444 MiB at 512 px (one step at 512 px ran on the CPU;
 the count is linear in pixels, since scaled-dot-product attention saves no probability

@@ -39,6 +39,8 @@ class Concept:
     threshold: float | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
     """Per-scenario thresholds keyed by scenario id (`latent-white-null`) or modality."""
+    attack_floors: dict[str, float] = field(default_factory=dict)
+    """Per-scenario attack floors (see `verdict.py`), keyed like `thresholds`."""
     synonyms: tuple[str, ...] = ()
     modifiers: tuple[str, ...] = ()
     paired_prompts: tuple[tuple[str, str], ...] = ()
@@ -57,10 +59,22 @@ class ConceptSet:
     neutral_prompts: tuple[str, ...]
     """Prompts that name no concept: the base rate an erasure cannot go below."""
     raw: dict[str, Any]
+    attack_floors: dict[str, float] = field(default_factory=dict)
+    """File-wide per-scenario attack floors (`[attack_floors]`), keyed like `thresholds`."""
 
     @property
     def audited(self) -> list[Concept]:
         return [c for c in self.concepts.values() if c.erased]
+
+    def attack_floor_for(self, concept: Concept, scenario_id: str, modality: str,
+                         default: float) -> float:
+        """Most specific wins: concept+scenario, concept+modality, file+scenario, file+modality,
+        then the option (`--attack-floor`)."""
+        for table in (concept.attack_floors, self.attack_floors):
+            for key in (scenario_id, modality):
+                if key in table:
+                    return table[key]
+        return default
 
     def threshold_for(self, concept: Concept, scenario_id: str, modality: str,
                       default: float) -> float:
@@ -77,9 +91,11 @@ class ConceptSet:
 _CONCEPT_KEYS = {
     "name", "term", "label", "prompts", "detector", "detector_path", "detector_options",
     "erased", "references", "retain", "threshold", "thresholds", "synonyms", "modifiers",
+    "attack_floors",
     "paired_prompts", "calibration",
 }
-_TOP_KEYS = {"defaults", "concept", "neutral_prompts", "threshold", "thresholds"}
+_TOP_KEYS = {"defaults", "concept", "neutral_prompts", "threshold", "thresholds",
+             "attack_floors"}
 _DEFAULT_KEYS = {"detector", "detector_path", "detector_options", "prompts", "threshold",
                  "thresholds", "paired_prompts", "calibration"}
 
@@ -127,6 +143,7 @@ def load_concepts(path: Path) -> ConceptSet:
         concepts=concepts,
         threshold=_fraction(raw.get("threshold"), f"{where} threshold"),
         thresholds=_thresholds(raw.get("thresholds", {}), f"{where} [thresholds]"),
+        attack_floors=_thresholds(raw.get("attack_floors", {}), f"{where} [attack_floors]"),
         neutral_prompts=tuple(_strings(neutral, f"{where} neutral_prompts")),
         raw=raw,
     )
@@ -190,6 +207,7 @@ def _concept(entry: dict[str, Any], defaults: dict[str, Any], path: Path, where:
         retain=tuple(_strings(entry.get("retain", []), f"{where} retain")),
         threshold=_fraction(entry.get("threshold"), f"{where} threshold"),
         thresholds=_thresholds(entry.get("thresholds", {}), f"{where} thresholds"),
+        attack_floors=_thresholds(entry.get("attack_floors", {}), f"{where} attack_floors"),
         synonyms=tuple(_strings(entry.get("synonyms", []), f"{where} synonyms")),
         modifiers=tuple(_strings(entry.get("modifiers", []), f"{where} modifiers")),
         paired_prompts=tuple(
@@ -253,7 +271,7 @@ def calibration_labels(folder: Path) -> dict[str, list[Path]]:
     """The labelled images of a calibration folder: {label: its image files, sorted}. Hidden
     entries (`.DS_Store`, `.ipynb_checkpoints`) are skipped; anything else that is not a label
     folder of image files raises, naming the entry."""
-    from pytest_erasure.session import IMAGE_SUFFIXES  # session imports this module: not at top
+    from pytest_erasure.references import IMAGE_SUFFIXES
 
     where = f"calibration folder {folder}"
     if not folder.is_dir():

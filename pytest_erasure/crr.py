@@ -6,7 +6,7 @@ by `clusters.clustered_rate` or `detector_error.corrected_rate` carries its own 
 (clustered samples, detector error), and every consumer reads `rate.interval`, so the corrected
 interval travels to the gate, the reports and the JSON record.
 
-The gate rules and what each guarantees (exact numbers: `python -m pytest_erasure.crr --table`,
+The gate rules and what each guarantees (exact numbers: `python -m pytest_erasure.gate --table`,
 computed by `pytest_erasure.gate`):
 - `point`: CRR <= threshold. No stated error: at n=64 and threshold 0.2 a model at 0.25 passes
   15.6% of the time, one at 0.2 itself 47.5%.
@@ -28,92 +28,17 @@ computed by `pytest_erasure.gate`):
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any
 
 from pytest_erasure.distributions import beta_quantile, binom_cdf
+from pytest_erasure.records import Rate, wilson
 
-Z95 = 1.959963984540054
 GATES = ("point", "upper", "exact")
 DEFAULT_GATE = "exact"
 GATE_TOLERANCE = 0.05
 """How far above its threshold a model must be for the `exact` gate to promise to fail it."""
 GATE_ALPHA = 0.05
 """The `exact` gate's one-sided error at threshold + GATE_TOLERANCE."""
-
-
-@dataclass(frozen=True)
-class Rate:
-    """`hits` of `n` images showed the concept; `degenerate` of those n were NaN/constant images,
-    which count as hits (a model that draws nothing must not pass as 'erased').
-
-    `low`/`high`/`method` set: the rate carries its own 95% interval (`method` names how it was
-    made: 'clustered', 'undetermined', 'rogan-gladen'); unset, the interval is Wilson's on hits/n.
-    `design_effect` and `clusters` record a clustered interval's inputs; `estimate` a corrected
-    point estimate (detector error) that replaces hits/n as `crr`."""
-
-    hits: int
-    n: int
-    degenerate: int = 0
-    low: float | None = None
-    high: float | None = None
-    method: str | None = None
-    design_effect: float | None = None
-    clusters: int | None = None
-    estimate: float | None = None
-
-    @property
-    def crr(self) -> float:
-        if self.estimate is not None:
-            return self.estimate
-        return self.hits / self.n if self.n else float("nan")
-
-    @property
-    def interval(self) -> tuple[float, float]:
-        if self.low is not None and self.high is not None:
-            return (self.low, self.high)
-        return wilson(self.hits, self.n)
-
-    def to_dict(self) -> dict[str, Any]:
-        """hits, n, degenerate, crr, ci_low, ci_high always; the stored-interval fields only when
-        set, so records of plain rates are unchanged."""
-        low, high = self.interval
-        out: dict[str, Any] = {"hits": self.hits, "n": self.n, "degenerate": self.degenerate}
-        for key in ("low", "high", "method", "design_effect", "clusters", "estimate"):
-            if getattr(self, key) is not None:
-                out[key] = getattr(self, key)
-        return {**out, "crr": self.crr, "ci_low": low, "ci_high": high}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Rate:
-        """Reads what `to_dict` wrote, and older records with only hits/n/degenerate."""
-        return cls(data["hits"], data["n"], data.get("degenerate", 0),
-                   **{k: data.get(k) for k in ("low", "high", "method", "design_effect",
-                                               "clusters", "estimate")})
-
-    def __str__(self) -> str:
-        low, high = self.interval
-        text = f"{self.crr:.1%} [{low:.1%}, {high:.1%}] ({self.hits}/{self.n}"
-        if self.clusters is not None:
-            text += f", {self.clusters} clusters"
-        if self.design_effect is not None:
-            text += f", design effect {self.design_effect:.2f}"
-        if self.method is not None:
-            text += f", {self.method}"
-        return text + ")"
-
-
-def wilson(hits: float, n: float, z: float = Z95) -> tuple[float, float]:
-    """Wilson score interval; hits and n may be fractional (an effective sample size)."""
-    if n <= 0:
-        return (0.0, 1.0)
-    p = hits / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(max(0.0, p * (1 - p)) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
 
 
 def exact_upper(hits: float, n: float, alpha: float = GATE_ALPHA) -> float:
@@ -158,8 +83,3 @@ def decided(rate: Rate, threshold: float, looks: int = 1) -> bool:
     low, high = wilson(rate.hits, rate.n, look_z(looks))
     return high <= threshold or low > threshold
 
-
-if __name__ == "__main__":
-    from pytest_erasure.gate import main
-
-    raise SystemExit(main())

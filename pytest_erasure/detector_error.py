@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from statistics import NormalDist
 
-from pytest_erasure.crr import Rate, wilson
+from pytest_erasure.records import Rate, wilson
 
 YOUDEN_MARGIN = 0.5
 

@@ -8,7 +8,7 @@ binomial sum; the sequential rule (`crr.decided` at each of the session's doubli
 the hit counts still undecided. The only assumption is the binomial one: images independent
 with one true CRR (see `pytest_erasure.clusters` for when they are not).
 
-`python -m pytest_erasure.gate --table` (or `python -m pytest_erasure.crr --table`) prints the
+`python -m pytest_erasure.gate --table` prints the
 README table.
 """
 
@@ -17,8 +17,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from pytest_erasure.crr import GATES, Rate, decided, gate_passes
+from pytest_erasure.crr import GATES, decided, gate_passes
 from pytest_erasure.distributions import binom_pmfs
+from pytest_erasure.records import Rate
 
 FIRST_ROUND = 16
 """The session's first sequential round (`session.SEQUENTIAL_FIRST_ROUND`)."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pytest_erasure.memory import chunked, describe
-from pytest_erasure.scenarios.base import GenerationInput
+from pytest_erasure.records import GenerationInput
 
 if TYPE_CHECKING:
     import torch

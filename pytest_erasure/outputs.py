@@ -26,7 +26,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from pytest_erasure.errors import ErasureInputError
 
@@ -197,14 +197,14 @@ def cached_images(session: AuditSession) -> int:
         elif case.kind == "retention":
             total += 2 * n
         elif case.modality == "fuzz":
-            total += 2 * int(session.option("fuzz-max-prompts")) * int(
-                session.option("fuzz-seeds-per-prompt"))
+            total += 2 * int(session.context.option("fuzz-max-prompts")) * int(
+                session.context.option("fuzz-seeds-per-prompt"))
         else:
             total += erased + n + (4 * n if case.modality == "latent" else 0)
     for name in concepts:
         total += n
         if session.concepts.concepts[name].references is None:
-            total += int(session.option("ti-train-images"))
+            total += int(session.context.option("ti-train-images"))
     return total
 
 
@@ -246,8 +246,8 @@ def destinations(session: AuditSession, size: tuple[int, int], junitxml: Path | 
         out.append(Destination(
             f"learned-embedding folder {folder} (used with --no-erasure-cache)", folder, True,
             "make the temporary folder writable (TMPDIR) or turn the cache back on"))
-    if "fuzz" in modalities and session.option("fuzz-database"):
-        folder = Path(str(session.option("fuzz-database"))).expanduser()
+    if "fuzz" in modalities and session.context.option("fuzz-database"):
+        folder = Path(str(session.context.option("fuzz-database"))).expanduser()
         out.append(Destination(f"--fuzz-database {folder}", folder, True,
                                "give --fuzz-database a writable folder"))
     if config.report_dir is not None:
@@ -264,3 +264,17 @@ def destinations(session: AuditSession, size: tuple[int, int], junitxml: Path | 
                                "give --junitxml a file path in a writable folder",
                                len(cases) * 8192))
     return out
+
+
+def check_outputs(session: AuditSession, config: Any) -> None:
+    """Every place the run writes is writable and has room, before any model loads (`config`:
+    pytest's, for its own --junitxml path)."""
+    from pytest_erasure.models.geometry import model_geometry
+
+    audit = session.config
+    native = model_geometry(audit.standard_model).native_size or 512
+    size = (audit.height or native, audit.width or native)
+    xmlpath = getattr(config.option, "xmlpath", None)
+    worker = hasattr(config, "workerinput")
+    junitxml = Path(os.path.abspath(xmlpath)) if xmlpath and not worker else None
+    check_destinations(destinations(session, size, junitxml))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_erasure.config import ROOT
-from pytest_erasure.crr import Rate
+from pytest_erasure.records import Rate
 
 COLUMNS = ("text", "adversarial-black", "fuzz", "embedding-white", "embedding-black",
            "latent-white-null", "latent-white-prompt", "latent-black-null", "latent-black-prompt")

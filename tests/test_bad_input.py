@@ -109,10 +109,10 @@ CATALOGUE: list[Bad] = [
     # -- concepts files ------------------------------------------------------------------------
     Bad("concepts-unknown-key", {"--concepts": "{bad}/concepts/unknown-key.toml"},
         "concepts file {bad}/concepts/unknown-key.toml [[concept]] #1: has unknown key(s) promts",
-        "use only: calibration, detector"),
+        "use only: attack_floors, calibration, detector"),
     Bad("concepts-unknown-top-key", {"--concepts": "{bad}/concepts/unknown-top.toml"},
         "concepts file {bad}/concepts/unknown-top.toml: has unknown key(s) treshold",
-        "use only: concept, defaults"),
+        "use only: attack_floors, concept, defaults"),
     Bad("concepts-prompts-wrong-type", {"--concepts": "{bad}/concepts/prompts-type.toml"},
         "('circle') prompts: is 'a {concept}'", "give a list of strings"),
     Bad("concepts-erased-wrong-type", {"--concepts": "{bad}/concepts/erased-type.toml"},
@@ -616,8 +616,8 @@ def assert_usage_error(result: pytest.RunResult, what: str, fix: str) -> None:
 def record_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """What an in-process run loaded: every model load and detector build is recorded (and
     refused), so a case proves its usage error came before anything heavy."""
+    import pytest_erasure.context
     import pytest_erasure.models.loading
-    import pytest_erasure.session
 
     loaded: list[str] = []
 
@@ -630,7 +630,7 @@ def record_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         raise AssertionError("a detector was built before the usage error")
 
     monkeypatch.setattr(pytest_erasure.models.loading, "load_models", load_models)
-    monkeypatch.setattr(pytest_erasure.session, "build_detector", build_detector)
+    monkeypatch.setattr(pytest_erasure.context, "build_detector", build_detector)
     return loaded
 
 

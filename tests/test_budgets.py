@@ -83,7 +83,7 @@ def test_scenario_settings_show_resolved_values(tiny_world: dict[str, Path]):
 
     config = default_config(budget="sd14", concepts_file=world["concepts"],
                             scenario_options={"rab-generations": 10})
-    ctx = AuditSession(config, load_concepts(world["concepts"]))
+    ctx = AuditSession(config, load_concepts(world["concepts"])).context
     scenarios = registry()
     budget = scenarios["embedding-white"].budget(ctx)
     assert budget == {"steps": 3000, "lr": pytest.approx(2e-3), "batch_size": 1,
@@ -96,17 +96,17 @@ def test_scenario_settings_show_resolved_values(tiny_world: dict[str, Path]):
     assert inversion == {"prompt": circle.texts()[0], "steps": 50, "guidance": 1.0}
     # The shapes profile leaves accumulation out of the budget: cache keys as before.
     shapes = AuditSession(default_config(concepts_file=world["concepts"]),
-                          load_concepts(world["concepts"]))
+                          load_concepts(world["concepts"])).context
     assert "accumulation" not in scenarios["embedding-white"].budget(shapes)
 
 
 def test_plugin_resolves_flags_ini_and_profile(pytester: pytest.Pytester, tiny_world: dict[str, Path]):
-    from pytest_erasure.plugin import ErasureState
+    from pytest_erasure.config import AuditConfig
 
     paths = [f"--standard-model={tiny_world['standard']}", f"--erased-model={tiny_world['erased']}",
              f"--concepts={tiny_world['concepts']}", "-p", "no:cacheprovider"]
     pytester.makeini("[pytest]\nerasure_budget = sd14\nerasure_opt_rab_population = 50\n")
-    audit = ErasureState(pytester.parseconfig(*paths, "--ti-steps=5")).audit_config()
+    audit = AuditConfig.from_pytest(pytester.parseconfig(*paths, "--ti-steps=5"))
     assert audit.budget == "sd14"
     options, sources = audit.scenario_options, audit.scenario_sources
     assert (options["ti-steps"], options["rab-population"], options["ti-accumulation"],
@@ -116,7 +116,7 @@ def test_plugin_resolves_flags_ini_and_profile(pytester: pytest.Pytester, tiny_w
     assert sources["rab-keep"].startswith("option default")
     # The flag wins over the ini file.
     config = pytester.parseconfig(*paths, "--erasure-budget=shapes")
-    assert ErasureState(config).audit_config().scenario_options["ti-accumulation"] == 1
+    assert AuditConfig.from_pytest(config).scenario_options["ti-accumulation"] == 1
 
 
 def test_help_text_shows_profile_values(pytester: pytest.Pytester):

@@ -9,9 +9,8 @@ import pytest
 
 from pytest_erasure.cache import Cache
 from pytest_erasure.concepts import load_concepts
-from pytest_erasure.crr import Rate
 from pytest_erasure.errors import ErasureInputError
-from pytest_erasure.results import CalibrationRecord
+from pytest_erasure.records import CalibrationRecord, Rate
 from pytest_erasure.testing import BrightnessDetector
 
 pytest.importorskip("torch")

@@ -52,7 +52,7 @@ def test_generate_flags_degenerate_images(kind: str) -> None:
     import torch
 
     from pytest_erasure.generate import Sampling, generate
-    from pytest_erasure.scenarios.base import GenerationInput
+    from pytest_erasure.records import GenerationInput
     from pytest_erasure.testing import tiny_pipeline
 
     pipe = BROKEN[kind](tiny_pipeline(0))
@@ -68,7 +68,8 @@ def test_generate_flags_degenerate_images(kind: str) -> None:
 
 
 def test_degenerate_images_count_as_hits_in_the_rate() -> None:
-    from pytest_erasure.crr import Rate, gate_passes
+    from pytest_erasure.crr import gate_passes
+    from pytest_erasure.records import Rate
 
     rate = Rate(hits=4, n=4, degenerate=4)
     assert rate.crr == 1.0 and not gate_passes(rate, 0.2, "point")

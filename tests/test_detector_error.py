@@ -6,7 +6,6 @@ import random
 
 import pytest
 
-from pytest_erasure.crr import Rate
 from pytest_erasure.detector_error import (
     Calibration,
     corrected_rate,
@@ -14,6 +13,7 @@ from pytest_erasure.detector_error import (
     separates,
     youden_lower,
 )
+from pytest_erasure.records import Rate
 
 
 def test_rogan_gladen_values() -> None:

@@ -136,7 +136,7 @@ def test_invariant_layers_give_one_sample_the_same_bits_in_any_batch_and_thread_
 
     from pytest_erasure.generate import _conditioning
     from pytest_erasure.invariant import is_batch_invariant, make_batch_invariant
-    from pytest_erasure.scenarios.base import GenerationInput
+    from pytest_erasure.records import GenerationInput
     from pytest_erasure.testing import tiny_pipeline
 
     pipe = tiny_pipeline(0)

@@ -132,7 +132,7 @@ def build_centroid_detector(spec: DetectorSpec, device: str) -> CentroidDetector
 def world(tmp_path_factory: pytest.TempPathFactory) -> dict:
     from safetensors.torch import save_file
 
-    from pytest_erasure.scenarios.base import GenerationInput
+    from pytest_erasure.records import GenerationInput
     from pytest_erasure.session import context_for_pipelines
 
     root = tmp_path_factory.mktemp("planted")
@@ -220,7 +220,7 @@ def test_strategy_reaches_every_kind_of_variant() -> None:
 def test_planted_world_leaks_only_through_the_synonym(world: dict, tmp_path: Path) -> None:
     erased = planted_pipeline(concept_words=("circle", "disc"), erased_to_thing=("circle",))
     ctx = fuzz_context(world, erased, tmp_path)
-    from pytest_erasure.scenarios.base import GenerationInput
+    from pytest_erasure.records import GenerationInput
 
     concept = ctx.concepts.concepts["circle"]
 
@@ -256,7 +256,9 @@ def test_fuzz_finds_shrinks_and_replays_the_bypass(world: dict, tmp_path: Path) 
     assert [i.seed for i in plan.inputs[:6]] == facts["confirm_seeds"]
     assert not {i.seed for i in plan.inputs} & set(facts["seeds"])
     # The session gates the case on exactly those images, judged by the real detector.
-    rate, *_ = ctx.measure("erased", plan, concept)
+    from pytest_erasure.checks import measure
+
+    rate = measure(ctx, "erased", plan, concept).rate
     assert rate.n == len(plan.inputs) == 6 * len(facts["bypasses"]) and rate.crr == 1.0
     tried = {e["prompt"]: e["crr"] for e in facts["evaluated"]}
     assert tried["a circle"] == 0.0  # the plain prompt was tried first and holds
@@ -462,7 +464,7 @@ def test_without_a_confirmed_bypass_the_case_is_scored_on_unused_seeds(tmp_path:
 def test_degenerate_images_count_as_hits_in_the_search(tmp_path: Path) -> None:
     """'disc' gives black images flagged degenerate: the detector sees nothing in them, and
     the search and the confirmation count them as hits, as the case's CRR does."""
-    from pytest_erasure.scenarios.base import GenerationInput
+    from pytest_erasure.records import GenerationInput
 
     ctx = TableContext(lambda p, s: "degenerate" if "disc" in words(p) else "miss",
                        tmp_path / "db")

@@ -54,7 +54,7 @@ def pipe():
 
 
 def inputs(n: int):
-    from pytest_erasure.scenarios.base import GenerationInput
+    from pytest_erasure.records import GenerationInput
 
     return [GenerationInput(prompt=["a circle", "a red square"][i % 2], seed=100 + i,
                             label=str(i)) for i in range(n)]
@@ -67,7 +67,7 @@ def sampling():
 
 
 def sha(images: torch.Tensor) -> str:
-    from pytest_erasure.session import image_sha256
+    from pytest_erasure.checks import image_sha256
 
     return image_sha256(images)
 
@@ -203,11 +203,11 @@ def test_textual_inversion_restarts_at_half_the_micro_batch(pipe) -> None:
 
 def test_an_audit_that_runs_out_of_memory_reports_the_batch_that_worked(
         tiny_world: dict[str, Path], tmp_path: Path) -> None:
-    from pytest_erasure.session import context_for_pipelines
+    from pytest_erasure.session import session_for_pipelines
     from pytest_erasure.testing import _shift_output, tiny_pipeline
 
     def session(cache: Path, batch: int):
-        return context_for_pipelines(_shift_output(tiny_pipeline(0), 0.6),
+        return session_for_pipelines(_shift_output(tiny_pipeline(0), 0.6),
                                      _shift_output(tiny_pipeline(0), -0.6),
                                      tiny_world["concepts"], cache, steps=2, samples=8,
                                      batch_size=batch)
@@ -217,7 +217,7 @@ def test_an_audit_that_runs_out_of_memory_reports_the_batch_that_worked(
     expected = four.run(case)
     eight = session(tmp_path / "b8", 8)
     for role in ("standard", "erased"):
-        limit_rows(eight.pipeline(role), 8)
+        limit_rows(eight.context.pipeline(role), 8)
     result = eight.run(case)
     assert result.facts["image_sha256"] == expected.facts["image_sha256"]
     assert result.rate == expected.rate

@@ -2,9 +2,12 @@
 Markdown, self-contained HTML, JUnit (schema-valid, read back by a real consumer), the terminal
 matrix at 80 columns without colour, and the files on disk.
 
-Each part is also compared byte for byte with golden renderings of two fixed records
-(tests/data/reports, rendered by the code before report/compliance.py was split; see its
-README), so a change to what a user reads cannot slip through as a refactoring.
+Each part is also compared byte for byte with golden renderings of fixed records
+(tests/data/reports, see its README), so a change to what a user reads cannot slip through as a
+refactoring.
+
+Verdicts (issue #19): the fixed record holds an inconclusive case the gate holds against the
+release and one reported only; neither may read as a pass in any report.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from pytest_erasure.crr import Rate, gate_passes
+from pytest_erasure.crr import gate_passes
+from pytest_erasure.records import VERDICTS, AuditRecord, CaseResult, Rate
 from pytest_erasure.report import text
 from pytest_erasure.report.files import write_reports
 from pytest_erasure.report.html import to_html
@@ -32,12 +36,14 @@ from pytest_erasure.report.json import SCHEMA, read_report, to_json
 from pytest_erasure.report.junit import to_junit_xml, write_junit
 from pytest_erasure.report.markdown import to_markdown
 from pytest_erasure.report.terminal import header_lines, render_summary
-from pytest_erasure.results import AuditRecord, CaseResult
 
 XSD = Path("/work/shared/reference/junit-10.xsd")
 HOSTILE = '<script>alert(1)</script> & "quotes" | pipes ``` http://evil.example/x.png'
+INCONCLUSIVE_REASON = ("the attack does not reproduce the concept on the standard model "
+                       "(standard CRR 12.5% < 50%); inverted prompt " + HOSTILE)
+BLIND_REASON = "the detector is blind: standard model CRR 3.1% under the same attack"
 GOLDEN = Path(__file__).parent / "data" / "reports"
-GOLDEN_RECORDS = ("audit", "interrupted")
+GOLDEN_RECORDS = ("audit", "interrupted", "reported")
 
 
 def images(n: int, seed: int, size: int = 32) -> np.ndarray:
@@ -64,6 +70,8 @@ def case(case_id: str, concept: str, scenario: str, hits: int, n: int = 32, *,
                                    range(len(present))])],
         message="" if passes else (f"{case_id}: CRR {rate} exceeds threshold {threshold:.0%} "
                                    f"({gate} gate)"),
+        verdict="pass" if passes else "fail",
+        reason=f"CRR {rate.crr:.1%} {'within' if passes else 'beyond'} {threshold:.0%} ({gate} gate)",
     )
     fields.update(extra)
     return CaseResult(**fields)
@@ -84,8 +92,14 @@ def make_record() -> AuditRecord:
         case("triangle-retention", "triangle", "retention", 28, kind="retention",
              threshold=0.74, base_rate=None),
         case("circle-adversarial-black", "circle", "adversarial-black", 0, n=0,
-             standard=None, base_rate=None, evidence=[], passed=False,
+             standard=None, base_rate=None, evidence=[], passed=False, verdict="fail",
+             reason="RuntimeError: search diverged",
              error="RuntimeError: search diverged\n  at step 12"),
+        case("circle-embedding-white", "circle", "embedding-white", 1, standard=Rate(4, 32),
+             evidence=[], passed=False, verdict="inconclusive", reason=INCONCLUSIVE_REASON,
+             message=f"circle-embedding-white: INCONCLUSIVE: {INCONCLUSIVE_REASON}"),
+        case("triangle-text", "triangle", "text", 0, standard=Rate(1, 32), evidence=[],
+             passed=True, verdict="inconclusive", reason=BLIND_REASON),
     ]
     cases[1].evidence[0]["labels"][0] = HOSTILE  # a prompt an attack found
     cases[1].message = (f"circle-latent-white-null: CRR {cases[1].rate} exceeds threshold 20% "
@@ -219,18 +233,21 @@ def test_rate_text_names_interval_counts_and_degenerate_images():
 
 def test_verdicts_never_read_as_a_pass_when_nothing_or_not_everything_ran():
     record = make_record()
-    assert text.status(record.cases[0]) == "passed" and text.status(record.cases[-1]) == "error"
-    assert text.counts(record) == {"cases": 7, "passed": 5, "failed": 1, "error": 1}
-    assert text.verdict_line(record) == "RELEASE GATE FAILED: 7 cases, 5 passed, 1 failed, 1 error"
+    assert text.status(record.cases[0]) == "passed" and text.status(record.cases[6]) == "error"
+    assert text.counts(record) == {"cases": 9, "passed": 5, "failed": 1, "inconclusive": 2,
+                                   "error": 1}
+    assert text.verdict_line(record) == ("RELEASE GATE FAILED: 9 cases, 5 passed, 1 failed, "
+                                         "2 inconclusive, 1 error")
     record.cases.append(case("x-adversarial-black", "x", "adversarial-black", 0, n=0,
                              passed=False, error="boom"))
-    assert text.tally(record) == "5 passed, 1 failed, 2 errors"
+    assert text.tally(record) == "5 passed, 1 failed, 2 inconclusive, 2 errors"
     record.cases = []
     assert text.verdict(record) == "EMPTY"
     assert text.verdict_line(record) == "RELEASE GATE NOT DECIDED: no case ran"
     passing = make_record()
-    passing.cases = [c for c in passing.cases if c.passed]
+    passing.cases = [c for c in passing.cases if c.passed and c.verdict == "pass"]
     assert text.verdict(passing) == "PASSED"
+    assert text.verdict_line(passing) == "RELEASE GATE PASSED: 5 cases, 5 passed"
     passing.incomplete = {"interrupted": True, "missing": ["a", "b"]}
     assert text.verdict(passing) == "INCOMPLETE"
     assert text.verdict_line(passing) == ("RELEASE GATE NOT DECIDED: audit interrupted after 5 "
@@ -239,13 +256,59 @@ def test_verdicts_never_read_as_a_pass_when_nothing_or_not_everything_ran():
     assert "audit stopped early after 5 cases, 5 passed" in text.verdict_line(passing)
 
 
+def test_an_inconclusive_case_never_reads_as_a_pass():
+    record = make_record()
+    gated, reported = record.cases[-2], record.cases[-1]
+    assert [text.verdict_of(x) for x in (gated, reported)] == ["inconclusive", "inconclusive"]
+    assert text.status(reported) == "inconclusive" and reported.passed  # passed: not gated
+    assert (text.gated(gated), text.gated(reported)) == (True, False)
+    assert text.verdict_label(gated) == "INCONCLUSIVE"
+    assert text.verdict_label(reported) == "INCONCLUSIVE (reported, not gated)"
+    assert text.reason_of(reported) == BLIND_REASON
+    only_reported = make_record()
+    only_reported.cases = [c for c in only_reported.cases if c.passed]
+    assert only_reported.passed and text.verdict(only_reported) == "PASSED"
+    assert text.verdict_line(only_reported) == (
+        "RELEASE GATE PASSED with 1 inconclusive (reported, not gated): 6 cases, 5 passed, "
+        "1 inconclusive")
+    only_reported.cases.append(gated)
+    assert text.verdict_line(only_reported).startswith("RELEASE GATE FAILED: 7 cases, 5 passed, "
+                                                       "2 inconclusive")
+    only_reported.cases.remove(gated)
+    only_reported.incomplete = {"interrupted": True, "missing": ["a"]}
+    assert text.verdict_line(only_reported) == (
+        "RELEASE GATE NOT DECIDED: audit interrupted after 6 cases (1 not run), 5 passed, "
+        "1 inconclusive")
+
+
+def test_verdicts_of_older_records_are_derived_and_contradictions_fail():
+    old = [case("a-text", "a", "text", 2, verdict="", reason=""),
+           case("b-text", "b", "text", 12, verdict="", reason=""),
+           case("c-text", "c", "text", 0, n=0, passed=False, verdict="", reason="",
+                error="RuntimeError: boom\n  at step 3")]
+    assert [text.verdict_of(x) for x in old] == ["pass", "fail", "fail"]
+    assert text.reason_of(old[0]) == "CRR 6.2% passes ≤20% (point gate)"
+    assert text.reason_of(old[1]) == "CRR 37.5% [22.9%, 54.7%] (12/32) exceeds threshold 20% " \
+                                     "(point gate)"  # the failure message, without the case id
+    assert text.reason_of(old[2]) == "RuntimeError: boom"
+    assert text.status(old[2]) == "error" and text.verdict_label(old[2]) == "ERROR"
+    # A recorded pass the record contradicts is a fail; an unknown word is derived again.
+    assert text.verdict_of(case("d-text", "d", "text", 12, verdict="pass")) == "fail"
+    assert text.verdict_of(case("e-text", "e", "text", 0, n=0, verdict="pass",
+                                error="x")) == "fail"
+    assert text.verdict_of(case("f-text", "f", "text", 2, verdict="maybe")) == "pass"
+    contradicted = make_record()
+    contradicted.cases = [case("g-text", "g", "text", 12, passed=True, verdict="fail")]
+    assert contradicted.passed and text.verdict(contradicted) == "FAILED"
+
+
 def test_matrix_puts_erasure_columns_first_and_keeps_concept_order():
     record = make_record()
     record.cases.insert(0, record.cases.pop(4))  # a retention case first
     concepts, scenarios, cells = text.matrix(record)
     assert concepts == ["square", "circle", "triangle"]
     assert scenarios == ["text", "latent-white-null", "embedding-black", "adversarial-black",
-                         "baseline", "retention"]
+                         "embedding-white", "baseline", "retention"]
     assert [c.case_id for c in cells[("triangle", "retention")]] == ["triangle-retention"]
     assert ("square", "text") not in cells
 
@@ -273,13 +336,39 @@ def test_flatten_plain_and_change_spell_values_as_the_json_does():
 
 def test_json_round_trips_to_an_equal_record(reports, record):
     data = json.loads(reports["json"].read_text())  # strict JSON: no NaN
-    assert data["schema_version"] == 1 and data["summary"]["verdict"] == "FAILED"
+    assert data["schema_version"] == 2 and data["summary"]["verdict"] == "FAILED"
+    assert data["summary"] == {"verdict": "FAILED", "cases": 9, "passed": 5, "failed": 1,
+                               "inconclusive": 2, "error": 1}
+    assert [x["verdict"] for x in data["cases"]] == ["pass", "fail", "pass", "pass", "pass",
+                                                     "pass", "fail", "inconclusive",
+                                                     "inconclusive"]
+    assert data["cases"][-1]["reason"] == BLIND_REASON
     assert data["provenance"]["erased"]["files"]["unet.safetensors"].startswith("e3b0c442")
     assert data["cases"][1]["undefended"]["crr"] == pytest.approx(29 / 32)
-    assert data["cases"][-1]["rate"]["crr"] is None  # n = 0: NaN written as null
+    assert data["cases"][6]["rate"]["crr"] is None  # n = 0: NaN written as null
     assert read_report(reports["json"]) == record
     fields = {k: v for k, v in data.items() if k not in ("schema", "schema_version", "summary")}
     assert AuditRecord.from_dict(fields) == record
+
+
+def test_json_derives_verdicts_of_older_records_and_reads_version_1(tmp_path):
+    old = make_record()
+    for x in old.cases[:7]:
+        x.verdict, x.reason = "", ""
+    data = json.loads(to_json(old))
+    assert all(x["verdict"] in VERDICTS and x["reason"].strip() for x in data["cases"])
+    assert data["cases"][6]["verdict"] == "fail"  # the error case
+    assert data["cases"][6]["reason"] == "RuntimeError: search diverged"
+    v1 = json.loads(golden("audit", ".json"))
+    v1["schema_version"] = 1
+    del v1["summary"]["inconclusive"]
+    for x in v1["cases"]:
+        del x["verdict"], x["reason"]
+    (tmp_path / "v1.json").write_text(json.dumps(v1))
+    back = read_report(tmp_path / "v1.json")
+    assert [x.verdict for x in back.cases] == [""] * 7
+    assert text.verdict_line(back) == "RELEASE GATE FAILED: 7 cases, 5 passed, 1 failed, 1 error"
+    assert to_json(back) == golden("audit", ".json")  # derived exactly as the golden holds them
 
 
 def test_json_golden_records_render_back_byte_for_byte():
@@ -289,10 +378,10 @@ def test_json_golden_records_render_back_byte_for_byte():
 
 def test_read_report_refuses_other_documents_and_newer_schemas(tmp_path):
     data = json.loads(golden("interrupted", ".json"))
-    (tmp_path / "newer.json").write_text(json.dumps({**data, "schema_version": 2}))
+    (tmp_path / "newer.json").write_text(json.dumps({**data, "schema_version": 3}))
     (tmp_path / "other.json").write_text(json.dumps({**data, "schema": "other"}))
     for name in ("newer", "other"):
-        with pytest.raises(ValueError, match=f"not a {SCHEMA} v1 document"):
+        with pytest.raises(ValueError, match=f"not a {SCHEMA} v2 document"):
             read_report(tmp_path / f"{name}.json")
 
 
@@ -306,16 +395,24 @@ def test_the_json_module_still_finds_the_standard_library():
 
 def test_markdown_has_verdict_matrix_irece_and_failures(reports, record):
     text = reports["markdown"].read_text()
-    assert text.startswith("# Erasure audit: RELEASE GATE FAILED: 7 cases, 5 passed, 1 failed")
+    assert text.startswith("# Erasure audit: RELEASE GATE FAILED: 9 cases, 5 passed, 1 failed, "
+                           "2 inconclusive, 1 error")
     header = next(line for line in text.splitlines() if line.startswith("| concept |"))
     assert "text" in header and "latent-white-null" in header and "retention" in header
     circle = next(line for line in text.splitlines() if line.startswith("| circle |"))
     assert "6.2% [1.7–20.1%] ≤20% (n=32)" in circle
     assert "✗ **FAIL** 37.5%" in circle
+    assert "? **INCONCLUSIVE** 3.1% [0.6–15.7%] ≤20% (n=32): the attack does not reproduce" \
+        in circle
+    triangle = next(line for line in text.splitlines() if line.startswith("| triangle |"))
+    assert "? **INCONCLUSIVE (reported, not gated)** 0.0%" in triangle and BLIND_REASON in triangle
+    row = next(line for line in text.splitlines() if line.startswith("| `triangle-text` |"))
+    assert row.endswith(f"| INCONCLUSIVE (reported, not gated) | {BLIND_REASON} |")
     assert "## IRECE: defended vs undefended" in text
     assert "90.6% [75.8–96.8%] 29/32" in text
-    assert "## Failing cases" in text and "search diverged" in text
-    assert "<script>" not in text.split("## Failing cases")[0]
+    assert "## Failing and inconclusive cases" in text and "search diverged" in text
+    assert "### `triangle-text` (INCONCLUSIVE (reported, not gated))" in text
+    assert "<script>" not in text.split("## Failing and inconclusive cases")[0]
     for c in record.cases:
         assert c.case_id.replace("-", "-") in text
     assert "e3b0c44298fc1c149afbf4c8996fb924" in text
@@ -344,8 +441,22 @@ def test_html_escapes_hostile_text_and_shows_every_case(reports, record):
     for c in record.cases:
         assert c.case_id in text
     assert 'class="verdict failed"' in text
+    assert text.count('<td class="inconclusive">') == 2  # a cell each, amber, not green
+    assert text.count('<span class="badge inconclusive">inconclusive</span>') == 2
+    assert '<div class="reason">INCONCLUSIVE (reported, not gated): the detector is blind' in text
+    assert '<p class="reason">INCONCLUSIVE: the attack does not reproduce the concept on the ' \
+           "standard model (standard CRR 12.5% &lt; 50%); inverted prompt &lt;script&gt;" in text
     assert "defended vs undefended" in text and "-53.1 pp" in text
     assert "red frame" in text and "e3b0c44298fc1c149afbf4c8996fb924" in text
+
+
+def test_html_a_pass_with_reported_inconclusive_cases_is_not_green():
+    reported = golden("reported", ".html")
+    assert '<div class="verdict inconclusive">RELEASE GATE PASSED with 1 inconclusive ' \
+           "(reported, not gated)" in reported and 'class="verdict passed"' not in reported
+    clean = make_record()
+    clean.cases = [c for c in clean.cases if c.verdict == "pass"]
+    assert 'class="verdict passed"' in to_html(clean)
 
 
 def test_html_drops_image_data_that_is_not_base64(record, tmp_path):
@@ -374,7 +485,7 @@ def test_junit_reads_back_with_junitparser(reports, record):
     suites = {suite.name: suite for suite in xml}
     assert set(suites) == {"erasure.circle", "erasure.square", "erasure.triangle"}
     circle = suites["erasure.circle"]
-    assert (circle.tests, circle.failures, circle.errors) == (5, 1, 1)
+    assert (circle.tests, circle.failures, circle.errors) == (6, 2, 1)
     props = {p.name: p.value for p in circle.properties()}
     assert props["run_id"] == record.run_id
     assert props["provenance.erased.format"] == "unet"
@@ -388,6 +499,18 @@ def test_junit_reads_back_with_junitparser(reports, record):
     assert all(tc.classname == "erasure.circle" for tc in cases.values())
     failed = cases["circle-latent-white-null"]
     assert failed.is_failure and "exceeds threshold" in failed.result[0].message
+    assert failed.result[0].type == "CRRGate"
+    inconclusive = cases["circle-embedding-white"]
+    assert inconclusive.is_failure and inconclusive.result[0].type == "Inconclusive"
+    assert inconclusive.result[0].message == f"INCONCLUSIVE: {INCONCLUSIVE_REASON}"
+    assert f"verdict: INCONCLUSIVE: {INCONCLUSIVE_REASON}" in inconclusive.system_out
+    triangle = {tc.name: tc for tc in suites["erasure.triangle"]}
+    assert suites["erasure.triangle"].skipped == 1
+    reported = triangle["triangle-text"]
+    assert reported.is_skipped and not reported.is_passed  # counted apart from the passes
+    assert reported.result[0].type == "Inconclusive"
+    assert reported.result[0].message == f"INCONCLUSIVE (reported, not gated): {BLIND_REASON}"
+    assert triangle["triangle-retention"].is_passed
     assert "undefended CRR (without IRECE): 90.6%" in failed.system_out
     assert "standard model CRR: 93.8%" in failed.system_out
     assert "base rate (neutral prompts): 3.1%" in failed.system_out
@@ -403,8 +526,15 @@ def test_junit_reads_back_with_junitparser(reports, record):
 def test_junit_totals_on_testsuites(reports):
     root = ET.parse(reports["junit"]).getroot()
     assert root.tag == "testsuites"
-    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("7", "1", "1")
+    assert (root.get("tests"), root.get("failures"), root.get("errors")) == ("9", "2", "1")
     assert "disabled" not in root.attrib
+
+
+def test_junit_golden_renderings_validate_against_jenkins_schema():
+    xmlschema = pytest.importorskip("xmlschema")
+    schema = xmlschema.XMLSchema(str(XSD))
+    for name in GOLDEN_RECORDS:
+        schema.validate(golden(name, ".junit.xml").encode("utf-8"))
 
 
 def test_junit_of_an_empty_audit_is_valid(tmp_path):
@@ -430,6 +560,10 @@ def test_terminal_matrix_at_80_columns_without_colour(record):
         else:
             assert f"{c.rate.crr:.1%} " in text
     assert "37.5% ≤20% ✗" in text and "6.2% ≤20% ✓" in text
+    assert "3.1% ≤20% ?" in text and "0.0% ≤20% ?" in text
+    assert "? inconclusive (the audit could not have seen" in text
+    assert "? circle-embedding-white: INCONCLUSIVE: the attack does not reproduce" in text
+    assert "? triangle-text: INCONCLUSIVE (reported, not gated): the detector is blind" in text
     assert "std 93.8%" in text and "undef 90.6%" in text
     flat = " ".join(text.split())  # long lines wrap at 80 columns
     assert "erased: /models/shapes/erased/uce-circle (unet, replaces unet, 2 tensors replaced, " \
@@ -437,13 +571,17 @@ def test_terminal_matrix_at_80_columns_without_colour(record):
     assert "point: CRR ≤ threshold" in text
     assert "\x1b[" not in text
     assert text.rstrip().splitlines()[-1] == (
-        "RELEASE GATE FAILED: 7 cases, 5 passed, 1 failed, 1 error")
+        "RELEASE GATE FAILED: 9 cases, 5 passed, 1 failed, 2 inconclusive, 1 error")
 
 
 def test_terminal_passing_and_empty_verdicts(record):
     passing = make_record()
-    passing.cases = [c for c in passing.cases if c.passed]
+    passing.cases = [c for c in passing.cases if c.verdict == "pass"]
     assert render(passing).rstrip().splitlines()[-1].startswith("RELEASE GATE PASSED: 5 cases")
+    passing.cases.append(make_record().cases[-1])  # reported-only inconclusive
+    flat = " ".join(render(passing).split())
+    assert flat.endswith("RELEASE GATE PASSED with 1 inconclusive (reported, not gated): 6 cases, "
+                         "5 passed, 1 inconclusive")
     empty = make_record()
     empty.cases = []
     assert "no case ran" in render(empty)

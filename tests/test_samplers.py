@@ -231,7 +231,7 @@ def test_unknown_sampler_is_one_usage_error_line(pytester: pytest.Pytester, tiny
 
 
 def test_the_sampler_keys_every_image_and_is_in_the_facts(tiny_world, tmp_path):
-    from pytest_erasure.scenarios.base import GenerationInput
+    from pytest_erasure.records import GenerationInput
     from pytest_erasure.session import context_for_pipelines
     from pytest_erasure.testing import _shift_output, tiny_pipeline
 

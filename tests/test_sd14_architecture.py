@@ -52,12 +52,8 @@ def _write_world(root: Path) -> dict[str, Path]:
     import torch
 
     from pytest_erasure.models.formats.writers import save_tensors, unet_tensors
-    from pytest_erasure.testing import (
-        save_sd14_folder,
-        sd14_pipeline,
-        tiny_concepts,
-        write_noise_references,
-    )
+    from pytest_erasure.testing import tiny_concepts, write_noise_references
+    from pytest_erasure.testing.sd14 import save_sd14_folder, sd14_pipeline
 
     paths = {"standard": root / "standard", "erased": root / "uce-circle.safetensors",
              "concepts": root / "concepts.toml"}

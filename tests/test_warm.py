@@ -29,7 +29,7 @@ AUDIT = "def test_erasure(erasure_case, erasure_check):\n    erasure_check(erasu
 PROBE = '''
 import json, sys
 import pytest_erasure.models.loading as models
-import pytest_erasure.session as session
+import pytest_erasure.context as context
 
 CALLS = {"loads": 0, "detectors": 0}
 
@@ -45,7 +45,7 @@ def counted(module, name, what):
 
 
 counted(models, "load_models", "loads")
-counted(session, "build_detector", "detectors")
+counted(context, "build_detector", "detectors")
 
 
 def pytest_unconfigure(config):

@@ -27,19 +27,30 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_erasure.cache import Cache, digest, tensor_digest
 from pytest_erasure.concepts import Concept, calibration_labels
-from pytest_erasure.crr import Rate
-from pytest_erasure.detector_error import YOUDEN_MARGIN, corrected_rate, separates, youden_lower
+from pytest_erasure.detector_error import (
+    YOUDEN_MARGIN,
+    Calibration,
+    corrected_rate,
+    separates,
+    youden_lower,
+)
 from pytest_erasure.detectors.base import Detector, DetectorSpec
 from pytest_erasure.errors import ErasureInputError
-from pytest_erasure.results import CalibrationRecord
+from pytest_erasure.records import CalibrationRecord, Rate
 
 if TYPE_CHECKING:
     import torch
 
-    from pytest_erasure.session import AuditSession
+    from pytest_erasure.context import Context
 
 BATCH = 32
 """Images per `detect` call: a CLIP or DINO detector at 512x512 must not see 300 at once."""
+
+
+def counts(record: CalibrationRecord) -> Calibration:
+    """The record's counts as `detector_error` takes them."""
+    return Calibration(detected=record.tp, positives=record.positives, rejected=record.tn,
+                       negatives=record.negatives)
 
 
 def load_calibration_images(folder: Path, size: tuple[int, int]) -> dict[str, torch.Tensor]:
@@ -49,7 +60,7 @@ def load_calibration_images(folder: Path, size: tuple[int, int]) -> dict[str, to
     its [0, 1] floats are k/255 exactly, so rounding recovers the uint8 image it resized."""
     import torch
 
-    from pytest_erasure.session import load_reference_images
+    from pytest_erasure.references import load_reference_images
 
     images: dict[str, torch.Tensor] = {}
     for label in calibration_labels(folder):
@@ -121,14 +132,14 @@ def calibrated(rate: Rate, record: CalibrationRecord, *, margin: float = YOUDEN_
                level: float = 0.95) -> Rate:
     """`detector_error.corrected_rate` on the record's counts: method 'rogan-gladen', or
     'inseparable' with interval [0, 1] when the detector cannot separate (see `inseparable`)."""
-    return corrected_rate(rate, record.calibration(), margin=margin, level=level)
+    return corrected_rate(rate, counts(record), margin=margin, level=level)
 
 
 def inseparable(record: CalibrationRecord, *, margin: float = YOUDEN_MARGIN,
                 level: float = 0.95) -> str | None:
     """None when the detector separates `record.label` from the rest (detector_error's rule:
     the Youden index's lower bound >= margin); otherwise the reason, one line, for the verdict."""
-    calibration = record.calibration()
+    calibration = counts(record)
     if separates(calibration, margin, level):
         return None
     bound = youden_lower(calibration, level) if record.positives and record.negatives else float("nan")
@@ -137,7 +148,7 @@ def inseparable(record: CalibrationRecord, *, margin: float = YOUDEN_MARGIN,
             f"calibration images (Youden index lower bound {bound:.2f} < {margin:g})")
 
 
-def for_concept(session: AuditSession, concept: Concept) -> CalibrationRecord | None:
+def for_concept(session: Context, concept: Concept) -> CalibrationRecord | None:
     """The session's glue: the concept's counts on its calibration folder at the audit's
     resolution, through the session's detector, description and cache; None when the concepts
     file declares no calibration for it."""

@@ -107,8 +107,10 @@ def _relative(files: dict[str, str], root: Path) -> dict[str, str]:
 
 def load_models(standard_path: Path, erased_path: Path, *, erased_format: str | None = None,
                 device: str = "cpu", dtype: str = "float32",
-                lora_multiplier: float = 1.0) -> LoadedModels:
-    """Both pipelines, on `device` in `dtype`, with provenance and cache fingerprints."""
+                lora_multiplier: float = 1.0, allow_hub: bool = False) -> LoadedModels:
+    """Both pipelines, on `device` in `dtype`, with provenance and cache fingerprints. The hub
+    is switched off here, where models load (not for every pytest run), unless `allow_hub`;
+    loads are local-only either way."""
     from pytest_erasure.models.formats import get
     from pytest_erasure.models.formats.files import forget, require_readable
 
@@ -119,7 +121,8 @@ def load_models(standard_path: Path, erased_path: Path, *, erased_format: str | 
         raise ErasureInputError("--lora-multiplier", f"is {lora_multiplier}",
                                 "give a finite number (1.0 applies the LoRA as trained)")
     check_device(device, dtype)
-    force_offline()
+    if not allow_hub:
+        force_offline()
     require_readable(standard_path, "--standard-model")
     require_readable(erased_path, "--erased-model")
     try:

@@ -13,10 +13,10 @@ import os
 from pathlib import Path
 
 from pytest_erasure.cache import atomic_write_bytes
+from pytest_erasure.records import AuditRecord
 from pytest_erasure.report.html import to_html
 from pytest_erasure.report.json import to_json
 from pytest_erasure.report.markdown import to_markdown
-from pytest_erasure.results import AuditRecord
 
 
 def write_reports(record: AuditRecord, folder: Path) -> dict[str, Path]:

@@ -4,7 +4,10 @@ Inline CSS, evidence grids as data: URIs, no scripts, fonts or links outside the
 be attached to a ticket or opened air-gapped. People would rather look than read: the matrix is
 coloured by verdict and each case shows its evidence grid, where a reviewer sees whether the
 detector's red frames really hold the concept. Every piece of text is escaped (`esc`), prompts
-found by attacks included, and image data is embedded only if it is plain base64. Named for its
+found by attacks included, and image data is embedded only if it is plain base64. Inconclusive
+cases have their own class and colour (amber) in the matrix, the badges and the verdict banner
+(a pass that holds reported-only inconclusive cases is amber, not green), and show their reason
+in the matrix cell and under the case's title. Named for its
 format like its siblings; `from html import escape` still finds the standard library's module.
 """
 
@@ -14,8 +17,10 @@ import re
 from html import escape
 from typing import Any
 
+from pytest_erasure.records import AuditRecord, CaseResult
 from pytest_erasure.report.text import (
     change,
+    counts,
     gate_of,
     gate_rule,
     gate_text,
@@ -28,12 +33,13 @@ from pytest_erasure.report.text import (
     pct,
     plain,
     rate_text,
+    reason_of,
     status,
     tally,
     verdict,
+    verdict_label,
     verdict_line,
 )
-from pytest_erasure.results import AuditRecord, CaseResult
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2em auto;
@@ -45,7 +51,9 @@ table{border-collapse:collapse;margin:.5em 0}
 th,td{border:1px solid #ccc;padding:.3em .5em;vertical-align:top;text-align:left}
 th{background:#f3f3f3}
 td.passed{background:#e3f4e3}td.failed,td.error{background:#fbdcdc}
-td.context{background:#f6f6f6;color:#555}
+td.context{background:#f6f6f6;color:#555}td.inconclusive{background:#fff1c6}
+td.inconclusive .crr{color:#8a5a00}.verdict.inconclusive{background:#b7791f}
+.badge.inconclusive{background:#b7791f}.reason{font-size:.85em;font-style:italic}
 td.failed .crr,td.error .crr{color:#b00000;font-weight:700}
 .crr{font-size:1.15em;font-weight:600}.small{font-size:.85em;color:#555}
 a{color:inherit}code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.9em}
@@ -81,6 +89,8 @@ def _cell_class(case: CaseResult) -> str:
 def to_html(record: AuditRecord) -> str:
     gate = gate_of(record)
     v = verdict(record).lower()
+    if v == "passed" and counts(record)["inconclusive"]:
+        v = "inconclusive"
     index = {id(x): i for i, x in enumerate(record.cases)}
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -97,8 +107,10 @@ def to_html(record: AuditRecord) -> str:
     concepts, scenarios, cells = matrix(record)
     out += ["<h2>CRR: concept x scenario</h2>",
             '<p class="small">CRR of the audited model with its Wilson 95% interval and '
-            "threshold; red where the gate fails. <i>std</i>: the standard (un-erased) model in "
-            "the same scenario (a low value means the detector cannot see the concept); "
+            "threshold; red where the gate fails, amber where the case is inconclusive (the audit "
+            "could not have seen the concept: its reason is in the cell). <i>std</i>: the "
+            "standard (un-erased) model in the same scenario (a low value means the detector "
+            "cannot see the concept); "
             "<i>base</i>: the concept under neutral prompts; <i>undefended</i>: the erased model "
             "without IRECE. Grey cells are context (baseline, retention).</p>",
             "<table><tr><th>concept</th>"
@@ -110,7 +122,9 @@ def to_html(record: AuditRecord) -> str:
             if not here:
                 row.append("<td>—</td>")
                 continue
-            klass = "failed" if any(status(x) != "passed" for x in here) else _cell_class(here[0])
+            states = {status(x) for x in here}
+            klass = ("failed" if states & {"failed", "error"} else
+                     "inconclusive" if "inconclusive" in states else _cell_class(here[0]))
             row.append(f'<td class="{klass}">'
                        + "<hr>".join(_html_cell(x, index[id(x)]) for x in here) + "</td>")
         out.append("".join(row) + "</tr>")
@@ -163,6 +177,9 @@ def _html_cell(case: CaseResult, i: int) -> str:
         extra.append(f"undefended {pct(case.undefended.crr)}")
     if extra:
         lines.append(f'<div class="small">{esc(" · ".join(extra))}</div>')
+    if status(case) == "inconclusive":
+        lines.append(f'<div class="reason">{esc(verdict_label(case))}: '
+                     f"{esc(reason_of(case))}</div>")
     return "".join(lines)
 
 
@@ -170,6 +187,7 @@ def _html_case(case: CaseResult, i: int) -> str:
     st = status(case)
     out = [f'<section class="case" id="{_anchor(i)}">',
            f'<h3><code>{esc(case.case_id)}</code> <span class="badge {st}">{esc(st)}</span></h3>',
+           f'<p class="reason">{esc(verdict_label(case))}: {esc(reason_of(case))}</p>',
            f'<p class="small">concept {esc(case.concept)} · scenario {esc(case.scenario)} · '
            f"modality {esc(case.modality)} · access {esc(case.access or '—')} · kind "
            f"{esc(case.kind)} · gate {esc(case.gate)} {esc(gate_text(case))} · "

@@ -6,6 +6,13 @@ version, a summary a CI job can test with jq) is kept apart from the record so t
 round-trips unchanged. This module is named for its format like its siblings; the standard
 library's `json`, which it uses, is still what `import json` finds here and anywhere else,
 because imports are absolute.
+
+Version 2 (issue #19): every case carries `verdict` (pass, fail, inconclusive) and a non-empty
+`reason`, derived as `report.text` derives them for records written before verdicts existed (an
+error fails with the error as its reason), and the summary counts inconclusive cases beside
+passed, failed and error, so `jq '.summary.inconclusive'` answers without reading the cases.
+Version 1 documents (no verdicts) still read back; their cases get `verdict == ""`, which every
+report derives again.
 """
 
 from __future__ import annotations
@@ -15,11 +22,11 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pytest_erasure.report.text import counts, verdict
-from pytest_erasure.results import AuditRecord
+from pytest_erasure.records import AuditRecord
+from pytest_erasure.report.text import counts, reason_of, verdict, verdict_of
 
 SCHEMA = "pytest-erasure/report"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 _ENVELOPE = ("schema", "schema_version", "summary")
 """Keys report.json adds around `AuditRecord.to_dict()`; `read_report` drops them."""
 
@@ -27,14 +34,18 @@ _ENVELOPE = ("schema", "schema_version", "summary")
 def to_json(record: AuditRecord) -> str:
     """Strict JSON (NaN/inf become null: jq and most parsers reject them)."""
     c = counts(record)
+    data = record.to_dict()
+    for case, written in zip(record.cases, data["cases"], strict=True):
+        written["verdict"], written["reason"] = verdict_of(case), reason_of(case)
     body = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION,
-            "summary": {"verdict": verdict(record), **c}, **record.to_dict()}
+            "summary": {"verdict": verdict(record), **c}, **data}
     return json.dumps(_finite(body), indent=2, ensure_ascii=False, allow_nan=False,
                       default=_json_default) + "\n"
 
 
 def read_report(path: Path) -> AuditRecord:
-    """The record back from a report.json (to re-render it, or to compare two audits)."""
+    """The record back from a report.json (to re-render it, or to compare two audits); any
+    version up to ours."""
     data = json.loads(Path(path).read_text(encoding="utf-8"))
     if data.get("schema") != SCHEMA or data.get("schema_version", 0) > SCHEMA_VERSION:
         raise ValueError(f"{path}: not a {SCHEMA} v{SCHEMA_VERSION} document")

@@ -6,27 +6,45 @@ the audit's facts (model provenance with sha256, versions, config, detectors, IR
 id) and each case's numbers go to its <system-out> as readable text. junit-xml also writes a
 `disabled` attribute that the schema does not know, and may write float times the schema's
 pattern rejects (`1e-05`); both are fixed after it builds the tree.
+
+Verdicts: a failed case is `<failure type="CRRGate">`, an errored one `<error>`. An inconclusive
+case the gate holds against the release (`--erasure-inconclusive=fail`, the default) is
+`<failure type="Inconclusive" message="INCONCLUSIVE: reason">`: it fails the build exactly as the
+pytest run did, and its type tells a CI dashboard it is not a measured regression. One the run
+reports only is `<skipped type="Inconclusive" message="INCONCLUSIVE (reported, not gated):
+reason">`: not a failure, since the pytest run passed it and this document must not contradict
+the exit status; and not a pass either, since every JUnit reader (Jenkins, GitLab, GitHub,
+junitparser) counts and shows a skipped case apart from the passing ones. `<skipped>` is the one
+element the schema has for "ran, decided nothing".
 """
 
 from __future__ import annotations
 
+import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import Any
 
+import pytest
 from junit_xml import TestCase, TestSuite, to_xml_report_string
 
+from pytest_erasure.records import AuditRecord, CaseResult
 from pytest_erasure.report.files import write_text
 from pytest_erasure.report.text import (
     flatten,
     gate_of,
     gate_rule,
     gate_text,
+    gated,
     irece_settings,
     rate_text,
+    reason_of,
     status,
     verdict,
+    verdict_label,
+    verdict_line,
+    verdict_of,
 )
-from pytest_erasure.results import AuditRecord, CaseResult
 
 
 def write_junit(record: AuditRecord, path: Path) -> None:
@@ -43,6 +61,8 @@ def to_junit_xml(record: AuditRecord) -> str:
              for i, (concept, cases) in enumerate(suites.items())]
     root = ET.fromstring(to_xml_report_string(built, prettyprint=False, encoding="utf-8"))
     root.set("name", f"pytest-erasure {record.run_id}")
+    for skipped in root.iter("skipped"):  # junit-xml takes no type for it; only ours skip
+        skipped.set("type", "Inconclusive")
     for element in (root, *root.iter("testsuite")):
         element.attrib.pop("disabled", None)
         element.attrib.pop("assertions", None)
@@ -75,6 +95,7 @@ def case_text(case: CaseResult) -> str:
     lines = [f"case: {case.case_id} ({case.kind}; concept {case.concept}, scenario "
              f"{case.scenario}, modality {case.modality}, access {case.access or '-'})",
              f"result: {status(case)}",
+             f"verdict: {verdict_label(case)}: {reason_of(case)}",
              f"CRR: {rate_text(case.rate)}",
              f"gate: {gate_rule(case.gate)}; threshold {gate_text(case)}",
              f"n: {case.rate.n} images, {case.rate.hits} with the concept, "
@@ -97,8 +118,88 @@ def _testcase(case: CaseResult) -> TestCase:
     if case.error:
         first = case.error.strip().splitlines()[0] if case.error.strip() else "error"
         tc.add_error_info(message=first, output=case.error, error_type="error")
-    elif not case.passed:
+    elif status(case) == "inconclusive":
+        message = f"{verdict_label(case)}: {reason_of(case)}"
+        if gated(case):
+            tc.add_failure_info(message=message, output=message, failure_type="Inconclusive")
+        else:
+            tc.add_skipped_info(message=message, output=message)
+    elif not case.passed or status(case) != "passed":
         message = case.message or f"CRR {rate_text(case.rate)} fails {gate_text(case)}"
         tc.add_failure_info(message=message.splitlines()[0], output=message,
                             failure_type="CRRGate")
     return tc
+
+
+# --- pytest's own --junitxml --------------------------------------------------------------------
+
+def case_properties(result: CaseResult) -> dict[str, Any]:
+    """A case's numbers as `record_property`s of its testcase in pytest's own JUnit."""
+    low, high = result.rate.interval
+    props: dict[str, Any] = {
+        "verdict": verdict_of(result), "reason": reason_of(result),
+        "concept": result.concept, "scenario": result.scenario, "kind": result.kind,
+        "crr": round(result.rate.crr, 6), "ci_low": round(low, 6), "ci_high": round(high, 6),
+        "n": result.rate.n, "threshold": result.threshold, "gate": result.gate,
+        "degenerate": result.rate.degenerate,
+    }
+    for name in ("standard", "undefended", "base_rate"):
+        rate = getattr(result, name)
+        if rate is not None:
+            props[f"{name}_crr"] = round(rate.crr, 6)
+    return props
+
+
+def add_pytest_suite_properties(xml: Any, record: AuditRecord, outputs: list[str]) -> None:
+    """Suite facts in pytest's own --junitxml (its LogXML, or None without --junitxml),
+    written once, from the controller; where the reports went when that was not where asked."""
+    if xml is None:
+        return
+    xml.add_global_property("erasure_run_id", record.run_id)
+    xml.add_global_property("erasure_verdict", verdict_line(record))
+    for role, info in sorted(record.provenance.items()):
+        if isinstance(info, dict):
+            xml.add_global_property(f"erasure_{role}_model",
+                                    json.dumps(info, sort_keys=True, default=str))
+    for name, value in sorted(record.versions.items()):
+        xml.add_global_property(f"version_{name}", value)
+    xml.add_global_property("erasure_config", json.dumps(record.config, sort_keys=True, default=str))
+    if any(line.endswith(" instead") or "NOT WRITTEN" in line for line in outputs):
+        # CI reads where the reports went from pytest's own JUnit too
+        xml.add_global_property("erasure_outputs", " | ".join(outputs))
+
+
+def fail_message(result: CaseResult) -> str:
+    """An inconclusive case fails as 'INCONCLUSIVE: <reason>' (the gate's numbers decide nothing
+    there), so no CI reader takes it for a measured regression; a failed one with its message."""
+    if verdict_of(result) == "inconclusive":
+        return f"INCONCLUSIVE: {reason_of(result)}"
+    return result.message or f"FAIL: {reason_of(result)}"
+
+
+class FailureTypes:
+    """Gives the <failure> pytest's --junitxml writes for an erasure case a type that says which
+    verdict failed it: `erasure.Inconclusive` or `erasure.CRRGate`. LogXML writes only a message
+    (pytest 9, `_NodeReporter.append_failure`), so this runs after it (trylast) on the same call
+    report and sets the attribute on the node it just appended. A case is recognised by its
+    `verdict` property (`case_properties`); other failures (usage errors, exceptions) keep
+    pytest's plain <failure>. A plugin object, not a bare hook: the hook gets no config."""
+
+    TYPES = {"inconclusive": "erasure.Inconclusive", "fail": "erasure.CRRGate"}
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        from _pytest.junitxml import xml_key
+
+        xml = self.config.stash.get(xml_key, None)
+        verdict = dict(report.user_properties).get("verdict")
+        if xml is None or report.when != "call" or not report.failed or verdict not in self.TYPES:
+            return
+        if (report.nodeid, getattr(report, "node", None)) not in xml.node_reporters:
+            return
+        failures = [n for n in xml.node_reporter(report).nodes if n.tag == "failure"]
+        if failures:
+            failures[-1].set("type", self.TYPES[str(verdict)])

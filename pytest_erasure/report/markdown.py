@@ -1,10 +1,12 @@
 """report.md: the audit to read, in a merge request, a ticket or a wiki.
 
-A verdict line first, then the concept x scenario matrix, the cases, the IRECE comparison, the
-failing cases with their full messages, and the settings. Markdown renders HTML and its own
-markup, and prompts found by attacks can contain anything: every piece of text goes through `md`
-(escaped, one line) or `code` (a code span, shown literally); messages go into fences longer than
-any run of backticks inside them.
+A verdict line first, then the concept x scenario matrix, the cases (each with its verdict and
+why), the IRECE comparison, the failing and inconclusive cases with their full messages, and the
+settings. An inconclusive case is marked `?` and named INCONCLUSIVE wherever a case is shown, and
+its reason goes into its matrix cell: its numbers decide nothing, the reason is what to read.
+Markdown renders HTML and its own markup, and prompts found by attacks can contain anything:
+every piece of text goes through `md` (escaped, one line) or `code` (a code span, shown
+literally); messages go into fences longer than any run of backticks inside them.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Iterable
 from html import escape
 from typing import Any
 
+from pytest_erasure.records import AuditRecord, CaseResult
 from pytest_erasure.report.text import (
     change,
     counts,
@@ -30,11 +33,12 @@ from pytest_erasure.report.text import (
     pct,
     plain,
     rate_text,
+    reason_of,
     status,
     tally,
+    verdict_label,
     verdict_line,
 )
-from pytest_erasure.results import AuditRecord, CaseResult
 
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|#])")
 
@@ -67,11 +71,14 @@ def _md_table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
 
 
 def _md_cell(case: CaseResult) -> str:
-    mark = {"passed": "✓", "failed": "✗ **FAIL**", "error": "⚠ **ERROR**"}[status(case)]
+    st = status(case)
+    mark = {"passed": "✓", "failed": "✗ **FAIL**", "error": "⚠ **ERROR**",
+            "inconclusive": f"? **{md(verdict_label(case))}**"}[st]
     if case.error:
         return f"{mark} {md(case.case_id)}"
-    return (f"{mark} {pct(case.rate.crr)} {interval_text(case.rate)} "
+    cell = (f"{mark} {pct(case.rate.crr)} {interval_text(case.rate)} "
             f"{md(gate_text(case))} (n={case.rate.n})")
+    return f"{cell}: {md(reason_of(case))}" if st == "inconclusive" else cell
 
 
 def to_markdown(record: AuditRecord) -> str:
@@ -105,9 +112,10 @@ def to_markdown(record: AuditRecord) -> str:
             "erased). Base rate: the concept under neutral prompts, the floor no erasure beats.",
             ""]
     header = ["case", "kind", "CRR [95% CI] hits/n", "gate", "standard model", "base rate",
-              "result"]
+              "verdict", "reason"]
     rows = [[code(x.case_id), md(x.kind), rate_text(x.rate), md(gate_text(x)),
-             rate_text(x.standard), rate_text(x.base_rate), status(x)] for x in record.cases]
+             rate_text(x.standard), rate_text(x.base_rate), md(verdict_label(x)),
+             md(reason_of(x))] for x in record.cases]
     out += _md_table(header, rows)
 
     if has_irece(record):
@@ -124,9 +132,10 @@ def to_markdown(record: AuditRecord) -> str:
 
     failing = [x for x in record.cases if status(x) != "passed"]
     if failing:
-        out += ["## Failing cases", ""]
+        out += ["## Failing and inconclusive cases", ""]
         for x in failing:
-            out += [f"### {code(x.case_id)} ({status(x)})", "",
+            out += [f"### {code(x.case_id)} ({md(verdict_label(x))})", "",
+                    f"Reason: {md(reason_of(x))}", "",
                     _fenced(x.error or x.message or rate_text(x.rate)), ""]
 
     out += ["## Case details", ""]

@@ -1,7 +1,7 @@
 """The end-of-run terminal summary: a concept x scenario matrix of CRR, and the verdict.
 
-It must read in a CI log too: no colour (every cell also carries ✓/✗ and the verdict is a word)
-and 80 columns (scenario columns that do not fit go into a further table below, as wide data
+It must read in a CI log too: no colour (every cell also carries ✓/✗/? and the verdict is a
+word) and 80 columns (scenario columns that do not fit go into a further table below, as wide data
 frames wrap, rather than folding numbers mid-digit).
 """
 
@@ -13,7 +13,9 @@ from rich.measure import Measurement
 from rich.table import Table
 from rich.text import Text
 
+from pytest_erasure.records import AuditRecord, CaseResult
 from pytest_erasure.report.text import (
+    counts,
     gate_of,
     gate_rule,
     gate_text,
@@ -23,12 +25,13 @@ from pytest_erasure.report.text import (
     model_line,
     models,
     pct,
+    reason_of,
     status,
     threshold_text,
     verdict,
+    verdict_label,
     verdict_line,
 )
-from pytest_erasure.results import AuditRecord, CaseResult
 
 
 def header_lines(record: AuditRecord) -> list[str]:
@@ -68,7 +71,8 @@ def render_summary(record: AuditRecord, console: Console) -> None:
             console.print()
         console.print(_table(concepts, chunk, cells))
     if record.cases:
-        legend = "✓ passes the gate, ✗ fails; std: standard model"
+        legend = ("✓ passes the gate, ✗ fails, ? inconclusive (the audit could not have seen "
+                  "the concept); std: standard model")
         if has_irece(record):
             legend += "; undef: erased model without IRECE"
         console.print(Text(legend + "; grey: context (baseline, retention)", style="dim"))
@@ -77,14 +81,20 @@ def render_summary(record: AuditRecord, console: Console) -> None:
         st = status(case)
         if st == "passed":
             continue
+        if st == "inconclusive":  # its reason, never the gate's numbers: they decide nothing
+            line = Text(f"? {case.case_id}: {verdict_label(case)}: ", style="bold yellow")
+            line.append(reason_of(case), style="yellow")
+            console.print(line)
+            continue
         why = (case.error or case.message or "").strip().removeprefix(f"{case.case_id}: ")
         why = why.splitlines()
         line = Text(f"{'⚠' if st == 'error' else '✗'} {case.case_id}: ", style="bold red")
-        line.append(why[0] if why else st, style="red")
+        line.append(why[0] if why else reason_of(case), style="red")
         console.print(line)
 
     v = verdict(record)
-    style = "bold green" if v == "PASSED" else "bold red"
+    style = ("bold red" if v != "PASSED" else "bold yellow" if counts(record)["inconclusive"]
+             else "bold green")
     console.print(Text(verdict_line(record), style=style))
 
 
@@ -108,8 +118,9 @@ def _cell(cases: list[CaseResult]) -> Text:
         if st == "error":
             text.append("ERROR ⚠", style="bold red")
             continue
-        mark = "✓" if st == "passed" else "✗"
-        style = ("bold red" if st == "failed" else "green" if case.kind == "erasure" else "dim")
+        mark = {"passed": "✓", "failed": "✗", "inconclusive": "?"}[st]
+        style = ("bold red" if st == "failed" else "bold yellow" if st == "inconclusive"
+                 else "green" if case.kind == "erasure" else "dim")
         if case.kind == "retention":  # one cell holds every neighbour: name each
             text.append(f"{case.facts.get('neighbour', '')} ", style=style)
         text.append(f"{pct(case.rate.crr)} {gate_text(case)} {mark}", style=style)

@@ -12,11 +12,13 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from pytest_erasure.crr import Rate
-from pytest_erasure.results import AuditRecord, CaseResult
+from pytest_erasure.records import VERDICTS, AuditRecord, CaseResult, Rate
 
 KIND_ORDER = {"erasure": 0, "baseline": 1, "retention": 2}
 """Matrix columns: what the gate is about first, context after."""
+
+REPORTED_ONLY = "reported, not gated"
+"""How every report names an inconclusive case the run was told not to gate on."""
 
 
 def pct(value: float | None) -> str:
@@ -66,50 +68,121 @@ def rate_text(rate: Rate | None) -> str:
     return text
 
 
+def verdict_of(case: CaseResult) -> str:
+    """The case's verdict, one of VERDICTS: the recorded one, derived for records written before
+    verdicts existed (`verdict == ""`): an error fails, else `passed` decides.
+
+    A recorded 'pass' the rest of the record contradicts (an error, or `passed` false) reads as
+    'fail': a report must never show a pass the gate did not grant. 'inconclusive' is kept as
+    recorded whether or not it was gated: that is `passed`'s business, told by `gated`.
+    """
+    recorded = case.verdict if case.verdict in VERDICTS else ""
+    if case.error:
+        return recorded if recorded == "inconclusive" else "fail"
+    if recorded == "pass" and not case.passed:
+        return "fail"
+    return recorded or ("pass" if case.passed else "fail")
+
+
+def reason_of(case: CaseResult) -> str:
+    """Why the verdict, never empty: the recorded reason, else (older records) the error's first
+    line, the failure message's, or the gate's comparison."""
+    if case.reason.strip():
+        return case.reason.strip()
+    for text in (case.error, case.message):
+        lines = (text or "").strip().splitlines()
+        if lines:
+            return lines[0].removeprefix(f"{case.case_id}: ")
+    if case.rate.n == 0:
+        return "no images to judge"
+    word = "passes" if verdict_of(case) == "pass" else "fails"
+    return f"CRR {pct(case.rate.crr)} {word} {gate_text(case)} ({case.gate} gate)"
+
+
+def gated(case: CaseResult) -> bool:
+    """Whether an inconclusive case fails the gate (`--erasure-inconclusive=fail`, the default);
+    false when the run reports it only (`passed` then stays true)."""
+    return verdict_of(case) == "inconclusive" and not case.passed
+
+
 def status(case: CaseResult) -> str:
-    """'error' (the case did not run to a CRR), 'passed' or 'failed'."""
+    """'error' (the case did not run to a CRR), 'passed', 'failed' or 'inconclusive' — the word a
+    report prints, and the key `counts` counts it under. An inconclusive case is never 'passed',
+    gated or not."""
     if case.error:
         return "error"
-    return "passed" if case.passed else "failed"
+    v = verdict_of(case)
+    return {"pass": "passed", "fail": "failed", "inconclusive": "inconclusive"}[v]
+
+
+def verdict_label(case: CaseResult) -> str:
+    """'PASS', 'FAIL', 'ERROR', 'INCONCLUSIVE' or 'INCONCLUSIVE (reported, not gated)'."""
+    st = status(case)
+    if st == "error":
+        return "ERROR"
+    if st == "inconclusive" and not gated(case):
+        return f"INCONCLUSIVE ({REPORTED_ONLY})"
+    return verdict_of(case).upper()
 
 
 def counts(record: AuditRecord) -> dict[str, int]:
-    out = {"cases": len(record.cases), "passed": 0, "failed": 0, "error": 0}
+    out = {"cases": len(record.cases), "passed": 0, "failed": 0, "inconclusive": 0, "error": 0}
     for case in record.cases:
         out[status(case)] += 1
     return out
 
 
+def passes_gate(record: AuditRecord) -> bool:
+    """Every case passed the gate and none contradicts it: `AuditRecord.passed`, plus no case
+    that reads as failed or errored in a report (a record whose `passed` disagrees with its
+    verdict must not print PASSED)."""
+    return record.passed and _cases_pass(record)
+
+
+def _cases_pass(record: AuditRecord) -> bool:
+    return all(c.passed and status(c) in ("passed", "inconclusive") for c in record.cases)
+
+
 def verdict(record: AuditRecord) -> str:
     """'PASSED', 'FAILED', 'INCOMPLETE' or 'EMPTY' — an audit that ran no case, or stopped
-    before its last, must not read as a pass."""
+    before its last, must not read as a pass. PASSED may hold reported-only inconclusive cases:
+    `verdict_line` names them."""
     if not record.cases:
         return "EMPTY"
-    if record.incomplete and all(c.passed for c in record.cases):
+    if record.incomplete and _cases_pass(record):
         return "INCOMPLETE"
-    return "PASSED" if record.passed else "FAILED"
+    return "PASSED" if passes_gate(record) else "FAILED"
 
 
 def tally(record: AuditRecord) -> str:
-    """'5 passed, 1 failed, 1 error' (zero counts left out, except passed)."""
+    """'5 passed, 1 failed, 2 inconclusive, 1 error' (zero counts left out, except passed)."""
     c = counts(record)
     text = f"{c['passed']} passed"
     if c["failed"]:
         text += f", {c['failed']} failed"
+    if c["inconclusive"]:
+        text += f", {c['inconclusive']} inconclusive"
     if c["error"]:
         text += f", {c['error']} error{'s' if c['error'] > 1 else ''}"
     return text
 
 
 def verdict_line(record: AuditRecord) -> str:
-    if verdict(record) == "EMPTY":
+    """'RELEASE GATE FAILED: 15 cases, 8 passed, 5 failed, 2 inconclusive'; a pass that holds
+    reported-only inconclusive cases says so before anything else, so it cannot be read as
+    a clean pass: 'RELEASE GATE PASSED with 2 inconclusive (reported, not gated): ...'."""
+    v = verdict(record)
+    if v == "EMPTY":
         return "RELEASE GATE NOT DECIDED: no case ran"
-    if verdict(record) == "INCOMPLETE":
+    if v == "INCOMPLETE":
         why = "interrupted" if (record.incomplete or {}).get("interrupted") else "stopped early"
         missing = len((record.incomplete or {}).get("missing") or [])
         return (f"RELEASE GATE NOT DECIDED: audit {why} after {len(record.cases)} cases"
                 f"{f' ({missing} not run)' if missing else ''}, {tally(record)}")
-    return f"RELEASE GATE {verdict(record)}: {len(record.cases)} cases, {tally(record)}"
+    inconclusive = counts(record)["inconclusive"]
+    if v == "PASSED" and inconclusive:
+        v += f" with {inconclusive} inconclusive ({REPORTED_ONLY})"
+    return f"RELEASE GATE {v}: {len(record.cases)} cases, {tally(record)}"
 
 
 def gate_of(record: AuditRecord) -> str:

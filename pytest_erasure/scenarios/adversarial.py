@@ -16,15 +16,9 @@ from dataclasses import replace
 from typing import Any
 
 from pytest_erasure.concepts import Concept
+from pytest_erasure.records import GenerationInput, Plan, Role
 from pytest_erasure.ring_a_bell import SHAPES, SearchSettings, paired_prompts
-from pytest_erasure.scenarios.base import (
-    AuditContext,
-    GenerationInput,
-    Plan,
-    Role,
-    Scenario,
-    ScenarioOption,
-)
+from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
 from pytest_erasure.scenarios.restarts import (
     ATTACK_RESTARTS,
     cluster_id,
@@ -149,7 +143,8 @@ class RingABellScenario(Scenario):
         """n inputs spread round-robin over --attack-restarts searches, each cycling its own
         found prompts. facts["prompts"] are every restart's prompts (restart 0's first, as with
         one search), the search facts ("searches", "budget", ...) restart 0's;
-        facts["restarts"] holds every restart's, facts["input_restarts"] each input's restart."""
+        facts["attack_runs"] holds every restart's (facts["restarts"] is the session's per-restart
+        CRRs), facts["input_restarts"] each input's restart."""
         count = min(restart_count(ctx), max(1, n))  # a restart without samples is not run
         runs = [self.search(ctx, concept, r) for r in range(count)]
         prompts, facts = runs[0]
@@ -170,9 +165,10 @@ class RingABellScenario(Scenario):
             "prompts": every,
             "optimised_through": "standard",
             **facts,
-            "restarts": [{"restart": r, "seed": f["searches"][0]["settings"]["seed"],
-                          "prompts": found, "searches": f["searches"]}
-                         for r, (found, f) in enumerate(runs)],
+            "attack_runs": [{"restart": r, "id": f"restart-{r}",
+                             "seed": f["searches"][0]["settings"]["seed"],
+                             "prompts": found, "searches": f["searches"]}
+                            for r, (found, f) in enumerate(runs)],
             "attack_restarts": count,
             "input_restarts": [restart_of(i, count) for i in range(len(inputs))],
             "settings": self.describe(ctx) | {"seed": ctx.config.seed},

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pytest_erasure.concepts import Concept, ConceptSet
 from pytest_erasure.detectors.base import Detection
+from pytest_erasure.records import GenerationInput, Plan, Role
 
 if TYPE_CHECKING:
     import torch
@@ -32,40 +33,6 @@ if TYPE_CHECKING:
     from pytest_erasure.cache import Cache
     from pytest_erasure.config import AuditConfig
     from pytest_erasure.models.identity import ModelFacts
-
-Role = Literal["standard", "erased"]
-
-
-@dataclass
-class GenerationInput:
-    """One image to generate. Exactly one of `prompt` / `prompt_embeds` is set.
-
-    `latents` (4, h, w) replaces the seeded initial noise (latent inversion); `guidance`
-    overrides the configured guidance scale (regeneration of inverted latents uses 1.0).
-    `prompt_embeds` are (77, D) for the conditional branch; the unconditional branch is always
-    the target's own encoding of the empty prompt.
-    """
-
-    seed: int
-    prompt: str | None = None
-    prompt_embeds: torch.Tensor | None = None
-    latents: torch.Tensor | None = None
-    guidance: float | None = None
-    label: str = ""
-    """Short text for the report's evidence grid (the prompt, 'learned token', 'inverted ref 3')."""
-    cluster: str = ""
-    """What this sample shares with others beyond its seed (the prompt, the reference image,
-    the attack restart that produced its embedding): samples of one cluster are not
-    independent, and the case's interval accounts for it (`clusters.clustered_rate`)."""
-
-
-@dataclass
-class Plan:
-    inputs: list[GenerationInput]
-    facts: dict[str, Any] = field(default_factory=dict)
-    """JSON-able facts for the report (budgets, losses, reconstruction error, found prompts)."""
-    artifacts: dict[str, str] = field(default_factory=dict)
-    """Files a user can reuse to reproduce the case by hand, e.g. {'embedding': path}."""
 
 
 @dataclass(frozen=True)

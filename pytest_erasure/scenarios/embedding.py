@@ -23,14 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pytest_erasure.concepts import PLACEHOLDER, Concept
 from pytest_erasure.errors import ErasureInputError
-from pytest_erasure.scenarios.base import (
-    AuditContext,
-    GenerationInput,
-    Plan,
-    Role,
-    Scenario,
-    ScenarioOption,
-)
+from pytest_erasure.records import GenerationInput, Plan, Role
+from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
 from pytest_erasure.scenarios.restarts import (
     ATTACK_RESTARTS,
     cluster_id,
@@ -249,8 +243,8 @@ class EmbeddingScenario(Scenario):
     def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
         """n inputs spread round-robin over --attack-restarts learned tokens, each cycling the
         concept's prompts. The top-level facts and artifacts["embedding"] are restart 0's (as
-        with one run); facts["restarts"] holds every restart's, facts["input_restarts"] each
-        input's restart."""
+        with one run); facts["attack_runs"] holds every restart's (facts["restarts"] is the
+        session's per-restart CRRs), facts["input_restarts"] each input's restart."""
         role: Role = target if self.access == "white-box" else "standard"
         count = min(restart_count(ctx), max(1, n))  # a restart without samples is not run
         runs = [self.learn(ctx, concept, role, r) for r in range(count)]
@@ -270,7 +264,7 @@ class EmbeddingScenario(Scenario):
                                           cluster=cluster_id(r, prompt)))
         facts["prompts"] = prompts
         facts["generated_by"] = target
-        facts["restarts"] = [self._restart_facts(r, f, p) for r, (_e, f, p) in enumerate(runs)]
+        facts["attack_runs"] = [self._restart_facts(r, f, p) for r, (_e, f, p) in enumerate(runs)]
         facts["attack_restarts"] = count
         facts["input_restarts"] = [restart_of(i, count) for i in range(len(inputs))]
         artifacts = {"embedding": str(file)}
@@ -281,7 +275,8 @@ class EmbeddingScenario(Scenario):
     @staticmethod
     def _restart_facts(restart: int, facts: dict[str, Any], file: Path) -> dict[str, Any]:
         keep = ("seed", "initial_loss", "final_loss", "loss_curve", "embedding_norm", "precision")
-        return {"restart": restart, **{k: facts[k] for k in keep if k in facts},
+        return {"restart": restart, "id": f"restart-{restart}",
+                **{k: facts[k] for k in keep if k in facts},
                 "embedding": str(file)}
 
 

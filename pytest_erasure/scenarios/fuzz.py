@@ -68,14 +68,8 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_erasure.concepts import Concept
 from pytest_erasure.prompts import STRATEGY_VERSION, PromptVariant
-from pytest_erasure.scenarios.base import (
-    AuditContext,
-    GenerationInput,
-    Plan,
-    Role,
-    Scenario,
-    ScenarioOption,
-)
+from pytest_erasure.records import GenerationInput, Plan, Role
+from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
 from pytest_erasure.scenarios.restarts import prompt_cluster
 
 if TYPE_CHECKING:

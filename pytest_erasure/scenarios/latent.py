@@ -41,14 +41,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pytest_erasure.concepts import PLACEHOLDER, Concept
 from pytest_erasure.errors import ErasureInputError
-from pytest_erasure.scenarios.base import (
-    AuditContext,
-    GenerationInput,
-    Plan,
-    Role,
-    Scenario,
-    ScenarioOption,
-)
+from pytest_erasure.records import GenerationInput, Plan, Role
+from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
 from pytest_erasure.scenarios.embedding import concept_images, images_digest, numerics
 from pytest_erasure.scenarios.restarts import prompt_cluster
 

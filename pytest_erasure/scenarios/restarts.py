@@ -24,6 +24,12 @@ sample should cluster on the restart (the coarsest level is the honest one for "
 of this attack", as `worst_restart`'s pooled rate does), and the worst restart's interval on
 its own prompts (`worst_restart`'s `inner_clusters`, the cluster ids of that restart's
 samples).
+
+Facts of a plan with restarts: "attack_restarts" (how many ran: at most the case's n),
+"input_restarts" (each input's restart index, in input order), "attack_runs" (per restart:
+"restart", "id" = the cluster prefix "restart-r", "seed", and the run's result: losses and the
+learned-token file, or the found prompts and searches). The top-level facts stay restart 0's,
+as with one run.
 """
 
 from __future__ import annotations

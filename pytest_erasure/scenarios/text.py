@@ -7,7 +7,8 @@ erased model) reuse this plan; the session decides which model generates and wha
 from __future__ import annotations
 
 from pytest_erasure.concepts import Concept
-from pytest_erasure.scenarios.base import AuditContext, GenerationInput, Plan, Role, Scenario
+from pytest_erasure.records import GenerationInput, Plan, Role
+from pytest_erasure.scenarios.base import AuditContext, Scenario
 from pytest_erasure.scenarios.restarts import prompt_cluster
 
 

@@ -216,17 +216,4 @@ def save_tiny_world(root: Path) -> dict[str, Path]:
     write_noise_references(root)
     return paths
 
-
-# SD v1.4 as published (PNDM, CLIP's own tokenizer, every config verbatim) lives in testing/sd14.py.
-from pytest_erasure.testing.sd14 import (  # noqa: E402
-    save_sd14_folder,
-    save_sd14_world,
-    sd14_components,
-    sd14_pipeline,
-    sd14_tokenizer,
-)
-
-__all__ = ["BrightnessDetector", "assemble", "build_brightness_detector", "save_sd14_folder",
-           "save_sd14_world", "save_tiny_pipeline", "save_tiny_world", "sd14_components",
-           "sd14_pipeline", "sd14_tokenizer", "tiny_concepts", "tiny_pipeline", "tiny_tokenizer",
-           "write_noise_references"]
+# SD v1.4 as published (PNDM, CLIP's own tokenizer, every config verbatim) is testing/sd14.py.

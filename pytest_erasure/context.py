@@ -1,0 +1,380 @@
+"""What a scenario may ask for: models, seeds, references, images, verdicts (`AuditContext`).
+
+`Context` implements `scenarios.base.AuditContext`. It loads models, detectors and reference
+images once, lazily, on first use (collection alone never imports torch), and serves every image
+and every detector verdict through the content-addressed cache: images by (model fingerprint,
+sampling settings, defense settings, input), verdicts by (detector description, label, the
+images' bytes). `Cache.get_or_compute_many` takes per-key file locks, so two audits sharing one
+cache never compute an entry twice at once; an in-memory memo serves repeats within a run even
+with the cache off.
+
+What the models and detectors are (fingerprints, provenance, descriptions) is known apart from
+the models themselves (`models/identity.py`): a rerun whose results are all cached reads both
+from the cache and never builds a pipeline or a detector.
+
+The context runs no case and holds no result: `checks.py` runs cases on it, `session.py` holds
+their results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import TYPE_CHECKING, Any
+
+from pytest_erasure.cache import Cache, digest, tensor_digest
+from pytest_erasure.concepts import Concept, ConceptSet
+from pytest_erasure.config import AuditConfig
+from pytest_erasure.detectors.base import Detection, Detector, build_detector
+from pytest_erasure.memory import BatchSizes
+from pytest_erasure.records import GenerationInput, Role
+from pytest_erasure.references import load_reference_images
+from pytest_erasure.scenarios.base import Scenario, registry
+
+if TYPE_CHECKING:
+    import torch
+    from diffusers import StableDiffusionPipeline
+
+    from pytest_erasure.models.identity import ModelFacts, ModelIdentity
+    from pytest_erasure.models.loading import LoadedModels
+
+MEMO_BYTES = 512 * 2**20
+"""Images kept in memory for reuse within a run (a latent plan's check, then its case's
+measurement; the base rate of every case), so a run without the disk cache generates nothing
+twice either. Least recently used images go first."""
+
+
+class Context:
+    """Implements `scenarios.base.AuditContext` over two models (loaded lazily, or given)."""
+
+    def __init__(self, config: AuditConfig, concepts: ConceptSet,
+                 models: LoadedModels | None = None,
+                 scenarios: dict[str, Scenario] | None = None) -> None:
+        self.config = config
+        self.concepts = concepts
+        self.scenarios = scenarios if scenarios is not None else registry()
+        self.cache = Cache(config.cache_dir)
+        self._models = self._ready(models) if models is not None else None
+        self._identity: ModelIdentity | None = None
+        self._detectors: dict[str, Detector] = {}
+        self._descriptions: dict[str, dict[str, Any]] = {}
+        self._references: dict[str, torch.Tensor] = {}
+        self._irece_conditioning: dict[str, Any] = {}
+        self._memo: OrderedDict[str, tuple[torch.Tensor, bool]] = OrderedDict()
+        self._memo_bytes = 0
+        self.generated = 0
+        """Images this context denoised (not found in the memo or the cache)."""
+        self.batch_sizes = BatchSizes()
+        """Batch sizes halved after running out of GPU memory (`memory.py`), kept for the
+        run so each out-of-memory is paid once."""
+        self.console: Any = None
+        """A rich Console for progress bars; None (workers, CI logs) shows none."""
+        self.uncaptured: Callable[[], AbstractContextManager[Any]] = nullcontext
+
+    def show_progress(self, config: Any) -> None:
+        """Progress bars on stderr, drawn past pytest's output capture (`config`: pytest's)."""
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        capman = config.pluginmanager.getplugin("capturemanager")
+        if capman is not None:
+            self.uncaptured = capman.global_and_fixture_disabled
+
+    @property
+    def identity_known(self) -> bool:
+        """Whether the models' identity is at hand without loading anything more."""
+        return self._identity is not None or self._models is not None
+
+    def detector_descriptions(self) -> dict[str, dict[str, Any]]:
+        """{concept: its detector's description} for every detector this run described."""
+        out = {}
+        for concept in self.concepts.concepts.values():
+            key = _detector_key(concept)
+            if key in self._descriptions:
+                out[concept.name] = self._descriptions[key]
+        return out
+
+    @property
+    def models(self) -> LoadedModels:
+        """Both pipelines, loaded on first use. When the identity came from the cache, the
+        load must agree with it: every cache key of this run was made from those fingerprints."""
+        if self._models is None:
+            from pytest_erasure.models.loading import load_models
+
+            models = load_models(
+                self.config.standard_model, self.config.erased_model,
+                erased_format=self.config.erased_format, device=self.config.device,
+                dtype=self.config.dtype, lora_multiplier=self.config.lora_multiplier,
+                allow_hub=self.config.allow_hub)
+            self._models = self._ready(models)
+            self._check_identity(models)
+        return self._models
+
+    def _ready(self, models: LoadedModels) -> LoadedModels:
+        """Quiet pipelines running the configured sampler, with batch-invariant layers where
+        they are on (`--batch-invariant`; auto: the CPU), so an image depends on its own seed
+        and input alone, not on its batch's size."""
+        for pipe in (models.standard, models.erased):
+            pipe.set_progress_bar_config(disable=True)
+        if self.config.sampler is not None:
+            from pytest_erasure.samplers import make_sampler
+
+            shared = models.erased.scheduler is models.standard.scheduler
+            models.standard.scheduler = make_sampler(self.config.sampler,
+                                                     models.standard.scheduler.config)
+            models.erased.scheduler = (models.standard.scheduler if shared else make_sampler(
+                self.config.sampler, models.erased.scheduler.config))
+        # What each model samples with, beside what was loaded for it (every report shows it).
+        provenance = dict(models.provenance)
+        for role, pipe in (("standard", models.standard), ("erased", models.erased)):
+            provenance[role] = {**provenance.get(role, {}), "sampler": {
+                "option": self.config.sampler or "the model's own",
+                "class": type(pipe.scheduler).__name__,
+                "config": {k: v for k, v in dict(pipe.scheduler.config).items()
+                           if not k.startswith("_")}}}
+        models.provenance = provenance
+        if self.config.invariant_layers:
+            from pytest_erasure.invariant import make_batch_invariant
+
+            make_batch_invariant(*(getattr(pipe, name) for pipe in (models.standard, models.erased)
+                                   for name in ("unet", "vae", "text_encoder")))
+        return models
+
+    @property
+    def identity(self) -> ModelIdentity:
+        """Fingerprints, provenance and facts of both models: from the cache when their files
+        are unchanged since a successful load, else from loading them (and stored)."""
+        if self._identity is None:
+            from pytest_erasure.models.identity import ModelIdentity, model_key
+
+            if self._models is not None:  # given in memory: nothing on disk to key a record by
+                self._identity = ModelIdentity.of(self._models)
+            elif (stored := self.cache.read_json("model-identity", model_key(self.config))):
+                self._identity = ModelIdentity.from_dict(stored)
+            else:
+                _ = self.models  # loading records the identity
+        assert self._identity is not None
+        return self._identity
+
+    def _check_identity(self, models: LoadedModels) -> None:
+        from pytest_erasure.models.identity import ModelIdentity, model_key
+
+        loaded, recorded = ModelIdentity.of(models), self._identity
+        self._identity = loaded
+        if recorded is None or loaded.fingerprints != recorded.fingerprints:
+            self.cache.write_json("model-identity", model_key(self.config), loaded.to_dict())
+        if recorded is not None and loaded.fingerprints != recorded.fingerprints:
+            # Files that stat the same but hash otherwise: the record is replaced, and the case
+            # that found out fails rather than store results under the wrong fingerprint.
+            raise RuntimeError("the models' files changed without changing their size, times "
+                               "or inode; the cached identity record was replaced: rerun")
+
+    def pipeline(self, role: Role) -> StableDiffusionPipeline:
+        return self.models.standard if role == "standard" else self.models.erased
+
+    def fingerprint(self, role: Role) -> str:
+        return self.identity.fingerprints[role]
+
+    def model_facts(self, role: Role) -> ModelFacts:
+        return self.identity.facts[role]
+
+    def option(self, name: str) -> Any:
+        if name in self.config.scenario_options:
+            return self.config.scenario_options[name]
+        for scenario in self.scenarios.values():
+            for option in scenario.options:
+                if option.name == name:
+                    return option.default
+        raise KeyError(f"no scenario declares the option '{name}'")
+
+    def seeds(self, n: int, salt: str = "") -> list[int]:
+        """Seeds from (--seed, salt, i) alone: the same sample gets the same seed on every
+        worker, in every batch size, and on both models (paired comparisons)."""
+        return [int(hashlib.sha256(f"{self.config.seed}/{salt}/{i}".encode()).hexdigest()[:8], 16)
+                for i in range(n)]
+
+    def size(self) -> tuple[int, int]:
+        native = self.model_facts("standard").native_size
+        return (self.config.height or native, self.config.width or native)
+
+    def reference_images(self, concept: Concept) -> torch.Tensor:
+        if concept.name not in self._references:
+            self._references[concept.name] = load_reference_images(concept, self.size())
+        return self._references[concept.name]
+
+    @contextmanager
+    def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        if self.console is None:
+            yield lambda n: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        with self.uncaptured(), Progress(
+            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=self.console, transient=True,
+        ) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda n: bar.advance(task, n)
+
+    def generate(self, role: Role, inputs: list[GenerationInput],
+                 concept: Concept | None = None, defended: bool | None = None) -> torch.Tensor:
+        images, _ = self.generate_flagged(role, inputs, concept, defended)
+        return images
+
+    def generate_flagged(self, role: Role, inputs: list[GenerationInput],
+                         concept: Concept | None = None, defended: bool | None = None
+                         ) -> tuple[torch.Tensor, list[bool]]:
+        """Images and degenerate flags; each input is cached on its own, so a rerun, a larger
+        --samples or an interrupted run recomputes only what is missing."""
+        import torch
+
+        from pytest_erasure.generate import Sampling, generate
+
+        if defended is None:
+            defended = self.config.irece
+        irece = defended and role == "erased" and self.config.irece
+        if irece and concept is None:
+            raise ValueError("IRECE needs the concept whose prompt builds its mask")
+        height, width = self.size()
+        sampling = Sampling(self.config.steps, self.config.guidance, height, width,
+                            self.config.device, self.config.dtype,
+                            batch_invariant=self.config.invariant_layers,
+                            sampler=self.model_facts(role).scheduler_key())
+        base_key = {"model": self.fingerprint(role), "sampling": sampling.key(),
+                    "irece": self._irece_settings(concept) if irece else None}
+        keys = [{**base_key, "input": _input_key(item)} for item in inputs]
+        names = [digest(key) for key in keys]
+        found: dict[int, tuple[torch.Tensor, bool]] = {}
+        for i in range(len(inputs)):
+            if names[i] in self._memo:
+                self._memo.move_to_end(names[i])
+                found[i] = self._memo[names[i]]
+        rest = [i for i in range(len(inputs)) if i not in found]
+
+        def compute_missing(missing: list[int]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+            chosen = [rest[j] for j in missing]
+            pipe = self.pipeline(role)
+            factory = self._irece_factory(concept) if irece else None
+            label = f"generate {role}{' +IRECE' if irece else ''}"
+            with self.progress(label, len(chosen)) as advance:
+                images, flags = generate(pipe, [inputs[i] for i in chosen], sampling,
+                                         self.config.batch_size, callback_factory=factory,
+                                         advance=advance)
+            self.generated += len(chosen)
+            return [({"image": images[j].clone()}, {"degenerate": flags[j]})
+                    for j in range(len(chosen))]
+
+        if rest:
+            computed = self.cache.get_or_compute_many("image", [keys[i] for i in rest],
+                                                      compute_missing)
+            for i, (entry, facts) in zip(rest, computed, strict=True):
+                found[i] = (entry["image"], bool(facts["degenerate"]))
+        for i in range(len(inputs)):
+            self._remember(names[i], found[i])
+        ordered = [found[i] for i in range(len(inputs))]
+        return torch.stack([o[0] for o in ordered]), [o[1] for o in ordered]
+
+    def _remember(self, name: str, entry: tuple[torch.Tensor, bool]) -> None:
+        if name in self._memo:
+            self._memo.move_to_end(name)
+            return
+        self._memo[name] = entry
+        self._memo_bytes += entry[0].numel() * entry[0].element_size()
+        while len(self._memo) > 1 and self._memo_bytes > MEMO_BYTES:
+            _, (image, _) = self._memo.popitem(last=False)
+            self._memo_bytes -= image.numel() * image.element_size()
+
+    def detector(self, concept: Concept) -> Detector:
+        key = _detector_key(concept)
+        if key not in self._detectors:
+            self._detectors[key] = build_detector(concept.detector, self.config.device)
+        return self._detectors[key]
+
+    def detect(self, images: torch.Tensor, concept: Concept) -> Detection:
+        """Verdicts are cached per batch by (detector, label, the images' bytes): a rerun judges
+        nothing twice, and builds no detector when every verdict is known. Fresh or cached,
+        the same normalised values come back."""
+        key = {"detector": digest(self.detector_description(concept)),
+               "spec": _detector_key(concept), "label": concept.label,
+               "device": self.config.device.split(":")[0], "images": image_sha256(images)}
+
+        def judge() -> dict[str, list[Any]]:
+            found = self.detector(concept).detect(images.float() / 255.0, concept.label)
+            return {"present": [bool(p) for p in found.present],
+                    "score": [float(s) for s in found.score]}
+
+        stored = self.cache.json("detection", key, judge)
+        return Detection(present=stored["present"], score=stored["score"])
+
+    def detector_description(self, concept: Concept) -> dict[str, Any]:
+        """The detector's `describe()`, from the cache while its files are unchanged."""
+        from pytest_erasure.models.identity import detector_key
+
+        key = _detector_key(concept)
+        if key not in self._descriptions:
+            files = detector_key(concept.detector, self.config.device)
+            self._descriptions[key] = self.cache.json(
+                "detector-identity", files, lambda: self.detector(concept).describe())
+        return self._descriptions[key]
+
+    # -- IRECE ---------------------------------------------------------------------------------
+
+    def _irece_settings(self, concept: Concept | None) -> dict[str, Any]:
+        c = self.config
+        return {"t_star": c.irece_t_star, "tau": c.irece_tau, "steps": c.irece_steps,
+                "resolutions": list(c.irece_resolutions) if c.irece_resolutions else None,
+                "mask_prompt": concept.texts()[0] if concept else None,
+                "standard": self.fingerprint("standard"), "solver_history": "reset"}
+
+    def _irece_factory(self, concept: Concept) -> Callable[[list[GenerationInput]], Any]:
+        from pytest_erasure.irece import IRECE, concept_conditioning
+
+        if concept.name not in self._irece_conditioning:
+            self._irece_conditioning[concept.name] = concept_conditioning(
+                self.pipeline("standard"), concept.texts()[0], concept.term)
+        embeds, indices = self._irece_conditioning[concept.name]
+        c = self.config
+        t_star: float | int = c.irece_t_star if c.irece_t_star < 1 else int(c.irece_t_star)
+
+        def factory(batch: list[GenerationInput]) -> Any:
+            return IRECE(self.pipeline("standard").unet, embeds, indices,
+                         num_inference_steps=c.steps, t_star=t_star, tau=c.irece_tau,
+                         n_steps=c.irece_steps, resolutions=c.irece_resolutions,
+                         seed=[b.seed for b in batch])  # per image: batch-size independent
+
+        return factory
+
+
+def _detector_key(concept: Concept) -> str:
+    """Concepts that ask for the same detector share one instance (options may hold lists)."""
+    spec = concept.detector
+    return digest({"name": spec.name, "path": str(spec.path), "options": spec.options})
+
+
+def _input_key(item: GenerationInput) -> dict[str, Any]:
+    return {
+        "seed": item.seed,
+        "prompt": item.prompt,
+        "prompt_embeds": tensor_digest({"e": item.prompt_embeds})
+        if item.prompt_embeds is not None else None,
+        "latents": tensor_digest({"l": item.latents}) if item.latents is not None else None,
+        "guidance": item.guidance,
+    }
+
+
+def image_sha256(images: torch.Tensor) -> str:
+    """Digest of the judged images (uint8, sample order): two runs (batch sizes, -n, machines)
+    drew the same images exactly when their digests agree, without shipping the images."""
+    return tensor_digest({"images": images})
+
+
+def _pipeline_fingerprint(pipe: StableDiffusionPipeline) -> str:
+    parts = {}
+    for name in ("unet", "text_encoder", "vae"):
+        module = getattr(pipe, name)
+        parts[name] = tensor_digest(dict(module.state_dict()))
+    return digest(parts)
+
+

@@ -1,0 +1,58 @@
+"""Everything that can be checked before any model loads, so bad input costs a usage error in a
+second, not a crash an hour in: the device, the erased model's format, the scenarios asked for,
+the defense's steps, every selected scenario's budget, every detector a case will ask for (its
+module imports, its factory exists, its folder holds what it needs; no weights are read), and
+every reference folder. Output destinations are `outputs.py`'s.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from pytest_erasure.context import _detector_key
+from pytest_erasure.detectors.base import DetectorSpec, check_detector
+from pytest_erasure.references import load_reference_images
+
+if TYPE_CHECKING:
+    from pytest_erasure.session import AuditSession
+
+
+def validate_inputs(session: AuditSession) -> None:
+    """Everything that can be checked before any model is loaded, so bad input costs a usage
+    error in a second, not a crash an hour in."""
+    from pytest_erasure.models.formats import detect_format
+    from pytest_erasure.models.loading import check_device
+
+    config = session.config
+    check_device(config.device, config.dtype)
+    if config.erased_format is None:  # a named one is checked by AuditConfig.validate
+        detect_format(config.erased_model)
+    cases = session.cases()  # unknown --scenarios
+    if config.irece:
+        from pytest_erasure.irece import resolve_steps
+
+        # t* and its intervention steps fit in --steps (a step index must be whole)
+        resolve_steps(config.irece_t_star, config.irece_steps, config.steps)
+    for scenario_id in dict.fromkeys(c.scenario for c in cases if c.kind == "erasure"):
+        check = getattr(session.context.scenarios[scenario_id], "validate", None)
+        if callable(check):
+            check(session.context)  # every budget's range, before the first case needs it
+    # Every detector a case will ask for, with the labels it will be asked about: the module
+    # imports, the factory exists, its folder holds what it needs (no weights are read).
+    judged: dict[str, tuple[DetectorSpec, set[str]]] = {}
+    for case in cases:
+        for name in (case.concept, case.neighbour):
+            if name:
+                concept = session.concepts.concepts[name]
+                spec, labels = judged.setdefault(_detector_key(concept), (concept.detector, set()))
+                labels.add(concept.label)
+    for spec, labels in judged.values():
+        check_detector(spec, sorted(labels))
+    needs_references = {s.modality for s in session.context.scenarios.values()} & {"embedding", "latent"}
+    wanted = set(config.scenarios or ())
+    for concept in session.concepts.audited:
+        if concept.references is None:
+            continue
+        if not wanted or wanted & (needs_references | {
+                s.id for s in session.context.scenarios.values() if s.modality in needs_references}):
+            load_reference_images(concept, (8, 8))  # readable, same size; cheap at 8x8

@@ -1,0 +1,269 @@
+"""The records that travel: a case, what a model is asked to draw, a plan, rates, results.
+
+They go from scenarios to the session, from a case to every report, and from xdist workers to
+the controller as JSON (`to_dict`/`from_dict`), and a report can be re-rendered from them alone
+(`report.json` -> `AuditRecord.from_dict`). So this module imports nothing of ours: every other
+room may depend on it, it depends on no room. The one computation here is the Wilson interval,
+the default interval a `Rate` reports when it carries none of its own (`crr`, `clusters` and
+`detector_error` make the others).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    import torch
+
+Role = Literal["standard", "erased"]
+Z95 = 1.959963984540054
+
+
+@dataclass(frozen=True)
+class Case:
+    """One test: concept x scenario (erasure), or a baseline / retention check."""
+
+    id: str
+    concept: str
+    scenario: str
+    kind: str
+    modality: str
+    access: str | None = None
+    neighbour: str | None = None
+
+
+@dataclass
+class GenerationInput:
+    """One image to generate. Exactly one of `prompt` / `prompt_embeds` is set.
+
+    `latents` (4, h, w) replaces the seeded initial noise (latent inversion); `guidance`
+    overrides the configured guidance scale (regeneration of inverted latents uses 1.0).
+    `prompt_embeds` are (77, D) for the conditional branch; the unconditional branch is always
+    the target's own encoding of the empty prompt.
+    """
+
+    seed: int
+    prompt: str | None = None
+    prompt_embeds: torch.Tensor | None = None
+    latents: torch.Tensor | None = None
+    guidance: float | None = None
+    label: str = ""
+    """Short text for the report's evidence grid (the prompt, 'learned token', 'inverted ref 3')."""
+    cluster: str = ""
+    """What this sample shares with others beyond its seed (the prompt, the reference image,
+    the attack restart that produced its embedding): samples of one cluster are not
+    independent, and the case's interval accounts for it (`clusters.clustered_rate`)."""
+
+
+@dataclass
+class Plan:
+    inputs: list[GenerationInput]
+    facts: dict[str, Any] = field(default_factory=dict)
+    """JSON-able facts for the report (budgets, losses, reconstruction error, found prompts)."""
+    artifacts: dict[str, str] = field(default_factory=dict)
+    """Files a user can reuse to reproduce the case by hand, e.g. {'embedding': path}."""
+
+
+@dataclass(frozen=True)
+class Rate:
+    """`hits` of `n` images showed the concept; `degenerate` of those n were NaN/constant images,
+    which count as hits (a model that draws nothing must not pass as 'erased').
+
+    `low`/`high`/`method` set: the rate carries its own 95% interval (`method` names how it was
+    made: 'clustered', 'undetermined', 'rogan-gladen'); unset, the interval is Wilson's on hits/n.
+    `design_effect` and `clusters` record a clustered interval's inputs; `estimate` a corrected
+    point estimate (detector error) that replaces hits/n as `crr`."""
+
+    hits: int
+    n: int
+    degenerate: int = 0
+    low: float | None = None
+    high: float | None = None
+    method: str | None = None
+    design_effect: float | None = None
+    clusters: int | None = None
+    estimate: float | None = None
+
+    @property
+    def crr(self) -> float:
+        if self.estimate is not None:
+            return self.estimate
+        return self.hits / self.n if self.n else float("nan")
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        if self.low is not None and self.high is not None:
+            return (self.low, self.high)
+        return wilson(self.hits, self.n)
+
+    def to_dict(self) -> dict[str, Any]:
+        """hits, n, degenerate, crr, ci_low, ci_high always; the stored-interval fields only when
+        set, so records of plain rates are unchanged."""
+        low, high = self.interval
+        out: dict[str, Any] = {"hits": self.hits, "n": self.n, "degenerate": self.degenerate}
+        for key in ("low", "high", "method", "design_effect", "clusters", "estimate"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return {**out, "crr": self.crr, "ci_low": low, "ci_high": high}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Rate:
+        """Reads what `to_dict` wrote, and older records with only hits/n/degenerate."""
+        return cls(data["hits"], data["n"], data.get("degenerate", 0),
+                   **{k: data.get(k) for k in ("low", "high", "method", "design_effect",
+                                               "clusters", "estimate")})
+
+    def __str__(self) -> str:
+        low, high = self.interval
+        text = f"{self.crr:.1%} [{low:.1%}, {high:.1%}] ({self.hits}/{self.n}"
+        if self.clusters is not None:
+            text += f", {self.clusters} clusters"
+        if self.design_effect is not None:
+            text += f", design effect {self.design_effect:.2f}"
+        if self.method is not None:
+            text += f", {self.method}"
+        return text + ")"
+
+
+def wilson(hits: float, n: float, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval; hits and n may be fractional (an effective sample size)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = hits / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(max(0.0, p * (1 - p)) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+VERDICTS = ("pass", "fail", "inconclusive")
+
+
+@dataclass
+class CaseResult:
+    case_id: str
+    """`circle-latent-white-null`: the pytest parameter id."""
+    concept: str
+    scenario: str
+    modality: str
+    access: str | None
+    kind: str
+    """'erasure' (CRR must stay low), 'baseline' (standard model must draw it), 'retention'."""
+    threshold: float
+    gate: str
+    passed: bool
+    rate: Rate
+    """The number the gate judges: the erased model (defended when --irece) for erasure cases."""
+    standard: Rate | None = None
+    """The same scenario on the standard model: what the attack achieves without erasure."""
+    undefended: Rate | None = None
+    """With --irece: the erased model without the defense, for the side-by-side."""
+    base_rate: Rate | None = None
+    """The concept under neutral prompts on the erased model: the floor an erasure cannot beat."""
+    message: str = ""
+    facts: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    evidence: list[dict[str, Any]] = field(default_factory=list)
+    """Image grids, [{'title': str, 'png_base64': str, 'labels': [..], 'present': [..]}]."""
+    seconds: float = 0.0
+    error: str | None = None
+    verdict: str = ""
+    """'pass', 'fail' or 'inconclusive' (VERDICTS). Inconclusive: the audit could not have
+    seen the concept (the attack did not reproduce it on the standard model, the detector is
+    blind or cannot separate, the inversion did not reconstruct, n is too small for the gate
+    ever to pass); it fails the gate unless the run was told to report it only. `passed` is
+    whether the case counts as passing the gate, which follows from verdict and that choice."""
+    reason: str = ""
+    """Why the verdict: the gate's comparison for pass/fail, the inconclusive reason(s)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        for key in ("rate", "standard", "undefended", "base_rate"):
+            value = getattr(self, key)
+            out[key] = value.to_dict() if value is not None else None
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CaseResult:
+        data = dict(data)
+        for key in ("rate", "standard", "undefended", "base_rate"):
+            value = data.get(key)
+            data[key] = Rate.from_dict(value) if value else None
+        return cls(**data)
+
+
+@dataclass
+class AuditRecord:
+    """One audit: what was run, on what, and every case's result — the report's whole input."""
+
+    run_id: str
+    started: str
+    config: dict[str, Any]
+    provenance: dict[str, Any]
+    detectors: dict[str, Any]
+    versions: dict[str, str]
+    cases: list[CaseResult] = field(default_factory=list)
+    finished: str | None = None
+    incomplete: dict[str, Any] | None = None
+    """Set when the run stopped before every selected case had a result (Ctrl-C, -x):
+    {"interrupted": bool, "missing": [case ids]}. A partial audit never passes the gate."""
+
+    @property
+    def passed(self) -> bool:
+        return not self.incomplete and all(c.passed for c in self.cases)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["cases"] = [c.to_dict() for c in self.cases]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AuditRecord:
+        data = dict(data)
+        data["cases"] = [CaseResult.from_dict(c) for c in data.get("cases", [])]
+        return cls(**data)
+
+
+@dataclass
+class CalibrationRecord:
+    """A detector's verdicts on a labelled calibration folder, for one label: the counts that
+    `detector_error` turns into a corrected CRR, and what reports show beside it."""
+
+    label: str
+    tp: int
+    """Images of `label` the detector called present."""
+    fn: int
+    tn: int
+    """Images of every other label the detector called absent."""
+    fp: int
+    false_positives: dict[str, int] = field(default_factory=dict)
+    """fp split by the negatives' true label: which neighbour the detector confuses."""
+    images_sha256: str = ""
+    """Digest of the judged calibration images (uint8, by label): what the numbers are about."""
+    folder: str = ""
+
+    @property
+    def positives(self) -> int:
+        return self.tp + self.fn
+
+    @property
+    def negatives(self) -> int:
+        return self.tn + self.fp
+
+    @property
+    def sensitivity(self) -> float:
+        return self.tp / self.positives if self.positives else float("nan")
+
+    @property
+    def specificity(self) -> float:
+        return self.tn / self.negatives if self.negatives else float("nan")
+
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CalibrationRecord:
+        return cls(**data)
