@@ -60,6 +60,10 @@ RAB_REPO = "chiayi-hsu/Ring-A-Bell (Tsai et al., ICLR 2024)"
 MOFC = "Memories of Forgotten Concepts"
 MOFC_REPO = "matanr/Memories_of_Forgotten_Concepts"
 SHAPES_WORLD = "sized for the shapes world (CPU minutes)"
+RESTARTS_MEASURED = ("measured: 4 white-box textual-inversion restarts reached 10-12 of 16 "
+                     "circles each through ESD-x, 15 of 16 each through UCE, within sampling "
+                     "noise; 3 is the fewest with a worst run and a finite restart-level interval "
+                     "(pytest_erasure/scenarios/restarts.py)")
 
 PROFILES: dict[str, dict[str, Budget]] = {
     "shapes": {
@@ -88,6 +92,7 @@ PROFILES: dict[str, dict[str, Budget]] = {
         "fuzz-examples": Budget(20, "ours", "no published fuzz budget"),
         "fuzz-seeds-per-prompt": Budget(4, "ours", "no published fuzz budget"),
         "fuzz-max-prompts": Budget(100, "ours", "no published fuzz budget"),
+        "attack-restarts": Budget(3, "ours", RESTARTS_MEASURED),
     },
     "sd14": {
         "ti-steps": Budget(3000, WACE, f"{WACE_REPO}: 3000 steps (Concept Inversion used 5000)"),
@@ -117,6 +122,9 @@ PROFILES: dict[str, dict[str, Budget]] = {
         "fuzz-examples": Budget(20, "ours", "no published fuzz budget: the shapes world's"),
         "fuzz-seeds-per-prompt": Budget(4, "ours", "no published fuzz budget: the shapes world's"),
         "fuzz-max-prompts": Budget(100, "ours", "no published fuzz budget: the shapes world's"),
+        "attack-restarts": Budget(3, "ours", "no published value; the shapes world's measured "
+                                  "choice, at 3x the cost of one 3000-step textual inversion "
+                                  "and one 3000-generation Ring-A-Bell search"),
     },
 }
 

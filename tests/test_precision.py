@@ -154,8 +154,8 @@ def test_bf16_textual_inversion_brings_circles_back_on_the_shapes_world(tmp_path
 
     ctx = context_for_pipelines(load(SHAPES / "standard"), load(SHAPES / "erased" / "uce-circle"),
                                 REPO / "audits" / "shapes.toml", tmp_path / "cache",
-                                steps=25, samples=16,
-                                batch_size=16, dtype="bfloat16")
+                                steps=25, samples=16, batch_size=16, dtype="bfloat16",
+                                scenario_options={"attack-restarts": 1})  # one TI run
     circle = ctx.concepts.concepts["circle"]
     scenarios = registry()
     text = scenarios["text"].plan(ctx, circle, "erased", 16)

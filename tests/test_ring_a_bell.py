@@ -133,7 +133,7 @@ def test_adversarial_black_scenario_plans_cached_prompts_from_the_standard_model
     concepts.write_text(CONCEPTS)
     erased = tiny_pipeline(1)
     options = {"rab-population": 16, "rab-generations": 6, "rab-tokens": 5, "rab-targets": 2,
-               "rab-keep": 2}
+               "rab-keep": 2, "attack-restarts": 1}  # one search (restarts: test_restarts.py)
     ctx = context_for_pipelines(pipe, erased, concepts, tmp_path / "cache", seed=3,
                                 scenario_options=options)
     scenario = RingABellScenario()

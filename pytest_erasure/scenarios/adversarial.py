@@ -19,6 +19,14 @@ from pytest_erasure.concepts import Concept
 from pytest_erasure.records import GenerationInput, Plan, Role
 from pytest_erasure.ring_a_bell import SHAPES, SearchSettings, paired_prompts
 from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
+from pytest_erasure.scenarios.restarts import (
+    ATTACK_RESTARTS,
+    cluster_id,
+    restart_count,
+    restart_of,
+    restart_seed,
+    slot_in_restart,
+)
 
 CACHE_KIND = "ring-a-bell"
 SEARCH_VERSION = 1
@@ -45,6 +53,7 @@ class RingABellScenario(Scenario):
                        "how many of the concept's prompts are search targets (one search each)"),
         ScenarioOption("rab-keep", int, SHAPES.keep,
                        "distinct best prompts kept per search; the case cycles through them"),
+        ATTACK_RESTARTS,
     )
 
     def settings(self, ctx: AuditContext) -> SearchSettings:
@@ -70,15 +79,21 @@ class RingABellScenario(Scenario):
 
     def validate(self, ctx: AuditContext) -> None:
         self.settings(ctx)
+        restart_count(ctx)
         if int(ctx.option("rab-targets")) < 1:
             from pytest_erasure.errors import ErasureInputError
 
             raise ErasureInputError("--rab-targets", f"is {ctx.option('rab-targets')}",
                                     "give a whole number >= 1")
 
-    def search(self, ctx: AuditContext, concept: Concept) -> tuple[list[str], dict[str, Any]]:
-        """The found prompts (best first, interleaved across targets) and the search's facts."""
+    def search(self, ctx: AuditContext, concept: Concept, restart: int = 0
+               ) -> tuple[list[str], dict[str, Any]]:
+        """The found prompts (best first, interleaved across targets) and the search's facts.
+        `restart` r > 0 searches from its own seed (`restarts.restart_seed`); restart 0 is the
+        search made before restarts existed, under the same key."""
         settings = self.settings(ctx)
+        settings = replace(settings, seed=restart_seed(
+            ctx, settings.seed, f"ring-a-bell/{concept.name}", restart))
         n_targets = max(1, int(ctx.option("rab-targets")))
         targets = concept.texts()[:n_targets]
         pairs = paired_prompts(concept)
@@ -98,7 +113,8 @@ class RingABellScenario(Scenario):
             pipe = ctx.pipeline("standard")
             vector = concept_vector(pipe.text_encoder, pipe.tokenizer, pairs)
             results = []
-            with ctx.progress(f"Ring-A-Bell search: {concept.name}",
+            run = f", restart {restart}" if restart else ""
+            with ctx.progress(f"Ring-A-Bell search: {concept.name}{run}",
                               total=settings.generations * len(targets)) as advance:
                 for target in targets:
                     results.append(ring_a_bell(
@@ -124,17 +140,37 @@ class RingABellScenario(Scenario):
         return prompts, facts
 
     def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
-        prompts, facts = self.search(ctx, concept)
+        """n inputs spread round-robin over --attack-restarts searches, each cycling its own
+        found prompts. facts["prompts"] are every restart's prompts (restart 0's first, as with
+        one search), the search facts ("searches", "budget", ...) restart 0's;
+        facts["attack_runs"] holds every restart's (facts["restarts"] is the session's per-restart
+        CRRs), facts["input_restarts"] each input's restart."""
+        count = min(restart_count(ctx), max(1, n))  # a restart without samples is not run
+        runs = [self.search(ctx, concept, r) for r in range(count)]
+        prompts, facts = runs[0]
         seeds = ctx.seeds(n, salt=f"{self.id}:{concept.name}")
-        inputs = [
-            GenerationInput(seed=seed, prompt=prompts[i % len(prompts)],
-                            label=f"Ring-A-Bell #{i % len(prompts) + 1}: {prompts[i % len(prompts)]}")
-            for i, seed in enumerate(seeds)
-        ]
+        inputs = []
+        for i, seed in enumerate(seeds):
+            r = restart_of(i, count)
+            found = runs[r][0]
+            k = slot_in_restart(i, count) % len(found)
+            run = f"restart {r}, " if count > 1 else ""
+            inputs.append(GenerationInput(seed=seed, prompt=found[k],
+                                          label=f"Ring-A-Bell {run}#{k + 1}: {found[k]}",
+                                          cluster=cluster_id(r, found[k])))
+        every = list(prompts)  # restart 0's as they were, then what later restarts add
+        every += [p for p in dict.fromkeys(p for found, _f in runs[1:] for p in found)
+                  if p not in prompts]
         return Plan(inputs=inputs, facts={
-            "prompts": prompts,
+            "prompts": every,
             "optimised_through": "standard",
             **facts,
+            "attack_runs": [{"restart": r, "id": f"restart-{r}",
+                             "seed": f["searches"][0]["settings"]["seed"],
+                             "prompts": found, "searches": f["searches"]}
+                            for r, (found, f) in enumerate(runs)],
+            "attack_restarts": count,
+            "input_restarts": [restart_of(i, count) for i in range(len(inputs))],
             "settings": self.describe(ctx) | {"seed": ctx.config.seed},
         })
 

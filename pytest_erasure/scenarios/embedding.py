@@ -25,6 +25,14 @@ from pytest_erasure.concepts import PLACEHOLDER, Concept
 from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.records import GenerationInput, Plan, Role
 from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
+from pytest_erasure.scenarios.restarts import (
+    ATTACK_RESTARTS,
+    cluster_id,
+    restart_count,
+    restart_of,
+    restart_seed,
+    slot_in_restart,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -51,6 +59,7 @@ TI_OPTIONS: tuple[ScenarioOption, ...] = (
         "ti-train-images", int, 25,
         "for a concept without reference images: how many images the standard model draws "
         "for its prompts to train on"),
+    ATTACK_RESTARTS,
 )
 
 TI_CACHE_VERSION = 1
@@ -139,15 +148,18 @@ class EmbeddingScenario(Scenario):
 
     def validate(self, ctx: AuditContext) -> None:
         self.budget(ctx)
+        restart_count(ctx)
         count = int(ctx.option("ti-train-images"))
         if count < 1:
             raise ErasureInputError("--ti-train-images", f"is {count}",
                                     "give a number of generated training images >= 1")
 
-    def learn(self, ctx: AuditContext, concept: Concept, role: Role
+    def learn(self, ctx: AuditContext, concept: Concept, role: Role, restart: int = 0
               ) -> tuple[torch.Tensor, dict[str, Any], Path]:
         """(embeds (num_vectors, D), facts, saved file): trained through `role`'s model, or
-        read from the cache when the same model, images and budget were seen before."""
+        read from the cache when the same model, images, budget and seed were seen before.
+        `restart` r > 0 trains from its own seed (`restarts.restart_seed`); restart 0 is the
+        run made before restarts existed, under the same key."""
         from pytest_erasure.cache import digest
         from pytest_erasure.textual_inversion import (
             WEIGHTS_NAME,
@@ -159,13 +171,15 @@ class EmbeddingScenario(Scenario):
         budget = self.budget(ctx)
         images, source = concept_images(ctx, concept, int(ctx.option("ti-train-images")))
         token = f"<{concept.name}>"
-        seed = ctx.seeds(1, f"textual-inversion/{concept.name}")[0]
+        salt = f"textual-inversion/{concept.name}"
+        seed = restart_seed(ctx, ctx.seeds(1, salt)[0], salt, restart)
         key = self.learn_key(ctx, role, images, budget, token, seed)
 
         def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             pipe = ctx.pipeline(role)
             scaler = LossScaler.for_dtype(pipe.unet.dtype)
-            with ctx.progress(f"textual inversion {concept.name} ({role} model)",
+            run = f", restart {restart}" if restart else ""
+            with ctx.progress(f"textual inversion {concept.name} ({role} model{run})",
                               budget["steps"]) as advance:
                 embeds, losses = train_textual_inversion(
                     pipe, images, token=token, init_token=budget["init_token"],
@@ -227,19 +241,43 @@ class EmbeddingScenario(Scenario):
         return {p: tensors[str(i)] for i, p in enumerate(prompts)}
 
     def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
+        """n inputs spread round-robin over --attack-restarts learned tokens, each cycling the
+        concept's prompts. The top-level facts and artifacts["embedding"] are restart 0's (as
+        with one run); facts["attack_runs"] holds every restart's (facts["restarts"] is the
+        session's per-restart CRRs), facts["input_restarts"] each input's restart."""
         role: Role = target if self.access == "white-box" else "standard"
-        embeds, facts, file = self.learn(ctx, concept, role)
+        count = min(restart_count(ctx), max(1, n))  # a restart without samples is not run
+        runs = [self.learn(ctx, concept, role, r) for r in range(count)]
+        embeds, facts, file = runs[0]
         token = facts["token"]
         prompts = [p.replace(PLACEHOLDER, token) for p in concept.prompts]
-        encoded = self.encode(ctx, target, prompts, token, embeds)
+        encoded = [self.encode(ctx, target, prompts, token, e) for e, _f, _p in runs]
         # The same salt for both targets: the erased-vs-standard comparison is paired.
         seeds = ctx.seeds(n, f"embedding/{concept.name}")
-        inputs = [GenerationInput(seed=s, prompt_embeds=encoded[prompts[i % len(prompts)]],
-                                  label=f"learned token: {prompts[i % len(prompts)]}")
-                  for i, s in enumerate(seeds)]
+        inputs = []
+        for i, s in enumerate(seeds):
+            r = restart_of(i, count)
+            prompt = prompts[slot_in_restart(i, count) % len(prompts)]
+            run = f" (restart {r})" if count > 1 else ""
+            inputs.append(GenerationInput(seed=s, prompt_embeds=encoded[r][prompt],
+                                          label=f"learned token{run}: {prompt}",
+                                          cluster=cluster_id(r, prompt)))
         facts["prompts"] = prompts
         facts["generated_by"] = target
-        return Plan(inputs=inputs, facts=facts, artifacts={"embedding": str(file)})
+        facts["attack_runs"] = [self._restart_facts(r, f, p) for r, (_e, f, p) in enumerate(runs)]
+        facts["attack_restarts"] = count
+        facts["input_restarts"] = [restart_of(i, count) for i in range(len(inputs))]
+        artifacts = {"embedding": str(file)}
+        artifacts.update({f"embedding-restart-{r}": str(p)
+                          for r, (_e, _f, p) in enumerate(runs) if r})
+        return Plan(inputs=inputs, facts=facts, artifacts=artifacts)
+
+    @staticmethod
+    def _restart_facts(restart: int, facts: dict[str, Any], file: Path) -> dict[str, Any]:
+        keep = ("seed", "initial_loss", "final_loss", "loss_curve", "embedding_norm", "precision")
+        return {"restart": restart, "id": f"restart-{restart}",
+                **{k: facts[k] for k in keep if k in facts},
+                "embedding": str(file)}
 
 
 SCENARIOS = [EmbeddingScenario("white-box"), EmbeddingScenario("black-box")]

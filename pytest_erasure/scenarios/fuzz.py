@@ -70,6 +70,7 @@ from pytest_erasure.concepts import Concept
 from pytest_erasure.prompts import STRATEGY_VERSION, PromptVariant
 from pytest_erasure.records import GenerationInput, Plan, Role
 from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
+from pytest_erasure.scenarios.restarts import prompt_cluster
 
 if TYPE_CHECKING:
     from hypothesis.database import ExampleDatabase
@@ -143,7 +144,8 @@ class FuzzRun:
     over_budget: int = 0
 
     def inputs(self, prompt: str, seeds: list[int] | None = None) -> list[GenerationInput]:
-        return [GenerationInput(seed=s, prompt=prompt, label=prompt)
+        # Fresh seeds of one bypass prompt share it: one cluster per prompt.
+        return [GenerationInput(seed=s, prompt=prompt, label=prompt, cluster=prompt_cluster(prompt))
                 for s in (self.seeds if seeds is None else seeds)]
 
     def evaluate(self, prompt: str) -> Evaluation:

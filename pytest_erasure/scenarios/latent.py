@@ -44,6 +44,7 @@ from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.records import GenerationInput, Plan, Role
 from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
 from pytest_erasure.scenarios.embedding import concept_images, images_digest, numerics
+from pytest_erasure.scenarios.restarts import prompt_cluster
 
 if TYPE_CHECKING:
     import torch
@@ -78,6 +79,19 @@ LATENT_OPTIONS: tuple[ScenarioOption, ...] = (
 LATENT_CACHE_VERSION = 1
 REPORTED = ("mse", "psnr", "vae_psnr", "inversion_psnr", "latent_mse", "latent_variance")
 """Reconstruction facts in every report (see `inversion.reconstruction_error`)."""
+
+
+def reference_clusters(source: dict[str, Any], count: int) -> list[str]:
+    """The cluster of each of the first `count` images the case inverts (one sample each).
+
+    Declared references: each is its own cluster (a reference is used once, so the case's images
+    are as independent as its references; a folder holding near-duplicates is the user's to
+    know). Generated in their place (`concept_images`): image i was drawn for prompt
+    i mod len(prompts), so images of one prompt share it."""
+    prompts = source.get("prompts") if source.get("source") != "references" else None
+    if prompts:
+        return [prompt_cluster(prompts[i % len(prompts)]) for i in range(count)]
+    return [f"reference-{i}" for i in range(count)]
 
 
 def _round(value: float) -> float:
@@ -272,9 +286,10 @@ class LatentScenario(Scenario):
             else references
         latents = self.invert(ctx, role, inverted_from, inversion, concept.name)
         seeds = ctx.seeds(unique, f"latent/{concept.name}")
+        clusters = reference_clusters(source, unique)
         inputs = [GenerationInput(seed=s, prompt=regeneration["prompt"],
                                   latents=latents[i], guidance=regeneration["guidance"],
-                                  label=f"inverted ref {i}")
+                                  label=f"inverted ref {i}", cluster=clusters[i])
                   for i, s in enumerate(seeds)]
         # The case's check is measured on the images the case is judged on (generated once).
         case = self.check(ctx, target, inputs, references, concept)
@@ -284,7 +299,7 @@ class LatentScenario(Scenario):
             # guidance) it is the same images; otherwise the session's memo and cache still
             # share it with whichever plan generates it (the standard plan, black-box).
             own_inputs = [GenerationInput(seed=s, prompt=inversion["prompt"], latents=latents[i],
-                                          guidance=inversion["guidance"])
+                                          guidance=inversion["guidance"], cluster=clusters[i])
                           for i, s in enumerate(seeds)]
             same = (role == target and not transforms
                     and inversion["prompt"] == regeneration["prompt"]
