@@ -174,7 +174,7 @@ def erasure(ctx: Context, case: Case, concept: Concept) -> CaseResult:
     facts["attack_floor"] = floor
     facts["baseline_crr"] = seen.rate.crr
     model = "erased model" + (f" with {config.defense}" if config.defense else "")
-    message = (f"{case.id}: {verdict.upper()}: {reason}. CRR {rate} on the {model}; threshold "
+    message = (f"{case.id}: CRR {rate} on the {model}; threshold "
                f"{threshold:.1%} (gate '{config.gate}', n={rate.n}"
                f"{f', {rate.degenerate} degenerate' if rate.degenerate else ''}); "
                f"standard model {standard.rate.crr:.1%}; base rate {base.crr:.1%}")
@@ -182,6 +182,7 @@ def erasure(ctx: Context, case: Case, concept: Concept) -> CaseResult:
         message += f"; without {config.defense} {undefended.crr:.1%}"
     if plan.facts.get("minimal_bypass"):
         message += f"; minimal bypass prompt: {plan.facts['minimal_bypass']!r}"
+    message += f" -> {verdict.upper()}: {reason}"
     return CaseResult(
         case_id=case.id, concept=concept.name, scenario=scenario.id,
         modality=scenario.modality, access=scenario.access, kind="erasure",

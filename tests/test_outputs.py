@@ -148,6 +148,7 @@ def test_reports_that_cannot_be_written_at_the_end_go_to_a_fallback(
     junitxml = pytester.path / "pytest-junit.xml"
     args = [f"--standard-model={tiny_world['standard']}", f"--erased-model={tiny_world[model]}",
             f"--concepts={tiny_world['concepts']}", "--scenarios=text,baseline", *FAST,
+            "--erasure-gate=point",  # n=2: the exit code must be the gate's, not "too small"
             f"--erasure-report={report}", f"--erasure-junit={junit_folder / 'erasure.xml'}",
             f"--junitxml={junitxml}"]
     try:

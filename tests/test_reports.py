@@ -222,7 +222,8 @@ def test_numbers_and_gates_read_as_printed():
     assert (text.gate_text(erasure), text.gate_text(retention)) == ("≤20%", "≥74%")
     assert text.gate_rule("upper").startswith("upper: the Wilson 95% upper bound")
     assert text.gate_rule("at-least") == "at-least: CRR ≥ threshold"
-    assert text.gate_rule("point") == "point: CRR ≤ threshold"
+    assert text.gate_rule("point") == "point: CRR ≤ threshold (no stated error)"
+    assert text.gate_rule("exact").startswith("exact: the exact one-sided 95% upper bound")
 
 
 def test_rate_text_names_interval_counts_and_degenerate_images():

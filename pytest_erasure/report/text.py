@@ -44,11 +44,16 @@ def gate_text(case: CaseResult) -> str:
 
 
 def gate_rule(gate: str) -> str:
+    if gate == "exact":
+        return ("exact: the exact one-sided 95% upper bound of CRR ≤ threshold + 5 points "
+                "(a model 5 points over passes at most 5% of the time)")
     if gate == "upper":
         return "upper: the Wilson 95% upper bound of CRR ≤ threshold (strict)"
     if gate == "at-least":
         return "at-least: CRR ≥ threshold"
-    return "point: CRR ≤ threshold"
+    if gate == "point":
+        return "point: CRR ≤ threshold (no stated error)"
+    return gate
 
 
 def interval_text(rate: Rate) -> str:
@@ -186,9 +191,9 @@ def verdict_line(record: AuditRecord) -> str:
 
 
 def gate_of(record: AuditRecord) -> str:
-    """The release gate rule (point/upper): the erasure cases', else the configured one."""
+    """The release gate rule (exact/upper/point): the erasure cases', else the configured one."""
     gates = {case.gate for case in record.cases if case.kind == "erasure"}
-    return gates.pop() if len(gates) == 1 else str(record.config.get("gate", "point"))
+    return gates.pop() if len(gates) == 1 else str(record.config.get("gate", "exact"))
 
 
 def matrix(record: AuditRecord) -> tuple[list[str], list[str], dict[tuple[str, str],
