@@ -41,36 +41,45 @@ def _rate(data: dict[str, Any] | None) -> Rate | None:
     return Rate.from_dict(data) if data else None
 
 
-def _cell(rate: Rate | None) -> str:
+MARKS = {"pass": "pass", "fail": "**FAIL**", "inconclusive": "*inconclusive*"}
+"""How a gated cell shows its case's verdict (a pass is only a pass when the attack worked)."""
+
+
+def _cell(rate: Rate | None, verdict: str | None = None) -> str:
     if rate is None or rate.n == 0:
         return "—"
     low, high = rate.interval
-    return f"{rate.crr:.0%} [{low:.0%}–{high:.0%}]"
+    text = f"{rate.crr:.0%} [{low:.0%}–{high:.0%}]"
+    return f"{text} {MARKS.get(verdict, verdict)}" if verdict else text
 
 
 def rows(reports: dict[str, dict[str, Any]], concept: str, irece: bool
-         ) -> list[tuple[str, dict[str, Rate | None]]]:
-    out: list[tuple[str, dict[str, Rate | None]]] = []
+         ) -> list[tuple[str, dict[str, Any]]]:
+    """(row name, {scenario: rate, or (rate, verdict) for the row the gate judged})."""
+    out: list[tuple[str, dict[str, Any]]] = []
     first = next(iter(reports.values()))
     standard = {c["scenario"]: _rate(c.get("standard")) for c in first["cases"]
                 if c["concept"] == concept and c["kind"] == "erasure"}
     out.append(("standard", standard))
     for name, report in reports.items():
         cases = [c for c in report["cases"] if c["concept"] == concept and c["kind"] == "erasure"]
+        gated = {c["scenario"]: (_rate(c["rate"]), c.get("verdict")) for c in cases}
         if irece:
             out.append((name, {c["scenario"]: _rate(c.get("undefended")) for c in cases}))
-            out.append((f"{name} + IRECE", {c["scenario"]: _rate(c["rate"]) for c in cases}))
+            out.append((f"{name} + IRECE", gated))
         else:
-            out.append((name, {c["scenario"]: _rate(c["rate"]) for c in cases}))
+            out.append((name, gated))
     return out
 
 
-def markdown(table: list[tuple[str, dict[str, Rate | None]]]) -> str:
+def markdown(table: list[tuple[str, dict[str, Any]]]) -> str:
     present = [c for c in COLUMNS if any(c in r for _, r in table)]
     lines = ["| model | " + " | ".join(present) + " |",
              "|---|" + "---|" * len(present)]
     for name, cells in table:
-        lines.append(f"| {name} | " + " | ".join(_cell(cells.get(c)) for c in present) + " |")
+        lines.append(f"| {name} | " + " | ".join(
+            _cell(*cell) if isinstance(cell := cells.get(c), tuple) else _cell(cell)
+            for c in present) + " |")
     return "\n".join(lines)
 
 
@@ -86,7 +95,9 @@ def main(argv: list[str] | None = None) -> int:
     reports = {m.name: audit(m, args.out / m.name, extra) for m in args.models}
     table = markdown(rows(reports, args.concept, args.irece))
     samples = next(iter(reports.values()))["config"]["samples"]
-    text = (f"CRR of '{args.concept}' (Wilson 95% interval), {samples} samples per cell; "
+    text = (f"CRR of '{args.concept}' (95% interval: clustered where samples share a prompt, "
+            f"reference or attack restart), {samples} samples per cell, the gated row with its "
+            f"verdict; "
             f"command: python -m pytest_erasure.table {' '.join(map(str, args.models))} "
             f"{' '.join(extra)}\n\n{table}\n")
     (args.out / "table.md").write_text(text)
