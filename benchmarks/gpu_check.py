@@ -212,7 +212,7 @@ def budget(name: str) -> dict[str, Any]:
 def bench_ti(pipe: Any, args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
     import torch
 
-    from pytest_erasure.textual_inversion import train_textual_inversion
+    from pytest_erasure.attacks.textual_inversion import train_textual_inversion
 
     values = budget(args.budget)
     batch = int(values["ti-batch-size"])
@@ -245,7 +245,7 @@ def bench_ti(pipe: Any, args: argparse.Namespace, clock: Clock) -> dict[str, Any
 def bench_inversion(pipe: Any, args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
     import torch
 
-    from pytest_erasure.inversion import ddim_invert
+    from pytest_erasure.attacks.inversion import ddim_invert
 
     n = args.inversion_images
     generator = torch.Generator().manual_seed(1)

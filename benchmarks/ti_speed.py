@@ -33,7 +33,7 @@ def main() -> None:
     images = images.permute(0, 3, 1, 2).float() / 255
     start = time.perf_counter()
     if args.mode == "ours":
-        from pytest_erasure.textual_inversion import train_textual_inversion
+        from pytest_erasure.attacks.textual_inversion import train_textual_inversion
 
         train_textual_inversion(pipe, images, token="<c>", init_token="shape", steps=args.steps,
                                 batch_size=args.batch, lr=2e-3)

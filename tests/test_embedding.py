@@ -24,12 +24,12 @@ def snapshot(pipe) -> dict[str, torch.Tensor]:
 
 
 def test_training_lowers_the_loss_and_changes_nothing_shared():
-    from pytest_erasure.testing import tiny_pipeline
-    from pytest_erasure.textual_inversion import (
+    from pytest_erasure.attacks.textual_inversion import (
         evaluation_loss,
         initial_vectors,
         train_textual_inversion,
     )
+    from pytest_erasure.testing import tiny_pipeline
 
     pipe = tiny_pipeline()
     before, vocab = snapshot(pipe), len(pipe.tokenizer)
@@ -53,11 +53,11 @@ def test_training_lowers_the_loss_and_changes_nothing_shared():
 
 
 def test_saved_embedding_reloads_through_diffusers(tmp_path: Path):
-    from pytest_erasure.testing import tiny_pipeline
-    from pytest_erasure.textual_inversion import (
+    from pytest_erasure.attacks.textual_inversion import (
         encode_with_embedding,
         save_learned_embeds,
     )
+    from pytest_erasure.testing import tiny_pipeline
 
     pipe = tiny_pipeline()
     embeds = torch.randn(2, 32, generator=torch.Generator().manual_seed(1)) * 0.1
@@ -79,8 +79,8 @@ def test_saved_embedding_reloads_through_diffusers(tmp_path: Path):
 
 
 def test_bad_budgets_are_usage_errors():
+    from pytest_erasure.attacks.textual_inversion import train_textual_inversion
     from pytest_erasure.testing import tiny_pipeline
-    from pytest_erasure.textual_inversion import train_textual_inversion
 
     pipe = tiny_pipeline()
     for kwargs in ({"steps": 0}, {"lr": 0.0}, {"batch_size": 0}, {"num_vectors": 0}):
@@ -130,7 +130,7 @@ def context(world: dict[str, Path], cache: Path | None, **options):
 
 @pytest.fixture()
 def counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    import pytest_erasure.textual_inversion as ti
+    import pytest_erasure.attacks.textual_inversion as ti
 
     calls: list[str] = []
     real = ti.train_textual_inversion
@@ -144,8 +144,8 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_embedding_plans(tiny_world: dict[str, Path], tmp_path: Path, counted: list[str]):
+    from pytest_erasure.attacks.textual_inversion import encode_with_embedding
     from pytest_erasure.scenarios.base import registry
-    from pytest_erasure.textual_inversion import encode_with_embedding
 
     ctx = context(tiny_world, tmp_path / "cache")
     white, black = registry()["embedding-white"], registry()["embedding-black"]

@@ -20,9 +20,9 @@ torch = pytest.importorskip("torch")
 from hypothesis import find  # noqa: E402
 from hypothesis.database import DirectoryBasedExampleDatabase  # noqa: E402
 
+from pytest_erasure.attacks.prompts import PromptVariant, Vocabulary, prompt_variants, recase, typo  # noqa: E402
 from pytest_erasure.concepts import Concept  # noqa: E402
 from pytest_erasure.detectors.base import Detection, DetectorSpec  # noqa: E402
-from pytest_erasure.prompts import PromptVariant, Vocabulary, prompt_variants, recase, typo  # noqa: E402
 from pytest_erasure.scenarios.fuzz import FuzzScenario, Ledger, ledger_key  # noqa: E402
 
 STEPS, GUIDANCE = 4, 20.0

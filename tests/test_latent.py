@@ -28,7 +28,7 @@ def smooth_pipeline(damping: float):
     inversion survives (it assumes eps(x_t) ~ eps(x_t-1)); damping its output layer makes the
     prediction vary slowly, as a trained model's does. The VAE's scaling factor is set so the
     latents have unit variance, as SD's are."""
-    from pytest_erasure.inversion import encode
+    from pytest_erasure.attacks.inversion import encode
     from pytest_erasure.testing import tiny_pipeline
 
     pipe = tiny_pipeline()
@@ -41,14 +41,14 @@ def smooth_pipeline(damping: float):
 
 
 def relative_error(pipe, latents, images, steps):
-    from pytest_erasure.inversion import denoise, encode
+    from pytest_erasure.attacks.inversion import denoise, encode
 
     target = encode(pipe, images)
     return float(((denoise(pipe, latents, steps=steps) - target) ** 2).mean() / target.var())
 
 
 def test_ddim_inversion_round_trip():
-    from pytest_erasure.inversion import ddim_invert, reconstruction_error
+    from pytest_erasure.attacks.inversion import ddim_invert, reconstruction_error
 
     images = squares(2)
     # With a constant noise prediction the round trip is exact only if the inverse scheduler's
@@ -71,7 +71,7 @@ def test_ddim_inversion_round_trip():
 
 
 def test_inversion_steps_are_validated():
-    from pytest_erasure.inversion import ddim_invert
+    from pytest_erasure.attacks.inversion import ddim_invert
     from pytest_erasure.testing import tiny_pipeline
 
     pipe = tiny_pipeline()
@@ -81,7 +81,7 @@ def test_inversion_steps_are_validated():
 
 
 def test_perturbations():
-    from pytest_erasure.inversion import parse_perturbations, perturb
+    from pytest_erasure.attacks.inversion import parse_perturbations, perturb
 
     assert parse_perturbations("noise:0.05, blur:1,jpeg:50,resize:0.5") == [
         "noise:0.05", "blur:1", "jpeg:50", "resize:0.5"]
@@ -126,7 +126,7 @@ def context(world: dict[str, Path], cache: Path | None, **options):
 
 @pytest.fixture()
 def counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    import pytest_erasure.inversion as inversion
+    import pytest_erasure.attacks.inversion as inversion
 
     calls: list[str] = []
     for name in ("ddim_invert", "reconstruction_error"):
@@ -141,7 +141,7 @@ def counted(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
 
 def test_latent_plans(tiny_world: dict[str, Path], tmp_path: Path, counted: list[str]):
-    from pytest_erasure.inversion import regenerate
+    from pytest_erasure.attacks.inversion import regenerate
     from pytest_erasure.scenarios.base import registry
 
     scenarios = registry()

@@ -152,7 +152,7 @@ def test_generation_out_of_memory_at_batch_1_is_a_clear_error(pipe) -> None:
 # -- inversion ----------------------------------------------------------------------------------
 
 def test_inversion_and_regeneration_out_of_memory_give_the_batch_2_results(pipe) -> None:
-    from pytest_erasure.inversion import ddim_invert, reconstruction_error
+    from pytest_erasure.attacks.inversion import ddim_invert, reconstruction_error
 
     images = torch.rand((5, 3, 32, 32), generator=torch.Generator().manual_seed(0))
     latents = ddim_invert(pipe, images, steps=2, batch_size=2)
@@ -177,7 +177,7 @@ def test_inversion_and_regeneration_out_of_memory_give_the_batch_2_results(pipe)
 # -- textual inversion --------------------------------------------------------------------------
 
 def test_textual_inversion_restarts_at_half_the_micro_batch(pipe) -> None:
-    from pytest_erasure.textual_inversion import train_textual_inversion
+    from pytest_erasure.attacks.textual_inversion import train_textual_inversion
 
     images = torch.rand((3, 3, 32, 32), generator=torch.Generator().manual_seed(1))
     budget = {"token": "<c>", "steps": 3, "lr": 1e-2, "batch_size": 4, "seed": 7}

@@ -29,7 +29,7 @@ def half(dtype: torch.dtype):
 # -- the loss scaler --------------------------------------------------------------------------
 
 def test_loss_scaler_skips_an_overflowing_step_and_backs_off():
-    from pytest_erasure.textual_inversion import LossScaler
+    from pytest_erasure.attacks.textual_inversion import LossScaler
 
     scaler = LossScaler(scale=1024.0, growth_interval=2)
     assert scaler.unscale(torch.tensor([1.0, float("inf")])) is None
@@ -53,7 +53,7 @@ def test_loss_scaler_skips_an_overflowing_step_and_backs_off():
 
 def test_overflowing_fp16_steps_are_skipped_and_leave_the_rows_alone():
     """A scale far beyond fp16's range overflows the backward for real: no step is taken."""
-    from pytest_erasure.textual_inversion import LossScaler, initial_vectors, train_textual_inversion
+    from pytest_erasure.attacks.textual_inversion import LossScaler, initial_vectors, train_textual_inversion
 
     pipe = half(torch.float16)
     scaler = LossScaler(scale=2.0**40)
@@ -70,8 +70,7 @@ def test_overflowing_fp16_steps_are_skipped_and_leave_the_rows_alone():
 def test_accumulation_averages_micro_batch_gradients():
     """batch 2 x accumulation 2 is one AdamW step on the mean gradient of two consecutive
     micro-batches drawn from the same generator: computed here by hand."""
-    from pytest_erasure.testing import tiny_pipeline
-    from pytest_erasure.textual_inversion import (
+    from pytest_erasure.attacks.textual_inversion import (
         TEMPLATES,
         _loss,
         _Splice,
@@ -79,6 +78,7 @@ def test_accumulation_averages_micro_batch_gradients():
         initial_vectors,
         train_textual_inversion,
     )
+    from pytest_erasure.testing import tiny_pipeline
 
     pipe, images = tiny_pipeline(), squares()
     embeds, losses = train_textual_inversion(pipe, images, token="<sq>", init_token="shape",
@@ -104,13 +104,13 @@ def test_accumulation_averages_micro_batch_gradients():
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 def test_textual_inversion_learns_in_half_precision(dtype: torch.dtype):
-    from pytest_erasure.testing import tiny_pipeline
-    from pytest_erasure.textual_inversion import (
+    from pytest_erasure.attacks.textual_inversion import (
         LossScaler,
         evaluation_loss,
         initial_vectors,
         train_textual_inversion,
     )
+    from pytest_erasure.testing import tiny_pipeline
 
     full, images = tiny_pipeline(), squares()
     init = initial_vectors(full, "shape", 1)
@@ -167,8 +167,8 @@ def test_bf16_textual_inversion_brings_circles_back_on_the_shapes_world(tmp_path
     assert tokens >= 12 and tokens >= words + 6, (words, tokens, facts)
     # The per-step losses are too noisy to fall visibly in 100 steps (fp32 too: 0.033 -> 0.036);
     # on a fixed draw the learned token's loss is lower (fp32: 0.0428 -> 0.0343).
+    from pytest_erasure.attacks.textual_inversion import evaluation_loss, initial_vectors
     from pytest_erasure.scenarios.embedding import concept_images
-    from pytest_erasure.textual_inversion import evaluation_loss, initial_vectors
 
     erased = ctx.pipeline("erased")
     images, _ = concept_images(ctx, circle, 25)
@@ -185,7 +185,7 @@ def _half_latent_round_trip(pipe, images: torch.Tensor, steps: int) -> torch.Ten
     """The loop before float32 latents: inversion and denoising accumulate in the model dtype."""
     from diffusers import DDIMInverseScheduler
 
-    from pytest_erasure.inversion import _eps, encode
+    from pytest_erasure.attacks.inversion import _eps, encode
 
     cond, _ = pipe.encode_prompt("", "cpu", 1, False)
     inverse = DDIMInverseScheduler.from_config(pipe.scheduler.config)
@@ -207,7 +207,7 @@ def test_bf16_inversion_accumulates_in_float32():
     sys.path.insert(0, str(Path(__file__).parent))
     from test_latent import smooth_pipeline
 
-    from pytest_erasure.inversion import ddim_invert, denoise, encode
+    from pytest_erasure.attacks.inversion import ddim_invert, denoise, encode
 
     images, steps = squares(3), 50
     full = smooth_pipeline(0.1)

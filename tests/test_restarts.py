@@ -29,7 +29,7 @@ def context(world: dict[str, Path], cache: Path | None, **options):
 @pytest.fixture()
 def trained(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The seed of every textual inversion actually trained."""
-    import pytest_erasure.textual_inversion as ti
+    import pytest_erasure.attacks.textual_inversion as ti
 
     seeds: list[int] = []
     real = ti.train_textual_inversion
@@ -45,7 +45,7 @@ def trained(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 @pytest.fixture()
 def searched(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """The seed of every Ring-A-Bell search actually run."""
-    import pytest_erasure.ring_a_bell as rab
+    import pytest_erasure.attacks.ring_a_bell as rab
 
     seeds: list[int] = []
     real = rab.ring_a_bell

@@ -9,9 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pytest_erasure.concepts import Concept  # noqa: E402
-from pytest_erasure.detectors.base import DetectorSpec  # noqa: E402
-from pytest_erasure.ring_a_bell import (  # noqa: E402
+from pytest_erasure.attacks.ring_a_bell import (  # noqa: E402
     SD14,
     SHAPES,
     SearchSettings,
@@ -20,6 +18,8 @@ from pytest_erasure.ring_a_bell import (  # noqa: E402
     frame,
     ring_a_bell,
 )
+from pytest_erasure.concepts import Concept  # noqa: E402
+from pytest_erasure.detectors.base import DetectorSpec  # noqa: E402
 
 PAIRS = [("a photo of a circle", "a photo of a thing"), ("a red circle", "a red thing")]
 SMALL = SearchSettings(tokens=6, population=24, generations=12, keep=3, seed=7)
@@ -91,7 +91,7 @@ def test_search_is_deterministic_given_its_seed(pipe) -> None:
 
 
 def test_the_target_is_the_prompt_pushed_along_the_concept_vector(pipe) -> None:
-    from pytest_erasure.ring_a_bell import encode, tokenize
+    from pytest_erasure.attacks.ring_a_bell import encode, tokenize
 
     vector = concept_vector(pipe.text_encoder, pipe.tokenizer, PAIRS)
     assert vector.shape == (77, pipe.text_encoder.config.hidden_size)

@@ -15,9 +15,9 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from pytest_erasure.attacks.ring_a_bell import SHAPES, SearchSettings, paired_prompts
 from pytest_erasure.concepts import Concept
 from pytest_erasure.records import GenerationInput, Plan, Role
-from pytest_erasure.ring_a_bell import SHAPES, SearchSettings, paired_prompts
 from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
 from pytest_erasure.scenarios.restarts import (
     ATTACK_RESTARTS,
@@ -108,7 +108,7 @@ class RingABellScenario(Scenario):
         def compute() -> tuple[dict[str, Any], dict[str, Any]]:
             import torch
 
-            from pytest_erasure.ring_a_bell import concept_vector, ring_a_bell, scale_note
+            from pytest_erasure.attacks.ring_a_bell import concept_vector, ring_a_bell, scale_note
 
             pipe = ctx.pipeline("standard")
             vector = concept_vector(pipe.text_encoder, pipe.tokenizer, pairs)

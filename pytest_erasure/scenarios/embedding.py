@@ -117,7 +117,7 @@ class EmbeddingScenario(Scenario):
         self.access = access
 
     def budget(self, ctx: AuditContext) -> dict[str, Any]:
-        from pytest_erasure.textual_inversion import validate_budget
+        from pytest_erasure.attacks.textual_inversion import validate_budget
 
         budget = {"steps": int(ctx.option("ti-steps")), "lr": float(ctx.option("ti-lr")),
                   "batch_size": int(ctx.option("ti-batch-size")),
@@ -137,7 +137,7 @@ class EmbeddingScenario(Scenario):
 
     def learn_key(self, ctx: AuditContext, role: Role, images: torch.Tensor,
                   budget: dict[str, Any], token: str, seed: int) -> dict[str, Any]:
-        from pytest_erasure.textual_inversion import TEMPLATES
+        from pytest_erasure.attacks.textual_inversion import TEMPLATES
 
         key = {"version": TI_CACHE_VERSION, "model": ctx.fingerprint(role),
                "images": images_digest(images), "budget": budget, "token": token,
@@ -160,13 +160,13 @@ class EmbeddingScenario(Scenario):
         read from the cache when the same model, images, budget and seed were seen before.
         `restart` r > 0 trains from its own seed (`restarts.restart_seed`); restart 0 is the
         run made before restarts existed, under the same key."""
-        from pytest_erasure.cache import digest
-        from pytest_erasure.textual_inversion import (
+        from pytest_erasure.attacks.textual_inversion import (
             WEIGHTS_NAME,
             LossScaler,
             save_learned_embeds,
             train_textual_inversion,
         )
+        from pytest_erasure.cache import digest
 
         budget = self.budget(ctx)
         images, source = concept_images(ctx, concept, int(ctx.option("ti-train-images")))
@@ -228,7 +228,7 @@ class EmbeddingScenario(Scenario):
         """Each prompt through `target`'s text encoder with the learned token, (77, D) float32,
         cached: the encodings are part of every image's cache key, so computing them would
         load the models on a rerun that needs nothing else."""
-        from pytest_erasure.textual_inversion import encode_with_embedding
+        from pytest_erasure.attacks.textual_inversion import encode_with_embedding
 
         key = self.encode_key(ctx, target, prompts, token, embeds)
 

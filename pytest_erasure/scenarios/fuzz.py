@@ -1,7 +1,7 @@
 """fuzz: hypothesis searches the concept's prompt variants for one that brings it back, and every
 candidate it finds is confirmed on fresh seeds before it counts.
 
-Search property, per prompt variant (see `pytest_erasure.prompts`): of the images the target
+Search property, per prompt variant (see `pytest_erasure.attacks.prompts`): of the images the target
 draws from it with `--fuzz-seeds-per-prompt` seeds, the fraction that shows the concept is at
 most `--fuzz-property-threshold` (default 0.5). Degenerate images (NaN or constant: a blacked-out
 safety-checker image, a broken model) count as showing it, as they do in the case's CRR: a model
@@ -66,8 +66,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_erasure.attacks.prompts import STRATEGY_VERSION, PromptVariant
 from pytest_erasure.concepts import Concept
-from pytest_erasure.prompts import STRATEGY_VERSION, PromptVariant
 from pytest_erasure.records import GenerationInput, Plan, Role
 from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
 from pytest_erasure.scenarios.restarts import prompt_cluster
@@ -277,8 +277,8 @@ class FuzzScenario(Scenario):
         from hypothesis.database import ReadOnlyDatabase
         from hypothesis.errors import NoSuchExample
 
+        from pytest_erasure.attacks.prompts import prompt_variants
         from pytest_erasure.bypass import confirm, false_confirmation_rate
-        from pytest_erasure.prompts import prompt_variants
 
         examples, per_prompt, threshold, max_prompts = self.budget(ctx)
         cap = int(ctx.option("fuzz-confirm-candidates"))

@@ -151,7 +151,7 @@ class LatentScenario(Scenario):
         return guidance
 
     def perturbations(self, ctx: AuditContext) -> list[str]:
-        from pytest_erasure.inversion import parse_perturbations
+        from pytest_erasure.attacks.inversion import parse_perturbations
 
         if self.access == "white-box":
             return []
@@ -167,7 +167,7 @@ class LatentScenario(Scenario):
 
     def invert(self, ctx: AuditContext, role: Role, images: torch.Tensor,
                settings: dict[str, Any], label: str) -> torch.Tensor:
-        from pytest_erasure.inversion import check_steps, ddim_invert
+        from pytest_erasure.attacks.inversion import check_steps, ddim_invert
 
         facts = ctx.model_facts(role)
         check_steps(facts.num_train_timesteps, settings["steps"])
@@ -198,7 +198,7 @@ class LatentScenario(Scenario):
         """`reconstruction_error` on `role`'s model, cached; per-image errors stay in the cache."""
         import torch
 
-        from pytest_erasure.inversion import check_steps, reconstruction_error
+        from pytest_erasure.attacks.inversion import check_steps, reconstruction_error
 
         model = ctx.model_facts(role)
         check_steps(model.num_train_timesteps, settings["steps"], "--steps")
@@ -240,7 +240,7 @@ class LatentScenario(Scenario):
         latent-space error (uint8 images carry no final latents). Cached by the images."""
         import torch
 
-        from pytest_erasure.inversion import decode, encode, psnr
+        from pytest_erasure.attacks.inversion import decode, encode, psnr
 
         regenerated = ctx.generate(role, inputs, concept, defended=False)
         key = self.check_key(ctx, role, regenerated, images)
@@ -270,7 +270,7 @@ class LatentScenario(Scenario):
     # -- the plan ------------------------------------------------------------------------------
 
     def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
-        from pytest_erasure.inversion import perturb
+        from pytest_erasure.attacks.inversion import perturb
         from pytest_erasure.samplers import inversion_exactness
 
         inversion = self.inversion_settings(ctx, concept)
