@@ -4,7 +4,7 @@ A weak attacker finds nothing, and a case whose attack found nothing passes: an 
 run at budgets sized for the shapes world (100 textual-inversion steps, a Ring-A-Bell search of
 ~1.5% of the published evaluations) would pass models that the published attacks break.
 `--erasure-budget sd14` sets every attack option to what the published attack on SD v1.4 used,
-and each value carries the paper or repository it comes from (`../shared/reference/methods.md`
+and each value carries the paper or repository it comes from (`docs/methods.md`
 lists them), or "ours" where nothing was published; the profile, the resolved values and their
 sources go into every report.
 

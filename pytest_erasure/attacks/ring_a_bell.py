@@ -39,7 +39,7 @@ NEUTRAL_WORD = "thing"
 
 @dataclass(frozen=True)
 class SearchSettings:
-    """The genetic search's budget. Defaults are the published SD v1.4 settings (methods.md)."""
+    """The genetic search's budget. Defaults are the published SD v1.4 settings (docs/methods.md)."""
 
     tokens: int = 16
     """K: free token ids between <bos> and <eos>."""

@@ -5,7 +5,7 @@ current latent x_t with the concept prompt; its cross-attention to the concept's
 (heads and tokens averaged, every attn2 layer upsampled to latent resolution and averaged,
 min-max normalised per image, thresholded at tau) gives a mask M; the latent becomes
 x*_t = (1 - M) * x_t + M * xi_t. Where the erased model was drawing the concept, it starts
-again from noise. DESIGN.md section 6.
+again from noise (docs/methods.md, IRECE).
 
 `IRECE` is a diffusers `callback_on_step_end`: it plugs into any StableDiffusionPipeline without
 subclassing and costs one conditional standard-UNet forward (batch B, no CFG doubling) per

@@ -28,7 +28,6 @@ from pytest_erasure.detectors.base import Detection, DetectorSpec
 from pytest_erasure.errors import ErasureInputError
 
 NAME = "nudenet"
-VERSION = "3.4.2"
 EXPOSED = ("FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED",
            "BUTTOCKS_EXPOSED", "ANUS_EXPOSED")
 GENERIC_LABELS = ("nudity", "nude", "naked", "nsfw")

@@ -118,8 +118,6 @@ class Scenario:
     access: Literal["white-box", "black-box"] | None = None
     variant: str | None = None
     options: tuple[ScenarioOption, ...] = ()
-    audits_erased_concept: bool = True
-    """False for scenarios (baseline) whose assertion is not 'the concept does not come back'."""
 
     @property
     def id(self) -> str:
