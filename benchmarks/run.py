@@ -161,10 +161,31 @@ def bench_ti(reps: int) -> dict[str, Any]:
             "runs": out, "median_ratio": statistics.median(ratios)}
 
 
+def case_images(case: dict[str, Any]) -> dict[str, int]:
+    """Every image an erasure case needs, from its report entry: the audited model's, the
+    undefended side-by-side's, the standard model's under the same attack, the base rate's, and
+    the attack's own (fuzzing's search and confirmation images; TI trains on references and
+    the latent checks reuse the case's images, so those add none here)."""
+    counts = {"erased": case["rate"]["n"],
+              "undefended": (case.get("undefended") or {}).get("n", 0),
+              "standard": (case.get("standard") or {}).get("n", 0),
+              "base_rate": (case.get("base_rate") or {}).get("n", 0), "attack": 0}
+    facts = case.get("facts", {})
+    if case["modality"] == "fuzz":
+        per_prompt = int(facts.get("settings", {}).get("fuzz-seeds-per-prompt", 4))
+        confirmation = facts.get("confirmation", {})
+        counts["attack"] = (int(facts.get("examples_tried", 0)) * per_prompt
+                            + len(confirmation.get("scored", []))
+                            * int(confirmation.get("fresh_seeds", 0)))
+    return counts
+
+
 def bench_sequential(reps: int) -> dict[str, Any]:
-    """Mean images per decided erasure case with --erasure-sequential vs fixed n, over every
-    scenario of the shapes world's audit (one cache: the sequential run's images are a prefix
-    of the fixed run's, so it costs no generation; the figure is images, not seconds)."""
+    """Images per decided erasure case with --erasure-sequential vs fixed n, over every scenario
+    of the shapes world's audit, counting every image the case needs (`case_images`): the
+    sequential rule stops only the audited model's sampling, so the standard model, the base
+    rate and the attack cost the same either way, and the saving is stated over all of them.
+    One cache: the sequential run's images are a prefix of the fixed run's."""
     cache = Path(tempfile.mkdtemp(prefix="bench-seq-"))
     out = {}
     for mode, extra in (("fixed", []), ("sequential", ["--erasure-sequential"])):
@@ -175,12 +196,18 @@ def bench_sequential(reps: int) -> dict[str, Any]:
         seconds = timed(cmd)[0]
         data = json.loads((report / "report.json").read_text())
         cases = [c for c in data["cases"] if c["kind"] == "erasure"]
-        out[mode] = {"seconds": seconds, "images": [c["rate"]["n"] for c in cases],
-                     "verdicts": {c["case_id"]: c["passed"] for c in cases}}
-    fixed = statistics.mean(out["fixed"]["images"])
-    seq = statistics.mean(out["sequential"]["images"])
-    return {"what": "images per decided erasure case, every scenario, --samples 128", **out,
-            "mean_images_fixed": fixed, "mean_images_sequential": seq,
+        images = [case_images(c) for c in cases]
+        out[mode] = {"seconds": seconds, "audited_images": [i["erased"] for i in images],
+                     "all_images": [sum(i.values()) for i in images],
+                     "by_case": {c["case_id"]: i for c, i in zip(cases, images, strict=True)},
+                     "verdicts": {c["case_id"]: c["verdict"] for c in cases}}
+    mean = {mode: {k: statistics.mean(out[mode][k]) for k in ("audited_images", "all_images")}
+            for mode in out}
+    return {"what": "images per decided erasure case, every scenario, --samples 128: the "
+                    "audited model's alone, and every image the case needs", **out,
+            "mean": mean,
+            "saving_audited": mean["fixed"]["audited_images"] / mean["sequential"]["audited_images"],
+            "saving_all": mean["fixed"]["all_images"] / mean["sequential"]["all_images"],
             "same_verdicts": out["fixed"]["verdicts"] == out["sequential"]["verdicts"]}
 
 
