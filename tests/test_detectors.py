@@ -185,6 +185,19 @@ def test_imagenet_label_sets(imagenet_folder: Path) -> None:
             detector.detect(_images(1), bad)
 
 
+def test_imagenet_labels_resolve_before_any_weights_load(imagenet_folder: Path) -> None:
+    """The up-front check resolves every label from the model's config alone (issue 18): a
+    typo in a concepts file costs a usage error in seconds, not a failed case."""
+    from pytest_erasure.detectors.base import DetectorSpec
+    from pytest_erasure.detectors.imagenet import check
+
+    spec = DetectorSpec("imagenet", imagenet_folder, {})
+    check(spec, ("church", "497, parachute", "airplane"))
+    for bad, problem in [("unicorn", "names no class"), ("1000", "1000")]:
+        with pytest.raises(ErasureInputError, match=problem):
+            check(spec, ("church", bad))
+
+
 def test_cifar10_mapping_is_a_partition_of_imagenet_ids() -> None:
     from pytest_erasure.detectors.imagenet import CIFAR10_TO_IMAGENET
 

@@ -100,41 +100,9 @@ class ImagenetDetector:
 
     def label_set(self, label: str) -> list[int]:
         """The class ids `label` stands for (see the module docstring); unknown -> usage error."""
-        if label in self.resolved:
-            return self.resolved[label]
-        where = f"detector '{NAME}' label {label!r}"
-        items = [item.strip() for item in str(label).split(",") if item.strip()]
-        if not items:
-            raise ErasureInputError(where, "is empty", "give class ids or names")
-        ids: set[int] = set()
-        for item in items:
-            ids.update(self._resolve(item, where))
-        self.resolved[label] = sorted(ids)
+        if label not in self.resolved:
+            self.resolved[label] = label_ids(label, self.id2label)
         return self.resolved[label]
-
-    def _resolve(self, item: str, where: str) -> list[int]:
-        if item.lstrip("-").isdigit():
-            index = int(item)
-            if index not in self.id2label:
-                raise ErasureInputError(where, f"class id {index} is not one of the model's "
-                                        f"{self.num_labels} classes",
-                                        f"give ids from 0 to {self.num_labels - 1}")
-            return [index]
-        name = _norm(item)
-        if name in CIFAR10_TO_IMAGENET and self.num_labels == 1000:
-            return list(CIFAR10_TO_IMAGENET[name])
-        matches = [i for i, text in self.id2label.items()
-                   if name in {_norm(s) for s in text.split(",")}]
-        if not matches:
-            raise ErasureInputError(where, f"'{item}' names no class of the model "
-                                    f"(config.id2label)",
-                                    "give class ids (e.g. label = \"497\") or a class name "
-                                    "from the model's id2label")
-        if len(matches) > 1:
-            names = ", ".join(f"{i} ({self.id2label[i]})" for i in matches)
-            raise ErasureInputError(where, f"'{item}' names several classes: {names}",
-                                    "give the class id(s) you mean")
-        return matches
 
     @torch.no_grad()
     def detect(self, images: torch.Tensor, label: str) -> Detection:
@@ -188,16 +156,57 @@ def model_folder(spec: DetectorSpec) -> tuple[Path, dict[str, Any]]:
     return folder, config
 
 
+def label_ids(label: str, id2label: dict[int, str]) -> list[int]:
+    """The class ids a concept's `label` stands for on a model with this `id2label` (ids, class
+    names, or a CIFAR-10 class on a 1000-class model); an unknown one is a usage error. A
+    function of the config alone, so labels resolve before any weights load (`check`)."""
+    where = f"detector '{NAME}' label {label!r}"
+    items = [item.strip() for item in str(label).split(",") if item.strip()]
+    if not items:
+        raise ErasureInputError(where, "is empty", "give class ids or names")
+    ids: set[int] = set()
+    for item in items:
+        ids.update(_resolve(item, id2label, where))
+    return sorted(ids)
+
+
+def _resolve(item: str, id2label: dict[int, str], where: str) -> list[int]:
+    if item.lstrip("-").isdigit():
+        index = int(item)
+        if index not in id2label:
+            raise ErasureInputError(where, f"class id {index} is not one of the model's "
+                                    f"{len(id2label)} classes",
+                                    f"give ids from 0 to {len(id2label) - 1}")
+        return [index]
+    name = _norm(item)
+    if name in CIFAR10_TO_IMAGENET and len(id2label) == 1000:
+        return list(CIFAR10_TO_IMAGENET[name])
+    matches = [i for i, text in id2label.items() if name in {_norm(x) for x in text.split(",")}]
+    if not matches:
+        raise ErasureInputError(where, f"'{item}' names no class of the model (config.id2label)",
+                                "give class ids (e.g. label = \"497\") or a class name from "
+                                "the model's id2label")
+    if len(matches) > 1:
+        names = ", ".join(f"{i} ({id2label[i]})" for i in matches)
+        raise ErasureInputError(where, f"'{item}' names several classes: {names}",
+                                "give the class id(s) you mean")
+    return matches
+
+
 def check(spec: DetectorSpec, labels: tuple[str, ...] = ()) -> None:
     """Options valid; the folder an image classifier with weights and image processor, with at
-    least top_k classes in its config (labels resolve against the model's id2label on first
-    use: the model's own config decides, see `label_set`)."""
+    least top_k classes in its config; every label resolves against the model's id2label, read
+    from its config (no weights load)."""
     options = read_options(spec)
     _, config = model_folder(spec)
     classes = len(config.get("id2label") or {}) or int(config.get("num_labels") or 0)
     if classes and options["top_k"] > classes:
         raise ErasureInputError(f"detector '{NAME}' option top_k", f"is {options['top_k']}",
                                 f"give at most the model's {classes} classes")
+    id2label = {int(k): str(v) for k, v in (config.get("id2label") or {}).items()}
+    if id2label:
+        for label in labels:
+            label_ids(label, id2label)
 
 
 def build(spec: DetectorSpec, device: str) -> ImagenetDetector:

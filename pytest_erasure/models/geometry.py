@@ -59,3 +59,16 @@ def model_geometry(folder: Path) -> ModelGeometry:
     if down and "CrossAttn" in str(unet.get("mid_block_type", "UNetMidBlock2DCrossAttn")):
         levels.append(len(down) - 1)
     return ModelGeometry(factor, native, tuple(sorted(set(levels))))
+
+
+def train_timesteps(folder: Path) -> int | None:
+    """The scheduler's num_train_timesteps from a diffusers folder's config (None when it is not
+    readable: loading the model reports the folder itself). DDIM inversion and denoising cannot
+    take more steps than that."""
+    try:
+        config = json.loads((Path(folder) / "scheduler" / "scheduler_config.json")
+                            .read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = config.get("num_train_timesteps") if isinstance(config, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -110,7 +110,14 @@ class LatentScenario(Scenario):
     # -- settings ------------------------------------------------------------------------------
 
     def validate(self, ctx: AuditContext) -> None:
-        self._inversion_numbers(ctx)
+        steps, _ = self._inversion_numbers(ctx)
+        from pytest_erasure.attacks.inversion import check_steps
+        from pytest_erasure.models.geometry import train_timesteps
+
+        limit = train_timesteps(ctx.config.standard_model)
+        if limit is not None:  # before any model loads: from the scheduler's config file
+            check_steps(limit, steps)
+            check_steps(limit, int(ctx.config.steps), "--steps")
         if self.variant == "prompt":
             self._prompt_guidance(ctx)
         self.perturbations(ctx)
