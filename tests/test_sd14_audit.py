@@ -81,7 +81,7 @@ def test_every_scenario_with_irece_runs_on_the_published_sd14_layout(
     for case in by_id.values():
         assert case["error"] is None and isinstance(case["passed"], bool), case["case_id"]
         assert case["rate"]["n"] >= 1, case["case_id"]
-    assert data["config"]["irece"] is True
+    assert data["config"]["defense"]["name"] == "irece"
     erasure = [c for c in by_id.values() if c["kind"] == "erasure"]
     assert erasure
     for case in erasure:
