@@ -67,7 +67,7 @@ def clustered_rate(outcomes: Sequence[bool], cluster_ids: Sequence[Hashable], *,
     interval at `level` (see the module docstring), never narrower than the plain Wilson
     interval at the same critical value; it is [0, 1] with method 'undetermined' for one cluster
     (or no images). `design_effect` and `clusters` are recorded on the Rate and travel with it.
-    Coverage, checked by simulation in tests/test_clusters.py: >= 93% over a grid of
+    Coverage, checked by simulation in tests/unit/test_clusters.py: >= 93% over a grid of
     beta-binomial clusters (4-16 clusters, intra-cluster correlation 0.1-0.3, CRR 0.1-0.35),
     where plain Wilson falls to ~70%."""
     hits, n = sum(bool(o) for o in outcomes), len(outcomes)

@@ -18,7 +18,7 @@ The fix gives every reduction a shape that does not depend on the batch:
 - SiLU and GELU: per sample when more than two threads share a tensor (`per_sample`).
 Prompts are encoded one at a time (`generate._conditioning`) for the same reason.
 
-Measured by tests/test_determinism.py on the tests' tiny pipelines (and by hand on the shapes
+Measured by tests/e2e/test_determinism.py on the tests' tiny pipelines (and by hand on the shapes
 world, generating at batches 1, 3, 8 and 10): audits at batches 8, 1 and 3 give identical images;
 the layers give a sample identical outputs in batches of 1, 3 and 17 at 1, 2, 3 and 4 threads, and
 the same bits with 1 or 2 threads (three or more change the bits, whatever the batch: another

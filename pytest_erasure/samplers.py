@@ -24,7 +24,7 @@ IRECE replaces the latent between two steps. Two facts about a sampler decide ho
   history is cleared, and the step from x*_t is the solver's own first-order step, the step a
   fresh solver would take had sampling started at x*_t at that noise level; the order then
   builds up again as it does at the start of sampling. DDIM, Euler and Euler ancestral keep no
-  history. (`tests/test_samplers.py` checks, per sampler, that the step after an intervention
+  history. (`tests/e2e/test_samplers.py` checks, per sampler, that the step after an intervention
   equals a fresh solver's first step from x*_t, and that without the reset it would not.)
 
 This module imports torch and diffusers only inside functions.

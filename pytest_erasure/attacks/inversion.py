@@ -13,7 +13,7 @@ Precision: `ddim_invert` and `denoise` carry the latent in float32 whatever the 
 and run the scheduler step in float32; only the UNet's input is cast to the model's dtype (and
 its output back). Fifty DDIM steps accumulated in a half-precision latent add fifty roundings
 of the latent itself (bfloat16 keeps 8 bits of mantissa) on top of the UNet's own error; in
-float32 only the UNet's error remains (tests/test_latent.py measures both on a bf16 UNet).
+float32 only the UNet's error remains (tests/unit/test_latent.py measures both on a bf16 UNet).
 For a float32 model nothing changes: the casts are no-ops.
 """
 

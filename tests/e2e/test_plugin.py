@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-JUNIT_XSD = Path(__file__).resolve().parents[2] / "shared" / "reference" / "junit-10.xsd"
+JUNIT_XSD = Path(__file__).resolve().parents[1] / "data" / "junit-10.xsd"
 
 AUDIT = "def test_erasure(erasure_case, erasure_check):\n    erasure_check(erasure_case)\n"
 # Plumbing tests gate with `point`: n=8 is below what the default `exact` gate can ever pass
-# (tests/test_gate.py and tests/test_verdict.py test the rules themselves).
+# (tests/unit/test_gate.py and tests/e2e/test_verdict.py test the rules themselves).
 FAST = ["--samples", "8", "--steps", "2", "--batch-size", "4", "-p", "no:randomly",
         "--erasure-gate=point"]
 

@@ -111,7 +111,7 @@ def test_scenario_ids_and_options():
 
 # -- the scenarios through an audit session ------------------------------------------------------
 
-# One restart: these tests are about one textual-inversion run (tests/test_restarts.py: several).
+# One restart: these tests are about one textual-inversion run (tests/unit/test_restarts.py: several).
 TI = {"ti-steps": 4, "ti-batch-size": 4, "ti-lr": 1e-2, "ti-train-images": 3, "attack-restarts": 1}
 
 

@@ -130,7 +130,7 @@ def test_help_text_shows_profile_values(pytester: pytest.Pytester):
 def test_sd14_readme_commands_use_the_profile_and_its_table_matches():
     import re
 
-    text = (Path(__file__).resolve().parent.parent / "audits" / "sd14" / "README.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "audits" / "sd14" / "README.md").read_text()
     assert "--erasure-budget sd14" in text.split("COMMON=", 1)[1].split("```", 1)[0]
     sd14 = profile("sd14")
     rows = re.findall(r"^\| `--([a-z0-9-]+)` \| ([^|]+?) \|", text, flags=re.M)

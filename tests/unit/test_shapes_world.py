@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WORLD = ROOT / "fixtures" / "shapes"
 for p in (str(WORLD), str(ROOT)):
     if p not in sys.path:

@@ -16,7 +16,7 @@ import pytest
 
 from pytest_erasure.errors import ErasureInputError
 
-PACKAGE = Path(__file__).resolve().parent.parent / "pytest_erasure"
+PACKAGE = Path(__file__).resolve().parents[2] / "pytest_erasure"
 AUDIT = "def test_erasure(erasure_case, erasure_check):\n    erasure_check(erasure_case)\n"
 # `point`: n=2 is below what the default `exact` gate can ever pass; these tests are about
 # what an audit touches and writes, not the gate rule.

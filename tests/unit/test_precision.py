@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SHAPES = REPO / "fixtures" / "shapes"
 
 
@@ -204,7 +204,7 @@ def _half_latent_round_trip(pipe, images: torch.Tensor, steps: int) -> torch.Ten
 
 
 def test_bf16_inversion_accumulates_in_float32():
-    sys.path.insert(0, str(Path(__file__).parent))
+    sys.path.insert(0, str(Path(__file__).parent))  # test_latent: a neighbour in tests/unit
     from test_latent import smooth_pipeline
 
     from pytest_erasure.attacks.inversion import ddim_invert, denoise, encode

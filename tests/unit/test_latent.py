@@ -11,7 +11,7 @@ from pytest_erasure.errors import ErasureInputError
 
 torch = pytest.importorskip("torch")
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SHAPES = REPO / "fixtures" / "shapes"
 
 

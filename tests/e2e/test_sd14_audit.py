@@ -1,7 +1,7 @@
 """The whole audit on SD v1.4 as published (PNDM with skip_prk_steps, CLIP's 49,408-token BPE,
 the published configs), reduced sizes, end to end through a real pytest subprocess.
 
-`tests/test_sd14_architecture.py` runs one case of each scenario type on the full-size
+`tests/e2e/test_sd14_architecture.py` runs one case of each scenario type on the full-size
 architecture (minutes, `-m slow`); this test runs every scenario, IRECE included, on the
 `reduced` variant that `save_sd14_world` writes to disk, so the default run catches anything
 that breaks on the published layout (a scheduler other than DDIM, a real tokenizer) rather than

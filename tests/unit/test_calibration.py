@@ -24,7 +24,7 @@ from pytest_erasure.detectors.calibration import (  # noqa: E402
     measure_calibration,
 )
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 CONCEPTS = """
 [defaults]

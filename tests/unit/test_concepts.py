@@ -9,7 +9,7 @@ import pytest
 from pytest_erasure.concepts import load_concepts
 from pytest_erasure.errors import ErasureInputError
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 GOOD = """
 threshold = 0.2

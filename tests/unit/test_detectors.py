@@ -17,7 +17,7 @@ from pytest_erasure.concepts import load_concepts
 from pytest_erasure.detectors.base import Detection, DetectorSpec, build_detector
 from pytest_erasure.errors import ErasureInputError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SD14 = ROOT / "audits" / "sd14"
 CIFAR10 = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
            "truck")

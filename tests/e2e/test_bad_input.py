@@ -519,7 +519,7 @@ def build_bad_inputs(world: dict[str, Path], root: Path) -> Path:
         "refs-missing.toml": _concepts(f'references = "{refs / "nowhere"}"'),
         "refs-escape.toml": _concepts('references = "../../../etc"'),
     }
-    shapes_detector = Path(__file__).resolve().parents[1] / "fixtures" / "shapes" / "detector"
+    shapes_detector = Path(__file__).resolve().parents[2] / "fixtures" / "shapes" / "detector"
     resnet = root / "resnet"
     resnet.mkdir()
     (resnet / "config.json").write_text(json.dumps({"model_type": "resnet",

@@ -37,12 +37,12 @@ from pytest_erasure.report.junit import to_junit_xml, write_junit
 from pytest_erasure.report.markdown import to_markdown
 from pytest_erasure.report.terminal import header_lines, render_summary
 
-XSD = Path(__file__).parent / "data" / "junit-10.xsd"  # Jenkins' JUnit schema
+XSD = Path(__file__).parents[1] / "data" / "junit-10.xsd"  # Jenkins' JUnit schema
 HOSTILE = '<script>alert(1)</script> & "quotes" | pipes ``` http://evil.example/x.png'
 INCONCLUSIVE_REASON = ("the attack does not reproduce the concept on the standard model "
                        "(standard CRR 12.5% < 50%); inverted prompt " + HOSTILE)
 BLIND_REASON = "the detector is blind: standard model CRR 3.1% under the same attack"
-GOLDEN = Path(__file__).parent / "data" / "reports"
+GOLDEN = Path(__file__).parents[1] / "data" / "reports"
 GOLDEN_RECORDS = ("audit", "interrupted", "reported")
 
 
