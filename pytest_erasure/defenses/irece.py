@@ -45,6 +45,9 @@ Choices the paper leaves open, made here:
   batch mates, so batching does not change an image).
 * **Replacement.** For a binary mask the formula equals `torch.where(M, xi, x)`, which we use:
   entries outside the mask are bit-identical to the undefended latent.
+
+Longer than most modules: the defense, the mask, the step resolution and the registry entry
+that declares its options belong to one decision (what IRECE does) and are read together.
 """
 
 from __future__ import annotations

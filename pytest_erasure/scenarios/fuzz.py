@@ -56,6 +56,9 @@ Both live in `<erasure cache>/hypothesis` (or `--fuzz-database DIR`), keyed per 
 per model. Runs on the standard model read them but write nothing.
 
 Deterministic: hypothesis's random source is seeded from `--seed` and the concept.
+
+Longer than most modules: the search, its bypass ledger and the out-of-sample confirmation are
+one procedure whose statistics only hold together.
 """
 
 from __future__ import annotations

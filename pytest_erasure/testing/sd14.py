@@ -17,6 +17,9 @@ Provenance (`PROVENANCE`): the files were read from public copies of the folder 
 pages of CompVis/stable-diffusion-v1-4 and byte-identical duplicates of it). As a cross-check the
 JSON written here (indent 2, trailing newline, as diffusers and transformers write it) has exactly
 the byte size the Hub lists for each published file; the sizes are recorded and tested.
+
+Longer than most modules because it holds the published config files verbatim, with their
+provenance: data, not logic.
 """
 
 from __future__ import annotations

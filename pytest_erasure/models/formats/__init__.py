@@ -68,6 +68,26 @@ class Format(Protocol):
     def describe(self, details: dict[str, Any]) -> dict[str, Any]: ...
 
 
+class BuiltinFormat:
+    """What the built-in formats share: loading is their module's `load(standard,
+    standard_path, path)`, named by `loader`, and the report shows what loading recorded. Each
+    subclass holds its own name, detection and options (a third party may implement `Format`
+    from scratch)."""
+
+    name = ""
+    applies_to_standard = True
+    options: tuple[str, ...] = ()
+    loader: Any = None
+    """staticmethod(the module's load function)."""
+
+    def load(self, standard: Any, standard_path: Path, path: Path, options: Mapping[str, Any]
+             ) -> tuple[dict[str, Any], dict[str, Any]]:
+        return self.loader(standard, standard_path, path)
+
+    def describe(self, details: dict[str, Any]) -> dict[str, Any]:
+        return details
+
+
 @functools.cache
 def _sources() -> dict[str, str]:
     from importlib.metadata import entry_points

@@ -22,11 +22,11 @@ version). So "the same component" is decided by content, not by file digests:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pytest_erasure.errors import ErasureInputError
+from pytest_erasure.models.formats import BuiltinFormat
 from pytest_erasure.models.formats.configs import compare_text_config, compare_unet_config, read_json
 from pytest_erasure.models.formats.files import (
     folder_files,
@@ -222,7 +222,8 @@ def tokenizer_meaning(tokenizer: Any) -> dict[str, Any]:
     return meaning
 
 
-class DiffusersFormat:
+class DiffusersFormat(BuiltinFormat):
+    loader = staticmethod(load)
     name = "diffusers"
     applies_to_standard = False
     options: tuple[str, ...] = ()
@@ -230,13 +231,6 @@ class DiffusersFormat:
     def detect(self, path: Path) -> float:
         """A pipeline folder declares itself (model_index.json)."""
         return 1.0 if path.is_dir() and (path / "model_index.json").is_file() else 0.0
-
-    def load(self, standard: Any, standard_path: Path, path: Path, options: Mapping[str, Any]
-             ) -> tuple[dict[str, Any], dict[str, Any]]:
-        return load(standard, standard_path, path)
-
-    def describe(self, details: dict[str, Any]) -> dict[str, Any]:
-        return details
 
 
 FORMAT = DiffusersFormat()

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from pytest_erasure.errors import ErasureInputError
+from pytest_erasure.models.formats import BuiltinFormat
 from pytest_erasure.models.formats.files import hash_files, read_state_dict, tensor_keys
 from pytest_erasure.models.formats.sharing import clone_sharing, set_tensor
 
@@ -118,7 +119,7 @@ def load(standard: Any, path: Path, lora_multiplier: float) -> tuple[dict[str, A
     return overrides, {"files": hash_files([path]), "lora": report}
 
 
-class LoraFormat:
+class LoraFormat(BuiltinFormat):
     name = "lora"
     applies_to_standard = True
     options = ("lora_multiplier",)
@@ -131,8 +132,6 @@ class LoraFormat:
              ) -> tuple[dict[str, Any], dict[str, Any]]:
         return load(standard, path, options["lora_multiplier"])
 
-    def describe(self, details: dict[str, Any]) -> dict[str, Any]:
-        return details
 
 
 FORMAT = LoraFormat()

@@ -10,7 +10,6 @@ processors stay as diffusers made them (attention capture and IRECE still find e
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from pytest_erasure.errors import ErasureInputError
+from pytest_erasure.models.formats import BuiltinFormat
 from pytest_erasure.models.formats.configs import peek_json, read_json
 from pytest_erasure.models.formats.files import (
     WEIGHT_SUFFIXES,
@@ -180,7 +180,8 @@ def load(standard: Any, standard_path: Path, path: Path) -> tuple[dict[str, Any]
     }
 
 
-class RecelerFormat:
+class RecelerFormat(BuiltinFormat):
+    loader = staticmethod(load)
     name = "receler"
     applies_to_standard = True
     options: tuple[str, ...] = ()
@@ -193,13 +194,6 @@ class RecelerFormat:
             lone = lone_weight_file(path)
             return 0.5 if lone is not None and is_adapter_file(lone) else 0.0
         return 0.8 if is_adapter_file(path) else 0.0
-
-    def load(self, standard: Any, standard_path: Path, path: Path, options: Mapping[str, Any]
-             ) -> tuple[dict[str, Any], dict[str, Any]]:
-        return load(standard, standard_path, path)
-
-    def describe(self, details: dict[str, Any]) -> dict[str, Any]:
-        return details
 
 
 FORMAT = RecelerFormat()

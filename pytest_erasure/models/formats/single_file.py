@@ -10,11 +10,11 @@ The result equals `StableDiffusionPipeline.from_single_file(path, config=standar
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pytest_erasure.errors import ErasureInputError
+from pytest_erasure.models.formats import BuiltinFormat
 from pytest_erasure.models.formats.clip_keys import IGNORED, normalise
 from pytest_erasure.models.formats.files import hash_files, read_state_dict, tensor_keys
 from pytest_erasure.models.formats.sharing import override
@@ -69,7 +69,8 @@ def load(standard: Any, standard_path: Path, path: Path, **_: Any) -> tuple[dict
     return overrides, report
 
 
-class SingleFileFormat:
+class SingleFileFormat(BuiltinFormat):
+    loader = staticmethod(load)
     name = "single-file"
     applies_to_standard = True
     options: tuple[str, ...] = ()
@@ -77,13 +78,6 @@ class SingleFileFormat:
     def detect(self, path: Path) -> float:
         """UNet tensors beside VAE or text-encoder ones, in the CompVis layout."""
         return 0.7 if path.is_file() and is_single_file(tensor_keys(path)) else 0.0
-
-    def load(self, standard: Any, standard_path: Path, path: Path, options: Mapping[str, Any]
-             ) -> tuple[dict[str, Any], dict[str, Any]]:
-        return load(standard, standard_path, path)
-
-    def describe(self, details: dict[str, Any]) -> dict[str, Any]:
-        return details
 
 
 FORMAT = SingleFileFormat()

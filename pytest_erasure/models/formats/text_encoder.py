@@ -4,11 +4,11 @@ prefix. The weights go onto a copy of the standard text encoder that shares unch
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pytest_erasure.errors import ErasureInputError
+from pytest_erasure.models.formats import BuiltinFormat
 from pytest_erasure.models.formats.clip_keys import IGNORED, normalise
 from pytest_erasure.models.formats.configs import compare_text_config, peek_json
 from pytest_erasure.models.formats.files import hash_files, read_many, tensor_keys, weight_files
@@ -49,7 +49,8 @@ def load(standard: Any, standard_path: Path, path: Path) -> tuple[dict[str, Any]
     return {"text_encoder": encoder}, {"files": hash_files(hashed), "text_encoder": stats}
 
 
-class TextEncoderFormat:
+class TextEncoderFormat(BuiltinFormat):
+    loader = staticmethod(load)
     name = "text-encoder"
     applies_to_standard = True
     options: tuple[str, ...] = ()
@@ -62,13 +63,6 @@ class TextEncoderFormat:
                 "CLIPText" in a for a in config.get("architectures", []) or [])
             return 0.6 if clip else 0.0
         return 0.6 if is_text_encoder(tensor_keys(path)) else 0.0
-
-    def load(self, standard: Any, standard_path: Path, path: Path, options: Mapping[str, Any]
-             ) -> tuple[dict[str, Any], dict[str, Any]]:
-        return load(standard, standard_path, path)
-
-    def describe(self, details: dict[str, Any]) -> dict[str, Any]:
-        return details
 
 
 FORMAT = TextEncoderFormat()

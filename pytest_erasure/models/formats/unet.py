@@ -5,11 +5,11 @@ Unchanged tensors stay shared with the standard UNet."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pytest_erasure.errors import ErasureInputError
+from pytest_erasure.models.formats import BuiltinFormat
 from pytest_erasure.models.formats.configs import compare_unet_config, peek_json
 from pytest_erasure.models.formats.files import (
     flatten,
@@ -74,7 +74,8 @@ def load(standard: Any, standard_path: Path, path: Path) -> tuple[dict[str, Any]
     return {"unet": unet}, {"files": hash_files(hashed), "key_layout": layout, "unet": stats}
 
 
-class UnetFormat:
+class UnetFormat(BuiltinFormat):
+    loader = staticmethod(load)
     name = "unet"
     applies_to_standard = True
     options: tuple[str, ...] = ()
@@ -85,13 +86,6 @@ class UnetFormat:
             unet = peek_json(path / "config.json").get("_class_name") == "UNet2DConditionModel"
             return 0.6 if unet else 0.0
         return 0.6 if is_unet(tensor_keys(path)) else 0.0
-
-    def load(self, standard: Any, standard_path: Path, path: Path, options: Mapping[str, Any]
-             ) -> tuple[dict[str, Any], dict[str, Any]]:
-        return load(standard, standard_path, path)
-
-    def describe(self, details: dict[str, Any]) -> dict[str, Any]:
-        return details
 
 
 FORMAT = UnetFormat()
