@@ -23,6 +23,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pytest_erasure.context import image_sha256
 from pytest_erasure.crr import decided
 from pytest_erasure.memory import recording
 from pytest_erasure.records import Case, CaseResult, Plan, Rate, Role
@@ -261,19 +262,11 @@ def worst_restart(measured: Measured) -> dict[str, Any] | None:
 
 
 def _calibration(ctx: Context, concept: Concept) -> Any:
-    if getattr(concept, "calibration", None) is None:
+    if concept.calibration is None:
         return None
     from pytest_erasure.detectors.calibration import for_concept
 
     return for_concept(ctx, concept)
-
-
-def image_sha256(images: torch.Tensor) -> str:
-    """Digest of the judged images (uint8, sample order): two runs (batch sizes, -n, machines)
-    drew the same images exactly when their digests agree, without shipping the images."""
-    from pytest_erasure.cache import tensor_digest
-
-    return tensor_digest({"images": images})
 
 
 def evidence(title: str, measured: Measured, plan: Plan) -> dict[str, Any]:

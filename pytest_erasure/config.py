@@ -270,7 +270,7 @@ class AuditConfig:
         v["scenario_options"], v["scenario_sources"] = resolve(
             v["budget"], dict(v.get("scenario_options") or {}), v.pop("scenario_defaults", None))
         known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(v) - known - {"scenario_defaults"})
+        unknown = sorted(set(v) - known)
         if unknown:  # a caller's typo (or a field that left) must not be dropped silently
             raise TypeError(f"AuditConfig has no field(s) {', '.join(unknown)}")
         return cls(**{k: val for k, val in v.items() if k in known})
