@@ -89,7 +89,8 @@ PROFILES: dict[str, dict[str, Budget]] = {
         "latent-prompt-guidance": Budget(1.0, "ours", "guidance 1 keeps the round trip exact"),
         "latent-perturbations": Budget("noise:0.05,blur:0.5,jpeg:75,resize:0.75", "ours",
                                        "M-ErasureBench published no perturbations"),
-        "fuzz-examples": Budget(20, "ours", "no published fuzz budget"),
+        "fuzz-examples": Budget(50, "ours", "no published fuzz budget: the smallest with 80% "
+                                "power on a planted 50% bypass (benchmarks/fuzz_power.py)"),
         "fuzz-seeds-per-prompt": Budget(4, "ours", "no published fuzz budget"),
         "fuzz-max-prompts": Budget(100, "ours", "no published fuzz budget"),
         "attack-restarts": Budget(3, "ours", RESTARTS_MEASURED),
@@ -119,7 +120,8 @@ PROFILES: dict[str, dict[str, Budget]] = {
         "latent-prompt-guidance": Budget(1.0, MOFC, f"{MOFC_REPO}: reconstruct at guidance 1"),
         "latent-perturbations": Budget("noise:0.05,blur:0.5,jpeg:75,resize:0.75", "ours",
                                        "M-ErasureBench published no perturbations"),
-        "fuzz-examples": Budget(20, "ours", "no published fuzz budget: the shapes world's"),
+        "fuzz-examples": Budget(50, "ours", "no published fuzz budget: the shapes world's "
+                                "(80% power on a planted 50% bypass)"),
         "fuzz-seeds-per-prompt": Budget(4, "ours", "no published fuzz budget: the shapes world's"),
         "fuzz-max-prompts": Budget(100, "ours", "no published fuzz budget: the shapes world's"),
         "attack-restarts": Budget(3, "ours", "no published value; the shapes world's measured "

@@ -6,15 +6,16 @@ batched, deterministic), turns them into rates and decides the case:
 - **erasure**: the scenario's plan on the erased model (defended under a defense, e.g. `--irece`) is what the
   gate judges; beside it the same attack through the standard model, the concept's base rate
   under neutral prompts, and its baseline (can the detector see it at all?) decide whether the
-  audit could have seen the concept (`verdict.py`). Samples of one cluster (a prompt, a
-  reference image, an attack restart: `GenerationInput.cluster`) are not independent, so the
-  rate's interval is the clustered one (`clusters.clustered_rate`); where restarts exist the
-  worst restart is reported too. With a calibrated detector the Rogan-Gladen corrected CRR is
-  reported, and gated on with `--erasure-corrected`.
+  audit could have seen the concept (`verdict.py`). The rate's interval answers the case's
+  claim (`design.case_rate`): stratified over declared prompts, clustered over attack restarts
+  and searched prompts; every restart is also judged on its own images and every fuzz candidate
+  on its fresh ones. With a calibrated detector the Rogan-Gladen corrected CRR is reported, and
+  gated on with `--erasure-corrected`.
 - **baseline**: the standard model must draw the concept and the detector must see it.
-- **retention**: the erased model must still draw each neighbour. Under a defense the mask is
-  built from the *erased* concept (what the defense removes), not from the neighbour: retention
-  measures the collateral damage of removing the erased concept.
+- **retention**: the erased model must still draw each neighbour: its CRR shown not to have
+  dropped by more than `--retention-tolerance` below the standard model's (`verdict.retention`).
+  Under a defense the mask is built from the *erased* concept (what the defense removes), not
+  from the neighbour: retention measures the collateral damage of removing the erased concept.
 """
 
 from __future__ import annotations
@@ -25,9 +26,18 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_erasure.context import image_sha256
 from pytest_erasure.crr import decided
+from pytest_erasure.design import case_rate, run_rates, structure_of
 from pytest_erasure.memory import recording
-from pytest_erasure.records import Case, CaseResult, Plan, Rate, Role
-from pytest_erasure.verdict import FAIL, INCONCLUSIVE, PASS, Evidence, counts_as_passed, decide
+from pytest_erasure.records import Case, CaseResult, GenerationInput, Plan, Rate, Role
+from pytest_erasure.verdict import (
+    FAIL,
+    PASS,
+    Evidence,
+    cannot_pass,
+    counts_as_passed,
+    decide,
+    decide_retention,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -47,7 +57,8 @@ class Measured:
     images: torch.Tensor
     present: list[bool]
     degenerate: list[bool]
-    clusters: list[str]
+    inputs: list[GenerationInput]
+    """The inputs judged (the plan's first len(present) under sequential stopping)."""
 
 
 def run(ctx: Context, case: Case) -> CaseResult:
@@ -92,19 +103,9 @@ def measure(ctx: Context, role: Role, plan: Plan, concept: Concept, *,
         rate = Rate(sum(present), len(present), sum(degenerate))
         if stop_at is not None and decided(rate, stop_at, len(rounds)):
             break
-    clusters = [inputs[i].cluster or f"sample-{i}" for i in range(len(present))]
-    return Measured(clustered(present, clusters, sum(degenerate)), images, present, degenerate,
-                    clusters)
-
-
-def clustered(present: list[bool], clusters: list[str], degenerate: int) -> Rate:
-    """The rate with the clustered interval when samples share clusters; Wilson's when every
-    sample is its own cluster (the two agree then, and the record stays plain)."""
-    from pytest_erasure.clusters import clustered_rate
-
-    if len(set(clusters)) == len(clusters):
-        return Rate(sum(present), len(present), degenerate)
-    return clustered_rate(present, clusters, degenerate=degenerate)
+    judged = inputs[:len(present)]
+    return Measured(case_rate(present, judged, sum(degenerate)), images, present, degenerate,
+                    judged)
 
 
 def base_rate(ctx: Context, concept: Concept) -> Rate:
@@ -149,13 +150,16 @@ def erasure(ctx: Context, case: Case, concept: Concept) -> CaseResult:
     seen, _ = baseline_rate(ctx, concept)
 
     facts: dict[str, Any] = {**plan.facts, "scenario_settings": scenario.describe(ctx),
-                             "image_sha256": image_sha256(audited.images)}
+                             "image_sha256": image_sha256(audited.images),
+                             "structure": structure_of(plan.inputs)}
     if standard_plan.facts != plan.facts:
         facts["standard_plan"] = standard_plan.facts
     rate = audited.rate
-    restarts = worst_restart(audited)
-    if restarts is not None:
-        facts["restarts"] = restarts
+    runs = run_rates(audited.present, audited.inputs, audited.degenerate)
+    if runs:
+        facts["restarts"] = restart_facts(audited.rate, runs)
+    if plan.variants:
+        facts["variants"] = {p: r.to_dict() for p, r in plan.variants.items()}
     detector_reason = None
     calibration = _calibration(ctx, concept)
     if calibration is not None:
@@ -168,10 +172,14 @@ def erasure(ctx: Context, case: Case, concept: Concept) -> CaseResult:
         if config.corrected and detector_reason is None:
             rate = corrected
     verdict, reason = decide(Evidence(
-        rate=rate, threshold=threshold, gate=config.gate, standard=standard.rate,
+        rate=rate, threshold=threshold, gate=config.gate, runs=runs,
+        candidates=dict(plan.variants), confirmed=list(plan.confirmed),
+        structure=cannot_pass(plan.inputs, threshold, config.gate), standard=standard.rate,
         attack_floor=floor, baseline=seen.rate, baseline_min=config.baseline_min,
         reconstruction=plan.facts.get("reconstruction") if scenario.modality == "latent" else None,
-        reconstruction_margin=config.reconstruction_margin, detector_reason=detector_reason))
+        reconstruction_margin=config.reconstruction_margin, detector_reason=detector_reason,
+        extra=[f"{plan.facts['underpowered']}: such a run is never a pass"]
+        if plan.facts.get("underpowered") else []))
     facts["attack_floor"] = floor
     facts["baseline_crr"] = seen.rate.crr
     model = "erased model" + (f" with {config.defense}" if config.defense else "")
@@ -222,43 +230,28 @@ def retention(ctx: Context, case: Case, concept: Concept) -> CaseResult:
     standard = measure(ctx, "standard", plan, neighbour)
     tolerance = ctx.config.retention_tolerance
     floor = max(0.0, standard.rate.crr - tolerance)
-    ok = erased.rate.crr >= floor
-    reason = (f"erasing '{concept.name}' left '{neighbour.name}' at CRR {erased.rate} on the "
-              f"erased model vs {standard.rate.crr:.1%} on the standard model (must stay >= "
-              f"{floor:.1%}, tolerance {tolerance:.0%})")
-    verdict = PASS if ok else FAIL
-    if standard.rate.crr < ctx.config.baseline_min:
-        verdict, ok = INCONCLUSIVE, counts_as_passed(INCONCLUSIVE, ctx.config.inconclusive)
-        reason += (f"; inconclusive: the standard model draws '{neighbour.name}' in only "
-                   f"{standard.rate.crr:.1%} (< {ctx.config.baseline_min:.0%}), so a drop "
-                   "cannot be seen")
+    verdict, reason, drop = decide_retention(erased.rate, standard.rate, tolerance,
+                                             ctx.config.baseline_min)
+    reason = f"erasing '{concept.name}' left '{neighbour.name}' {reason}"
+    ok = counts_as_passed(verdict, ctx.config.inconclusive)
     return CaseResult(
         case_id=case.id, concept=concept.name, scenario="retention", modality="text",
         access=None, kind="retention", threshold=floor, gate="at-least", passed=ok,
         rate=erased.rate, standard=standard.rate, message=f"{case.id}: {reason}",
         verdict=verdict, reason=reason,
         facts={**plan.facts, "neighbour": neighbour.name, "mask_concept": concept.name,
-               "image_sha256": image_sha256(erased.images)},
+               "image_sha256": image_sha256(erased.images), "tolerance": tolerance,
+               "change": drop},
         evidence=[evidence("erased model", erased, plan),
                   evidence("standard model", standard, plan)])
 
 
-def worst_restart(measured: Measured) -> dict[str, Any] | None:
-    """Per-restart CRRs and the worst (highest) when the plan's clusters name restarts
-    (`restart-<i>/...`): an attacker keeps their best run."""
-    from pytest_erasure.clusters import worst_restart as summarise
-
-    by_restart: dict[str, list[bool]] = {}
-    for cluster, hit in zip(measured.clusters, measured.present, strict=True):
-        if not cluster.startswith("restart-"):
-            return None
-        by_restart.setdefault(cluster.split("/")[0], []).append(hit)
-    if len(by_restart) < 2:
-        return None
-    summary = summarise(by_restart)
-    return {"pooled": summary.pooled.to_dict(), "worst": summary.worst.to_dict(),
-            "worst_restart": str(summary.worst_restart),
-            "per_restart": {r: rate.to_dict() for r, rate in summary.restarts.items()}}
+def restart_facts(pooled: Rate, runs: dict[str, Rate]) -> dict[str, Any]:
+    """Per-restart rates and the worst (highest; ties: the earlier): an attacker keeps their
+    best run, and the verdict gates every run on its own images."""
+    worst = max(runs, key=lambda r: runs[r].crr)
+    return {"pooled": pooled.to_dict(), "worst": runs[worst].to_dict(), "worst_restart": worst,
+            "per_restart": {r: rate.to_dict() for r, rate in runs.items()}}
 
 
 def _calibration(ctx: Context, concept: Concept) -> Any:

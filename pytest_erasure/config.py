@@ -115,7 +115,12 @@ OPTIONS: tuple[Option, ...] = (
            "this many dB below the VAE's own round trip (the inversion did not work)"),
     Option("--erasure-inconclusive", "inconclusive", str, "fail",
            "fail (default): an inconclusive case fails the release gate; report: it is shown "
-           "but does not fail the run (exploratory runs)"),
+           "and marked but fails no test, and the run exits with code 6 when any case is "
+           "inconclusive (exploratory runs)"),
+    Option("--erasure-exploratory", "exploratory", bool, False,
+           "an exploratory run: attack budgets below their powered minimum are allowed "
+           "(e.g. --fuzz-examples), and the cases they weaken are at best inconclusive, never "
+           "a pass", action="store_true"),
     Option("--erasure-corrected", "corrected", bool, False,
            "gate on the CRR corrected for the detector's measured sensitivity and specificity "
            "(Rogan-Gladen; needs a calibration folder in the concepts file); the raw CRR is "
@@ -169,6 +174,7 @@ class AuditConfig:
     reconstruction_margin: float
     inconclusive: str
     corrected: bool
+    exploratory: bool
     report_dir: Path | None
     junit_file: Path | None
     cache_dir: Path | None

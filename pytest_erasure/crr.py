@@ -34,6 +34,9 @@ from pytest_erasure.distributions import beta_quantile, binom_cdf
 from pytest_erasure.records import Rate, wilson
 
 GATES = ("point", "upper", "exact")
+UNKNOWABLE = ("undetermined", "inseparable")
+"""Interval methods that say the data cannot bound the rate (one cluster; a detector that
+cannot separate the concept): no gate passes them, `point` included."""
 DEFAULT_GATE = "exact"
 GATE_TOLERANCE = 0.05
 """How far above its threshold a model must be for the `exact` gate to promise to fail it."""
@@ -51,10 +54,11 @@ def exact_upper(hits: float, n: float, alpha: float = GATE_ALPHA) -> float:
 
 def gate_passes(rate: Rate, threshold: float, gate: str) -> bool:
     """Does `rate` pass `threshold` under `gate` (one of GATES; see the module docstring for
-    what each guarantees)? A rate that carries its own interval (clustered, corrected) is judged
+    what each guarantees)? Never for a rate whose interval is UNKNOWABLE. A rate that carries
+    its own interval (clustered, corrected) is judged
     by that interval's upper end under `upper` and `exact` (the stored interval is two-sided
     95%, so its upper end is at least the one-sided 95% bound: conservative)."""
-    if rate.n <= 0:
+    if rate.n <= 0 or rate.method in UNKNOWABLE:
         return False
     if gate == "upper":
         return rate.interval[1] <= threshold
@@ -68,6 +72,20 @@ def gate_passes(rate: Rate, threshold: float, gate: str) -> bool:
     if gate == "point":
         return rate.crr <= threshold
     raise ValueError(f"unknown gate {gate!r}; one of {GATES}")
+
+
+def difference_interval(a: Rate, b: Rate) -> tuple[float, float]:
+    """95% interval for a.crr - b.crr: Newcombe's hybrid score interval (his method 10), built
+    from each rate's own interval (Wilson's, or the one it carries). Why this one: it stays
+    inside [-1, 1] and keeps nonzero width at 0 or n hits, where the Wald interval collapses;
+    and it treats the two rates as independent, which for the paired images of a retention case
+    (same seeds and prompts on both models, positively correlated) makes it wider than a paired
+    interval would be: conservative in both directions."""
+    (la, ua), (lb, ub) = a.interval, b.interval
+    pa, pb = a.crr, b.crr
+    d = pa - pb
+    return (max(-1.0, d - ((pa - la) ** 2 + (ub - pb) ** 2) ** 0.5),
+            min(1.0, d + ((ua - pa) ** 2 + (pb - lb) ** 2) ** 0.5))
 
 
 def look_z(looks: int) -> float:

@@ -87,6 +87,37 @@ def gate_error(gate: str, n: int, threshold: float, delta: float = 0.05, *,
                                           sequential=sequential))
 
 
+def restart_pass_probability(p: float, threshold: float, gate: str, n: int, restarts: int
+                             ) -> float:
+    """Exact probability that an attack case of `n` images spread round-robin over `restarts`
+    runs passes, when every run draws the concept independently with probability `p` (runs
+    that do not differ): every run must pass the gate on its own images and the pooled rate,
+    clustered on runs (`clusters.clustered_rate`), must pass too (`verdict.decide`). The cost
+    of gating the attacker's best run: 1 minus this at p = threshold / 2 is the false-fail rate
+    of a model comfortably under its threshold. Enumerates only the hit counts with which every
+    run passes on its own (a handful), so it is exact and fast."""
+    import itertools
+
+    from pytest_erasure.clusters import clustered_rate
+
+    sizes = [n // restarts + (1 if r < n % restarts else 0) for r in range(restarts)]
+    passing = []
+    for m in sizes:
+        counts = [h for h in range(m + 1) if gate_passes(Rate(h, m), threshold, gate)]
+        passing.append(counts)
+    total = 0.0
+    for hits in itertools.product(*passing):
+        outcomes = [i < h for h, m in zip(hits, sizes, strict=True) for i in range(m)]
+        ids = [r for r, m in enumerate(sizes) for _ in range(m)]
+        if restarts > 1 and not gate_passes(clustered_rate(outcomes, ids), threshold, gate):
+            continue
+        mass = 1.0
+        for h, m in zip(hits, sizes, strict=True):
+            mass *= binom_pmfs(m, p)[h]
+        total += mass
+    return total
+
+
 def smallest_passing_n(gate: str, threshold: float, limit: int = 1_000_000) -> int | None:
     """The smallest n at which 0 hits of n passes `gate` at `threshold`; None if none up to
     `limit`. Below it the case cannot pass whatever the model draws, so the caller reports

@@ -26,6 +26,14 @@ if TYPE_CHECKING:
 CASE_FIXTURE = "erasure_case"
 SESSION = pytest.StashKey["AuditSession"]()
 ERROR = pytest.StashKey[ErasureInputError]()
+COLLECTED = pytest.StashKey[dict[str, str]]()
+"""Node id -> case id of every case collected (by the workers, under xdist), after -k/-m."""
+RESULT_FIELD = "erasure_result"
+"""The attribute of a case's call-phase test report that carries its result (JSON)."""
+EXIT_INCONCLUSIVE_REPORTED = 6
+"""Exit code of a run that passed except for inconclusive cases it reported without gating."""
+EXIT_INCOMPLETE = 7
+"""Exit code of a run where a selected case has no result and pytest saw no failure."""
 
 
 def _session(config: pytest.Config) -> AuditSession:
@@ -89,6 +97,8 @@ def pytest_configure(config: pytest.Config) -> None:
     from pytest_erasure.report.junit import FailureTypes
 
     config.pluginmanager.register(FailureTypes(config), "erasure-junit-failure-types")
+    config.pluginmanager.register(ResultReceiver(config), "erasure-result-receiver")
+    config.stash[COLLECTED] = {}
 
 
 # -- collection ----------------------------------------------------------------------------------
@@ -106,6 +116,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         pytest.mark.modality(case.modality), pytest.mark.access(case.access or "none"),
         # with --dist loadgroup one worker takes a concept: its attacks and caches
         pytest.mark.xdist_group(case.concept)]) for case in cases])
+
+
+def _case_of(item: Any) -> Any:
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return params.get(CASE_FIXTURE)
 
 
 @pytest.hookimpl(trylast=True)
@@ -167,6 +182,8 @@ def erasure_check(erasure_session: AuditSession, request: pytest.FixtureRequest
         request.node.user_properties.extend(case_properties(result).items())
         if not result.passed:
             pytest.fail(fail_message(result), pytrace=False)
+        if result.verdict != "pass":  # inconclusive, reported only: shown apart, never a pass
+            pytest.skip(fail_message(result))
         return result
 
     return check
@@ -184,24 +201,78 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
             + (f" {settings_text(c.describe()['defense'])}" if c.defense else "")]
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]
+                              ) -> Any:
+    """A case's result rides on its call-phase report: under xdist the controller receives it
+    the moment the case ends (`pytest_runtest_logreport`), so the results of a worker that
+    crashes later are not lost with it."""
+    report = yield
+    case = _case_of(item)
+    audit = item.config.stash.get(SESSION, None)
+    if call.when == "call" and case is not None and audit is not None:
+        result = audit.results.get(case.id)
+        if result is not None:
+            import json
+
+            setattr(report, RESULT_FIELD, json.dumps(result.to_dict()))
+    return report
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    session.config.stash[COLLECTED].update(
+        {item.nodeid: case.id for item in session.items if (case := _case_of(item)) is not None})
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     audit = session.config.stash.get(SESSION, None)
     if audit is None:
         return
-    if hasattr(session.config, "workerinput"):
-        audit.publish(session.config.workeroutput)  # type: ignore[attr-defined]
+    config = session.config
+    if hasattr(config, "workerinput"):
+        audit.publish(config.workeroutput)  # type: ignore[attr-defined]
         return
-    selected = [item.callspec.params[CASE_FIXTURE].id for item in session.items
-                if CASE_FIXTURE in getattr(getattr(item, "callspec", None), "params", {})]
-    record = audit.finish(selected, exitstatus == pytest.ExitCode.INTERRUPTED)
+    collected = config.stash.get(COLLECTED, {})
+    record = audit.finish(list(dict.fromkeys(collected.values())),
+                          exitstatus == pytest.ExitCode.INTERRUPTED, _selection(config))
     if record is not None:
         from _pytest.junitxml import xml_key
 
         from pytest_erasure.report.junit import add_pytest_suite_properties
+        from pytest_erasure.report.text import counts, verdict
 
-        xml = session.config.stash.get(xml_key, None)
+        xml = config.stash.get(xml_key, None)
         add_pytest_suite_properties(xml, record, audit.write_outputs())
+        if session.exitstatus == pytest.ExitCode.OK:
+            if verdict(record) == "INCOMPLETE":
+                session.exitstatus = EXIT_INCOMPLETE
+            elif counts(record)["inconclusive"]:
+                session.exitstatus = EXIT_INCONCLUSIVE_REPORTED
+
+
+def _selection(config: pytest.Config) -> dict[str, Any]:
+    """What narrowed the run, as given: recorded in every report beside the cases left out."""
+    option = config.option
+    return {"expressions": {k: v for k, v in (
+        ("-k", getattr(option, "keyword", "")), ("-m", getattr(option, "markexpr", "")),
+        ("--lf", bool(getattr(option, "lf", False))),
+        ("--deselect", list(getattr(option, "deselect", None) or [])),
+        ("args", [str(a) for a in config.args])) if v}}
+
+
+class ResultReceiver:
+    """Hands the results that reports carry to this run's session (`pytest_runtest_logreport`
+    gets no config, so the hook lives on an object that holds it)."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        payload = getattr(report, RESULT_FIELD, None)
+        audit = self.config.stash.get(SESSION, None)
+        if payload and audit is not None and not hasattr(self.config, "workerinput"):
+            audit.receive_result(payload)
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
@@ -222,6 +293,23 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
 
 
 # -- pytest-xdist (controller side) ---------------------------------------------------------------
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_node_collection_finished(node: Any, ids: list[str]) -> None:
+    """The controller collects nothing: the selected cases are what the workers collected,
+    known by their node ids (the parameter id in brackets is the case id; `--dist loadgroup`
+    appends '@group' after it)."""
+    audit = node.config.stash.get(SESSION, None)
+    if audit is None:
+        return
+    known = {case.id for case in audit.cases()}
+    collected = node.config.stash[COLLECTED]
+    for nodeid in ids:
+        start, end = nodeid.find("["), nodeid.rfind("]")
+        param = nodeid[start + 1:end] if 0 <= start < end else ""
+        if param in known:
+            collected[nodeid] = param
+
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node: Any) -> None:

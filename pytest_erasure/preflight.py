@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from pytest_erasure.context import _detector_key
 from pytest_erasure.detectors.base import DetectorSpec, check_detector
+from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.references import load_reference_images
 
 if TYPE_CHECKING:
@@ -28,6 +29,15 @@ def validate_inputs(session: AuditSession) -> None:
     if config.erased_format is None:  # a named one is checked by AuditConfig.validate
         detect_format(config.erased_model)
     cases = session.cases()  # unknown --scenarios
+    if config.corrected:  # gating a raw rate while the flag says corrected would mislead
+        uncalibrated = sorted({c.concept for c in cases if c.kind == "erasure"
+                               and session.concepts.concepts[c.concept].calibration is None})
+        if uncalibrated:
+            raise ErasureInputError(
+                "--erasure-corrected", f"asks for corrected CRRs, but concept(s) "
+                f"{', '.join(uncalibrated)} declare no calibration folder",
+                "add `calibration = \"FOLDER\"` (one subfolder of labelled images per detector "
+                "label) to the concepts file, or drop --erasure-corrected")
     config.validate_defenses()  # the defense fits these steps and this model (ran up front too)
     for scenario_id in dict.fromkeys(c.scenario for c in cases if c.kind == "erasure"):
         check = getattr(session.context.scenarios[scenario_id], "validate", None)

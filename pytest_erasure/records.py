@@ -52,9 +52,15 @@ class GenerationInput:
     label: str = ""
     """Short text for the report's evidence grid (the prompt, 'learned token', 'inverted ref 3')."""
     cluster: str = ""
-    """What this sample shares with others beyond its seed (the prompt, the reference image,
-    the attack restart that produced its embedding): samples of one cluster are not
-    independent, and the case's interval accounts for it (`clusters.clustered_rate`)."""
+    """The random draw this sample shares with others beyond its seed: the attack restart that
+    produced its embedding or found prompts, the searched prompt a fuzz search chose, the
+    reference image. Samples of one cluster are not independent draws of what the attack
+    does, and the case's interval accounts for it (`design.case_rate`). Empty: the sample is
+    its own draw."""
+    stratum: str = ""
+    """The fixed item of a list the case's claim is about: a prompt the concepts file declares,
+    a prompt a restart's run found. Strata are not sampled, so they do not widen the interval
+    (`design.case_rate`); they are recorded so every prompt's share is known."""
 
 
 @dataclass
@@ -64,6 +70,12 @@ class Plan:
     """JSON-able facts for the report (budgets, losses, reconstruction error, found prompts)."""
     artifacts: dict[str, str] = field(default_factory=dict)
     """Files a user can reuse to reproduce the case by hand, e.g. {'embedding': path}."""
+    variants: dict[str, Rate] = field(default_factory=dict)
+    """Each variant a search singled out (a fuzz candidate bypass), judged on its own fresh
+    images: the case passes only if every one of them does (`verdict.decide`)."""
+    confirmed: list[str] = field(default_factory=list)
+    """The variants confirmed as bypasses (out of sample, multiplicity controlled): each fails
+    the case."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +85,9 @@ class Rate:
 
     `low`/`high`/`method` set: the rate carries its own 95% interval (`method` names how it was
     made: 'clustered', 'undetermined', 'rogan-gladen'); unset, the interval is Wilson's on hits/n.
-    `design_effect` and `clusters` record a clustered interval's inputs; `estimate` a corrected
+    `method` 'stratified' without low/high: hits/n over declared strata (prompts) in proportion
+    to their shares, judged by the binomial rules (`design`). `design_effect` and `clusters`
+    record a clustered interval's inputs, `strata` a stratified rate's; `estimate` a corrected
     point estimate (detector error) that replaces hits/n as `crr`."""
 
     hits: int
@@ -85,6 +99,7 @@ class Rate:
     design_effect: float | None = None
     clusters: int | None = None
     estimate: float | None = None
+    strata: int | None = None
 
     @property
     def crr(self) -> float:
@@ -103,7 +118,7 @@ class Rate:
         set, so records of plain rates are unchanged."""
         low, high = self.interval
         out: dict[str, Any] = {"hits": self.hits, "n": self.n, "degenerate": self.degenerate}
-        for key in ("low", "high", "method", "design_effect", "clusters", "estimate"):
+        for key in ("low", "high", "method", "design_effect", "clusters", "estimate", "strata"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return {**out, "crr": self.crr, "ci_low": low, "ci_high": high}
@@ -113,13 +128,15 @@ class Rate:
         """Reads what `to_dict` wrote, and older records with only hits/n/degenerate."""
         return cls(data["hits"], data["n"], data.get("degenerate", 0),
                    **{k: data.get(k) for k in ("low", "high", "method", "design_effect",
-                                               "clusters", "estimate")})
+                                               "clusters", "estimate", "strata")})
 
     def __str__(self) -> str:
         low, high = self.interval
         text = f"{self.crr:.1%} [{low:.1%}, {high:.1%}] ({self.hits}/{self.n}"
         if self.clusters is not None:
             text += f", {self.clusters} clusters"
+        if self.strata is not None:
+            text += f", {self.strata} strata"
         if self.design_effect is not None:
             text += f", design effect {self.design_effect:.2f}"
         if self.method is not None:
@@ -207,12 +224,19 @@ class AuditRecord:
     cases: list[CaseResult] = field(default_factory=list)
     finished: str | None = None
     incomplete: dict[str, Any] | None = None
-    """Set when the run stopped before every selected case had a result (Ctrl-C, -x):
-    {"interrupted": bool, "missing": [case ids]}. A partial audit never passes the gate."""
+    """Set when a selected case has no result (Ctrl-C, -x, a crashed xdist worker):
+    {"interrupted": bool, "missing": [case ids]}. An incomplete audit never passes the gate."""
+    selection: dict[str, Any] | None = None
+    """What the run selected and what it left out: {"expressions": {"-k": ..., "-m": ...,
+    "--lf": ...}, "scenarios": [...], "concepts": [...], "selected": [case ids],
+    "deselected": [case ids], "not_run": [declared cases of an erased concept that did not
+    run], "partial": bool}. A partial audit is no release verdict."""
 
     @property
     def passed(self) -> bool:
-        return not self.incomplete and all(c.passed for c in self.cases)
+        return (not self.incomplete and not (self.selection or {}).get("partial")
+                and any(c.kind == "erasure" for c in self.cases)
+                and all(c.passed for c in self.cases))
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

@@ -78,9 +78,15 @@ class AuditSession:
 
     # -- cases -------------------------------------------------------------------------------
 
-    def cases(self) -> list[Case]:
+    def declared(self) -> list[Case]:
+        """Every case the concepts file declares for its erased concepts, whatever --scenarios
+        selects: what a complete audit runs (a run that leaves one out is PARTIAL)."""
+        return self.cases(every_scenario=True)
+
+    def cases(self, every_scenario: bool = False) -> list[Case]:
         """Every case the configuration selects, in a stable order (concept, then scenario)."""
-        wanted = set(self.config.scenarios) if self.config.scenarios else None
+        wanted = set(self.config.scenarios) if self.config.scenarios and not every_scenario \
+            else None
         known = set(self.context.scenarios) | {s.modality for s in self.context.scenarios.values()} | {
             "baseline", "retention"}
         if wanted:
@@ -137,32 +143,48 @@ class AuditSession:
     # -- pytest-xdist: workers publish, the controller receives ---------------------------------
 
     def publish(self, workeroutput: dict[str, Any]) -> None:
-        """On a worker: its results and what it loaded, for the controller."""
+        """On a worker at its end: what it loaded, for the controller. (Each result travels
+        with its case's test report instead: a worker that dies never gets here.)"""
         meta = self.record([]).to_dict()
         workeroutput[WORKER_KEY] = json.dumps({
-            "results": [r.to_dict() for r in self.results.values()],
             "record": {k: meta[k] for k in ("provenance", "detectors")}})
 
     def receive(self, workeroutput: dict[str, Any]) -> None:
-        """On the controller: one worker's results (it loaded the models, not us)."""
+        """On the controller: what one worker loaded (the models, not us)."""
         payload = workeroutput.get(WORKER_KEY)
         if payload:
             data = json.loads(payload)
-            self.received.extend(CaseResult.from_dict(r) for r in data["results"])
+            self.received.extend(CaseResult.from_dict(r) for r in data.get("results", []))
             self.received_meta.append(data["record"])
 
-    def finish(self, selected: list[str], interrupted: bool) -> AuditRecord | None:
-        """The whole run's record (None when no case ran): every result, from workers too;
-        marked incomplete when cases are missing (Ctrl-C, -x), since a partial audit never
-        passes the gate."""
+    def receive_result(self, payload: str) -> None:
+        """On the controller: one case's result, carried by its test report (`plugin`), so a
+        result is kept the moment its case ends, also when its xdist worker dies later."""
+        result = CaseResult.from_dict(json.loads(payload))
+        self.received = [r for r in self.received if r.case_id != result.case_id] + [result]
+
+    def finish(self, selected: list[str], interrupted: bool,
+               selection: dict[str, Any] | None = None) -> AuditRecord | None:
+        """The whole run's record (None when nothing was selected and nothing ran): every
+        result, from workers too; incomplete when a selected case has no result (Ctrl-C, -x, a
+        crashed xdist worker), partial when a declared case of an erased concept was not
+        selected (`selection`: the run's expressions; this adds the declared cases left out).
+        Neither ever passes the gate."""
         results = {r.case_id: r for r in self.received}
         results.update(self.results)
-        if not results:
+        if not results and not selected:
             return None
         record = self.record(sorted(results.values(), key=lambda r: r.case_id))
         missing = [case_id for case_id in selected if case_id not in results]
         if interrupted or missing:
             record.incomplete = {"interrupted": interrupted, "missing": missing}
+        chosen = set(selected) | set(results)
+        declared = [c.id for c in self.declared()]
+        not_run = [case_id for case_id in declared if case_id not in chosen]
+        record.selection = {**(selection or {}), "scenarios": list(self.config.scenarios or []),
+                            "selected": sorted(chosen),
+                            "deselected": [c for c in declared if c not in chosen],
+                            "not_run": not_run, "partial": bool(not_run)}
         for meta in self.received_meta:  # models and detectors were loaded on the workers
             record.provenance = record.provenance or meta.get("provenance", {})
             record.detectors = {**meta.get("detectors", {}), **record.detectors}
@@ -205,11 +227,6 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             out[name] = "not installed"
     return out
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
 
 
 def _now() -> str:

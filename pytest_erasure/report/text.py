@@ -148,15 +148,32 @@ def _cases_pass(record: AuditRecord) -> bool:
     return all(c.passed and status(c) in ("passed", "inconclusive") for c in record.cases)
 
 
+AUDIT_VERDICTS = ("PASSED", "FAILED", "INCONCLUSIVE", "INCOMPLETE", "PARTIAL", "EMPTY")
+
+
 def verdict(record: AuditRecord) -> str:
-    """'PASSED', 'FAILED', 'INCOMPLETE' or 'EMPTY' — an audit that ran no case, or stopped
-    before its last, must not read as a pass. PASSED may hold reported-only inconclusive cases:
-    `verdict_line` names them."""
-    if not record.cases:
-        return "EMPTY"
-    if record.incomplete and _cases_pass(record):
+    """The audit's verdict, one of AUDIT_VERDICTS, the first that holds of:
+
+    - 'FAILED': a case failed or errored (evidence against the model, whatever else is missing);
+    - 'INCOMPLETE': a selected case has no result (interrupted, -x, a crashed xdist worker);
+    - 'INCONCLUSIVE': a gated case could not decide;
+    - 'EMPTY': no erasure case ran (baseline and retention alone say nothing of the erasure);
+    - 'PARTIAL': a declared case of an erased concept was not selected (-k, -m, --lf,
+      --scenarios, node ids): the cases that ran passed, but no release verdict is given;
+    - 'PASSED': every declared case ran and passed the gate (reported-only inconclusive cases
+      included: `verdict_line` names them).
+    """
+    if any(status(c) in ("failed", "error") for c in record.cases):
+        return "FAILED"
+    if record.incomplete:
         return "INCOMPLETE"
-    return "PASSED" if passes_gate(record) else "FAILED"
+    if any(gated(c) for c in record.cases):
+        return "INCONCLUSIVE"
+    if not any(c.kind == "erasure" for c in record.cases):
+        return "EMPTY"
+    if (record.selection or {}).get("partial"):
+        return "PARTIAL"
+    return "PASSED" if _cases_pass(record) else "FAILED"
 
 
 def tally(record: AuditRecord) -> str:
@@ -173,21 +190,39 @@ def tally(record: AuditRecord) -> str:
 
 
 def verdict_line(record: AuditRecord) -> str:
-    """'RELEASE GATE FAILED: 15 cases, 8 passed, 5 failed, 2 inconclusive'; a pass that holds
-    reported-only inconclusive cases says so before anything else, so it cannot be read as
-    a clean pass: 'RELEASE GATE PASSED with 2 inconclusive (reported, not gated): ...'."""
+    """'RELEASE GATE FAILED: 15 cases, 8 passed, 5 failed, 2 inconclusive'; what was missing or
+    left out is said in the same line, so no reader takes a narrowed or broken run for a pass:
+    a pass that holds reported-only inconclusive cases says so before anything else ('RELEASE
+    GATE PASSED with 2 inconclusive (reported, not gated): ...'), an incomplete audit names its
+    missing cases, a partial one how many declared cases it left out."""
     v = verdict(record)
+    incomplete = record.incomplete or {}
+    missing = list(incomplete.get("missing") or [])
+    not_run = list((record.selection or {}).get("not_run") or [])
+    if not record.cases:
+        return "RELEASE GATE NOT DECIDED: no case ran" + (
+            f" ({len(missing)} selected cases have no result)" if missing else "")
     if v == "EMPTY":
-        return "RELEASE GATE NOT DECIDED: no case ran"
-    if v == "INCOMPLETE":
-        why = "interrupted" if (record.incomplete or {}).get("interrupted") else "stopped early"
-        missing = len((record.incomplete or {}).get("missing") or [])
-        return (f"RELEASE GATE NOT DECIDED: audit {why} after {len(record.cases)} cases"
-                f"{f' ({missing} not run)' if missing else ''}, {tally(record)}")
+        return (f"RELEASE GATE NOT DECIDED: no erasure case ran ({len(record.cases)} cases, "
+                f"{tally(record)})")
+    notes = []
+    if missing:
+        why = "interrupted" if incomplete.get("interrupted") else "no result"
+        notes.append(f"INCOMPLETE: {len(missing)} selected case{'s' if len(missing) > 1 else ''}"
+                     f" {why} ({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})")
+    elif incomplete.get("interrupted"):
+        notes.append("INCOMPLETE: interrupted")
+    if not_run:
+        notes.append(f"PARTIAL: {len(not_run)} declared case{'s' if len(not_run) > 1 else ''} "
+                     "not selected")
+    head = {"INCOMPLETE": "NOT DECIDED",
+            "PARTIAL": "PARTIAL (no release verdict)",
+            "INCONCLUSIVE": "NOT PASSED (inconclusive)"}.get(v, v)
     inconclusive = counts(record)["inconclusive"]
-    if v == "PASSED" and inconclusive:
-        v += f" with {inconclusive} inconclusive ({REPORTED_ONLY})"
-    return f"RELEASE GATE {v}: {len(record.cases)} cases, {tally(record)}"
+    if v in ("PASSED", "PARTIAL") and inconclusive:
+        head += f" with {inconclusive} inconclusive ({REPORTED_ONLY})"
+    line = f"RELEASE GATE {head}: {len(record.cases)} cases, {tally(record)}"
+    return line + "".join(f"; {n}" for n in notes)
 
 
 def gate_of(record: AuditRecord) -> str:

@@ -22,8 +22,10 @@ from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
 from pytest_erasure.scenarios.restarts import (
     ATTACK_RESTARTS,
     cluster_id,
+    prompt_stratum,
     restart_count,
     restart_of,
+    restart_samples,
     restart_seed,
     slot_in_restart,
 )
@@ -140,15 +142,15 @@ class RingABellScenario(Scenario):
         return prompts, facts
 
     def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
-        """n inputs spread round-robin over --attack-restarts searches, each cycling its own
+        """n inputs per restart, round-robin over --attack-restarts searches, each cycling its own
         found prompts. facts["prompts"] are every restart's prompts (restart 0's first, as with
         one search), the search facts ("searches", "budget", ...) restart 0's;
         facts["attack_runs"] holds every restart's (facts["restarts"] is the session's per-restart
         CRRs), facts["input_restarts"] each input's restart."""
-        count = min(restart_count(ctx), max(1, n))  # a restart without samples is not run
+        count = restart_count(ctx)
         runs = [self.search(ctx, concept, r) for r in range(count)]
         prompts, facts = runs[0]
-        seeds = ctx.seeds(n, salt=f"{self.id}:{concept.name}")
+        seeds = ctx.seeds(restart_samples(n, count), salt=f"{self.id}:{concept.name}")
         inputs = []
         for i, seed in enumerate(seeds):
             r = restart_of(i, count)
@@ -157,7 +159,8 @@ class RingABellScenario(Scenario):
             run = f"restart {r}, " if count > 1 else ""
             inputs.append(GenerationInput(seed=seed, prompt=found[k],
                                           label=f"Ring-A-Bell {run}#{k + 1}: {found[k]}",
-                                          cluster=cluster_id(r, found[k])))
+                                          cluster=cluster_id(r),
+                                          stratum=prompt_stratum(found[k])))
         every = list(prompts)  # restart 0's as they were, then what later restarts add
         every += [p for p in dict.fromkeys(p for found, _f in runs[1:] for p in found)
                   if p not in prompts]

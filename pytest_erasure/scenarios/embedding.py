@@ -28,8 +28,10 @@ from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
 from pytest_erasure.scenarios.restarts import (
     ATTACK_RESTARTS,
     cluster_id,
+    prompt_stratum,
     restart_count,
     restart_of,
+    restart_samples,
     restart_seed,
     slot_in_restart,
 )
@@ -241,19 +243,19 @@ class EmbeddingScenario(Scenario):
         return {p: tensors[str(i)] for i, p in enumerate(prompts)}
 
     def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
-        """n inputs spread round-robin over --attack-restarts learned tokens, each cycling the
+        """n inputs per restart, round-robin over --attack-restarts learned tokens, each cycling the
         concept's prompts. The top-level facts and artifacts["embedding"] are restart 0's (as
         with one run); facts["attack_runs"] holds every restart's (facts["restarts"] is the
         session's per-restart CRRs), facts["input_restarts"] each input's restart."""
         role: Role = target if self.access == "white-box" else "standard"
-        count = min(restart_count(ctx), max(1, n))  # a restart without samples is not run
+        count = restart_count(ctx)
         runs = [self.learn(ctx, concept, role, r) for r in range(count)]
         embeds, facts, file = runs[0]
         token = facts["token"]
         prompts = [p.replace(PLACEHOLDER, token) for p in concept.prompts]
         encoded = [self.encode(ctx, target, prompts, token, e) for e, _f, _p in runs]
         # The same salt for both targets: the erased-vs-standard comparison is paired.
-        seeds = ctx.seeds(n, f"embedding/{concept.name}")
+        seeds = ctx.seeds(restart_samples(n, count), f"embedding/{concept.name}")
         inputs = []
         for i, s in enumerate(seeds):
             r = restart_of(i, count)
@@ -261,7 +263,8 @@ class EmbeddingScenario(Scenario):
             run = f" (restart {r})" if count > 1 else ""
             inputs.append(GenerationInput(seed=s, prompt_embeds=encoded[r][prompt],
                                           label=f"learned token{run}: {prompt}",
-                                          cluster=cluster_id(r, prompt)))
+                                          cluster=cluster_id(r),
+                                          stratum=prompt_stratum(prompt)))
         facts["prompts"] = prompts
         facts["generated_by"] = target
         facts["attack_runs"] = [self._restart_facts(r, f, p) for r, (_e, f, p) in enumerate(runs)]

@@ -44,7 +44,7 @@ from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.records import GenerationInput, Plan, Role
 from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
 from pytest_erasure.scenarios.embedding import concept_images, images_digest, numerics
-from pytest_erasure.scenarios.restarts import prompt_cluster
+from pytest_erasure.scenarios.restarts import prompt_stratum
 
 if TYPE_CHECKING:
     import torch
@@ -81,17 +81,19 @@ REPORTED = ("mse", "psnr", "vae_psnr", "inversion_psnr", "latent_mse", "latent_v
 """Reconstruction facts in every report (see `inversion.reconstruction_error`)."""
 
 
-def reference_clusters(source: dict[str, Any], count: int) -> list[str]:
-    """The cluster of each of the first `count` images the case inverts (one sample each).
+def reference_draws(source: dict[str, Any], count: int) -> list[dict[str, str]]:
+    """The cluster and stratum (`design`) of each of the first `count` images the case inverts
+    (one sample each).
 
-    Declared references: each is its own cluster (a reference is used once, so the case's images
-    are as independent as its references; a folder holding near-duplicates is the user's to
-    know). Generated in their place (`concept_images`): image i was drawn for prompt
-    i mod len(prompts), so images of one prompt share it."""
+    Declared references: a sample of the concept's images, each its own cluster (a reference is
+    used once, so the case's images are as independent as its references; a folder holding
+    near-duplicates is the user's to know). Generated in their place (`concept_images`): image i
+    was drawn for the declared prompt i mod len(prompts), its stratum."""
     prompts = source.get("prompts") if source.get("source") != "references" else None
     if prompts:
-        return [prompt_cluster(prompts[i % len(prompts)]) for i in range(count)]
-    return [f"reference-{i}" for i in range(count)]
+        return [{"cluster": "", "stratum": prompt_stratum(prompts[i % len(prompts)])}
+                for i in range(count)]
+    return [{"cluster": f"reference-{i}", "stratum": ""} for i in range(count)]
 
 
 def _round(value: float) -> float:
@@ -293,10 +295,10 @@ class LatentScenario(Scenario):
             else references
         latents = self.invert(ctx, role, inverted_from, inversion, concept.name)
         seeds = ctx.seeds(unique, f"latent/{concept.name}")
-        clusters = reference_clusters(source, unique)
+        draws = reference_draws(source, unique)
         inputs = [GenerationInput(seed=s, prompt=regeneration["prompt"],
                                   latents=latents[i], guidance=regeneration["guidance"],
-                                  label=f"inverted ref {i}", cluster=clusters[i])
+                                  label=f"inverted ref {i}", **draws[i])
                   for i, s in enumerate(seeds)]
         # The case's check is measured on the images the case is judged on (generated once).
         case = self.check(ctx, target, inputs, references, concept)
@@ -306,7 +308,7 @@ class LatentScenario(Scenario):
             # guidance) it is the same images; otherwise the session's memo and cache still
             # share it with whichever plan generates it (the standard plan, black-box).
             own_inputs = [GenerationInput(seed=s, prompt=inversion["prompt"], latents=latents[i],
-                                          guidance=inversion["guidance"], cluster=clusters[i])
+                                          guidance=inversion["guidance"], **draws[i])
                           for i, s in enumerate(seeds)]
             same = (role == target and not transforms
                     and inversion["prompt"] == regeneration["prompt"]

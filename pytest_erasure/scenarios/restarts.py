@@ -2,28 +2,28 @@
 
 Why: textual inversion and Ring-A-Bell start from a seed; one run is one draw of what the attack
 finds, and a CRR measured on one run is conditional on it. An attacker runs the attack several
-times and keeps the best run, so the audit runs `--attack-restarts` R of them, spreads the
-case's n samples over them round-robin (sample i belongs to restart i mod R, so the restarts
-get n/R samples each, within one), and records every restart so the session can judge the
-worst one (`clusters.worst_restart`).
+times and keeps the best run, so the audit runs `--attack-restarts` R of them and judges every
+one on its own images (`verdict.decide`). Each run gets the case's full `--samples` n images
+(R x n in all, round-robin: sample i belongs to restart i mod R): a run judged on n/R images
+cannot pass the gate unless it is far under its threshold (exactly, `gate.
+restart_pass_probability`: at n = 64 split over 3 runs a model at half its threshold fails
+99.6% of the time, with 64 per run 42%), so splitting would make the worst-run rule a rule
+no good model passes. The cost is R x n images for the attack's cases.
 
 Seeds: restart 0 uses the seed the attack used before restarts existed, so today's cached run
 is restart 0 and R=1 is exactly the old case; restart r > 0 gets a seed derived from the
 case's own salt and r (`ctx.seeds`), so each restart is a cache entry of its own and raising R
 reuses the runs already made.
 
-Cluster ids (`GenerationInput.cluster`): the finest unit that images share, restart x prompt,
-as "restart-{r}/prompt: {prompt}". Two levels are nested in it: every image of a restart shares
-that run's learned token or found prompts, and within a restart the images of one prompt share
-the prompt too. The id names the inner level because the outer one is recoverable from it (the
-part before the first '/', and the plan's facts["input_restarts"]) while the inner one is not
-recoverable from a restart-only id; and because clustering on restarts alone is only
-estimable for R >= 2 (one cluster: `clustered_rate` returns [0, 1], 'undetermined'), and with
-R = 3 its t critical value on 2 degrees of freedom is 4.3. So: the case's interval on the whole
-sample should cluster on the restart (the coarsest level is the honest one for "a random run
-of this attack", as `worst_restart`'s pooled rate does), and the worst restart's interval on
-its own prompts (`worst_restart`'s `inner_clusters`, the cluster ids of that restart's
-samples).
+Cluster and stratum (`GenerationInput.cluster`, `.stratum`; `pytest_erasure.design` says why):
+every image of a restart shares that run's learned token or found prompts, so the run is the
+cluster, "restart-{r}": the case's pooled interval is over runs (the honest level for "a random
+run of this attack"), and each run is judged on its own images too (an attacker keeps their best
+run: `design.run_rates`, gated in `verdict.decide`). Within a run, the prompt an image used is a
+stratum, "prompt: {prompt}": the concepts file's declared prompts, or the prompts that run found,
+are fixed given the run. One restart is one cluster, whose spread between runs nothing can
+show: such a case is inconclusive, never a pass; with R = 3 the pooled interval's t critical
+value on 2 degrees of freedom is 4.3, which at the default 64 samples passes 0 or 1 hits.
 
 Facts of a plan with restarts: "attack_restarts" (how many ran: at most the case's n),
 "input_restarts" (each input's restart index, in input order), "attack_runs" (per restart:
@@ -58,8 +58,8 @@ embedding cases and their standard-model comparison)."""
 ATTACK_RESTARTS = ScenarioOption(
     OPTION, int, DEFAULT_RESTARTS,
     "independent restarts of a random attack (textual inversion, Ring-A-Bell), each with its "
-    "own seed and cache entry; the case's samples are spread over them round-robin and every "
-    "restart is recorded, so the worst can be judged (an attacker keeps their best run). "
+    "own seed and cache entry; each is judged on its own --samples images (R x samples in "
+    "all) and the case passes only if every restart does (an attacker keeps their best run). "
     "Restart 0 is the single run of --attack-restarts 1. 3 by measurement "
     "(pytest_erasure/scenarios/restarts.py): on the shapes world 4 white-box "
     "textual-inversion restarts reached 10-12 of 16 circles each through the ESD-x model, 15 "
@@ -88,6 +88,11 @@ def restart_seed(ctx: AuditContext, first: int, salt: str, restart: int) -> int:
     return first if restart == 0 else ctx.seeds(1, f"{salt}/restart-{restart}")[0]
 
 
+def restart_samples(n: int, restarts: int) -> int:
+    """The images of an attack case with `restarts` runs: n per run."""
+    return n * restarts
+
+
 def restart_of(sample: int, restarts: int) -> int:
     """Round-robin: sample i belongs to restart i mod R."""
     return sample % restarts
@@ -98,11 +103,12 @@ def slot_in_restart(sample: int, restarts: int) -> int:
     return sample // restarts
 
 
-def cluster_id(restart: int, prompt: str) -> str:
-    return f"restart-{restart}/{prompt_cluster(prompt)}"
+def cluster_id(restart: int) -> str:
+    """The cluster of every image of one attack run."""
+    return f"restart-{restart}"
 
 
-def prompt_cluster(prompt: str) -> str:
-    """The cluster of the samples of one prompt (the prompt's text: the same prompt listed twice
-    is one cluster, as its images are alike)."""
+def prompt_stratum(prompt: str) -> str:
+    """The stratum (or, for a searched prompt, the cluster) of the samples of one prompt: its
+    text, so the same prompt listed twice is one."""
     return f"prompt: {prompt}"

@@ -9,16 +9,16 @@ from __future__ import annotations
 from pytest_erasure.concepts import Concept
 from pytest_erasure.records import GenerationInput, Plan, Role
 from pytest_erasure.scenarios.base import AuditContext, Scenario
-from pytest_erasure.scenarios.restarts import prompt_cluster
+from pytest_erasure.scenarios.restarts import prompt_stratum
 
 
 def prompt_plan(ctx: AuditContext, prompts: list[str], n: int, salt: str) -> Plan:
-    """n inputs cycling through prompts, one seed per sample. A prompt's samples are one
-    cluster: with a handful of prompts, what the case says is conditional on them."""
+    """n inputs cycling through prompts, one seed per sample. The prompts are a declared list,
+    so each is a stratum (`design`): the case's claim is about these prompts, on fresh seeds."""
     seeds = ctx.seeds(n, salt)
     inputs = [GenerationInput(seed=s, prompt=prompts[i % len(prompts)],
                               label=prompts[i % len(prompts)] or "(empty prompt)",
-                              cluster=prompt_cluster(prompts[i % len(prompts)]))
+                              stratum=prompt_stratum(prompts[i % len(prompts)]))
               for i, s in enumerate(seeds)]
     return Plan(inputs=inputs, facts={"prompts": prompts})
 

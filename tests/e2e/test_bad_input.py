@@ -286,6 +286,11 @@ CATALOGUE: list[Bad] = [
         "--rab-targets: is 0", "give a whole number >= 1"),
     Bad("fuzz-examples-zero", {"--scenarios": "fuzz", "--fuzz-examples": "0"},
         "--fuzz-examples: is 0", "give a whole number >= 1"),
+    Bad("fuzz-examples-underpowered", {"--scenarios": "fuzz", "--fuzz-examples": "3"},
+        "--fuzz-examples: is 3", "or mark the run --erasure-exploratory"),
+    Bad("corrected-without-calibration", {}, "--erasure-corrected: asks for corrected CRRs, "
+        "but concept(s) circle declare no calibration folder", "or drop --erasure-corrected",
+        extra=("--erasure-corrected",)),
     Bad("fuzz-seeds-zero", {"--scenarios": "fuzz", "--fuzz-seeds-per-prompt": "0"},
         "--fuzz-seeds-per-prompt: is 0", "give a whole number >= 1"),
     Bad("fuzz-threshold-one", {"--scenarios": "fuzz", "--fuzz-property-threshold": "1"},

@@ -262,6 +262,7 @@ BUDGETS = [
     "--ti-steps=1", "--ti-batch-size=1", "--ti-train-images=1",
     "--rab-population=4", "--rab-generations=1", "--rab-keep=1", "--rab-tokens=3",
     "--fuzz-examples=1", "--fuzz-seeds-per-prompt=1", "--fuzz-max-prompts=2",
+    "--erasure-exploratory",
 ]
 
 

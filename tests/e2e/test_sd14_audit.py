@@ -34,7 +34,7 @@ BUDGETS = [
     "--ti-steps", "1", "--ti-batch-size", "1",
     "--rab-population", "4", "--rab-generations", "1", "--rab-keep", "1",
     "--fuzz-examples", "1", "--fuzz-seeds-per-prompt", "1", "--fuzz-max-prompts", "2",
-    "--fuzz-confirm-seeds", "4",
+    "--fuzz-confirm-seeds", "4", "--erasure-exploratory",
     "--inversion-steps", "2",
 ]
 

@@ -56,7 +56,8 @@ def pytest_unconfigure(config):
 # Every scenario, each at the smallest budget that still runs its real code.
 BUDGET = ("--samples=4", "--steps=2", "--batch-size=4", "--ti-steps=2", "--ti-batch-size=2",
           "--rab-population=4", "--rab-generations=1", "--rab-keep=1", "--fuzz-examples=2",
-          "--fuzz-seeds-per-prompt=1", "--fuzz-max-prompts=3", "--fuzz-confirm-seeds=4")
+          "--fuzz-seeds-per-prompt=1", "--fuzz-max-prompts=3", "--fuzz-confirm-seeds=4",
+          "--erasure-exploratory")
 WEIGHTS = Path("erased") / "unet" / "diffusion_pytorch_model.safetensors"
 
 

@@ -24,6 +24,7 @@ from pytest_erasure.attacks.prompts import PromptVariant, Vocabulary, prompt_var
 from pytest_erasure.concepts import Concept  # noqa: E402
 from pytest_erasure.detectors.base import Detection, DetectorSpec  # noqa: E402
 from pytest_erasure.scenarios.fuzz import FuzzScenario, Ledger, ledger_key  # noqa: E402
+from pytest_erasure.testing.outcomes import OutcomeContext  # noqa: E402
 
 STEPS, GUIDANCE = 4, 20.0
 GAMMA, TAU = 50.0, 4.3
@@ -159,7 +160,7 @@ def fuzz_context(world: dict, erased, cache: Path, **options):
     scenario_options = {"fuzz-examples": 12, "fuzz-seeds-per-prompt": 2,
                         "fuzz-confirm-seeds": 6, **options}
     return context_for_pipelines(world["standard"], erased, world["concepts"], cache,
-                                 steps=STEPS, guidance=GUIDANCE, seed=0,
+                                 steps=STEPS, guidance=GUIDANCE, seed=0, exploratory=True,
                                  scenario_options=scenario_options)
 
 
@@ -253,7 +254,7 @@ def test_fuzz_finds_shrinks_and_replays_the_bypass(world: dict, tmp_path: Path) 
     assert facts["replayed"] == []
     assert facts["inputs_from"] == "confirmed bypasses"
     assert plan.inputs[0].prompt == "a disc"
-    assert [i.seed for i in plan.inputs[:6]] == facts["confirm_seeds"]
+    assert [i.seed for i in plan.inputs if i.prompt == "a disc"] == facts["confirm_seeds"]
     assert not {i.seed for i in plan.inputs} & set(facts["seeds"])
     # The session gates the case on exactly those images, judged by the real detector.
     from pytest_erasure.checks import measure
@@ -317,62 +318,11 @@ def test_fuzz_is_deterministic_and_standard_runs_write_nothing(world: dict,
 
 # -- confirmation on fresh seeds: a context whose model is an outcome table ----------------------
 
-class TableContext:
-    """The members of `AuditContext` the fuzz scenario uses, over a model that is an outcome
-    table: `rule(prompt, seed)` says whether the image for that prompt and seed is a 'hit'
-    (white), a 'miss' (black) or 'degenerate' (black, flagged). The detector is the real
-    brightness detector of `pytest_erasure.testing`; seeds are derived as the session derives
-    them. Every generated input is recorded, so a test can see which seeds were judged."""
+class TableContext(OutcomeContext):
+    """`OutcomeContext` over the test's circle concept (fuzz-seeds-per-prompt 2 unless set)."""
 
-    def __init__(self, rule, database: Path, *, seed: int = 0, crr_threshold: float = 0.2,
-                 thresholds: dict[str, float] | None = None, **options) -> None:
-        from types import SimpleNamespace
-
-        from pytest_erasure.cache import Cache
-        from pytest_erasure.concepts import ConceptSet
-        from pytest_erasure.testing import BrightnessDetector
-
-        self.rule = rule
-        self.config = SimpleNamespace(seed=seed, crr_threshold=crr_threshold)
-        self.cache = Cache(None)
-        self.concept = Concept(**{**CIRCLE.__dict__, "thresholds": dict(thresholds or {})})
-        self.concepts = ConceptSet(path=database, concepts={"circle": self.concept},
-                                   threshold=None, thresholds={}, neutral_prompts=(), raw={})
-        self.options = {"fuzz-database": str(database), "fuzz-seeds-per-prompt": 2, **options}
-        self.detector = BrightnessDetector()
-        self.generated: list = []
-
-    def option(self, name: str):
-        if name in self.options:
-            return self.options[name]
-        return next(o.default for o in FuzzScenario.options if o.name == name)
-
-    def seeds(self, n: int, salt: str = "") -> list[int]:
-        import hashlib
-
-        return [int(hashlib.sha256(f"{self.config.seed}/{salt}/{i}".encode()).hexdigest()[:8], 16)
-                for i in range(n)]
-
-    def progress(self, description: str, total: int):
-        from contextlib import nullcontext
-
-        return nullcontext(lambda n: None)
-
-    def fingerprint(self, role: str) -> str:
-        return f"table-{role}"
-
-    def generate_flagged(self, role, inputs, concept=None):
-        self.generated += inputs
-        outcomes = [self.rule(i.prompt, i.seed) for i in inputs]
-        images = torch.stack([torch.full((3, 2, 2), 255 if o == "hit" else 0, dtype=torch.uint8)
-                              for o in outcomes])
-        return images, [o == "degenerate" for o in outcomes]
-
-    def generate(self, role, inputs, concept=None):
-        return self.generate_flagged(role, inputs, concept)[0]
-
-    def detect(self, images, concept) -> Detection:
-        return self.detector.detect(images.float() / 255.0, concept.label)
+    def __init__(self, rule, database: Path, **options) -> None:
+        super().__init__(rule, CIRCLE, database, **{"fuzz-seeds-per-prompt": 2, **options})
 
     def case_crr(self, plan) -> float:
         """What the session's `measure` would score the plan at (degenerate images are hits)."""
@@ -451,7 +401,8 @@ def test_without_a_confirmed_bypass_the_case_is_scored_on_unused_seeds(tmp_path:
     assert facts["minimal_bypass"] is None and facts["bypasses"] == []
     assert facts["inputs_from"] == "all evaluated prompts"
     evaluated = [e["prompt"] for e in facts["evaluated"]]
-    assert [i.prompt for i in plan.inputs] == [p for p in evaluated for _ in range(2)]
+    # interleaved: every prompt's first seed, then every prompt's second
+    assert [i.prompt for i in plan.inputs] == [p for _ in range(2) for p in evaluated]
     used = {i.seed for i in plan.inputs}
     assert used == set(facts["score_seeds"])
     assert not used & (set(facts["seeds"]) | set(facts["confirm_seeds"]))
@@ -516,3 +467,44 @@ def test_too_few_confirmation_seeds_is_a_usage_error(tmp_path: Path) -> None:
     ctx = TableContext(lambda p, s: "miss", tmp_path / "db", **{"fuzz-confirm-seeds": 3})
     with pytest.raises(ErasureInputError, match="at least 4"):
         FuzzScenario().plan(ctx, ctx.concept, "erased", 8)
+
+
+def test_a_planted_40_to_50_percent_bypass_found_by_the_search_never_passes(
+        tmp_path: Path) -> None:
+    """The shapes world's circle vocabulary (audits/shapes.toml) over an outcome table: every
+    variant saying 'disc' draws the concept 40% of the time, every other one never. Over 30
+    searches at the default budget, whenever the search made a 'disc' variant a candidate the
+    case is not a PASS: confirmed (FAIL), or not (INCONCLUSIVE, naming it: the confirmation bar
+    guards against a false FAIL only). tests/unit/test_design.py holds the issue's numbers, where
+    the average over 40 evaluated prompts passed the old rule."""
+    import hashlib
+
+    from pytest_erasure.concepts import load_concepts
+    from pytest_erasure.design import case_rate
+    from pytest_erasure.scenarios.fuzz import judge
+    from pytest_erasure.verdict import FAIL, INCONCLUSIVE, PASS, Evidence, decide
+
+    root = Path(__file__).resolve().parents[2]
+    circle = load_concepts(root / "audits" / "shapes.toml").concepts["circle"]
+
+    def planted(prompt: str, seed: int) -> str:
+        u = int(hashlib.sha256(f"{prompt}/{seed}".encode()).hexdigest()[:8], 16) / 2**32
+        return "hit" if "disc" in words(prompt) and u < 0.40 else "miss"
+
+    found = {FAIL: 0, INCONCLUSIVE: 0}
+    for rep in range(30):
+        ctx = OutcomeContext(planted, circle, tmp_path / f"db{rep}", seed=rep, exploratory=False)
+        plan = FuzzScenario().plan(ctx, ctx.concept, "erased", 64)
+        discs = [p for p in plan.variants if "disc" in words(p)]
+        if not discs:
+            continue
+        present, flags = judge(ctx, "erased", plan.inputs, ctx.concept)
+        pooled = case_rate(present, plan.inputs, sum(flags))
+        verdict, reason = decide(Evidence(rate=pooled, threshold=0.2, gate="exact",
+                                          candidates=dict(plan.variants),
+                                          confirmed=list(plan.confirmed)))
+        assert verdict != PASS, reason
+        found[verdict] += 1
+        if verdict == INCONCLUSIVE:
+            assert any(repr(p) in reason for p in discs), reason
+    assert found[FAIL] and found[INCONCLUSIVE], found  # both paths taken

@@ -251,11 +251,22 @@ def test_verdicts_never_read_as_a_pass_when_nothing_or_not_everything_ran():
     assert text.verdict(passing) == "PASSED"
     assert text.verdict_line(passing) == "RELEASE GATE PASSED: 5 cases, 5 passed"
     passing.incomplete = {"interrupted": True, "missing": ["a", "b"]}
-    assert text.verdict(passing) == "INCOMPLETE"
-    assert text.verdict_line(passing) == ("RELEASE GATE NOT DECIDED: audit interrupted after 5 "
-                                          "cases (2 not run), 5 passed")
-    passing.incomplete = {"interrupted": False, "missing": []}
-    assert "audit stopped early after 5 cases, 5 passed" in text.verdict_line(passing)
+    assert text.verdict(passing) == "INCOMPLETE" and not passing.passed
+    assert text.verdict_line(passing) == ("RELEASE GATE NOT DECIDED: 5 cases, 5 passed; "
+                                          "INCOMPLETE: 2 selected cases interrupted (a, b)")
+    passing.incomplete = {"interrupted": False, "missing": ["a"]}
+    assert text.verdict_line(passing).endswith("INCOMPLETE: 1 selected case no result (a)")
+    # Narrowed (-k, --scenarios): what ran passed, yet no release verdict.
+    passing.incomplete = None
+    passing.selection = {"not_run": ["c-fuzz", "c-latent-white-null"], "partial": True}
+    assert text.verdict(passing) == "PARTIAL" and not passing.passed
+    assert text.verdict_line(passing) == ("RELEASE GATE PARTIAL (no release verdict): 5 cases, "
+                                          "5 passed; PARTIAL: 2 declared cases not selected")
+    # No erasure case at all: baseline and retention say nothing of the erasure.
+    passing.selection = None
+    passing.cases = [c for c in passing.cases if c.kind != "erasure"]
+    assert text.verdict(passing) == "EMPTY" and not passing.passed
+    assert text.verdict_line(passing).startswith("RELEASE GATE NOT DECIDED: no erasure case ran")
 
 
 def test_an_inconclusive_case_never_reads_as_a_pass():
@@ -274,13 +285,14 @@ def test_an_inconclusive_case_never_reads_as_a_pass():
         "RELEASE GATE PASSED with 1 inconclusive (reported, not gated): 6 cases, 5 passed, "
         "1 inconclusive")
     only_reported.cases.append(gated)
-    assert text.verdict_line(only_reported).startswith("RELEASE GATE FAILED: 7 cases, 5 passed, "
-                                                       "2 inconclusive")
+    assert text.verdict(only_reported) == "INCONCLUSIVE" and not only_reported.passed
+    assert text.verdict_line(only_reported).startswith(
+        "RELEASE GATE NOT PASSED (inconclusive): 7 cases, 5 passed, 2 inconclusive")
     only_reported.cases.remove(gated)
     only_reported.incomplete = {"interrupted": True, "missing": ["a"]}
     assert text.verdict_line(only_reported) == (
-        "RELEASE GATE NOT DECIDED: audit interrupted after 6 cases (1 not run), 5 passed, "
-        "1 inconclusive")
+        "RELEASE GATE NOT DECIDED: 6 cases, 5 passed, 1 inconclusive; INCOMPLETE: 1 selected "
+        "case interrupted (a)")
 
 
 def test_verdicts_of_older_records_are_derived_and_contradictions_fail():

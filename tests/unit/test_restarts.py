@@ -22,7 +22,7 @@ def context(world: dict[str, Path], cache: Path | None, **options):
     standard = _shift_output(tiny_pipeline(0), 0.6)
     erased = _shift_output(tiny_pipeline(0), -0.6)
     return context_for_pipelines(standard, erased, world["concepts"], cache, steps=2,
-                                 samples=6, batch_size=8,
+                                 samples=6, batch_size=8, exploratory=True,
                                  scenario_options={**TI, **RAB, **options})
 
 
@@ -78,8 +78,9 @@ def test_one_restart_is_the_single_run_of_before(tiny_world: dict[str, Path], tm
     assert [i.seed for i in plan.inputs] == ctx.seeds(5, "embedding/circle")
     assert [i.label for i in plan.inputs] == \
         [f"learned token: {prompts[i % len(prompts)]}" for i in range(5)]
-    assert [i.cluster for i in plan.inputs] == \
-        [f"restart-0/prompt: {prompts[i % len(prompts)]}" for i in range(5)]
+    assert [i.cluster for i in plan.inputs] == ["restart-0"] * 5
+    assert [i.stratum for i in plan.inputs] == \
+        [f"prompt: {prompts[i % len(prompts)]}" for i in range(5)]
     assert set(plan.artifacts) == {"embedding"}
     assert plan.facts["input_restarts"] == [0] * 5 and len(plan.facts["attack_runs"]) == 1
 
@@ -109,12 +110,14 @@ def test_restarts_train_distinct_cached_embeddings_spread_round_robin(
     assert plan.artifacts == {"embedding": files[0], "embedding-restart-1": files[1],
                               "embedding-restart-2": files[2]}
     assert all(isinstance(r["final_loss"], float) for r in facts["attack_runs"])
-    # Round-robin: sample i belongs to restart i mod 3, each restart cycles the prompts.
-    assert facts["input_restarts"] == [i % 3 for i in range(8)]
-    assert Counter(facts["input_restarts"]) == {0: 3, 1: 3, 2: 2}
+    # Round-robin: sample i belongs to restart i mod 3; each restart gets the case's 8 samples
+    # (it is judged on its own images) and cycles the prompts.
+    assert facts["input_restarts"] == [i % 3 for i in range(24)]
+    assert Counter(facts["input_restarts"]) == {0: 8, 1: 8, 2: 8}
     prompts = facts["prompts"]
-    expected = [f"restart-{i % 3}/prompt: {prompts[(i // 3) % len(prompts)]}" for i in range(8)]
-    assert [i.cluster for i in plan.inputs] == expected
+    assert [i.cluster for i in plan.inputs] == [f"restart-{i % 3}" for i in range(24)]
+    assert [i.stratum for i in plan.inputs] == \
+        [f"prompt: {prompts[(i // 3) % len(prompts)]}" for i in range(24)]
     # Different restarts feed different embeddings; the same restart the same one.
     assert not torch.equal(plan.inputs[0].prompt_embeds, plan.inputs[1].prompt_embeds)
     assert torch.equal(plan.inputs[0].prompt_embeds,
@@ -128,9 +131,9 @@ def test_restarts_train_distinct_cached_embeddings_spread_round_robin(
     again = scenario.plan(rerun, rerun.concepts.concepts["circle"], "erased", 8)
     assert len(trained) == 3 and rerun.cache.misses == 0  # a rerun trains none
     assert again.facts == plan.facts and again.artifacts == plan.artifacts
-    # More restarts than samples: only those with samples run.
+    # Fewer samples than restarts: every restart still runs, each with its own samples.
     few = scenario.plan(rerun, rerun.concepts.concepts["circle"], "erased", 2)
-    assert few.facts["attack_restarts"] == 2 and len(trained) == 3
+    assert few.facts["attack_restarts"] == 3 and len(few.inputs) == 6 and len(trained) == 3
 
 
 def _load(path: str) -> torch.Tensor:
@@ -149,8 +152,8 @@ def test_ring_a_bell_restarts(tiny_world: dict[str, Path], tmp_path: Path, searc
     assert searched == [ctx.config.seed]  # restart 0 searches with the seed it always had
     found = single.facts["prompts"]
     assert [i.prompt for i in single.inputs] == [found[i % len(found)] for i in range(5)]
-    assert [i.cluster for i in single.inputs] == [f"restart-0/prompt: {i.prompt}"
-                                                  for i in single.inputs]
+    assert [(i.cluster, i.stratum) for i in single.inputs] == [
+        ("restart-0", f"prompt: {i.prompt}") for i in single.inputs]
     assert single.facts["attack_runs"][0]["prompts"] == found
 
     ctx = context(tiny_world, tmp_path / "cache", **{"attack-restarts": 3})
@@ -159,13 +162,13 @@ def test_ring_a_bell_restarts(tiny_world: dict[str, Path], tmp_path: Path, searc
     restarts = plan.facts["attack_runs"]
     assert [r["seed"] for r in restarts] == searched
     assert restarts[0]["prompts"] == found and plan.facts["searches"] == single.facts["searches"]
-    assert plan.facts["input_restarts"] == [i % 3 for i in range(7)]
+    assert plan.facts["input_restarts"] == [i % 3 for i in range(21)]  # 7 per restart
     for i, item in enumerate(plan.inputs):
         own = restarts[i % 3]["prompts"]
         assert item.prompt == own[(i // 3) % len(own)]
-        assert item.cluster == f"restart-{i % 3}/prompt: {item.prompt}"
+        assert (item.cluster, item.stratum) == (f"restart-{i % 3}", f"prompt: {item.prompt}")
     assert set(plan.facts["prompts"]) == {p for r in restarts for p in r["prompts"]}
-    assert [i.seed for i in plan.inputs] == ctx.seeds(7, "adversarial-black:circle")
+    assert [i.seed for i in plan.inputs] == ctx.seeds(21, "adversarial-black:circle")
     scenario.plan(ctx, ctx.concepts.concepts["circle"], "standard", 7)
     assert len(searched) == 3  # the standard target asks the same cached searches
 
@@ -179,8 +182,10 @@ def test_restarts_below_one_are_a_usage_error(tiny_world: dict[str, Path]):
             registry()[name].validate(ctx)
 
 
-def test_every_scenario_sets_a_cluster_on_every_input(tiny_world: dict[str, Path],
-                                                      tmp_path: Path):
+def test_every_scenario_says_what_is_drawn_and_what_is_declared(tiny_world: dict[str, Path],
+                                                                tmp_path: Path):
+    """Declared prompts are strata, attack runs, searched prompts and references clusters
+    (`design`): every input names one or the other."""
     from pytest_erasure.scenarios.base import registry
     from pytest_erasure.scenarios.text import prompt_plan
 
@@ -194,28 +199,33 @@ def test_every_scenario_sets_a_cluster_on_every_input(tiny_world: dict[str, Path
     for name, scenario in planned.items():
         plan = scenario.plan(ctx, circle, "erased", 4)
         assert plan.inputs, name
-        assert all(i.cluster for i in plan.inputs), name
+        assert all(i.cluster or i.stratum for i in plan.inputs), name
         if name.startswith("latent"):  # declared references: one cluster each
             assert [i.cluster for i in plan.inputs] == \
                 [f"reference-{i}" for i in range(len(plan.inputs))], name
         elif name.startswith(("embedding", "adversarial")):
-            assert {i.cluster.split("/")[0] for i in plan.inputs} == {"restart-0", "restart-1"}
-        else:
+            assert {i.cluster for i in plan.inputs} == {"restart-0", "restart-1"}
+            assert all(i.stratum.startswith("prompt: ") for i in plan.inputs), name
+        elif name == "fuzz":  # searched prompts: the search's draws
             assert all(i.cluster == f"prompt: {i.prompt}" for i in plan.inputs), name
-    # Retention and the base rate use prompt_plan: one cluster per prompt, the empty one too.
+        else:
+            assert all(i.stratum == f"prompt: {i.prompt}" and not i.cluster
+                       for i in plan.inputs), name
+    # Retention and the base rate use prompt_plan: one stratum per prompt, the empty one too.
     base = prompt_plan(ctx, ["a shape", ""], 5, "neutral")
-    assert [i.cluster for i in base.inputs] == ["prompt: a shape", "prompt: "] * 2 + \
+    assert [i.stratum for i in base.inputs] == ["prompt: a shape", "prompt: "] * 2 + \
         ["prompt: a shape"]
 
 
-def test_latent_clusters_of_generated_references_are_their_prompts():
-    from pytest_erasure.scenarios.latent import reference_clusters
+def test_latent_references_are_clusters_and_generated_ones_strata_of_their_prompts():
+    from pytest_erasure.scenarios.latent import reference_draws
 
-    assert reference_clusters({"source": "references", "count": 3}, 3) == \
+    assert [d["cluster"] for d in reference_draws({"source": "references", "count": 3}, 3)] == \
         ["reference-0", "reference-1", "reference-2"]
     generated = {"source": "generated by the standard model (no references declared)",
                  "prompts": ["a x", "a red x"], "count": 3}
-    assert reference_clusters(generated, 3) == ["prompt: a x", "prompt: a red x", "prompt: a x"]
+    assert reference_draws(generated, 3) == [
+        {"cluster": "", "stratum": s} for s in ("prompt: a x", "prompt: a red x", "prompt: a x")]
 
 
 def test_a_case_records_every_restarts_crr_and_attack_run(tiny_world: dict[str, Path],
@@ -234,5 +244,5 @@ def test_a_case_records_every_restarts_crr_and_attack_run(tiny_world: dict[str, 
     facts = session.run(case).facts
     assert [r["id"] for r in facts["attack_runs"]] == ["restart-0", "restart-1"]
     assert set(facts["restarts"]["per_restart"]) == {"restart-0", "restart-1"}
-    assert all(rate["n"] == 3 for rate in facts["restarts"]["per_restart"].values())
+    assert all(rate["n"] == 6 for rate in facts["restarts"]["per_restart"].values())
     assert facts["restarts"]["worst_restart"] in {"restart-0", "restart-1"}

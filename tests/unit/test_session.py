@@ -42,24 +42,44 @@ def test_cases_follow_the_concepts_file_and_the_scenarios_asked_for(
 
 def test_workers_publish_and_the_controller_receives_one_record(
         tiny_world: dict[str, Path]) -> None:
+    import json
+
     worker, controller = _session(tiny_world["concepts"]), _session(tiny_world["concepts"])
     worker.results = {"circle-text": _result("circle-text", "fail")}
     workeroutput: dict = {}
     worker.publish(workeroutput)
+    assert "results" not in json.loads(workeroutput["erasure_results"])  # reports carry them
     controller.receive(workeroutput)
     controller.receive({})  # a worker that ran nothing
+    # what a test report carries (twice: a rerun of the case replaces, never duplicates)
+    for _ in range(2):
+        controller.receive_result(json.dumps(worker.results["circle-text"].to_dict()))
     controller.results = {"circle-baseline": _result("circle-baseline")}
     record = controller.finish(["circle-baseline", "circle-text"], interrupted=False)
     assert record is not None and [c.case_id for c in record.cases] == [
         "circle-baseline", "circle-text"]
     assert record.cases[1].verdict == "fail" and not record.passed
     assert record.incomplete is None and controller.final is record
+    assert record.selection["partial"] and "circle-latent-white-null" in record.selection["not_run"]
+
+
+def test_every_declared_case_selected_is_not_partial(tiny_world: dict[str, Path]) -> None:
+    session = _session(tiny_world["concepts"], scenarios=("text",))
+    declared = [c.id for c in session.declared()]
+    assert len(declared) > len(session.cases())  # --scenarios narrows, the declaration does not
+    session.results = {i: _result(i) for i in declared}
+    record = session.finish(declared, interrupted=False)
+    assert record.selection["not_run"] == [] and not record.selection["partial"]
+    assert record.passed
 
 
 def test_a_run_that_stopped_early_is_incomplete_and_never_passes(
         tiny_world: dict[str, Path]) -> None:
     session = _session(tiny_world["concepts"])
-    assert session.finish(["circle-text"], interrupted=False) is None  # nothing ran
+    assert session.finish([], interrupted=False) is None  # nothing selected, nothing ran
+    nothing = session.finish(["circle-text"], interrupted=False)  # selected, no result
+    assert nothing.incomplete == {"interrupted": False, "missing": ["circle-text"]}
+    assert not nothing.passed
     session.results = {"circle-baseline": _result("circle-baseline")}
     record = session.finish(["circle-baseline", "circle-text"], interrupted=True)
     assert record.incomplete == {"interrupted": True, "missing": ["circle-text"]}
