@@ -183,7 +183,9 @@ def erasure_check(erasure_session: AuditSession, request: pytest.FixtureRequest
         if not result.passed:
             pytest.fail(fail_message(result), pytrace=False)
         if result.verdict != "pass":  # inconclusive, reported only: shown apart, never a pass
-            pytest.skip(fail_message(result))
+            from pytest_erasure.report.text import reason_of, verdict_label
+
+            pytest.skip(f"{verdict_label(result)}: {reason_of(result)}")
         return result
 
     return check

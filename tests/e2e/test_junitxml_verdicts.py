@@ -1,6 +1,7 @@
 """pytest's own --junitxml for erasure cases (issue #19): an inconclusive case fails as
 'INCONCLUSIVE: <reason>' with `<failure type="erasure.Inconclusive">`, a failed one with
-`type="erasure.CRRGate"`, one reported only passes; each records `verdict` and `reason` as
+`type="erasure.CRRGate"`, one reported only is skipped with 'INCONCLUSIVE (reported, not
+gated): <reason>' (issue 22: never a plain pass); each records `verdict` and `reason` as
 properties. The real `erasure_check` fixture and pytest's real LogXML write the file; the session
 is replaced by one that hands back the result the test names, because what is under test is how
 a judged result reaches the JUnit file, not how it was judged.
@@ -67,7 +68,7 @@ def test_junitxml_failure_types_messages_and_verdict_properties(pytester: pytest
     pytester.makeconftest(CONFTEST)
     pytester.makepyfile(test_cases=CASES)
     result = pytester.runpytest_inprocess("--junitxml=junit.xml", "-p", "no:cacheprovider")
-    result.assert_outcomes(passed=2, failed=3)
+    result.assert_outcomes(passed=1, failed=3, skipped=1)
     result.stdout.fnmatch_lines(["*INCONCLUSIVE: the detector is blind*"])
     root = ET.parse(pytester.path / "junit.xml").getroot()
     cases = {tc.get("name"): tc for tc in root.iter("testcase")}
@@ -87,8 +88,10 @@ def test_junitxml_failure_types_messages_and_verdict_properties(pytester: pytest
     assert props["test_case[leaky]"]["verdict"] == "fail"
 
     reported = cases["test_case[reported]"]
-    assert reported.find("failure") is None and reported.find("skipped") is None
-    assert props["test_case[reported]"]["verdict"] == "inconclusive"  # never a silent pass
+    skipped = reported.find("skipped")
+    assert reported.find("failure") is None and skipped is not None  # never a silent pass
+    assert "INCONCLUSIVE (reported, not gated): n=4 too small" in skipped.get("message", "")
+    assert props["test_case[reported]"]["verdict"] == "inconclusive"
     assert props["test_case[reported]"]["reason"] == "n=4 too small for the gate ever to pass"
     assert props["test_case[clean]"]["verdict"] == "pass"
 
@@ -122,7 +125,7 @@ def test_junitxml_failure_types_survive_xdist(pytester: pytest.Pytester) -> None
     pytester.makepyfile(test_cases=CASES)
     result = pytester.runpytest_subprocess("--junitxml=junit.xml", "-p", "no:cacheprovider",
                                            "-n", "2")
-    result.assert_outcomes(passed=2, failed=3)
+    result.assert_outcomes(passed=1, failed=3, skipped=1)
     root = ET.parse(pytester.path / "junit.xml").getroot()
     types = {tc.get("name"): [f.get("type") for f in tc.iter("failure")]
              for tc in root.iter("testcase")}
