@@ -389,6 +389,62 @@ def test_read_report_refuses_other_documents_and_newer_schemas(tmp_path):
             read_report(tmp_path / f"{name}.json")
 
 
+def _schema_errors(data: dict) -> list[str]:
+    import jsonschema
+
+    from pytest_erasure.report.json import schema
+
+    validator = jsonschema.Draft202012Validator(schema())
+    return ["/".join(map(str, e.absolute_path)) + ": " + e.message
+            for e in validator.iter_errors(data)]
+
+
+def test_json_schema_is_a_valid_draft_2020_12_schema_shipped_beside_the_module():
+    import jsonschema
+
+    from pytest_erasure.report.json import SCHEMA_FILE, schema
+
+    jsonschema.Draft202012Validator.check_schema(schema())
+    assert SCHEMA_FILE.parent == Path(text.__file__).parent
+    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    assert '"pytest_erasure.report" = ["*.json"]' in pyproject  # package data: in the wheel
+
+
+def test_json_schema_accepts_every_golden_and_written_report(reports):
+    for name in GOLDEN_RECORDS:
+        assert _schema_errors(json.loads(golden(name, ".json"))) == [], name
+    assert _schema_errors(json.loads(reports["json"].read_text())) == []
+    empty = AuditRecord(run_id="r", started="2026-11-22T07:30:00+00:00", config={},
+                        provenance={}, detectors={}, versions={})
+    assert _schema_errors(json.loads(to_json(empty))) == []
+
+
+def test_json_schema_accepts_selection_and_plugin_extensions_and_rejects_drift():
+    data = json.loads(to_json(make_record(), extensions={"acme": {"ticket": "REL-7"}}))
+    assert data["extensions"] == {"acme": {"ticket": "REL-7"}}
+    data["selection"] = {"expressions": {"-k": "text"}, "deselected": ["circle-latent"],
+                         "not_run": [], "partial": True}
+    data["summary"]["verdict"] = "PARTIAL"
+    assert _schema_errors(data) == []
+    bad = json.loads(to_json(make_record()))
+    bad["cases"][0]["verdict"] = "maybe"  # a verdict the schema does not know
+    bad["cases"][1]["rate"]["crr"] = 1.5  # not a rate
+    bad["cases"][2]["reason"] = ""  # a verdict without its reason
+    bad["surprise"] = 1  # a top-level field the schema does not describe
+    del bad["summary"]["inconclusive"]
+    errors = _schema_errors(bad)
+    assert len(errors) == 5, errors
+    assert any(e.startswith("cases/0/verdict") for e in errors)
+    assert any(e.startswith("cases/1/rate/crr") for e in errors)
+    assert any(e.startswith("cases/2/reason") for e in errors)
+
+
+def test_read_report_leaves_plugin_extensions_out_of_the_record(tmp_path):
+    path = tmp_path / "report.json"
+    path.write_text(to_json(make_record(), extensions={"acme": {"ticket": "REL-7"}}))
+    assert read_report(path) == make_record()
+
+
 def test_the_json_module_still_finds_the_standard_library():
     from pytest_erasure.report import json as report_json
 
