@@ -78,7 +78,7 @@ def writer_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_registry_lists_builtins_first_and_a_plugin_cannot_take_their_names(writer_on_path):
     writers = registry()
-    assert list(writers)[:len(BUILTIN)] == ["json", "markdown", "html"]
+    assert list(writers)[:len(BUILTIN)] == ["json", "markdown", "html", "plot"]
     assert "csv" in writers and isinstance(writers["csv"], ReportWriter)
     assert writers["json"].filename == "report.json"  # the impostor was refused
 
@@ -92,7 +92,7 @@ def test_listing_writers_imports_no_renderer(writer_on_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env=env, cwd=REPO)
     names, imported = json.loads(out.stdout)
-    assert names == ["json", "markdown", "html", "csv"] and imported == []
+    assert names == ["json", "markdown", "html", "plot", "csv"] and imported == []
 
 
 def test_a_plugin_writer_and_json_field_reach_a_real_audit(pytester: pytest.Pytester, tiny_world,

@@ -12,6 +12,7 @@ release and one reported only; neither may read as a pass in any report.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -489,9 +490,13 @@ def test_html_is_self_contained(reports):
     refs = re.findall(r"""(?:src|href)\s*=\s*["']?([^"'\s>]*)""", text, flags=re.I)
     assert refs, "expected images and anchors"
     assert [r for r in refs if not (r.startswith("data:") or r.startswith("#"))] == []
-    assert not re.search(r"<script|<link|@import|url\(|<iframe|<object", text, flags=re.I)
+    # url(#id): the inline plot's clip paths, inside the page
+    assert not re.search(r"<script|<link|@import|url\((?!#)|<iframe|<object", text, flags=re.I)
     assert "http://" not in text.replace("http://evil.example", "") and "https://" not in text
-    assert text.count('src="data:image/png;base64,') == 6
+    # every evidence image on its own, its prompt under it (six grids of 12 images)
+    assert text.count('<figure class="tile"><img') == 72
+    assert text.count('src="data:image/png;base64,') == 72
+    assert text.count("<svg") == 1  # the plot, inline
 
 
 def test_html_escapes_hostile_text_and_shows_every_case(reports, record):
@@ -526,6 +531,89 @@ def test_html_drops_image_data_that_is_not_base64(record, tmp_path):
     text = write_reports(bad, tmp_path)["html"].read_text()
     assert "onerror" not in text and "<img src=http" not in text
     assert "no valid image data" in text
+
+
+def test_html_opens_with_verdict_models_and_the_cases_that_need_attention(record):
+    page = to_html(record)
+    order = [page.index(x) for x in ('<div class="verdict failed">', "<h2>Models</h2>",
+                                      "<h2>Cases that need attention</h2>", "<h2>Protocol</h2>",
+                                      "<h2>CRR per scenario</h2>",
+                                      "<h2>CRR: concept x scenario</h2>",
+                                      "<h2>Cases, failing and inconclusive first</h2>")]
+    assert order == sorted(order)
+    assert "e3b0c44298fc1c14" in page.split("<h2>Protocol</h2>")[0]  # weights' sha256 up top
+    assert "unet; 2 tensors replaced" in page  # what differs from the standard model
+    attention = page.split("<h2>Cases that need attention</h2>")[1].split("</ul>")[0]
+    assert [m for m in re.findall(r"<code>([a-z-]+)</code>", attention)] == [
+        "circle-latent-white-null", "circle-adversarial-black", "circle-embedding-white",
+        "triangle-text"]
+    sections = re.findall(r'<section class="case (\w+)" id="case-\d+">\n<h3><code>([^<]+)',
+                          page)
+    statuses = [st for st, _ in sections]
+    assert statuses == sorted(statuses, key=text.STATUS_ORDER.__getitem__)
+    assert statuses[:2] == ["failed", "error"] and statuses[-1] == "passed"
+    assert {cid for _, cid in sections} == {c.case_id for c in record.cases}
+    assert "threat model white-box: the attacker has the model" in page
+    assert "break-inside:avoid" in page
+
+
+def test_html_names_each_detector_once_and_every_setting_with_its_source():
+    record = make_record()
+    shared = record.detectors["shapes"]
+    record.detectors = {"circle": shared, "square": dict(shared), "triangle": dict(shared)}
+    record.config["budget_profile"] = {"name": "shapes",
+                                       "sources": {"latent_steps": "profile shapes, ours"}}
+    page = to_html(record)
+    assert page.count("5d41402abc4b2a76") == 2  # once in the sentence, once in its table
+    assert "<b>shapes</b> judges circle, square, triangle" in page
+    assert "profile shapes, ours" in page and ">given (flag or ini)<" in page
+    assert ">default<" in page  # seed 0
+
+
+def test_retention_cells_name_their_neighbour_in_html_and_markdown():
+    record = make_record()
+    record.cases.append(case("circle-retention-square", "circle", "retention", 26,
+                             kind="retention", threshold=0.7, base_rate=None,
+                             facts={"neighbour": "square"}))
+    record.cases.append(case("circle-retention-triangle", "circle", "retention", 27,
+                             kind="retention", threshold=0.7, base_rate=None, facts={}))
+    page = to_html(record)
+    assert 'square: <a href="#case-9"><span class="crr">81.2%</span></a>' in page
+    assert 'triangle: <a href="#case-10"><span class="crr">84.4%</span></a>' in page
+    circle = next(line for line in to_markdown(record).splitlines()
+                  if line.startswith("| circle |"))
+    assert "square: ✓ 81.2%" in circle and "triangle: ✓ 84.4%" in circle
+
+
+def test_html_embeds_small_artifacts_and_never_links_into_the_cache(tmp_path):
+    record = make_record()
+    embedding = tmp_path / "cache" / "emb" / "learned.safetensors"
+    embedding.parent.mkdir(parents=True)
+    embedding.write_bytes(b"\x00\x01learned-token" * 10)
+    record.cases[2].artifacts = {"embedding": str(embedding), "gone": "/cache/nope.bin"}
+    page = to_html(record)
+    assert 'download="learned.safetensors" href="data:application/octet-stream;base64,' in page
+    assert hashlib.sha256(embedding.read_bytes()).hexdigest() in page
+    assert str(tmp_path) not in page and "/cache/nope.bin" not in page
+    assert "<code>nope.bin</code>" in page and "not embedded" in page
+
+
+def test_plot_is_reproducible_svg_inline_and_beside_the_page(record, tmp_path):
+    from pytest_erasure.report.plot import crr_svg, crr_svg_file, plotted
+
+    assert [c.case_id for c in plotted(record)] == [
+        "circle-text", "circle-latent-white-null", "circle-embedding-black",
+        "circle-embedding-white", "triangle-text"]  # erasure cases with images only
+    svg = crr_svg_file(record)
+    assert svg == crr_svg_file(make_record())  # same record, same bytes
+    root = ET.fromstring(svg.encode())
+    assert root.tag.endswith("svg") and svg.count("<path") > 20
+    assert crr_svg(record).startswith("<svg") and crr_svg(record) in to_html(record)
+    paths = write_reports(record, tmp_path)
+    assert paths["plot"].name == "crr.svg" and paths["plot"].read_text() == svg
+    empty = AuditRecord(run_id="r", started="2026-11-22T07:30:00+00:00", config={},
+                        provenance={}, detectors={}, versions={})
+    assert crr_svg(empty) == "" and "plot" not in write_reports(empty, tmp_path / "e")
 
 
 def test_html_matches_the_golden_renderings():
@@ -686,7 +774,8 @@ def test_writes_leave_no_temporary_files_and_overwrite(record, tmp_path):
     write_reports(record, tmp_path / "out")
     write_junit(record, tmp_path / "out" / "junit.xml")
     files = sorted((tmp_path / "out").iterdir())
-    assert [p.name for p in files] == ["junit.xml", "report.html", "report.json", "report.md"]
+    assert [p.name for p in files] == ["crr.svg", "junit.xml", "report.html", "report.json",
+                                       "report.md"]
     umask = os.umask(0)
     os.umask(umask)
     assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in files)  # not mkstemp's 0600
