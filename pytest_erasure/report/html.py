@@ -96,6 +96,7 @@ figcaption{font-weight:600;font-size:.9em;margin:.2em 0}
 table.kv td:first-child{font-family:ui-monospace,Menlo,Consolas,monospace;white-space:nowrap}
 td .v{white-space:pre-wrap;word-break:break-word}
 .settings{columns:2 420px;column-gap:1.5em}.settings table{width:100%;font-size:.85em}
+.settings td:nth-child(2) .v{word-break:break-all}
 .plot svg{max-width:100%;height:auto}
 @media print{body{max-width:none;margin:0;font-size:10pt}h2{break-after:avoid}
 section.case{break-inside:avoid;page-break-inside:avoid}.tile img{image-rendering:auto}}
@@ -188,14 +189,30 @@ def _models(record: AuditRecord) -> str:
     for m in models(record):
         info = record.provenance.get(m["role"]) or {}
         files = info.get("files") if isinstance(info.get("files"), dict) else {}
-        digests = "<br>".join(f"<code>{esc(short(digest, 16))}</code> {esc(name)}"
-                              for name, digest in files.items()) or "—"
+        weights = {k: v for k, v in files.items() if str(k).endswith(WEIGHT_SUFFIXES)}
+        others = len(files) - len(weights)
+        digests = "<br>".join(f"<code>{esc(short(digest, 16))}</code> "
+                              f"{esc(_relative(name, m['path']))}"
+                              for name, digest in (weights or files).items()) or "—"
+        if weights and others:
+            digests += (f'<div class="small">and {others} configuration file(s): sha256 in '
+                        "the provenance below</div>")
         rows.append(f"<tr><th>{esc(m['role'])}</th><td><code>{esc(m['path'])}</code></td>"
                     f"<td>{esc(m['format'])}</td><td>{digests}<div class=\"small\">fingerprint "
                     f"<code>{esc(short(m['fingerprint'], 16))}</code></div></td>"
                     f"<td>{esc(_differs(m))}</td></tr>")
     rows.append("</table></div>")
     return "".join(rows)
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".onnx")
+"""Files the first screen lists by digest; configuration files are in the provenance."""
+
+
+def _relative(name: str, root: str) -> str:
+    """A file's name inside its model's folder, as a reader compares it with the folder."""
+    prefix = str(root).rstrip("/") + "/"
+    return name[len(prefix):] if root and name.startswith(prefix) else name
 
 
 def _differs(model: dict[str, Any]) -> str:

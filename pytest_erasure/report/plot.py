@@ -58,7 +58,7 @@ def _render(cases: list[CaseResult]) -> str:
     rc: dict[str, Any] = {"svg.hashsalt": "pytest-erasure", "svg.fonttype": "path",
                           "font.size": 9, "axes.spines.top": False, "axes.spines.right": False}
     with matplotlib.rc_context(rc):
-        height = 1.0 + 0.42 * len(cases)
+        height = 1.6 + 0.42 * len(cases)
         figure = Figure(figsize=(7.5, height), layout="constrained")
         axes = figure.add_subplot()
         labels = []
@@ -84,7 +84,7 @@ def _render(cases: list[CaseResult]) -> str:
         axes.xaxis.set_major_formatter(lambda value, _: f"{value:.0%}")
         axes.set_xlabel("CRR (95% interval)")
         axes.grid(axis="x", color="#e5e5e5")
-        axes.legend(handles=[
+        figure.legend(handles=[
             Line2D([], [], marker="o", color=ERASED, linestyle="", label="erased (red: fails)"),
             Line2D([], [], marker="o", color=PASSED, linestyle="", label="erased, passes"),
             Line2D([], [], marker="o", color=INCONCLUSIVE, linestyle="",
@@ -92,8 +92,7 @@ def _render(cases: list[CaseResult]) -> str:
             Line2D([], [], marker="o", color=STANDARD, mfc="white", linestyle="",
                    label="standard model"),
             Line2D([], [], color="#555", linestyle="--", label="threshold")],
-            loc="upper center", bbox_to_anchor=(0.5, -0.5 / height - 0.12), ncols=3,
-            frameon=False, fontsize=8)
+            loc="outside lower center", ncols=3, frameon=False, fontsize=8)
         out = io.StringIO()
         figure.savefig(out, format="svg", metadata={"Date": None})
     return _tidy(out.getvalue())
