@@ -165,7 +165,7 @@ def _selection(record: AuditRecord) -> list[str]:
     incomplete = record.incomplete or {}
     if incomplete:
         missing = list(incomplete.get("missing") or [])
-        why = "interrupted" if incomplete.get("interrupted") else "stopped early"
+        why = "was interrupted" if incomplete.get("interrupted") else "stopped early"
         out.append(f'<p class="reason">Incomplete: the run {why}; {len(missing)} selected '
                    f"case(s) have no result: {esc(', '.join(missing) or '—')}.</p>")
     selection = getattr(record, "selection", None) or {}

@@ -557,6 +557,18 @@ def test_html_opens_with_verdict_models_and_the_cases_that_need_attention(record
     assert "break-inside:avoid" in page
 
 
+def test_html_says_first_what_a_partial_or_incomplete_run_left_out():
+    record = make_record()
+    record.incomplete = {"interrupted": True, "missing": ["circle-fuzz"]}
+    record.selection = {"expressions": {"-k": "text"}, "deselected": ["circle-latent"],
+                        "not_run": [], "partial": True}  # the lead's AuditRecord.selection
+    page = to_html(record)
+    head = page.split("<h2>Models</h2>")[0]
+    assert "Incomplete: the run was interrupted; 1 selected case(s) have no result: circle-fuzz" \
+        in head
+    assert "Partial audit: selected by -k text; 1 deselected: circle-latent." in head
+
+
 def test_html_names_each_detector_once_and_every_setting_with_its_source():
     record = make_record()
     shared = record.detectors["shapes"]
