@@ -16,6 +16,10 @@ reason">`: not a failure, since the pytest run passed it and this document must 
 the exit status; and not a pass either, since every JUnit reader (Jenkins, GitLab, GitHub,
 junitparser) counts and shows a skipped case apart from the passing ones. `<skipped>` is the one
 element the schema has for "ran, decided nothing".
+
+pytest's own --junitxml gets each case's numbers as per-testcase properties (`case_properties`),
+which that schema rejects; `--erasure-junitxml-valid` moves them to the testcase's <system-out>
+(`FailureTypes`, `ValidProperties`), so that file validates too.
 """
 
 from __future__ import annotations
