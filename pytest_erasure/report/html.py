@@ -127,7 +127,9 @@ def banner_class(record: AuditRecord) -> str:
     return "inconclusive" if v == "passed" and counts(record)["inconclusive"] else v
 
 
-def to_html(record: AuditRecord) -> str:
+def to_html(record: AuditRecord, extensions: dict[str, Any] | None = None) -> str:
+    """The page; `extensions`: report.json's plugin fields, of which it reads ours (where each
+    setting came from, known only while pytest ran)."""
     index = {id(x): i for i, x in enumerate(record.cases)}
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -140,7 +142,7 @@ def to_html(record: AuditRecord) -> str:
            f"{esc(gate_rule(gate_of(record)))}. {esc(tally(record))}.</p>"]
     out += _selection(record)
     out += ['<div class="glance">', _models(record), _attention(record, index), "</div>"]
-    out += _protocol(record)
+    out += _protocol(record, extensions or {})
     out += _plot(record)
     out += _matrix(record, index)
     if has_defense(record):
@@ -244,7 +246,7 @@ def _attention(record: AuditRecord, index: dict[int, int]) -> str:
 
 # -- protocol ---------------------------------------------------------------------------------------
 
-def _protocol(record: AuditRecord) -> list[str]:
+def _protocol(record: AuditRecord, extensions: dict[str, Any]) -> list[str]:
     config = record.config
     out = ["<h2>Protocol</h2>",
            f"<p>Seed <code>{esc(plain(config.get('seed', '—')))}</code> (every sample's seed "
@@ -257,36 +259,45 @@ def _protocol(record: AuditRecord) -> list[str]:
     out += _detectors(record)
     rows = "".join(f"<tr><td>{esc(key)}</td><td>{_html_value(value)}</td>"
                    f'<td class="small">{esc(source)}</td></tr>'
-                   for key, value, source in settings(config))
-    out.append('<h3>Every setting</h3><div class="settings"><table><tr><th>setting</th>'
+                   for key, value, source in settings(config, setting_sources(extensions)))
+    out.append('<h3>Every setting</h3><p class="small">from: the command line, the ini file or '
+               "the default; an attack budget's source as its budget profile records it; — "
+               "where the report was written outside a pytest run, which alone knows.</p>"
+               '<div class="settings"><table><tr><th>setting</th>'
                f"<th>value</th><th>from</th></tr>{rows}</table></div>")
     return out
 
 
-def settings(config: dict[str, Any]) -> list[tuple[str, Any, str]]:
-    """(setting, value, where the value came from) for every recorded setting: an attack
-    budget's source as the budget profile records it; an option's 'default' when it equals the
-    options table's default, else 'given' (flag or ini)."""
-    from pytest_erasure.config import OPTIONS
+def setting_sources(extensions: dict[str, Any]) -> dict[str, str]:
+    """Where each setting came from, as `report.hookspec` recorded it under `extensions`."""
+    from pytest_erasure.report.hookspec import OWN_KEY
 
-    defaults = {o.field: o.default for o in OPTIONS}
-    sources = (config.get("budget_profile") or {}).get("sources") or {}
+    own = extensions.get(OWN_KEY) if isinstance(extensions, dict) else None
+    sources = own.get("setting_sources") if isinstance(own, dict) else None
+    return {str(k): str(v) for k, v in sources.items()} if isinstance(sources, dict) else {}
+
+
+def settings(config: dict[str, Any], sources: dict[str, str]) -> list[tuple[str, Any, str]]:
+    """(setting, value, where the value came from) for every recorded setting: an option's
+    command line, ini file or default (`sources`); an attack budget's source as the budget
+    profile records it; 'derived' for what the run computed from them."""
+    budget = (config.get("budget_profile") or {}).get("sources") or {}
     out: list[tuple[str, Any, str]] = []
     for key, value in config.items():
         if key in ("scenario_options", "budget_profile"):
             continue
         if key == "defense":
-            source = "enabled (flag or ini)" if value else "no defense enabled"
-        elif key in defaults:
-            source = "default" if value == defaults[key] else "given (flag or ini)"
+            source = "enabled by its flag or ini twin" if value else "no defense enabled"
+        elif not sources:
+            source = "—"
         else:
-            source = "derived"
+            source = sources.get(key, "derived")
         out.append((key, value, source))
     profile = (config.get("budget_profile") or {}).get("name")
     if profile:
-        out.append(("budget profile", profile, "--erasure-budget"))
+        out.append(("budget profile", profile, sources.get("budget", "—")))
     for key, value in (config.get("scenario_options") or {}).items():
-        out.append((key, value, str(sources.get(key, "given or default"))))
+        out.append((key, value, str(budget.get(key, "—"))))
     return out
 
 

@@ -100,6 +100,7 @@ def test_a_plugin_writer_and_json_field_reach_a_real_audit(pytester: pytest.Pyte
     out = pytester.path / "report"
     pytester.makepyfile(test_audit=AUDIT)
     pytester.makeconftest(FIELD_PLUGIN)
+    pytester.makeini("[pytest]\nerasure_seed = 7\n")
     result = pytester.runpytest_inprocess(
         f"--standard-model={tiny_world['standard']}", f"--erased-model={tiny_world['erased']}",
         f"--concepts={tiny_world['concepts']}", "--samples", "4", "--steps", "2",
@@ -107,12 +108,18 @@ def test_a_plugin_writer_and_json_field_reach_a_real_audit(pytester: pytest.Pyte
         "--scenarios", "text,baseline", f"--erasure-report={out}")
     result.assert_outcomes(passed=2)
     report = json.loads((out / "report.json").read_text())
-    assert report["extensions"] == {"acme": {"ticket": "REL-7", "cases": 2,
-                                             "rootdir": pytester.path.name}}
+    assert report["extensions"]["acme"] == {"ticket": "REL-7", "cases": 2,
+                                            "rootdir": pytester.path.name}
+    # ours: where each setting came from, which only pytest knew
+    sources = report["extensions"]["pytest-erasure"]["setting_sources"]
+    assert sources["samples"] == "command line" and sources["seed"] == "ini file"
+    assert sources["dtype"] == "default" and report["config"]["seed"] == 7
+    page = (out / "report.html").read_text()
+    assert '<tr><td>seed</td><td><span class="v">7</span></td><td class="small">ini file' in page
     csv = (out / "report.csv").read_text().splitlines()
     assert csv[0] == "case_id,verdict,crr,n" and len(csv) == 4
     assert csv[1].startswith("circle-baseline,pass,") and csv[1].endswith(",4")
-    assert csv[-1] == "# extensions: acme"
+    assert csv[-1] == "# extensions: acme,pytest-erasure"
     assert not (out / "impostor.json").exists()
     assert read_report(out / "report.json").cases[0].case_id == "circle-baseline"
 

@@ -575,11 +575,18 @@ def test_html_names_each_detector_once_and_every_setting_with_its_source():
     record.detectors = {"circle": shared, "square": dict(shared), "triangle": dict(shared)}
     record.config["budget_profile"] = {"name": "shapes",
                                        "sources": {"latent_steps": "profile shapes, ours"}}
-    page = to_html(record)
+    sources = {"samples": "command line", "seed": "default", "gate": "ini file"}
+    page = to_html(record, {"pytest-erasure": {"setting_sources": sources}})
     assert page.count("5d41402abc4b2a76") == 2  # once in the sentence, once in its table
     assert "<b>shapes</b> judges circle, square, triangle" in page
-    assert "profile shapes, ours" in page and ">given (flag or ini)<" in page
-    assert ">default<" in page  # seed 0
+    rows = dict(re.findall(r'<tr><td>([a-z_]+)</td><td><span class="v">[^<]*</span></td>'
+                           r'<td class="small">([^<]*)</td></tr>', page))
+    assert rows["samples"] == "command line" and rows["seed"] == "default"
+    assert rows["gate"] == "ini file" and rows["device"] == "derived"
+    assert "profile shapes, ours" in page  # an attack budget's source, from the profile
+    outside = dict(re.findall(r'<tr><td>([a-z_]+)</td><td><span class="v">[^<]*</span></td>'
+                              r'<td class="small">([^<]*)</td></tr>', to_html(record)))
+    assert outside["samples"] == "—"  # written outside pytest: nobody knows
 
 
 def test_retention_cells_name_their_neighbour_in_html_and_markdown():
