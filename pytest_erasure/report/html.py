@@ -16,6 +16,10 @@ Every piece of text is escaped (`esc`), prompts found by attacks included, and i
 embedded only if it is plain base64. Inconclusive cases have their own colour (amber)
 everywhere (a pass that holds reported-only inconclusive cases is amber, not green). Named for
 its format like its siblings; `from html import escape` still finds the standard library's.
+
+Longer than most modules on purpose: it is one page, written section by section in the order a
+reader meets them, with the stylesheet those sections share; split, one layout would be
+scattered over files that each make no sense alone.
 """
 
 from __future__ import annotations
