@@ -215,6 +215,23 @@ def test_grid_png_rejects_mismatched_input_and_downscales_large_images():
 
 # --- text ----------------------------------------------------------------------------------------
 
+def test_split_grid_gives_each_framed_thumbnail_and_refuses_other_images():
+    from pytest_erasure.report.images import split_grid
+
+    for n in (1, 5, 8, 11):
+        present = [i % 2 == 0 for i in range(n)]
+        tiles = split_grid(grid_png(images(n, n), present, thumb=32), n)
+        assert len(tiles) == n
+        for tile, found in zip(tiles, present, strict=True):
+            pixels = np.asarray(Image.open(io.BytesIO(tile)).convert("RGB"))
+            assert pixels.shape == (40, 40, 3)  # 32 px + a 4 px frame each side
+            assert tuple(pixels[20, 1]) == ((214, 39, 40) if found else (44, 160, 44))
+    assert split_grid(grid_png(images(3, 0), [True] * 3), 4) == []  # not a grid of 4
+    other = io.BytesIO()
+    Image.new("RGB", (50, 30)).save(other, format="PNG")
+    assert split_grid(other.getvalue(), 2) == [] and split_grid(b"not a png", 2) == []
+
+
 def test_numbers_and_gates_read_as_printed():
     assert text.pct(None) == "n/a" and text.pct(math.nan) == "n/a" and text.pct(0.375) == "37.5%"
     assert text.threshold_text(0.2) == "20%" and text.threshold_text(0.125) == "12.5%"
