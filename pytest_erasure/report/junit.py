@@ -271,3 +271,15 @@ class ValidProperties:
         out = ET.Element("system-out")
         out.text = bin_xml_escape(properties_text(ours))
         xml.node_reporter(report).append(out)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """pytest (9.0) writes a nameless, empty <testcase/> for a test interrupted in its call
+        (Ctrl-C), which the schema rejects (`name` is required); nothing was recorded in it, so
+        it is left out before LogXML writes the file."""
+        from _pytest.junitxml import xml_key
+
+        xml = self.config.stash.get(xml_key, None)
+        if xml is not None:  # a finalized reporter keeps only its to_xml
+            xml.node_reporters_ordered[:] = [r for r in xml.node_reporters_ordered
+                                             if r.to_xml().get("name") is not None]

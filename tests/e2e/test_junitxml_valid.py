@@ -70,6 +70,22 @@ def test_the_ini_setting_moves_case_numbers_to_system_out(pytester: pytest.Pytes
     assert len(_errors(pytester.path / "junit.xml")) == 1  # that one, which we leave alone
 
 
+def test_an_interrupted_run_stays_valid(pytester: pytest.Pytester):
+    """pytest writes a nameless <testcase/> for a test stopped in its call (Ctrl-C, or
+    pytest.exit, which takes the same path and, unlike a KeyboardInterrupt, stays inside the
+    pytester run); the setting drops it."""
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_cases=CASES + "\n\ndef test_zz_interrupted():\n"
+                        "    pytest.exit('stopped', returncode=2)\n")
+    pytester.makeini("[pytest]\nerasure_junitxml_valid = true\n")
+    result = pytester.runpytest_inprocess("--junitxml=junit.xml", "-p", "no:cacheprovider")
+    assert result.ret == 2
+    assert _errors(pytester.path / "junit.xml") == []
+    names = [tc.get("name") for tc in
+             ET.parse(pytester.path / "junit.xml").getroot().iter("testcase")]
+    assert None not in names and "test_case[blind]" in names
+
+
 def test_a_real_audit_writes_both_junit_files_schema_valid(pytester: pytest.Pytester, tiny_world):
     pytester.makepyfile(test_audit=AUDIT)
     result = pytester.runpytest_inprocess(
