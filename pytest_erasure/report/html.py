@@ -39,6 +39,7 @@ from pytest_erasure.report.text import (
     counts,
     defense_name,
     defense_settings,
+    flatten,
     gate_of,
     gate_rule,
     gate_text,
@@ -98,12 +99,16 @@ figcaption{font-weight:600;font-size:.9em;margin:.2em 0}
 .legend span{display:inline-block;width:1em;height:1em;vertical-align:middle;margin:0 .3em}
 .found{color:#d62728}.notfound{color:#2ca02c}
 table.kv td:first-child{font-family:ui-monospace,Menlo,Consolas,monospace;white-space:nowrap}
-td .v{white-space:pre-wrap;word-break:break-word}
+td .v{white-space:pre-wrap;overflow-wrap:anywhere}td code{overflow-wrap:anywhere}
 .settings{columns:2 420px;column-gap:1.5em}.settings table{width:100%;font-size:.85em}
 .settings td:nth-child(2) .v{word-break:break-all}
 .plot svg{max-width:100%;height:auto}
-@media print{body{max-width:none;margin:0;font-size:10pt}h2{break-after:avoid}
-section.case{break-inside:avoid;page-break-inside:avoid}.tile img{image-rendering:auto}}
+.facts{columns:2 320px;column-gap:1.5em;font-size:.85em}
+.facts div{break-inside:avoid;overflow-wrap:anywhere;margin:.1em 0}
+@media print{body{max-width:none;margin:0;font-size:9pt}h2{break-after:avoid}
+section.case{break-inside:avoid;page-break-inside:avoid}
+.tiles{grid-template-columns:repeat(auto-fill,minmax(52px,1fr))}.tile{font-size:5.5pt}
+.evidence{grid-template-columns:1fr 1fr}}
 """
 
 _B64 = re.compile(r"^[A-Za-z0-9+/]*={0,2}$")
@@ -451,7 +456,7 @@ def _html_case(case: CaseResult, i: int) -> str:
         out.append('<div class="evidence">'
                    + "".join(_html_evidence(grid) for grid in case.evidence) + "</div>")
     if case.facts:
-        out += ["<h4>Facts</h4>", _html_value(case.facts)]
+        out += ["<h4>Facts</h4>", _facts(case.facts)]
     if case.artifacts:
         out += ["<h4>Artifacts</h4>", _artifacts(case.artifacts)]
     out.append("</section>")
@@ -488,6 +493,15 @@ def _html_evidence(grid: dict[str, Any]) -> str:
         image = '<p class="small">(no valid image data)</p>'
     listing = "".join(f"<li>{esc(label)}</li>" for label in labels)
     return f"<figure>{caption}{image}{f'<ol>{listing}</ol>' if listing else ''}</figure>"
+
+
+def _facts(facts: dict[str, Any]) -> str:
+    """What the scenario measured, one 'key value' line each in columns: a case's facts
+    (prompts, calibration counts, reconstruction quality, budgets) are many short values, which
+    nested tables would stretch over a printed page."""
+    lines = "".join(f"<div><code>{esc(key)}</code> {esc(value)}</div>"
+                    for key, value in flatten(facts))
+    return f'<div class="facts">{lines}</div>'
 
 
 def _artifacts(artifacts: dict[str, str]) -> str:
