@@ -162,7 +162,7 @@ def to_html(record: AuditRecord, extensions: dict[str, Any] | None = None) -> st
             'green = it did not; <span style="background:#969696"></span>grey = no answer. '
             "The prompt (and seed) is under each image.</p>"]
     out += [_html_case(x, index[id(x)]) for x in by_attention(record.cases)]
-    out += ["<h2>Model provenance (as recorded)</h2>", _html_value(record.provenance),
+    out += ["<h2>Model provenance (as recorded)</h2>", _facts(record.provenance),
             "</body></html>", ""]
     return "\n".join(out)
 
@@ -331,7 +331,7 @@ def _detectors(record: AuditRecord) -> list[str]:
                    f"<code>{esc(description.get('sha256', '—'))}</code>.</p>"
                    + _html_value(head))
         if rest:
-            out.append(_html_value(rest))
+            out.append(_facts(rest))
     return out
 
 
@@ -496,9 +496,9 @@ def _html_evidence(grid: dict[str, Any]) -> str:
 
 
 def _facts(facts: dict[str, Any]) -> str:
-    """What the scenario measured, one 'key value' line each in columns: a case's facts
-    (prompts, calibration counts, reconstruction quality, budgets) are many short values, which
-    nested tables would stretch over a printed page."""
+    """Nested values as one 'key value' line each, in columns: a case's facts (prompts,
+    calibration counts, reconstruction quality, budgets), a detector's training, the models'
+    provenance are many short values, which nested tables would stretch over pages."""
     lines = "".join(f"<div><code>{esc(key)}</code> {esc(value)}</div>"
                     for key, value in flatten(facts))
     return f'<div class="facts">{lines}</div>'
