@@ -128,6 +128,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("--erasure-report", "report_dir", str, None,
            "write HTML, JSON and Markdown reports to this folder"),
     Option("--erasure-junit", "junit_file", str, None, "write a standalone JUnit XML document to this file"),
+    Option("--erasure-junitxml-valid", "junitxml_valid", bool, False,
+           "keep pytest's own --junitxml valid against Jenkins' JUnit schema: each case's numbers "
+           "go to its <system-out> (and the standalone --erasure-junit) instead of per-testcase "
+           "<properties>, which that schema rejects", action="store_true"),
     Option("--erasure-cache", "cache_dir", str, None, "cache folder (default: .pytest_cache/d/erasure)"),
     Option("--no-erasure-cache", "no_cache", bool, False, "compute everything afresh; store nothing",
            action="store_true"),
@@ -183,6 +187,7 @@ class AuditConfig:
     lora_multiplier: float
     allow_hub: bool
     budget: str = "shapes"
+    junitxml_valid: bool = False
     defense: str | None = None
     """The enabled defense's name (`defenses.registry()`; `--irece` -> "irece"), or None."""
     scenario_options: dict[str, Any] = field(default_factory=dict)

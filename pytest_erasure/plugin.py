@@ -51,6 +51,13 @@ def _usage_error(exc: ErasureInputError) -> pytest.UsageError:
 
 # -- options -----------------------------------------------------------------------------------
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    """Our own hooks (report/hookspec.py): plugins add fields to report.json."""
+    from pytest_erasure.report.hookspec import install
+
+    install(pluginmanager)
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("erasure", "concept-erasure audit (pytest-erasure)")
     for option in OPTIONS:

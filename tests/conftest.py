@@ -25,3 +25,50 @@ def pytest_configure(config: pytest.Config) -> None:
 
     torch.set_num_threads(1)
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the audits tests run in subprocesses
+
+
+# -- every report.json a test writes is valid against the published schema -------------------------
+
+def check_report_jsons(folders: list[Path]) -> int:
+    """Validate every report.json under `folders` against the schema the package ships
+    (pytest_erasure/report/report.schema.json); the number checked. A document that does not
+    match fails the test that wrote it, naming the file and each field that is wrong."""
+    import json
+
+    import jsonschema
+
+    from pytest_erasure.report.json import schema
+
+    validator = jsonschema.Draft202012Validator(schema())
+    checked = 0
+    for folder in folders:
+        for path in Path(folder).rglob("report.json"):
+            data = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(data, dict) or data.get("schema") != "pytest-erasure/report":
+                continue  # a test's own deliberately foreign document
+            errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+            assert not errors, f"{path} does not match report.schema.json:\n" + "\n".join(
+                f"  {'/'.join(map(str, e.absolute_path)) or '(top)'}: {e.message[:200]}"
+                for e in errors[:10])
+            checked += 1
+    return checked
+
+
+@pytest.fixture(autouse=True)
+def _report_jsons_written_by_the_test_are_schema_valid(request: pytest.FixtureRequest):
+    """After each test, the report.json files in its own folders (tmp_path, pytester's)."""
+    yield
+    funcargs = getattr(request.node, "funcargs", {})
+    folders = [funcargs["tmp_path"]] if "tmp_path" in funcargs else []
+    if "pytester" in funcargs:
+        folders.append(funcargs["pytester"].path)
+    if folders:
+        check_report_jsons(folders)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _every_report_json_is_schema_valid(tmp_path_factory: pytest.TempPathFactory):
+    """At the end of the session, every report.json under the session's temporary folders,
+    those written by module- and session-scoped fixtures and subprocess audits included."""
+    yield
+    check_report_jsons([tmp_path_factory.getbasetemp()])

@@ -115,3 +115,31 @@ def _number(draw: ImageDraw.ImageDraw, font: Any, text: str, x: int, y: int,
     left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
     draw.rectangle((x, y, x + right - left + 3, y + bottom - top + 3), fill=colour)
     draw.text((x + 2 - left, y + 2 - top), text, fill=(255, 255, 255), font=font)
+
+
+def split_grid(png: bytes, n: int) -> list[bytes]:
+    """The `n` framed thumbnails of a grid `grid_png` made, each as its own PNG, so a report can
+    put each image's prompt under it. The layout is recovered from the sheet's size (columns,
+    cell) and must match exactly; anything else (another tool's image, a damaged one) gives []
+    and the report shows the grid whole."""
+    try:
+        sheet = Image.open(io.BytesIO(png))
+        sheet.load()
+    except Exception:  # noqa: BLE001 - any undecodable data: show the grid whole
+        return []
+    if n < 1:
+        return []
+    cols = min(8, n)
+    rows = -(-n // cols)
+    cell, rest = divmod(sheet.width - GAP, cols)
+    cell -= GAP
+    if rest or cell <= 2 * FRAME or sheet.height != GAP + rows * (cell + GAP):
+        return []
+    out = []
+    for i in range(n):
+        x = GAP + (i % cols) * (cell + GAP)
+        y = GAP + (i // cols) * (cell + GAP)
+        buffer = io.BytesIO()
+        sheet.crop((x, y, x + cell, y + cell)).save(buffer, format="PNG")
+        out.append(buffer.getvalue())
+    return out

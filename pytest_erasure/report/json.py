@@ -13,6 +13,12 @@ error fails with the error as its reason), and the summary counts inconclusive c
 passed, failed and error, so `jq '.summary.inconclusive'` answers without reading the cases.
 Version 1 documents (no verdicts) still read back; their cases get `verdict == ""`, which every
 report derives again.
+
+The document's shape is published as a JSON Schema, `report.schema.json` beside this module and
+shipped in the wheel (`schema()` loads it; docs/report.md explains each field), so a consumer can
+check a file without reading our code. Plugins add their own fields under `extensions` (the
+`pytest_erasure_report_json` hook, `report/hookspec.py`); `read_report` leaves them out of the
+record, since they are not ours to read back.
 """
 
 from __future__ import annotations
@@ -27,18 +33,29 @@ from pytest_erasure.report.text import counts, reason_of, verdict, verdict_of
 
 SCHEMA = "pytest-erasure/report"
 SCHEMA_VERSION = 2
-_ENVELOPE = ("schema", "schema_version", "summary")
+SCHEMA_FILE = Path(__file__).with_name("report.schema.json")
+"""The JSON Schema (draft 2020-12) every report.json this version writes is valid against."""
+_ENVELOPE = ("schema", "schema_version", "summary", "extensions")
 """Keys report.json adds around `AuditRecord.to_dict()`; `read_report` drops them."""
 
 
-def to_json(record: AuditRecord) -> str:
-    """Strict JSON (NaN/inf become null: jq and most parsers reject them)."""
+def schema() -> dict[str, Any]:
+    """The published JSON Schema of report.json, as shipped in the package."""
+    return json.loads(SCHEMA_FILE.read_text(encoding="utf-8"))
+
+
+def to_json(record: AuditRecord, extensions: dict[str, Any] | None = None) -> str:
+    """Strict JSON (NaN/inf become null: jq and most parsers reject them). `extensions`:
+    plugins' fields (`hookspec.pytest_erasure_report_json`), written only when there are any,
+    so a report without plugins is byte for byte what it was."""
     c = counts(record)
     data = record.to_dict()
     for case, written in zip(record.cases, data["cases"], strict=True):
         written["verdict"], written["reason"] = verdict_of(case), reason_of(case)
     body = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION,
             "summary": {"verdict": verdict(record), **c}, **data}
+    if extensions:
+        body["extensions"] = extensions
     return json.dumps(_finite(body), indent=2, ensure_ascii=False, allow_nan=False,
                       default=_json_default) + "\n"
 

@@ -16,6 +16,10 @@ reason">`: not a failure, since the pytest run passed it and this document must 
 the exit status; and not a pass either, since every JUnit reader (Jenkins, GitLab, GitHub,
 junitparser) counts and shows a skipped case apart from the passing ones. `<skipped>` is the one
 element the schema has for "ran, decided nothing".
+
+pytest's own --junitxml gets each case's numbers as per-testcase properties (`case_properties`),
+which that schema rejects; `--erasure-junitxml-valid` moves them to the testcase's <system-out>
+(`FailureTypes`, `ValidProperties`), so that file validates too.
 """
 
 from __future__ import annotations
@@ -149,6 +153,13 @@ def case_properties(result: CaseResult) -> dict[str, Any]:
     return props
 
 
+CASE_PROPERTY_CORE = frozenset({"verdict", "reason", "concept", "scenario", "kind", "crr",
+                                "ci_low", "ci_high", "n", "threshold", "gate", "degenerate"})
+"""The properties every case records (`case_properties`): how a report's properties are told
+apart from a test's own `record_property`s."""
+CASE_PROPERTY_NAMES = CASE_PROPERTY_CORE | {"standard_crr", "undefended_crr", "base_rate_crr"}
+
+
 def add_pytest_suite_properties(xml: Any, record: AuditRecord, outputs: list[str]) -> None:
     """Suite facts in pytest's own --junitxml (its LogXML, or None without --junitxml),
     written once, from the controller; where the reports went when that was not where asked."""
@@ -176,18 +187,51 @@ def fail_message(result: CaseResult) -> str:
     return result.message or f"FAIL: {reason_of(result)}"
 
 
+VALID_SETTING = "erasure_junitxml_valid"
+"""`--erasure-junitxml-valid` and its ini twin (config.py's options table)."""
+
+
+def junitxml_valid(config: Any) -> bool:
+    """Whether the run asked for a schema-valid pytest --junitxml (flag, else ini)."""
+    value = config.getoption(VALID_SETTING, None)
+    if value in (None, False):
+        value = config.getini(VALID_SETTING)
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def properties_text(properties: list[tuple[str, Any]]) -> str:
+    """A case's properties as the lines its <system-out> holds with --erasure-junitxml-valid:
+    'name: value', in the order `case_properties` gives them, so no number is lost."""
+    return "\n".join(["pytest-erasure case properties:"]
+                     + [f"{name}: {value}" for name, value in properties])
+
+
 class FailureTypes:
-    """Gives the <failure> pytest's --junitxml writes for an erasure case a type that says which
-    verdict failed it: `erasure.Inconclusive` or `erasure.CRRGate`. LogXML writes only a message
-    (pytest 9, `_NodeReporter.append_failure`), so this runs after it (trylast) on the same call
-    report and sets the attribute on the node it just appended. A case is recognised by its
-    `verdict` property (`case_properties`); other failures (usage errors, exceptions) keep
-    pytest's plain <failure>. A plugin object, not a bare hook: the hook gets no config."""
+    """pytest's own --junitxml for erasure cases, adjusted after LogXML writes it.
+
+    Failure types: gives the <failure> pytest's --junitxml writes for an erasure case a type
+    that says which verdict failed it: `erasure.Inconclusive` or `erasure.CRRGate`. LogXML
+    writes only a message (pytest 9, `_NodeReporter.append_failure`), so this runs after it
+    (trylast) on the same call report and sets the attribute on the node it just appended. A
+    case is recognised by its `verdict` property (`case_properties`); other failures (usage
+    errors, exceptions) keep pytest's plain <failure>.
+
+    Valid properties (`--erasure-junitxml-valid`): Jenkins' JUnit schema (junit-10.xsd) allows
+    <properties> only on a testsuite, yet pytest writes `user_properties` as per-testcase
+    <properties>. LogXML writes them from the teardown report, so this runs before it
+    (tryfirst) on that report, takes the case's own properties out of `user_properties` (a
+    test's other `record_property`s stay, they are the test's business) and writes them to the
+    testcase's <system-out> as 'name: value' lines; the standalone --erasure-junit holds them
+    too. The call report keeps them, so the failure types above still find the verdict.
+
+    A plugin object, not bare hooks: the hooks get no config."""
 
     TYPES = {"inconclusive": "erasure.Inconclusive", "fail": "erasure.CRRGate"}
 
     def __init__(self, config: Any) -> None:
         self.config = config
+        if junitxml_valid(config):
+            config.pluginmanager.register(ValidProperties(config), "erasure-junitxml-valid")
 
     @pytest.hookimpl(trylast=True)
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -202,3 +246,40 @@ class FailureTypes:
         failures = [n for n in xml.node_reporter(report).nodes if n.tag == "failure"]
         if failures:
             failures[-1].set("type", self.TYPES[str(verdict)])
+
+
+class ValidProperties:
+    """The tryfirst half of `FailureTypes` (pluggy orders hooks per plugin object, so the two
+    orders need two objects); registered by `FailureTypes` itself when the setting is on."""
+
+    def __init__(self, config: Any) -> None:
+        self.config = config
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        from _pytest.junitxml import bin_xml_escape, xml_key
+
+        xml = self.config.stash.get(xml_key, None)
+        if xml is None or report.when != "teardown":
+            return
+        names = dict(report.user_properties)
+        if "verdict" not in names or not set(names) >= CASE_PROPERTY_CORE:
+            return
+        ours = [(k, v) for k, v in report.user_properties if k in CASE_PROPERTY_NAMES]
+        report.user_properties = [(k, v) for k, v in report.user_properties
+                                  if k not in CASE_PROPERTY_NAMES]
+        out = ET.Element("system-out")
+        out.text = bin_xml_escape(properties_text(ours))
+        xml.node_reporter(report).append(out)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        """pytest (9.0) writes a nameless, empty <testcase/> for a test interrupted in its call
+        (Ctrl-C), which the schema rejects (`name` is required); nothing was recorded in it, so
+        it is left out before LogXML writes the file."""
+        from _pytest.junitxml import xml_key
+
+        xml = self.config.stash.get(xml_key, None)
+        if xml is not None:  # a finalized reporter keeps only its to_xml
+            xml.node_reporters_ordered[:] = [r for r in xml.node_reporters_ordered
+                                             if r.to_xml().get("name") is not None]

@@ -32,6 +32,7 @@ from pytest_erasure.report.text import (
     matrix,
     model_line,
     models,
+    neighbour_of,
     pct,
     rate_text,
     reason_of,
@@ -72,9 +73,14 @@ def _md_table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
 
 
 def _md_cell(case: CaseResult) -> str:
+    """A matrix cell; a retention cell names its neighbour first (a concept's retention column
+    holds one line per neighbour)."""
     st = status(case)
     mark = {"passed": "✓", "failed": "✗ **FAIL**", "error": "⚠ **ERROR**",
             "inconclusive": f"? **{md(verdict_label(case))}**"}[st]
+    neighbour = neighbour_of(case)
+    if neighbour:
+        mark = f"{md(neighbour)}: {mark}"
     if case.error:
         return f"{mark} {md(case.case_id)}"
     cell = (f"{mark} {pct(case.rate.crr)} {interval_text(case.rate)} "
@@ -97,7 +103,8 @@ def to_markdown(record: AuditRecord) -> str:
     out += ["## CRR: concept x scenario", "",
             "Each cell: CRR of the audited model, its Wilson 95% interval, the threshold and n. "
             "Erasure cases pass at or below the threshold; baseline and retention cases give "
-            "context (standard model, neighbouring concepts).", ""]
+            "context (standard model, neighbouring concepts: a retention cell names its "
+            "neighbour).", ""]
     rows = []
     for concept in concepts:
         row = [md(concept)]

@@ -382,3 +382,37 @@ def change(before: Rate, after: Rate) -> str:
     if before.crr > 0:
         text += f" ({(after.crr - before.crr) / before.crr:+.0%} relative)"
     return text
+
+
+# -- display helpers (reports' wording; no verdict logic) ------------------------------------------
+
+STATUS_ORDER = {"failed": 0, "error": 0, "inconclusive": 1, "passed": 2}
+"""How reports order cases: what fails the release first, then what decided nothing."""
+
+THREAT_MODELS = {
+    "white-box": "white-box: the attacker has the model's weights",
+    "black-box": "black-box: the attacker can only send prompts",
+}
+
+
+def by_attention(cases: list[CaseResult]) -> list[CaseResult]:
+    """Failed and errored cases first, then inconclusive, then passed; stable otherwise."""
+    return sorted(cases, key=lambda c: STATUS_ORDER.get(status(c), 3))
+
+
+def neighbour_of(case: CaseResult) -> str | None:
+    """The neighbouring concept a retention case is about (its facts, else its id)."""
+    if case.kind != "retention":
+        return None
+    named = case.facts.get("neighbour") if isinstance(case.facts, dict) else None
+    if named:
+        return str(named)
+    prefix = f"{case.concept}-retention-"
+    return case.case_id[len(prefix):] if case.case_id.startswith(prefix) else None
+
+
+def threat_model(case: CaseResult) -> str:
+    """The access the attack assumed, as recorded, in words."""
+    if case.access:
+        return THREAT_MODELS.get(case.access, case.access)
+    return "none: the concept's own prompts, no attacker"

@@ -12,6 +12,7 @@ release and one reported only; neither may read as a pass in any report.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -214,6 +215,23 @@ def test_grid_png_rejects_mismatched_input_and_downscales_large_images():
 
 # --- text ----------------------------------------------------------------------------------------
 
+def test_split_grid_gives_each_framed_thumbnail_and_refuses_other_images():
+    from pytest_erasure.report.images import split_grid
+
+    for n in (1, 5, 8, 11):
+        present = [i % 2 == 0 for i in range(n)]
+        tiles = split_grid(grid_png(images(n, n), present, thumb=32), n)
+        assert len(tiles) == n
+        for tile, found in zip(tiles, present, strict=True):
+            pixels = np.asarray(Image.open(io.BytesIO(tile)).convert("RGB"))
+            assert pixels.shape == (40, 40, 3)  # 32 px + a 4 px frame each side
+            assert tuple(pixels[20, 1]) == ((214, 39, 40) if found else (44, 160, 44))
+    assert split_grid(grid_png(images(3, 0), [True] * 3), 4) == []  # not a grid of 4
+    other = io.BytesIO()
+    Image.new("RGB", (50, 30)).save(other, format="PNG")
+    assert split_grid(other.getvalue(), 2) == [] and split_grid(b"not a png", 2) == []
+
+
 def test_numbers_and_gates_read_as_printed():
     assert text.pct(None) == "n/a" and text.pct(math.nan) == "n/a" and text.pct(0.375) == "37.5%"
     assert text.threshold_text(0.2) == "20%" and text.threshold_text(0.125) == "12.5%"
@@ -401,6 +419,62 @@ def test_read_report_refuses_other_documents_and_newer_schemas(tmp_path):
             read_report(tmp_path / f"{name}.json")
 
 
+def _schema_errors(data: dict) -> list[str]:
+    import jsonschema
+
+    from pytest_erasure.report.json import schema
+
+    validator = jsonschema.Draft202012Validator(schema())
+    return ["/".join(map(str, e.absolute_path)) + ": " + e.message
+            for e in validator.iter_errors(data)]
+
+
+def test_json_schema_is_a_valid_draft_2020_12_schema_shipped_beside_the_module():
+    import jsonschema
+
+    from pytest_erasure.report.json import SCHEMA_FILE, schema
+
+    jsonschema.Draft202012Validator.check_schema(schema())
+    assert SCHEMA_FILE.parent == Path(text.__file__).parent
+    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    assert '"pytest_erasure.report" = ["*.json"]' in pyproject  # package data: in the wheel
+
+
+def test_json_schema_accepts_every_golden_and_written_report(reports):
+    for name in GOLDEN_RECORDS:
+        assert _schema_errors(json.loads(golden(name, ".json"))) == [], name
+    assert _schema_errors(json.loads(reports["json"].read_text())) == []
+    empty = AuditRecord(run_id="r", started="2026-11-22T07:30:00+00:00", config={},
+                        provenance={}, detectors={}, versions={})
+    assert _schema_errors(json.loads(to_json(empty))) == []
+
+
+def test_json_schema_accepts_selection_and_plugin_extensions_and_rejects_drift():
+    data = json.loads(to_json(make_record(), extensions={"acme": {"ticket": "REL-7"}}))
+    assert data["extensions"] == {"acme": {"ticket": "REL-7"}}
+    data["selection"] = {"expressions": {"-k": "text"}, "deselected": ["circle-latent"],
+                         "not_run": [], "partial": True}
+    data["summary"]["verdict"] = "PARTIAL"
+    assert _schema_errors(data) == []
+    bad = json.loads(to_json(make_record()))
+    bad["cases"][0]["verdict"] = "maybe"  # a verdict the schema does not know
+    bad["cases"][1]["rate"]["crr"] = 1.5  # not a rate
+    bad["cases"][2]["reason"] = ""  # a verdict without its reason
+    bad["surprise"] = 1  # a top-level field the schema does not describe
+    del bad["summary"]["inconclusive"]
+    errors = _schema_errors(bad)
+    assert len(errors) == 5, errors
+    assert any(e.startswith("cases/0/verdict") for e in errors)
+    assert any(e.startswith("cases/1/rate/crr") for e in errors)
+    assert any(e.startswith("cases/2/reason") for e in errors)
+
+
+def test_read_report_leaves_plugin_extensions_out_of_the_record(tmp_path):
+    path = tmp_path / "report.json"
+    path.write_text(to_json(make_record(), extensions={"acme": {"ticket": "REL-7"}}))
+    assert read_report(path) == make_record()
+
+
 def test_the_json_module_still_finds_the_standard_library():
     from pytest_erasure.report import json as report_json
 
@@ -445,9 +519,13 @@ def test_html_is_self_contained(reports):
     refs = re.findall(r"""(?:src|href)\s*=\s*["']?([^"'\s>]*)""", text, flags=re.I)
     assert refs, "expected images and anchors"
     assert [r for r in refs if not (r.startswith("data:") or r.startswith("#"))] == []
-    assert not re.search(r"<script|<link|@import|url\(|<iframe|<object", text, flags=re.I)
+    # url(#id): the inline plot's clip paths, inside the page
+    assert not re.search(r"<script|<link|@import|url\((?!#)|<iframe|<object", text, flags=re.I)
     assert "http://" not in text.replace("http://evil.example", "") and "https://" not in text
-    assert text.count('src="data:image/png;base64,') == 6
+    # every evidence image on its own, its prompt under it (six grids of 12 images)
+    assert text.count('<figure class="tile"><img') == 72
+    assert text.count('src="data:image/png;base64,') == 72
+    assert text.count("<svg") == 1  # the plot, inline
 
 
 def test_html_escapes_hostile_text_and_shows_every_case(reports, record):
@@ -482,6 +560,108 @@ def test_html_drops_image_data_that_is_not_base64(record, tmp_path):
     text = write_reports(bad, tmp_path)["html"].read_text()
     assert "onerror" not in text and "<img src=http" not in text
     assert "no valid image data" in text
+
+
+def test_html_opens_with_verdict_models_and_the_cases_that_need_attention(record):
+    page = to_html(record)
+    order = [page.index(x) for x in ('<div class="verdict failed">', "<h2>Models</h2>",
+                                      "<h2>Cases that need attention</h2>", "<h2>Protocol</h2>",
+                                      "<h2>CRR per scenario</h2>",
+                                      "<h2>CRR: concept x scenario</h2>",
+                                      "<h2>Cases, failing and inconclusive first</h2>")]
+    assert order == sorted(order)
+    assert "e3b0c44298fc1c14" in page.split("<h2>Protocol</h2>")[0]  # weights' sha256 up top
+    assert "unet; 2 tensors replaced" in page  # what differs from the standard model
+    attention = page.split("<h2>Cases that need attention</h2>")[1].split("</ul>")[0]
+    assert [m for m in re.findall(r"<code>([a-z-]+)</code>", attention)] == [
+        "circle-latent-white-null", "circle-adversarial-black", "circle-embedding-white",
+        "triangle-text"]
+    sections = re.findall(r'<section class="case (\w+)" id="case-\d+">\n<h3><code>([^<]+)',
+                          page)
+    statuses = [st for st, _ in sections]
+    assert statuses == sorted(statuses, key=text.STATUS_ORDER.__getitem__)
+    assert statuses[:2] == ["failed", "error"] and statuses[-1] == "passed"
+    assert {cid for _, cid in sections} == {c.case_id for c in record.cases}
+    assert "threat model white-box: the attacker has the model" in page
+    assert "break-inside:avoid" in page
+
+
+def test_html_says_first_what_a_partial_or_incomplete_run_left_out():
+    record = make_record()
+    record.incomplete = {"interrupted": True, "missing": ["circle-fuzz"]}
+    record.selection = {"expressions": {"-k": "text"}, "deselected": ["circle-latent"],
+                        "not_run": [], "partial": True}  # the lead's AuditRecord.selection
+    page = to_html(record)
+    head = page.split("<h2>Models</h2>")[0]
+    assert "Incomplete: the run was interrupted; 1 selected case(s) have no result: circle-fuzz" \
+        in head
+    assert "Partial audit: selected by -k text; 1 deselected: circle-latent." in head
+
+
+def test_html_names_each_detector_once_and_every_setting_with_its_source():
+    record = make_record()
+    shared = record.detectors["shapes"]
+    record.detectors = {"circle": shared, "square": dict(shared), "triangle": dict(shared)}
+    record.config["budget_profile"] = {"name": "shapes",
+                                       "sources": {"latent_steps": "profile shapes, ours"}}
+    sources = {"samples": "command line", "seed": "default", "gate": "ini file"}
+    page = to_html(record, {"pytest-erasure": {"setting_sources": sources}})
+    assert page.count("5d41402abc4b2a76") == 2  # once in the sentence, once in its table
+    assert "<b>shapes</b> judges circle, square, triangle" in page
+    rows = dict(re.findall(r'<tr><td>([a-z_]+)</td><td><span class="v">[^<]*</span></td>'
+                           r'<td class="small">([^<]*)</td></tr>', page))
+    assert rows["samples"] == "command line" and rows["seed"] == "default"
+    assert rows["gate"] == "ini file" and rows["device"] == "derived"
+    assert "profile shapes, ours" in page  # an attack budget's source, from the profile
+    outside = dict(re.findall(r'<tr><td>([a-z_]+)</td><td><span class="v">[^<]*</span></td>'
+                              r'<td class="small">([^<]*)</td></tr>', to_html(record)))
+    assert outside["samples"] == "—"  # written outside pytest: nobody knows
+
+
+def test_retention_cells_name_their_neighbour_in_html_and_markdown():
+    record = make_record()
+    record.cases.append(case("circle-retention-square", "circle", "retention", 26,
+                             kind="retention", threshold=0.7, base_rate=None,
+                             facts={"neighbour": "square"}))
+    record.cases.append(case("circle-retention-triangle", "circle", "retention", 27,
+                             kind="retention", threshold=0.7, base_rate=None, facts={}))
+    page = to_html(record)
+    assert 'square: <a href="#case-9"><span class="crr">81.2%</span></a>' in page
+    assert 'triangle: <a href="#case-10"><span class="crr">84.4%</span></a>' in page
+    circle = next(line for line in to_markdown(record).splitlines()
+                  if line.startswith("| circle |"))
+    assert "square: ✓ 81.2%" in circle and "triangle: ✓ 84.4%" in circle
+
+
+def test_html_embeds_small_artifacts_and_never_links_into_the_cache(tmp_path):
+    record = make_record()
+    embedding = tmp_path / "cache" / "emb" / "learned.safetensors"
+    embedding.parent.mkdir(parents=True)
+    embedding.write_bytes(b"\x00\x01learned-token" * 10)
+    record.cases[2].artifacts = {"embedding": str(embedding), "gone": "/cache/nope.bin"}
+    page = to_html(record)
+    assert 'download="learned.safetensors" href="data:application/octet-stream;base64,' in page
+    assert hashlib.sha256(embedding.read_bytes()).hexdigest() in page
+    assert str(tmp_path) not in page and "/cache/nope.bin" not in page
+    assert "<code>nope.bin</code>" in page and "not embedded" in page
+
+
+def test_plot_is_reproducible_svg_inline_and_beside_the_page(record, tmp_path):
+    from pytest_erasure.report.plot import crr_svg, crr_svg_file, plotted
+
+    assert [c.case_id for c in plotted(record)] == [
+        "circle-text", "circle-latent-white-null", "circle-embedding-black",
+        "circle-embedding-white", "triangle-text"]  # erasure cases with images only
+    svg = crr_svg_file(record)
+    assert svg == crr_svg_file(make_record())  # same record, same bytes
+    root = ET.fromstring(svg.encode())
+    assert root.tag.endswith("svg") and svg.count("<path") > 20
+    assert crr_svg(record).startswith("<svg") and crr_svg(record) in to_html(record)
+    paths = write_reports(record, tmp_path)
+    assert paths["plot"].name == "crr.svg" and paths["plot"].read_text() == svg
+    empty = AuditRecord(run_id="r", started="2026-11-22T07:30:00+00:00", config={},
+                        provenance={}, detectors={}, versions={})
+    assert crr_svg(empty) == "" and "plot" not in write_reports(empty, tmp_path / "e")
 
 
 def test_html_matches_the_golden_renderings():
@@ -642,7 +822,8 @@ def test_writes_leave_no_temporary_files_and_overwrite(record, tmp_path):
     write_reports(record, tmp_path / "out")
     write_junit(record, tmp_path / "out" / "junit.xml")
     files = sorted((tmp_path / "out").iterdir())
-    assert [p.name for p in files] == ["junit.xml", "report.html", "report.json", "report.md"]
+    assert [p.name for p in files] == ["crr.svg", "junit.xml", "report.html", "report.json",
+                                       "report.md"]
     umask = os.umask(0)
     os.umask(umask)
     assert all(p.stat().st_mode & 0o777 == 0o666 & ~umask for p in files)  # not mkstemp's 0600
