@@ -8,11 +8,10 @@ elsewhere cannot make the plugin read arbitrary paths by `../` tricks.
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from pytest_erasure.detectors.base import DetectorSpec
 from pytest_erasure.errors import ErasureInputError
