@@ -57,6 +57,8 @@ class Option:
     default: Any
     help: str
     action: str | None = None
+    many: bool = False
+    """A comma-separated list: an empty value (`--scenarios=`) is refused, not read as unset."""
 
     @property
     def dest(self) -> str:
@@ -74,7 +76,8 @@ OPTIONS: tuple[Option, ...] = (
            "standard (un-erased) model folder (default: the shapes world's standard model)"),
     Option("--concepts", "concepts_file", str, None, "concepts file (TOML; default: audits/shapes.toml)"),
     Option("--scenarios", "scenarios", str, None,
-           "comma-separated scenario ids or modalities to run (default: all registered)"),
+           "comma-separated scenario ids or modalities to run (default: all registered)",
+           many=True),
     Option("--samples", "samples", int, 64, "images per case"),
     Option("--seed", "seed", int, 0, "base seed; every sample's seed derives from it"),
     Option("--device", "device", str, "cpu", "torch device: cpu, cuda, cuda:1, mps"),
@@ -259,8 +262,9 @@ class AuditConfig:
                 v[name] = Path(v[name]).expanduser()
         if v.get("no_cache"):
             v["cache_dir"] = None
-        if isinstance(v.get("scenarios"), str):
-            v["scenarios"] = tuple(s.strip() for s in v["scenarios"].split(",") if s.strip())
+        for option in OPTIONS:
+            if option.many and v.get(option.field) is not None:
+                v[option.field] = _items(option, v[option.field])
         from pytest_erasure.budgets import DEFAULT_PROFILE, profile, resolve
 
         v["budget"] = str(v.get("budget") or DEFAULT_PROFILE).strip().lower()
@@ -447,6 +451,19 @@ def scenario_value(option: ScenarioOption, value: Any) -> Any:
     if isinstance(converted, float) and not math.isfinite(converted):
         raise ErasureInputError(f"--{option.name}", f"is {value}", "give a finite number")
     return converted
+
+
+def _items(option: Option, value: Any) -> tuple[str, ...]:
+    """A list option's items (comma-separated text, or a list from the API). Empty is a usage
+    error: `--scenarios=` read as unset would run the whole audit, hours at SD v1.4 scale, when
+    the user meant to narrow it."""
+    raw = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    items = tuple(s.strip() for s in raw if s.strip())
+    if not items:
+        raise ErasureInputError(option.flag, "is empty",
+                                f"name at least one item, or leave {option.flag} out "
+                                "(and its ini twin unset) for the default")
+    return items
 
 
 def _rooted(value: Any) -> Path | None:
