@@ -76,15 +76,20 @@ class ConceptSet:
         return default
 
     def threshold_for(self, concept: Concept, scenario_id: str, modality: str,
-                      default: float) -> float:
-        """Most specific wins: concept+scenario, concept+modality, concept, file-wide, option."""
+                      audit_threshold: float) -> float:
+        """Most specific wins: concept+scenario, concept+modality, concept, file+scenario,
+        file+modality, then the audit-wide threshold. That last one is one setting with two
+        spellings, `--crr-threshold` and the file's top-level `threshold`, and AuditConfig
+        resolves it once (command line > concepts file > default, `AuditConfig.sources`), so
+        it is passed in rather than looked up here: here the file would silently beat the
+        flag."""
         for table in (concept.thresholds, self.thresholds):
             for key in (scenario_id, modality):
                 if key in table:
                     return table[key]
             if table is concept.thresholds and concept.threshold is not None:
                 return concept.threshold
-        return self.threshold if self.threshold is not None else default
+        return audit_threshold
 
 
 _CONCEPT_KEYS = {
@@ -97,6 +102,23 @@ _TOP_KEYS = {"defaults", "concept", "neutral_prompts", "threshold", "thresholds"
              "attack_floors"}
 _DEFAULT_KEYS = {"detector", "detector_path", "detector_options", "prompts", "threshold",
                  "thresholds", "paired_prompts", "calibration"}
+
+
+AUDIT_SETTINGS = {"threshold": "crr_threshold"}
+"""Top-level keys of a concepts file that set an audit-wide option (its `AuditConfig` field):
+the same setting as the flag, resolved with it by one rule (`AuditConfig.from_values`)."""
+
+
+def audit_settings(path: Path) -> dict[str, tuple[Any, str]]:
+    """{AuditConfig field: (value, where)} for what the concepts file at `path` sets of the
+    audit-wide options. A file that cannot be read or whose value is bad gives nothing here:
+    `load_concepts` reports it, in the order every other problem of the file is reported."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return {field: (_fraction(raw[key], key), f"concepts file {path} ({key})")
+                for key, field in AUDIT_SETTINGS.items() if raw.get(key) is not None}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ErasureInputError, TypeError):
+        return {}
 
 
 def load_concepts(path: Path) -> ConceptSet:

@@ -111,7 +111,8 @@ def test_plugin_resolves_flags_ini_and_profile(pytester: pytest.Pytester, tiny_w
     options, sources = audit.scenario_options, audit.scenario_sources
     assert (options["ti-steps"], options["rab-population"], options["ti-accumulation"],
             options["rab-keep"]) == (5, 50, 4, DEFAULTS["rab-keep"])
-    assert sources["ti-steps"] == sources["rab-population"] == "set by the user (flag or ini)"
+    assert sources["ti-steps"] == "command line"
+    assert sources["rab-population"] == "ini file (erasure_opt_rab_population)"
     assert "When Are Concepts Erased" in sources["ti-accumulation"]
     assert sources["rab-keep"].startswith("option default")
     # The flag wins over the ini file.

@@ -48,3 +48,82 @@ def test_an_empty_list_from_the_api_is_refused_too() -> None:
     with pytest.raises(ErasureInputError, match="--scenarios"):
         default_config(scenarios=[])
     assert default_config(scenarios="text, latent").scenarios == ("text", "latent")
+
+
+# -- one precedence rule: command line (or ini) > concepts file > budget profile > default ------
+
+def _concepts_with_threshold(world: dict[str, Path], folder: Path, threshold: float) -> Path:
+    text = world["concepts"].read_text()
+    assert "threshold = 0.2" in text
+    path = folder / "concepts.toml"
+    path.write_text(text.replace("threshold = 0.2", f"threshold = {threshold}").replace(
+        'references = "references/circle"', f'references = "{world["concepts"].parent}'
+        '/references/circle"'))
+    return path
+
+
+def _report(pytester: pytest.Pytester, world: dict[str, Path], *extra: str,
+            **options: str) -> dict:
+    import json
+
+    pytester.makepyfile(test_audit=AUDIT)
+    report = pytester.path / "report"
+    result = pytester.runpytest_inprocess(
+        *_world_args(world, **{"--scenarios": "text", "--erasure-report": str(report), **options}),
+        *extra)
+    assert result.ret in (0, 1), result.stdout.str()[-3000:] + result.stderr.str()[-3000:]
+    return json.loads((report / "report.json").read_text())
+
+
+def test_crr_threshold_on_the_command_line_wins_over_the_concepts_file(
+        pytester: pytest.Pytester, tiny_world: dict[str, Path]) -> None:
+    """The shipped suites all set a file-wide `threshold`; the flag used to be ignored beside
+    them while the report showed the flag's value."""
+    concepts = _concepts_with_threshold(tiny_world, pytester.path, 0.3)
+    data = _report(pytester, tiny_world, **{"--concepts": str(concepts), "--crr-threshold": "0.1"})
+    assert data["config"]["crr_threshold"] == 0.1
+    assert data["config"]["sources"]["crr_threshold"] == "command line"
+    (case,) = [c for c in data["cases"] if c["case_id"] == "circle-text"]
+    assert case["threshold"] == 0.1
+
+
+def test_the_concepts_file_wins_over_the_default_and_says_so(
+        pytester: pytest.Pytester, tiny_world: dict[str, Path]) -> None:
+    concepts = _concepts_with_threshold(tiny_world, pytester.path, 0.3)
+    data = _report(pytester, tiny_world, **{"--concepts": str(concepts)})
+    assert data["config"]["crr_threshold"] == 0.3
+    assert data["config"]["sources"]["crr_threshold"] == f"concepts file {concepts} (threshold)"
+    (case,) = [c for c in data["cases"] if c["case_id"] == "circle-text"]
+    assert case["threshold"] == 0.3
+    assert data["config"]["sources"]["samples"] == "command line"
+    assert data["config"]["sources"]["guidance"] == "default"
+
+
+def test_the_ini_twin_counts_as_given_and_the_flag_beats_it(
+        pytester: pytest.Pytester, tiny_world: dict[str, Path]) -> None:
+    from pytest_erasure.config import AuditConfig
+
+    concepts = _concepts_with_threshold(tiny_world, pytester.path, 0.3)
+    pytester.makeini("[pytest]\nerasure_crr_threshold = 0.15\nerasure_budget = sd14\n")
+    paths = [f"--standard-model={tiny_world['standard']}",
+             f"--erased-model={tiny_world['erased']}", f"--concepts={concepts}",
+             "-p", "no:cacheprovider"]
+    audit = AuditConfig.from_pytest(pytester.parseconfig(*paths))
+    assert (audit.crr_threshold, audit.sources["crr_threshold"]) == \
+        (0.15, "ini file (erasure_crr_threshold)")
+    # The profile sets --steps (50, the DDIM inversion's count) where nobody gave it ...
+    assert audit.steps == 50 and audit.sources["steps"].startswith("profile sd14, ")
+    assert audit.sources["budget"] == "ini file (erasure_budget)"
+    # ... and the command line wins over the ini file and the profile alike.
+    audit = AuditConfig.from_pytest(pytester.parseconfig(*paths, "--crr-threshold=0.05",
+                                                         "--steps=7"))
+    assert (audit.crr_threshold, audit.sources["crr_threshold"]) == (0.05, "command line")
+    assert (audit.steps, audit.sources["steps"]) == (7, "command line")
+
+
+def test_every_option_has_a_source() -> None:
+    from pytest_erasure.session import default_config
+
+    described = default_config().describe()
+    assert set(described["sources"]) == {o.field for o in OPTIONS}
+    assert described["sources"]["steps"].startswith("profile shapes, ")
