@@ -65,6 +65,24 @@ class ConceptSet:
     def audited(self) -> list[Concept]:
         return [c for c in self.concepts.values() if c.erased]
 
+    def erased(self, selected: tuple[str, ...] | None) -> list[Concept]:
+        """The concepts audited as erased: those named (`--erased-concept`), in the file's
+        order, or every one the file marks erased. A suite such as cifar10.toml marks all ten
+        classes erased so one file serves ten models; an ESD-airplane model is audited on
+        airplane (and airplane's neighbours' retention) alone, not failed on nine classes it
+        never erased. Only a concept the file marks erased can be named: a neighbour has no
+        erasure cases to run."""
+        if selected is None:
+            return self.audited
+        known = [c.name for c in self.audited]
+        unknown = [name for name in selected if name not in known]
+        if unknown:
+            raise ErasureInputError(
+                "--erased-concept", f"names {', '.join(repr(n) for n in unknown)}, not a concept "
+                f"the concepts file {self.path} marks erased", f"use one of: {', '.join(known)}")
+        wanted = set(selected)
+        return [c for c in self.audited if c.name in wanted]
+
     def attack_floor_for(self, concept: Concept, scenario_id: str, modality: str,
                          default: float) -> float:
         """Most specific wins: concept+scenario, concept+modality, file+scenario, file+modality,

@@ -78,6 +78,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("--scenarios", "scenarios", str, None,
            "comma-separated scenario ids or modalities to run (default: all registered)",
            many=True),
+    Option("--erased-concept", "erased_concept", str, None,
+           "audit only this concept as erased (repeat the flag or give a comma list): its cases "
+           "and its neighbours' retention, a complete audit of it, even where the concepts file "
+           "marks several concepts erased (default: every concept with erased = true)",
+           action="append", many=True),
     Option("--samples", "samples", int, 64, "images per case"),
     Option("--seed", "seed", int, 0, "base seed; every sample's seed derives from it"),
     Option("--device", "device", str, "cpu", "torch device: cpu, cuda, cuda:1, mps"),
@@ -183,6 +188,9 @@ class AuditConfig:
     sequential: bool
     lora_multiplier: float
     allow_hub: bool
+    erased_concept: tuple[str, ...] | None = None
+    """The concepts audited as erased (`--erased-concept`), or None for every concept the
+    concepts file marks erased (`ConceptSet.erased`)."""
     budget: str = "shapes"
     defense: str | None = None
     """The enabled defense's name (`defenses.registry()`; `--irece` -> "irece"), or None."""
@@ -525,7 +533,8 @@ def _items(option: Option, value: Any) -> tuple[str, ...]:
     """A list option's items (comma-separated text, or a list from the API). Empty is a usage
     error: `--scenarios=` read as unset would run the whole audit, hours at SD v1.4 scale, when
     the user meant to narrow it."""
-    raw = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    parts = [value] if isinstance(value, str) else [str(v) for v in value]
+    raw = [item for part in parts for item in part.split(",")]
     items = tuple(s.strip() for s in raw if s.strip())
     if not items:
         raise ErasureInputError(option.flag, "is empty",

@@ -94,7 +94,7 @@ class AuditSession:
             return wanted is None or any(n in wanted for n in names if n)
 
         out: list[Case] = []
-        for concept in self.concepts.audited:
+        for concept in self.concepts.erased(self.config.erased_concept):
             if selected("baseline"):
                 out.append(Case(f"{concept.name}-baseline", concept.name, "baseline", "baseline",
                                 "text"))

@@ -127,3 +127,70 @@ def test_every_option_has_a_source() -> None:
     described = default_config().describe()
     assert set(described["sources"]) == {o.field for o in OPTIONS}
     assert described["sources"]["steps"].startswith("profile shapes, ")
+
+
+# -- --erased-concept: audit one concept of a suite that declares several ----------------------
+
+def _two_erased(world: dict[str, Path], folder: Path) -> Path:
+    """The tiny world's file with square erased too (retaining circle), as cifar10.toml marks
+    all ten classes erased."""
+    text = _concepts_with_threshold(world, folder, 0.2).read_text()
+    path = folder / "two.toml"
+    path.write_text(text.replace('name = "square"\nerased = false',
+                                 'name = "square"\nretain = ["circle"]'))
+    return path
+
+
+def _collected(result: pytest.RunResult) -> list[str]:
+    return sorted(line.split("[", 1)[1].rstrip("]") for line in result.stdout.lines
+                  if "::test_erasure[" in line)
+
+
+def test_erased_concept_selects_its_cases_and_its_neighbours_retention(
+        pytester: pytest.Pytester, tiny_world: dict[str, Path]) -> None:
+    concepts = _two_erased(tiny_world, pytester.path)
+    pytester.makepyfile(test_audit=AUDIT)
+    options = {"--concepts": str(concepts), "--scenarios": "text,baseline,retention"}
+    everything = _collected(pytester.runpytest_inprocess(
+        *_world_args(tiny_world, **options), "--co", "-q"))
+    assert everything == ["circle-baseline", "circle-retention-square", "circle-text",
+                          "square-baseline", "square-retention-circle", "square-text"]
+    square = _collected(pytester.runpytest_inprocess(
+        *_world_args(tiny_world, **options, **{"--erased-concept": "square"}), "--co", "-q"))
+    assert square == ["square-baseline", "square-retention-circle", "square-text"]
+    # Repeated, or a comma list: both.
+    both = pytester.runpytest_inprocess(*_world_args(tiny_world, **options),
+                                        "--erased-concept=square", "--erased-concept=circle",
+                                        "--co", "-q")
+    assert _collected(both) == everything
+    pytester.makeini("[pytest]\nerasure_erased_concept = circle\n")
+    circle = _collected(pytester.runpytest_inprocess(*_world_args(tiny_world, **options),
+                                                     "--co", "-q"))
+    assert circle == ["circle-baseline", "circle-retention-square", "circle-text"]
+
+
+def test_an_unknown_erased_concept_is_a_usage_error_listing_the_known_ones(
+        pytester: pytest.Pytester, tiny_world: dict[str, Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    concepts = _two_erased(tiny_world, pytester.path)
+    pytester.makepyfile(test_audit=AUDIT)
+    loads = record_loads(monkeypatch)
+    result = pytester.runpytest_inprocess(*_world_args(
+        tiny_world, **{"--concepts": str(concepts), "--erased-concept": "airplane"}))
+    assert_usage_error(result, "--erased-concept: names 'airplane', not a concept the concepts "
+                       f"file {concepts} marks erased", "use one of: circle, square")
+    # A neighbour (erased = false) has no erasure cases: it cannot be selected either.
+    result = pytester.runpytest_inprocess(*_world_args(tiny_world, **{"--erased-concept": "square"}))
+    assert_usage_error(result, "--erased-concept: names 'square'", "use one of: circle")
+    assert loads == []
+
+
+def test_the_selection_is_recorded_with_its_source(pytester: pytest.Pytester,
+                                                   tiny_world: dict[str, Path]) -> None:
+    concepts = _two_erased(tiny_world, pytester.path)
+    data = _report(pytester, tiny_world, **{"--concepts": str(concepts),
+                                            "--erased-concept": "circle"})
+    assert data["config"]["erased_concept"] == ["circle"]
+    assert data["config"]["sources"]["erased_concept"] == "command line"
+    assert {c["concept"] for c in data["cases"]} == {"circle"}
+    assert "incomplete" not in data or not data["incomplete"]
