@@ -150,7 +150,10 @@ OPTIONS: tuple[Option, ...] = (
            "A flag or ini value you give wins over the profile "
            "(pytest_erasure/budgets.py holds the profiles)"),
     Option("--allow-hub", "allow_hub", bool, False,
-           "allow Hugging Face hub access (offline is forced otherwise)", action="store_true"),
+           "do not set HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE/DIFFUSERS_OFFLINE while the models "
+           "load (set otherwise); the plugin's own loaders read local files only either way, so "
+           "this matters only to code of yours the audit runs (a module:factory detector, a "
+           "scenario or defense plugin) that fetches from the hub", action="store_true"),
 )
 
 
