@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_erasure.budgets import PROFILES, help_note, profile, resolve
+from pytest_erasure.budgets import PROFILES, help_note, profile, resolve, settings
 from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.scenarios.base import iter_options, registry
 
@@ -132,8 +132,8 @@ def test_sd14_readme_commands_use_the_profile_and_its_table_matches():
     import re
 
     text = (Path(__file__).resolve().parents[2] / "audits" / "sd14" / "README.md").read_text()
-    assert "--erasure-budget sd14" in text.split("COMMON=", 1)[1].split("```", 1)[0]
-    sd14 = profile("sd14")
+    assert "--erasure-budget=sd14" in text.split("COMMON=", 1)[1].split("```", 1)[0]
+    sd14 = {**profile("sd14"), **settings("sd14")}
     rows = re.findall(r"^\| `--([a-z0-9-]+)` \| ([^|]+?) \|", text, flags=re.M)
     assert len(rows) >= 4
     for name, value in rows:
