@@ -25,7 +25,11 @@ if TYPE_CHECKING:
 
     from pytest_erasure.scenarios.base import ScenarioOption
 
+PACKAGE_DATA = Path(__file__).resolve().parent / "data"
+"""audits/ and fixtures/shapes/ as the wheel carries them (in a clone: symlinks to those)."""
 ROOT = Path(__file__).resolve().parent.parent
+if not (ROOT / "fixtures" / "shapes").is_dir():  # an installed wheel: no clone around it
+    ROOT = PACKAGE_DATA
 SHAPES = ROOT / "fixtures" / "shapes"
 DEFAULT_CONCEPTS = ROOT / "audits" / "shapes.toml"
 DEFAULT_STANDARD = SHAPES / "standard"
