@@ -82,3 +82,26 @@ def test_ci_installs_exactly_the_readme_cpu_line() -> None:
     assert len(installs) == 1, installs
     as_readme = installs[0].replace("python -m pip", "pip").replace(" --quiet", "")
     assert as_readme == _readme_install_lines()[0]
+
+
+def test_ci_fails_on_a_skip_that_is_not_a_fact_of_its_machine(tmp_path: Path) -> None:
+    """.ci/skips.py, on a JUnit file with one skip it allows (no GPU here) and one it must not
+    (a dev package missing)."""
+    import subprocess
+
+    junit = tmp_path / "junit.xml"
+    junit.write_text(
+        '<testsuites><testsuite name="pytest">'
+        '<testcase classname="tests.unit.test_models" name="test_devices[cuda]">'
+        '<skipped type="pytest.skip" message="this machine has the device"/></testcase>'
+        '<testcase classname="tests.unit.test_reports" name="test_schema">'
+        '<skipped type="pytest.skip" message="could not import \'xmlschema\'"/></testcase>'
+        "</testsuite></testsuites>")
+    script = REPO / ".ci" / "skips.py"
+    result = subprocess.run([sys.executable, script, junit], capture_output=True, text=True)
+    assert result.returncode == 1
+    assert "test_schema: could not import 'xmlschema'" in result.stderr
+    assert "test_devices" not in result.stderr
+    junit.write_text(junit.read_text().replace("could not import 'xmlschema'",
+                                               "this machine has mps"))
+    assert subprocess.run([sys.executable, script, junit]).returncode == 0
