@@ -130,6 +130,23 @@ PROFILES: dict[str, dict[str, Budget]] = {
     },
 }
 
+SETTINGS: dict[str, dict[str, Budget]] = {
+    "shapes": {
+        "steps": Budget(25, "ours", "the shapes world's denoising steps (the --steps default)"),
+    },
+    "sd14": {
+        "steps": Budget(50, MOFC, f"{MOFC_REPO}: DDIM inversion over 50 steps; generation at "
+                        "the same 50 steps makes the latent round trip exact (and 50 is SD "
+                        "v1.4's own PNDM default)"),
+    },
+}
+"""What each profile sets of the audit options (`AuditConfig` fields, keyed by field name),
+beside the scenario options in PROFILES: every step count a profile's attacks depend on is set
+by the profile, so `--erasure-budget=sd14` alone gives an exact DDIM round trip. Resolved with
+the same rule as every setting (`AuditConfig.from_values`): command line > concepts file >
+profile > default."""
+
+
 def profile(name: str) -> dict[str, Budget]:
     """The profile called `name`; a usage error naming the choices for any other name."""
     key = str(name).strip().lower()
@@ -149,10 +166,18 @@ def help_note(option: str, default: Any) -> str:
     return "(" + "; ".join(parts) + "; chosen by --erasure-budget)"
 
 
-def resolve(name: str, given: dict[str, Any], defaults: dict[str, Any] | None = None
+def settings(name: str) -> dict[str, Budget]:
+    """The audit options (AuditConfig fields) profile `name` sets."""
+    profile(name)
+    return SETTINGS.get(str(name).strip().lower(), {})
+
+
+def resolve(name: str, given: dict[str, Any], defaults: dict[str, Any] | None = None,
+            given_sources: dict[str, str] | None = None
             ) -> tuple[dict[str, Any], dict[str, str]]:
     """(values, sources) of every option in `given`, the profile or `defaults`: what the user
-    gave wins over the profile, which wins over the default. Sources say which, and for a
+    gave wins over the profile, which wins over the default. Sources say which (`given_sources`
+    names where each given value was given: the command line or the ini file), and for a
     profile value, the paper or repository it comes from."""
     budgets = profile(name)
     values: dict[str, Any] = {}
@@ -165,5 +190,6 @@ def resolve(name: str, given: dict[str, Any], defaults: dict[str, Any] | None = 
             detail = f": {budget.detail}" if budget.detail else ""
             sources[option] = f"profile {name}, {budget.source}{detail}"
     for option, value in given.items():
-        values[option], sources[option] = value, "set by the user (flag or ini)"
+        values[option] = value
+        sources[option] = (given_sources or {}).get(option, "set by the user (flag or ini)")
     return values, sources

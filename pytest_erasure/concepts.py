@@ -1,18 +1,25 @@
 """Concepts: what was erased, how to ask for it, how to see it, and what must survive.
 
 A concepts file (TOML) declares them. It is validated as a whole when the audit starts, so a
-typo costs a one-line usage error, not a half-finished run. Paths inside it are relative to the
-file, and may not leave the file's folder tree unless they are absolute: a concepts file from
-elsewhere cannot make the plugin read arbitrary paths by `../` tricks.
+typo costs a one-line usage error, not a half-finished run.
+
+Where its paths may point (`_path`): a relative path is relative to the file and, as written,
+may not climb above the folder that holds the file's folder (for audits/sd14/cifar10.toml,
+audits/; for audits/shapes.toml, the repository root, where fixtures/ is). An absolute path is
+taken as given, and a symlink is followed to where it points. The rule is about what the file's
+text says, because that is what a reviewer reads: an absolute path and a symlink (a file of its
+own in the suite's tree, shown as one by git) both point elsewhere openly, by the choice of
+whoever wrote them; `../../../etc` inside a path that reads as the suite's is the one way to
+reach out unseen. The resolved target (the symlink followed) is what every report records.
 """
 
 from __future__ import annotations
 
+import os
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from pytest_erasure.detectors.base import DetectorSpec
 from pytest_erasure.errors import ErasureInputError
@@ -66,6 +73,24 @@ class ConceptSet:
     def audited(self) -> list[Concept]:
         return [c for c in self.concepts.values() if c.erased]
 
+    def erased(self, selected: tuple[str, ...] | None) -> list[Concept]:
+        """The concepts audited as erased: those named (`--erased-concept`), in the file's
+        order, or every one the file marks erased. A suite such as cifar10.toml marks all ten
+        classes erased so one file serves ten models; an ESD-airplane model is audited on
+        airplane (and airplane's neighbours' retention) alone, not failed on nine classes it
+        never erased. Only a concept the file marks erased can be named: a neighbour has no
+        erasure cases to run."""
+        if selected is None:
+            return self.audited
+        known = [c.name for c in self.audited]
+        unknown = [name for name in selected if name not in known]
+        if unknown:
+            raise ErasureInputError(
+                "--erased-concept", f"names {', '.join(repr(n) for n in unknown)}, not a concept "
+                f"the concepts file {self.path} marks erased", f"use one of: {', '.join(known)}")
+        wanted = set(selected)
+        return [c for c in self.audited if c.name in wanted]
+
     def attack_floor_for(self, concept: Concept, scenario_id: str, modality: str,
                          default: float) -> float:
         """Most specific wins: concept+scenario, concept+modality, file+scenario, file+modality,
@@ -77,15 +102,20 @@ class ConceptSet:
         return default
 
     def threshold_for(self, concept: Concept, scenario_id: str, modality: str,
-                      default: float) -> float:
-        """Most specific wins: concept+scenario, concept+modality, concept, file-wide, option."""
+                      audit_threshold: float) -> float:
+        """Most specific wins: concept+scenario, concept+modality, concept, file+scenario,
+        file+modality, then the audit-wide threshold. That last one is one setting with two
+        spellings, `--crr-threshold` and the file's top-level `threshold`, and AuditConfig
+        resolves it once (command line > concepts file > default, `AuditConfig.sources`), so
+        it is passed in rather than looked up here: here the file would silently beat the
+        flag."""
         for table in (concept.thresholds, self.thresholds):
             for key in (scenario_id, modality):
                 if key in table:
                     return table[key]
             if table is concept.thresholds and concept.threshold is not None:
                 return concept.threshold
-        return self.threshold if self.threshold is not None else default
+        return audit_threshold
 
 
 _CONCEPT_KEYS = {
@@ -98,6 +128,23 @@ _TOP_KEYS = {"defaults", "concept", "neutral_prompts", "threshold", "thresholds"
              "attack_floors"}
 _DEFAULT_KEYS = {"detector", "detector_path", "detector_options", "prompts", "threshold",
                  "thresholds", "paired_prompts", "calibration"}
+
+
+AUDIT_SETTINGS = {"threshold": "crr_threshold"}
+"""Top-level keys of a concepts file that set an audit-wide option (its `AuditConfig` field):
+the same setting as the flag, resolved with it by one rule (`AuditConfig.from_values`)."""
+
+
+def audit_settings(path: Path) -> dict[str, tuple[Any, str]]:
+    """{AuditConfig field: (value, where)} for what the concepts file at `path` sets of the
+    audit-wide options. A file that cannot be read or whose value is bad gives nothing here:
+    `load_concepts` reports it, in the order every other problem of the file is reported."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+        return {field: (_fraction(raw[key], key), f"concepts file {path} ({key})")
+                for key, field in AUDIT_SETTINGS.items() if raw.get(key) is not None}
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, ErasureInputError, TypeError):
+        return {}
 
 
 def load_concepts(path: Path) -> ConceptSet:
@@ -251,20 +298,22 @@ def _thresholds(value: Any, where: str) -> dict[str, float]:
 
 
 def _path(value: Any, concepts_file: Path, where: str) -> Path:
-    """Relative paths resolve against the file and must stay inside its folder tree."""
+    """A declared path: absolute as given; relative against the file, and then, as written
+    (`..` collapsed without following symlinks), inside the folder above the file's folder.
+    Symlinks are followed after that check (the module docstring says why)."""
     if not isinstance(value, str) or not value:
         raise ErasureInputError(where, f"is {value!r}", "give a path as a string")
     candidate = Path(value).expanduser()
     if candidate.is_absolute():
         return candidate
     base = concepts_file.resolve().parent
-    resolved = (base / candidate).resolve()
     # A shipped suite may point one level up to the shared fixtures; more is refused.
     root = base.parent
-    if not resolved.is_relative_to(root):
+    if not Path(os.path.normpath(base / candidate)).is_relative_to(root):
         raise ErasureInputError(where, f"'{value}' leaves the concepts file's folder tree",
-                                "use a path inside it, or an absolute path")
-    return resolved
+                                "use a path inside it, or an absolute path, or a symlink "
+                                f"placed inside it (the tree: {root})")
+    return (base / candidate).resolve()
 
 
 def calibration_labels(folder: Path) -> dict[str, list[Path]]:

@@ -25,7 +25,11 @@ if TYPE_CHECKING:
 
     from pytest_erasure.scenarios.base import ScenarioOption
 
+PACKAGE_DATA = Path(__file__).resolve().parent / "data"
+"""audits/ and fixtures/shapes/ as the wheel carries them (in a clone: symlinks to those)."""
 ROOT = Path(__file__).resolve().parent.parent
+if not (ROOT / "fixtures" / "shapes").is_dir():  # an installed wheel: no clone around it
+    ROOT = PACKAGE_DATA
 SHAPES = ROOT / "fixtures" / "shapes"
 DEFAULT_CONCEPTS = ROOT / "audits" / "shapes.toml"
 DEFAULT_STANDARD = SHAPES / "standard"
@@ -57,6 +61,8 @@ class Option:
     default: Any
     help: str
     action: str | None = None
+    many: bool = False
+    """A comma-separated list: an empty value (`--scenarios=`) is refused, not read as unset."""
 
     @property
     def dest(self) -> str:
@@ -74,7 +80,13 @@ OPTIONS: tuple[Option, ...] = (
            "standard (un-erased) model folder (default: the shapes world's standard model)"),
     Option("--concepts", "concepts_file", str, None, "concepts file (TOML; default: audits/shapes.toml)"),
     Option("--scenarios", "scenarios", str, None,
-           "comma-separated scenario ids or modalities to run (default: all registered)"),
+           "comma-separated scenario ids or modalities to run (default: all registered)",
+           many=True),
+    Option("--erased-concept", "erased_concept", str, None,
+           "audit only this concept as erased (repeat the flag or give a comma list): its cases "
+           "and its neighbours' retention, a complete audit of it, even where the concepts file "
+           "marks several concepts erased (default: every concept with erased = true)",
+           action="append", many=True),
     Option("--samples", "samples", int, 64, "images per case"),
     Option("--seed", "seed", int, 0, "base seed; every sample's seed derives from it"),
     Option("--device", "device", str, "cpu", "torch device: cpu, cuda, cuda:1, mps"),
@@ -86,7 +98,9 @@ OPTIONS: tuple[Option, ...] = (
            "(faster; the last bits of an image may then depend on its batch)"),
     Option("--no-batch-invariant", "native_kernels", bool, False,
            "the same as --batch-invariant=off", action="store_true"),
-    Option("--steps", "steps", int, 25, "denoising steps"),
+    Option("--steps", "steps", int, 25,
+           "denoising steps (default 25; --erasure-budget=sd14 sets 50, the DDIM inversion's "
+           "count, so the latent round trip is exact)"),
     Option("--guidance", "guidance", float, 7.5, "classifier-free guidance scale"),
     Option("--sampler", "sampler", str, None,
            f"denoising sampler for both models: {', '.join(SAMPLERS)} (default: the model's "
@@ -94,7 +108,9 @@ OPTIONS: tuple[Option, ...] = (
     Option("--height", "height", int, None, "image height (default: the model's native size)"),
     Option("--width", "width", int, None, "image width (default: the model's native size)"),
     Option("--crr-threshold", "crr_threshold", float, 0.2,
-           "default CRR threshold; the concepts file may override it per scenario and concept"),
+           "audit-wide CRR threshold (default 0.2); given here or as its ini twin it wins over "
+           "the concepts file's top-level `threshold`; the file's per-concept and per-scenario "
+           "thresholds, being more specific, still apply"),
     Option("--retention-tolerance", "retention_tolerance", float, 0.2,
            "retention passes when a neighbour's CRR drops by at most this much (absolute)"),
     Option("--baseline-min", "baseline_min", float, 0.5,
@@ -147,7 +163,10 @@ OPTIONS: tuple[Option, ...] = (
            "A flag or ini value you give wins over the profile "
            "(pytest_erasure/budgets.py holds the profiles)"),
     Option("--allow-hub", "allow_hub", bool, False,
-           "allow Hugging Face hub access (offline is forced otherwise)", action="store_true"),
+           "do not set HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE/DIFFUSERS_OFFLINE while the models "
+           "load (set otherwise); the plugin's own loaders read local files only either way, so "
+           "this matters only to code of yours the audit runs (a module:factory detector, a "
+           "scenario or defense plugin) that fetches from the hub", action="store_true"),
 )
 
 
@@ -186,6 +205,9 @@ class AuditConfig:
     sequential: bool
     lora_multiplier: float
     allow_hub: bool
+    erased_concept: tuple[str, ...] | None = None
+    """The concepts audited as erased (`--erased-concept`), or None for every concept the
+    concepts file marks erased (`ConceptSet.erased`)."""
     budget: str = "shapes"
     junitxml_valid: bool = False
     defense: str | None = None
@@ -196,6 +218,10 @@ class AuditConfig:
     scenario_sources: dict[str, str] = field(default_factory=dict)
     """Where each value in `scenario_options` comes from (the user, the profile and its paper,
     or the option's default)."""
+    sources: dict[str, str] = field(default_factory=dict)
+    """Where each option's value (each field above that has a flag) comes from: `command line`,
+    `ini file (erasure_x)`, `concepts file PATH (key)`, `profile NAME, source: detail` or
+    `default` (PRECEDENCE). Reports carry it beside the values."""
 
     @classmethod
     def from_pytest(cls, config: pytest.Config) -> AuditConfig:
@@ -206,12 +232,19 @@ class AuditConfig:
         from pytest_erasure.defenses import registry as defenses
 
         values: dict[str, Any] = {}
+        sources: dict[str, str] = {}
         for option in OPTIONS:
             value = config.getoption(option.dest)
-            if value is None:
+            if value is not None:
+                sources[option.field] = COMMAND_LINE
+            else:
                 ini = config.getini(option.dest)
-                value = ini if ini not in (None, "", []) else option.default
+                if ini not in (None, "", []):
+                    value, sources[option.field] = ini, f"{INI_FILE} ({option.dest})"
+                else:
+                    value = option.default
             values[option.field] = value
+        values["sources"] = sources
         root = Path(config.rootpath)
         values["erased_model"] = _rooted(values["erased_model"]) or DEFAULT_ERASED
         values["standard_model"] = _rooted(values["standard_model"]) or DEFAULT_STANDARD
@@ -219,17 +252,21 @@ class AuditConfig:
         if values["cache_dir"] is None and not values["no_cache"]:
             values["cache_dir"] = _default_cache(config, root)
         given: dict[str, Any] = {}
+        given_sources: dict[str, str] = {}
         defaults: dict[str, Any] = {}
         for option in all_options():
             defaults[option.name] = option.default
             value = config.getoption(scenario_dest(option))
+            given_sources[option.name] = COMMAND_LINE
             if value is None:
                 ini = config.getini(scenario_dest(option))
                 if ini in (None, "", []):
+                    del given_sources[option.name]
                     continue
-                value = ini
+                value, given_sources[option.name] = ini, f"{INI_FILE} ({scenario_dest(option)})"
             given[option.name] = scenario_value(option, value)
         values["scenario_options"] = given
+        values["scenario_given_sources"] = given_sources
         values["scenario_defaults"] = defaults
         enabled = []
         for name, defense in defenses().items():
@@ -249,8 +286,13 @@ class AuditConfig:
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> AuditConfig:
-        """Build from raw option values (strings from ini files included), converting types."""
+        """Build from raw option values (strings from ini files included), converting types,
+        and resolve every option by PRECEDENCE. `values["sources"]` names where each given value
+        was given (from_pytest: the command line or the ini file); without it, a caller's value
+        that differs from the option's default counts as given (`API`)."""
         v = dict(values)
+        given_sources: dict[str, str] | None = v.pop("sources", None)
+        scenario_given: dict[str, str] | None = v.pop("scenario_given_sources", None)
         try:
             for option in OPTIONS:
                 raw = v.get(option.field)
@@ -264,14 +306,18 @@ class AuditConfig:
             kind = {int: "whole number", float: "number"}.get(option.type, option.type.__name__)
             raise ErasureInputError(option.flag, f"'{raw}' is not a {kind}",
                                     f"give a {kind}") from None
+        if given_sources is None:
+            given_sources = {o.field: API for o in OPTIONS
+                             if v.get(o.field) is not None and v.get(o.field) != o.default}
         for name in ("erased_model", "standard_model", "concepts_file", "report_dir",
                      "junit_file", "cache_dir"):
             if v.get(name) is not None:
                 v[name] = Path(v[name]).expanduser()
         if v.get("no_cache"):
             v["cache_dir"] = None
-        if isinstance(v.get("scenarios"), str):
-            v["scenarios"] = tuple(s.strip() for s in v["scenarios"].split(",") if s.strip())
+        for option in OPTIONS:
+            if option.many and v.get(option.field) is not None:
+                v[option.field] = _items(option, v[option.field])
         from pytest_erasure.budgets import DEFAULT_PROFILE, profile, resolve
 
         v["budget"] = str(v.get("budget") or DEFAULT_PROFILE).strip().lower()
@@ -279,7 +325,9 @@ class AuditConfig:
         # scenario_options are the values the user gave; scenario_defaults (the plugin passes
         # every registered option's) fill what neither the user nor the profile sets.
         v["scenario_options"], v["scenario_sources"] = resolve(
-            v["budget"], dict(v.get("scenario_options") or {}), v.pop("scenario_defaults", None))
+            v["budget"], dict(v.get("scenario_options") or {}), v.pop("scenario_defaults", None),
+            scenario_given)
+        v["sources"] = _resolve_sources(v, given_sources)
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(v) - known)
         if unknown:  # a caller's typo (or a field that left) must not be dropped silently
@@ -298,8 +346,11 @@ class AuditConfig:
         return self.device.split(":")[0] == "cpu"
 
     def describe(self) -> dict[str, Any]:
-        """JSON-able settings for reports."""
+        """JSON-able settings for reports: each option's value under its name, as before, and
+        where it came from in `sources` ({"crr_threshold": "command line", ...}), a parallel
+        dict so that every reader of the values (and every golden report) is unchanged."""
         out = {k: (str(v) if isinstance(v, Path) else v) for k, v in self.__dict__.items()}
+        out["sources"] = dict(self.sources)
         # Resolved values in scenario_options; where each comes from (the user, the budget
         # profile and its paper, or the option's default) beside the profile's name.
         out["scenario_options"] = dict(self.scenario_options)
@@ -458,6 +509,56 @@ def scenario_value(option: ScenarioOption, value: Any) -> Any:
     if isinstance(converted, float) and not math.isfinite(converted):
         raise ErasureInputError(f"--{option.name}", f"is {value}", "give a finite number")
     return converted
+
+
+COMMAND_LINE = "command line"
+INI_FILE = "ini file"
+API = "given (AuditConfig.from_values)"
+DEFAULT = "default"
+PRECEDENCE = ("command line (or its ini twin, erasure_*)", "concepts file", "budget profile",
+              "default")
+"""One rule for every setting, highest first. A setting only some of the places can give
+(most options have no concepts-file key; only --steps has a profile value today) just skips
+the others. The concepts file's per-concept and per-scenario thresholds are settings of their
+own, more specific than the audit-wide one, and no flag overrides them (`threshold_for`)."""
+
+
+def _resolve_sources(v: dict[str, Any], given: dict[str, str]) -> dict[str, str]:
+    """Fill every option nobody gave from the concepts file, else the budget profile, else
+    its default (PRECEDENCE), in `v`; return where each option's value came from."""
+    from pytest_erasure.budgets import settings
+    from pytest_erasure.concepts import audit_settings
+
+    layers: dict[str, tuple[Any, str]] = {}
+    for name, budget in settings(v["budget"]).items():
+        detail = f": {budget.detail}" if budget.detail else ""
+        layers[name] = (budget.value, f"profile {v['budget']}, {budget.source}{detail}")
+    concepts_file = v.get("concepts_file")
+    if concepts_file is not None:
+        layers.update(audit_settings(Path(concepts_file)))
+    sources: dict[str, str] = {}
+    for option in OPTIONS:
+        if option.field in given:
+            sources[option.field] = given[option.field]
+        elif option.field in layers:
+            v[option.field], sources[option.field] = layers[option.field]
+        else:
+            sources[option.field] = DEFAULT
+    return sources
+
+
+def _items(option: Option, value: Any) -> tuple[str, ...]:
+    """A list option's items (comma-separated text, or a list from the API). Empty is a usage
+    error: `--scenarios=` read as unset would run the whole audit, hours at SD v1.4 scale, when
+    the user meant to narrow it."""
+    parts = [value] if isinstance(value, str) else [str(v) for v in value]
+    raw = [item for part in parts for item in part.split(",")]
+    items = tuple(s.strip() for s in raw if s.strip())
+    if not items:
+        raise ErasureInputError(option.flag, "is empty",
+                                f"name at least one item, or leave {option.flag} out "
+                                "(and its ini twin unset) for the default")
+    return items
 
 
 def _rooted(value: Any) -> Path | None:

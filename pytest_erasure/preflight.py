@@ -56,7 +56,7 @@ def validate_inputs(session: AuditSession) -> None:
         check_detector(spec, sorted(labels))
     needs_references = {s.modality for s in session.context.scenarios.values()} & {"embedding", "latent"}
     wanted = set(config.scenarios or ())
-    for concept in session.concepts.audited:
+    for concept in session.concepts.erased(config.erased_concept):
         if concept.references is None:
             continue
         if not wanted or wanted & (needs_references | {

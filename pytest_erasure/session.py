@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,7 +100,7 @@ class AuditSession:
             return wanted is None or any(n in wanted for n in names if n)
 
         out: list[Case] = []
-        for concept in self.concepts.audited:
+        for concept in self.concepts.erased(self.config.erased_concept):
             if selected("baseline"):
                 out.append(Case(f"{concept.name}-baseline", concept.name, "baseline", "baseline",
                                 "text"))
@@ -230,7 +230,7 @@ def versions() -> dict[str, str]:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def default_config(**overrides: Any) -> AuditConfig:

@@ -25,8 +25,8 @@ from pytest_erasure.detectors.base import Detection, DetectorSpec
 from pytest_erasure.errors import ErasureInputError
 
 NAME = "clip"
-HINT = ("download e.g. openai/clip-vit-large-patch14 on a machine with internet and "
-        "save_pretrained both CLIPModel and CLIPProcessor to one folder")
+HINT = ("on a machine with internet: hf download openai/clip-vit-large-patch14 --local-dir DIR "
+        "--include '*.json' --include '*.txt' --include '*.safetensors' (audits/sd14/README.md)")
 TEMPLATE = "a photo of a {}"
 # Things an image can show instead of the concept. Generic on purpose: a negative that names the
 # concept's superclass ("an animal" for a cat) would compete with the label on true positives.

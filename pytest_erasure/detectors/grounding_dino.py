@@ -31,8 +31,9 @@ from pytest_erasure.errors import ErasureInputError
 
 NAME = "grounding-dino"
 MODEL_TYPES = ("grounding-dino", "mm-grounding-dino")
-HINT = ("download IDEA-Research/grounding-dino-tiny on a machine with internet and "
-        "save_pretrained both AutoModelForZeroShotObjectDetection and AutoProcessor to one folder")
+HINT = ("on a machine with internet: hf download IDEA-Research/grounding-dino-tiny --local-dir "
+        "DIR --include '*.json' --include '*.txt' --include '*.safetensors' "
+        "(audits/sd14/README.md)")
 
 
 def prepare_caption(text: str) -> str:

@@ -32,8 +32,8 @@ from pytest_erasure.detectors.base import Detection, DetectorSpec
 from pytest_erasure.errors import ErasureInputError
 
 NAME = "imagenet"
-HINT = ("download e.g. microsoft/resnet-50 on a machine with internet and save_pretrained "
-        "AutoModelForImageClassification and AutoImageProcessor to one folder")
+HINT = ("on a machine with internet: hf download microsoft/resnet-50 --local-dir DIR "
+        "--include '*.json' --include '*.safetensors' (audits/sd14/README.md)")
 
 
 def _span(first: int, last: int) -> tuple[int, ...]:

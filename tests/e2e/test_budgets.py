@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_erasure.budgets import PROFILES, help_note, profile, resolve
+from pytest_erasure.budgets import PROFILES, help_note, profile, resolve, settings
 from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.scenarios.base import iter_options, registry
 
@@ -111,7 +111,8 @@ def test_plugin_resolves_flags_ini_and_profile(pytester: pytest.Pytester, tiny_w
     options, sources = audit.scenario_options, audit.scenario_sources
     assert (options["ti-steps"], options["rab-population"], options["ti-accumulation"],
             options["rab-keep"]) == (5, 50, 4, DEFAULTS["rab-keep"])
-    assert sources["ti-steps"] == sources["rab-population"] == "set by the user (flag or ini)"
+    assert sources["ti-steps"] == "command line"
+    assert sources["rab-population"] == "ini file (erasure_opt_rab_population)"
     assert "When Are Concepts Erased" in sources["ti-accumulation"]
     assert sources["rab-keep"].startswith("option default")
     # The flag wins over the ini file.
@@ -131,8 +132,8 @@ def test_sd14_readme_commands_use_the_profile_and_its_table_matches():
     import re
 
     text = (Path(__file__).resolve().parents[2] / "audits" / "sd14" / "README.md").read_text()
-    assert "--erasure-budget sd14" in text.split("COMMON=", 1)[1].split("```", 1)[0]
-    sd14 = profile("sd14")
+    assert "--erasure-budget=sd14" in text.split("COMMON=", 1)[1].split("```", 1)[0]
+    sd14 = {**profile("sd14"), **settings("sd14")}
     rows = re.findall(r"^\| `--([a-z0-9-]+)` \| ([^|]+?) \|", text, flags=re.M)
     assert len(rows) >= 4
     for name, value in rows:

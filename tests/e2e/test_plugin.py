@@ -81,10 +81,10 @@ def test_reports_are_written_and_parse_back(pytester: pytest.Pytester, tiny_worl
     assert by_id["circle-baseline"]["passed"] is True
     assert data["provenance"]["erased"]["files"], "sha256 of every weight file is recorded"
     assert "circle-text" in (out / "report.html").read_text()
-    if JUNIT_XSD.is_file():
-        import xmlschema
-
-        xmlschema.XMLSchema(str(JUNIT_XSD)).validate(str(junit))
+    assert JUNIT_XSD.is_file(), f"{JUNIT_XSD} is tracked in git: the JUnit output is checked against it"
+    xmlschema = pytest.importorskip("xmlschema", reason="the dev extra's xmlschema validates "
+                                    "the JUnit output (.ci/run fails on this skip)")
+    xmlschema.XMLSchema(str(JUNIT_XSD)).validate(str(junit))
     root = ET.parse(junit).getroot()
     assert sum(int(s.get("failures")) for s in root.iter("testsuite")) == 1
 

@@ -260,8 +260,11 @@ def test_relative_paths_may_not_leave_the_concepts_files_tree(tmp_path: Path, ke
         load_concepts(concepts)
 
 
-def test_a_symlink_out_of_the_tree_is_refused(tmp_path: Path) -> None:
-    """Paths are resolved (symlinks followed) before the containment check."""
+def test_a_symlink_placed_in_the_tree_is_followed_like_an_absolute_path(tmp_path: Path) -> None:
+    """The containment rule is about the file's text (`..` climbing out unseen); a symlink is
+    a file of its own in the suite, pointing elsewhere openly, as an absolute path does. It is
+    followed, and the concept records where it really points. A symlink reached by `..`
+    climbing out is still refused: the text climbs."""
     from pytest_erasure.concepts import load_concepts
 
     concepts = _suite(tmp_path)
@@ -269,6 +272,10 @@ def test_a_symlink_out_of_the_tree_is_refused(tmp_path: Path) -> None:
     outside.mkdir()
     (concepts.parent / "refs" / "link").symlink_to(outside, target_is_directory=True)
     concepts.write_text(CONCEPT + 'references = "refs/link"\n')
+    (concept,) = load_concepts(concepts).concepts.values()
+    assert concept.references == outside.resolve()
+    (tmp_path / "link-above").symlink_to(outside, target_is_directory=True)
+    concepts.write_text(CONCEPT + 'references = "../../../link-above"\n')
     with pytest.raises(ErasureInputError, match="leaves the concepts file's folder tree"):
         load_concepts(concepts)
 

@@ -46,7 +46,10 @@ def test_thresholds_most_specific_wins(tmp_path: Path) -> None:
     circle = concepts.concepts["circle"]
     assert concepts.threshold_for(circle, "latent-white-null", "latent", 0.1) == 0.9
     assert concepts.threshold_for(circle, "latent-black-null", "latent", 0.1) == 0.5
-    assert concepts.threshold_for(circle, "text", "text", 0.1) == 0.2
+    # Nothing more specific: the audit-wide threshold AuditConfig resolved (the flag, else the
+    # file's top-level `threshold`, else 0.2), never the file's over the flag's.
+    assert concepts.threshold_for(circle, "text", "text", 0.1) == 0.1
+    assert concepts.threshold == 0.2
 
 
 @pytest.mark.parametrize("text, needle", [

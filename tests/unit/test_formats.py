@@ -191,35 +191,68 @@ def test_unet_folder(standard_dir, donor, base, tmp_path):
 
 # --- Receler ------------------------------------------------------------------------------------
 
-class ReferenceAttentionWithEraser(torch.nn.Module):
-    """Receler's own injection: attn2 replaced by a wrapper returning a + adapter(a)."""
+# The published format, written here from Receler's release (jasper0314-huang/Receler:
+# `save_eraser_to_diffusers_format`, `inject_eraser`, `AdapterEraser`), not from our loader:
+# - eraser_weights.pt: torch.save of {prefix: {"down.weight": [rank, dim], "down.bias": [rank],
+#   "up.weight": [dim, rank], "up.bias": [dim]}}, one entry per transformer block, keyed by the
+#   diffusers path of the Transformer2DModel that holds it (`diffuser_prefix_name`: three parts
+#   for mid_block, four otherwise);
+# - eraser_config.json: {"eraser_type": "adapter", "eraser_rank": rank};
+# - the block's attn2 output a becomes a + up(GELU(down(a))), GELU exact (erf), nn.Linear layout.
+TINY_PREFIXES = ["down_blocks.0.attentions.0", "mid_block.attentions.0",
+                 "up_blocks.1.attentions.0", "up_blocks.1.attentions.1"]
+"""The tiny UNet's Transformer2DModels, written out: the keys a Receler release for it holds."""
 
-    def __init__(self, attn, adapter):
+
+def published_adapters(unet, rank, seed=0, scale=0.1):
+    generator = torch.Generator().manual_seed(seed)
+    out = {}
+    for prefix in TINY_PREFIXES:
+        dim = unet.get_submodule(f"{prefix}.transformer_blocks.0.attn2").to_out[0].out_features
+        shapes = {"down.weight": (rank, dim), "down.bias": (rank,), "up.weight": (dim, rank),
+                  "up.bias": (dim,)}
+        out[prefix] = {k: torch.randn(s, generator=generator) * scale for k, s in shapes.items()}
+    return out
+
+
+def write_published(folder, adapters, rank):
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save(adapters, folder / "eraser_weights.pt")
+    (folder / "eraser_config.json").write_text(json.dumps({"eraser_type": "adapter",
+                                                           "eraser_rank": rank}))
+    return folder
+
+
+class ReferenceAttentionWithEraser(torch.nn.Module):
+    """Receler's own injection: attn2 replaced by a wrapper returning a + up(GELU(down(a)))."""
+
+    def __init__(self, attn, weights):
         super().__init__()
-        self.attn, self.adapter = attn, adapter
+        self.attn, self.weights = attn, weights
 
     def forward(self, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
-        out = self.attn(hidden_states, encoder_hidden_states=encoder_hidden_states,
-                        attention_mask=attention_mask, **kwargs)
-        return self.adapter(out) + out
+        a = self.attn(hidden_states, encoder_hidden_states=encoder_hidden_states,
+                      attention_mask=attention_mask, **kwargs)
+        w = self.weights
+        down = torch.nn.functional.linear(a, w["down.weight"], w["down.bias"])
+        return a + torch.nn.functional.linear(torch.nn.functional.gelu(down), w["up.weight"],
+                                              w["up.bias"])
 
 
 def receler_by_hand(unet, adapters, rank):
-    from pytest_erasure.models.formats.receler import AdapterEraser, block_prefix
-
+    assert sorted(adapters) == sorted(TINY_PREFIXES)
     edited = copy.deepcopy(unet)
-    for name, module in edited.named_modules():
-        if type(module).__name__ == "BasicTransformerBlock":
-            adapter = AdapterEraser(module.attn2.to_out[0].weight.shape[1], rank)
-            adapter.load_state_dict(adapters[block_prefix(name)])
-            module.attn2 = ReferenceAttentionWithEraser(module.attn2, adapter)
+    for prefix, weights in adapters.items():
+        block = edited.get_submodule(f"{prefix}.transformer_blocks.0")
+        assert weights["down.weight"].shape[0] == rank
+        block.attn2 = ReferenceAttentionWithEraser(block.attn2, weights)
     return edited
 
 
 def test_receler(standard_dir, base, tmp_path):
     rank = 8
-    adapters = writers.receler_adapters(base.unet, rank)
-    folder = writers.write_receler(tmp_path / "receler-circle", adapters, rank)
+    adapters = published_adapters(base.unet, rank)
+    folder = write_published(tmp_path / "receler-circle", adapters, rank)
     assert sorted(p.name for p in folder.iterdir()) == ["eraser_config.json",
                                                         "eraser_weights.pt"]
     assert detect_format(folder) == "receler"
@@ -243,9 +276,22 @@ def test_receler(standard_dir, base, tmp_path):
                for k in models.erased.unet.attn_processors)
 
 
+def test_our_receler_writer_writes_the_published_layout(base, tmp_path):
+    """Other tests and benchmarks write Receler models with `writers`: the published keys and
+    shapes, checked against the layout above."""
+    folder = writers.write_receler(tmp_path / "ours", writers.receler_adapters(base.unet, 4), 4)
+    ours = torch.load(folder / "eraser_weights.pt", weights_only=True)
+    published = published_adapters(base.unet, 4)
+    assert sorted(ours) == sorted(published)
+    assert all({k: v.shape for k, v in ours[p].items()} ==
+               {k: v.shape for k, v in published[p].items()} for p in published)
+    assert json.loads((folder / "eraser_config.json").read_text()) == {
+        "eraser_type": "adapter", "eraser_rank": 4}
+
+
 def test_receler_weights_renamed(standard_dir, base, tmp_path):
-    adapters = writers.receler_adapters(base.unet, 4)
-    folder = writers.write_receler(tmp_path / "r", adapters, 4)
+    adapters = published_adapters(base.unet, 4)
+    folder = write_published(tmp_path / "r", adapters, 4)
     (folder / "eraser_weights.pt").rename(folder / "model.safetensors")  # name lies: a pickle
     (folder / "eraser_config.json").rename(folder / "config.json")
     assert detect_format(folder) == "receler"
@@ -367,8 +413,8 @@ def test_generation_equals_by_hand(standard_dir, base, tmp_path):
     from diffusers import StableDiffusionPipeline
 
     rank = 4
-    adapters = writers.receler_adapters(base.unet, rank)
-    receler = load_models(standard_dir, writers.write_receler(tmp_path / "r", adapters, rank))
+    adapters = published_adapters(base.unet, rank)
+    receler = load_models(standard_dir, write_published(tmp_path / "r", adapters, rank))
     hand = StableDiffusionPipeline(**{**base.components,
                                       "unet": receler_by_hand(base.unet, adapters, rank)})
     assert torch.allclose(generate(receler.erased), generate(hand), atol=1e-5)

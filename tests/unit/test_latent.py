@@ -234,8 +234,8 @@ def test_shapes_inversion_reconstructs_circles_on_the_standard_model(tmp_path: P
               SHAPES / "detector" / "model.safetensors", SHAPES / "references" / "circle"]
     missing = [str(p.relative_to(REPO)) for p in needed if not p.exists()]
     if missing:
-        pytest.skip(f"shapes world not built ({', '.join(missing)} missing): "
-                    "run python fixtures/shapes/build.py")
+        pytest.fail(f"shapes world missing ({', '.join(missing)}; it is tracked in git; "
+                    "rebuild: python fixtures/shapes/build.py)")
     from diffusers import StableDiffusionPipeline
 
     from pytest_erasure.scenarios.base import registry

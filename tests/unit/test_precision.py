@@ -141,7 +141,8 @@ def test_bf16_textual_inversion_brings_circles_back_on_the_shapes_world(tmp_path
     needed = [SHAPES / "standard" / "model_index.json", SHAPES / "erased" / "uce-circle",
               SHAPES / "detector" / "model.safetensors"]
     if not all(p.exists() for p in needed):
-        pytest.skip("shapes world not built: run python fixtures/shapes/build.py")
+        pytest.fail("shapes world missing (it is tracked in git; rebuild: python "
+                    "fixtures/shapes/build.py)")
     from diffusers import StableDiffusionPipeline
 
     from pytest_erasure.scenarios.base import registry
