@@ -95,6 +95,17 @@ class ModelIdentity:
                    {role: ModelFacts(**f) for role, f in data["facts"].items()})
 
 
+def pipeline_fingerprint(pipe: StableDiffusionPipeline) -> str:
+    """A pipeline given in memory, fingerprinted by its weights (no files to hash)."""
+    from pytest_erasure.cache import digest, tensor_digest
+
+    parts = {}
+    for name in ("unet", "text_encoder", "vae"):
+        module = getattr(pipe, name)
+        parts[name] = tensor_digest(dict(module.state_dict()))
+    return digest(parts)
+
+
 def stat_identity(paths: Iterable[Path]) -> list[list[Any]]:
     """[path, real path, size, mtime_ns, ctime_ns, inode] of every file under each path (a file
     stands for itself), sorted. A missing path is recorded as such, never skipped."""
