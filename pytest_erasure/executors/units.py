@@ -1,6 +1,7 @@
 """The heavy steps of an audit as units: a picklable description and the function that runs it.
 
-A `Unit` names its function (module-level, so it pickles by reference), its arguments (tensors,
+A `Unit` names its function (module-level, so it pickles by reference; calibration's,
+`detectors.calibration.judge_calibration`, lives with the calibration), its arguments (tensors,
 seeds, settings: plain data), the models it runs on by their files (`ModelHandle`) and what its
 progress bar says. Where it runs is the executor's business; the function gets the `Host` there
 (the models and detectors loaded in that process) and an `advance(n)` for progress. Nothing here
@@ -69,14 +70,6 @@ def detect_images(host: Host, advance: Advance, *, spec: DetectorSpec, device: s
     advance(len(images))
     return {"present": [bool(p) for p in found.present],
             "score": [float(s) for s in found.score]}
-
-
-def judge_calibration(host: Host, advance: Advance, *, spec: DetectorSpec, device: str,
-                      label: str, images: dict[str, torch.Tensor], batch: int) -> dict[str, int]:
-    """{calibration label: images the detector said show `label`}."""
-    from pytest_erasure.detectors.calibration import said_present
-
-    return said_present(host.detector_for(spec, device), images, label, batch, advance)
 
 
 def learn_embedding(host: Host, advance: Advance, *, role: Role, images: torch.Tensor,

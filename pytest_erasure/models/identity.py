@@ -47,7 +47,7 @@ LIBRARIES = ("torch", "diffusers", "transformers", "safetensors")
 class ModelFacts:
     """What plan code may know about a model before deciding it needs the model itself.
 
-    The scheduler is the one the pipeline runs: `--sampler`'s when given (the session swaps
+    The scheduler is the one the pipeline runs: `--sampler`'s when given (the context swaps
     it in before the facts are read, and the sampler is part of `model_key`)."""
 
     native_size: int

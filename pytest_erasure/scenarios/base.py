@@ -47,7 +47,7 @@ class ScenarioOption:
 
 
 class AuditContext(Protocol):
-    """What a scenario may use. Implemented by the audit session."""
+    """What a scenario may use. Implemented by `context.Context`."""
 
     config: AuditConfig
     cache: Cache

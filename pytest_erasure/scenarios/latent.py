@@ -245,7 +245,7 @@ class LatentScenario(Scenario):
     def check(self, ctx: AuditContext, role: Role, inputs: list[GenerationInput],
               images: torch.Tensor, concept: Concept) -> dict[str, Any]:
         """The reconstruction error of `inputs` regenerated on `role`'s model (undefended)
-        against `images`, measured on the very images the session generates for them: a
+        against `images`, measured on the very images the context generates for them: a
         case's check costs no denoising of its own, and the case finds its images in the
         memo or the cache. Against the VAE's round trip as in `reconstruction_error`; no
         latent-space error (uint8 images carry no final latents). Cached by the images."""
@@ -304,7 +304,7 @@ class LatentScenario(Scenario):
         if inversion["steps"] == int(ctx.config.steps):
             # The inversion's own round trip: through the model it was inverted with, with
             # its prompt. When that is the case's own trajectory (white-box, same prompt and
-            # guidance) it is the same images; otherwise the session's memo and cache still
+            # guidance) it is the same images; otherwise the context's memo and cache still
             # share it with whichever plan generates it (the standard plan, black-box).
             own_inputs = [GenerationInput(seed=s, prompt=inversion["prompt"], latents=latents[i],
                                           guidance=inversion["guidance"], cluster=clusters[i])
@@ -313,7 +313,7 @@ class LatentScenario(Scenario):
                     and inversion["prompt"] == regeneration["prompt"]
                     and inversion["guidance"] == regeneration["guidance"])
             own = case if same else self.check(ctx, role, own_inputs, inverted_from, concept)
-        else:  # another step count than the session generates with: denoised here
+        else:  # another step count than the case generates with: denoised here
             own = self.reconstruction(ctx, role, latents, inverted_from, inversion, concept.name)
         facts: dict[str, Any] = {
             "reference_images": source,
