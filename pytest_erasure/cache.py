@@ -46,6 +46,16 @@ def digest(key: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def file_sha256(path: Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB chunks (weights are gigabytes): the one file
+    hash that model provenance and detector descriptions record."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
 def normalise(value: Any) -> Any:
     """`value` as a JSON round trip returns it (tuples become lists, other objects strings), so
     a value used fresh and the same value read back from the cache are equal."""

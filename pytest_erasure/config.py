@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_erasure.crr import DEFAULT_GATE, GATES
+from pytest_erasure.devices import DTYPES
 from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.models.formats import names as format_names
+from pytest_erasure.samplers import SAMPLERS
 
 if TYPE_CHECKING:
     import pytest
@@ -35,19 +37,7 @@ DEFAULT_CONCEPTS = ROOT / "audits" / "shapes.toml"
 DEFAULT_STANDARD = SHAPES / "standard"
 DEFAULT_ERASED = SHAPES / "erased" / "uce-circle"
 
-DTYPES = ("float32", "float16", "bfloat16")
 INCONCLUSIVE = ("fail", "report")
-SAMPLERS: dict[str, str] = {
-    "pndm": "PNDMScheduler",
-    "ddim": "DDIMScheduler",
-    "lms": "LMSDiscreteScheduler",
-    "euler": "EulerDiscreteScheduler",
-    "euler-ancestral": "EulerAncestralDiscreteScheduler",
-    "dpm++2m": "DPMSolverMultistepScheduler",
-    "unipc": "UniPCMultistepScheduler",
-}
-"""`--sampler` names and the diffusers scheduler class each stands for (the SD 1.x samplers;
-`samplers.make_sampler` builds them from the model's own scheduler config)."""
 BATCH_INVARIANT = ("auto", "on", "off")
 
 
@@ -167,6 +157,10 @@ OPTIONS: tuple[Option, ...] = (
            "load (set otherwise); the plugin's own loaders read local files only either way, so "
            "this matters only to code of yours the audit runs (a module:factory detector, a "
            "scenario or defense plugin) that fetches from the hub", action="store_true"),
+    Option("--erasure-executor", "executor", str, "local",
+           "where the heavy units (generation, detection, attacks) run: local (default: this "
+           "process) or process (worker processes that load and hold their own models); more "
+           "through the pytest_erasure.executors entry-point group"),
 )
 
 
@@ -210,6 +204,8 @@ class AuditConfig:
     concepts file marks erased (`ConceptSet.erased`)."""
     budget: str = "shapes"
     junitxml_valid: bool = False
+    executor: str = "local"
+    """Where units run (`executors.names()`)."""
     defense: str | None = None
     """The enabled defense's name (`defenses.registry()`; `--irece` -> "irece"), or None."""
     scenario_options: dict[str, Any] = field(default_factory=dict)
@@ -422,6 +418,11 @@ class AuditConfig:
             if not path.exists():
                 raise ErasureInputError(f"{name} {path}", "does not exist",
                                         "give the path of a local model (nothing is downloaded)")
+        from pytest_erasure.executors import names as executor_names
+
+        if self.executor not in executor_names():
+            raise ErasureInputError("--erasure-executor", f"'{self.executor}' is not an executor",
+                                    f"use one of: {', '.join(executor_names())}")
         self.validate_size()
         self.validate_defenses()
 

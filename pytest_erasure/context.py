@@ -12,6 +12,12 @@ What the models and detectors are (fingerprints, provenance, descriptions) is kn
 the models themselves (`models/identity.py`): a rerun whose results are all cached reads both
 from the cache and never builds a pipeline or a detector.
 
+Every heavy step (generating, judging, and the attacks' training, inversion and search) is a
+unit (`executors/units.py`) that the context hands to the executor `--erasure-executor` names
+(`run`): in this process on the context's own models (`local`, the context is then the units'
+host), or where the executor's workers hold models of their own. Caching stays here: a unit is
+only sent for what the cache does not hold.
+
 The context runs no case and holds no result: `checks.py` runs cases on it, `session.py` holds
 their results.
 """
@@ -27,7 +33,9 @@ from typing import TYPE_CHECKING, Any
 from pytest_erasure.cache import Cache, digest, tensor_digest
 from pytest_erasure.concepts import Concept, ConceptSet
 from pytest_erasure.config import AuditConfig
-from pytest_erasure.detectors.base import Detection, Detector, build_detector
+from pytest_erasure.detectors.base import Detection, Detector, DetectorSpec, build_detector
+from pytest_erasure.executors import DEFAULT, Executor, make
+from pytest_erasure.executors.units import Unit, detect_images, generate_images, model_identity
 from pytest_erasure.memory import BatchSizes
 from pytest_erasure.records import GenerationInput, Role
 from pytest_erasure.references import load_reference_images
@@ -38,6 +46,7 @@ if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
     from pytest_erasure.defenses import Defense
+    from pytest_erasure.models.handle import ModelHandle
     from pytest_erasure.models.identity import ModelFacts, ModelIdentity
     from pytest_erasure.models.loading import LoadedModels
 
@@ -57,7 +66,10 @@ class Context:
         self.concepts = concepts
         self.scenarios = scenarios if scenarios is not None else registry()
         self.cache = Cache(config.cache_dir)
+        self._given = models is not None
+        """Models given in memory (tests, notebooks) have no files a unit could name them by."""
         self._models = self._ready(models) if models is not None else None
+        self._executor: Executor | None = None
         self._identity: ModelIdentity | None = None
         self._detectors: dict[str, Detector] = {}
         self._descriptions: dict[str, dict[str, Any]] = {}
@@ -92,7 +104,7 @@ class Context:
         """{concept: its detector's description} for every detector this run described."""
         out = {}
         for concept in self.concepts.concepts.values():
-            key = _detector_key(concept)
+            key = detector_share_key(concept)
             if key in self._descriptions:
                 out[concept.name] = self._descriptions[key]
         return out
@@ -114,34 +126,63 @@ class Context:
         return self._models
 
     def _ready(self, models: LoadedModels) -> LoadedModels:
-        """Quiet pipelines running the configured sampler, with batch-invariant layers where
-        they are on (`--batch-invariant`; auto: the CPU), so an image depends on its own seed
-        and input alone, not on its batch's size."""
-        for pipe in (models.standard, models.erased):
-            pipe.set_progress_bar_config(disable=True)
-        if self.config.sampler is not None:
-            from pytest_erasure.samplers import make_sampler
+        """`models.handle.prepare`: the sampler and kernels the config asks for, as a worker
+        prepares its own load."""
+        from pytest_erasure.models.handle import prepare
 
-            shared = models.erased.scheduler is models.standard.scheduler
-            models.standard.scheduler = make_sampler(self.config.sampler,
-                                                     models.standard.scheduler.config)
-            models.erased.scheduler = (models.standard.scheduler if shared else make_sampler(
-                self.config.sampler, models.erased.scheduler.config))
-        # What each model samples with, beside what was loaded for it (every report shows it).
-        provenance = dict(models.provenance)
-        for role, pipe in (("standard", models.standard), ("erased", models.erased)):
-            provenance[role] = {**provenance.get(role, {}), "sampler": {
-                "option": self.config.sampler or "the model's own",
-                "class": type(pipe.scheduler).__name__,
-                "config": {k: v for k, v in dict(pipe.scheduler.config).items()
-                           if not k.startswith("_")}}}
-        models.provenance = provenance
-        if self.config.invariant_layers:
-            from pytest_erasure.invariant import make_batch_invariant
+        return prepare(models, self.config.sampler, self.config.invariant_layers)
 
-            make_batch_invariant(*(getattr(pipe, name) for pipe in (models.standard, models.erased)
-                                   for name in ("unet", "vae", "text_encoder")))
-        return models
+    # -- units and where they run --------------------------------------------------------------
+
+    @property
+    def executor(self) -> Executor:
+        """The executor `--erasure-executor` names, made on first use (workers start then)."""
+        if self._executor is None:
+            self._executor = make(getattr(self.config, "executor", DEFAULT), self.config, self)
+        return self._executor
+
+    def close(self) -> None:
+        """Release the executor's workers (a later unit starts them again)."""
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
+
+    @property
+    def handle(self) -> ModelHandle | None:
+        """The models by their files and loading settings (None when given in memory)."""
+        if self._given:
+            return None
+        from pytest_erasure.models.handle import ModelHandle
+
+        return ModelHandle.of(self.config, self._identity.fingerprints
+                              if self._identity is not None else None)
+
+    def unit(self, fn: Callable[..., Any], *, title: str = "", total: int = 0,
+             needs_models: bool = True, **args: Any) -> Unit:
+        """A unit of `fn` on this audit's models (by their files), with `args`."""
+        return Unit(fn=fn, args=args, models=self.handle if needs_models else None,
+                    needs_models=needs_models, title=title, total=total)
+
+    def run(self, unit: Unit) -> Any:
+        """The unit's result, from the executor; its progress on a bar when it has a length."""
+        if not unit.total:
+            return self.executor.run(unit, _ignore)
+        with self.progress(unit.title, unit.total) as advance:
+            return self.executor.run(unit, advance)
+
+    def detector_for(self, spec: DetectorSpec, device: str) -> Detector:
+        """Host side of the local executor: the run's one detector for `spec`."""
+        key = _spec_key(spec)
+        if key not in self._detectors:
+            self._detectors[key] = build_detector(spec, device)
+        return self._detectors[key]
+
+    def defense_callbacks(self, name: str, concept: Concept, config: AuditConfig
+                          ) -> Callable[[list[GenerationInput]], Any]:
+        """Host side of the local executor: the enabled defense's factory on this context."""
+        defense = self.defense
+        assert defense is not None and defense.name == name
+        return defense.callback_factory(self, concept)
 
     @property
     def identity(self) -> ModelIdentity:
@@ -154,8 +195,12 @@ class Context:
                 self._identity = ModelIdentity.of(self._models)
             elif (stored := self.cache.read_json("model-identity", model_key(self.config))):
                 self._identity = ModelIdentity.from_dict(stored)
-            else:
+            elif getattr(self.config, "executor", DEFAULT) == DEFAULT:
                 _ = self.models  # loading records the identity
+            else:  # the executor's worker loads the models and says who they are
+                loaded = ModelIdentity.from_dict(self.run(self.unit(model_identity)))
+                self.cache.write_json("model-identity", model_key(self.config), loaded.to_dict())
+                self._identity = loaded
         assert self._identity is not None
         return self._identity
 
@@ -231,7 +276,7 @@ class Context:
         --samples or an interrupted run recomputes only what is missing."""
         import torch
 
-        from pytest_erasure.generate import Sampling, generate
+        from pytest_erasure.generate import Sampling
 
         if defended is None:
             defended = self.config.defense is not None
@@ -257,14 +302,13 @@ class Context:
 
         def compute_missing(missing: list[int]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
             chosen = [rest[j] for j in missing]
-            pipe = self.pipeline(role)
-            factory = (defense.callback_factory(self, concept)
-                       if defense is not None and concept is not None else None)
             label = f"generate {role}{f' +{defense.name}' if defense is not None else ''}"
-            with self.progress(label, len(chosen)) as advance:
-                images, flags = generate(pipe, [inputs[i] for i in chosen], sampling,
-                                         self.config.batch_size, callback_factory=factory,
-                                         advance=advance)
+            images, flags = self.run(self.unit(
+                generate_images, title=label, total=len(chosen), role=role,
+                inputs=[inputs[i] for i in chosen], sampling=sampling,
+                batch_size=self.config.batch_size,
+                defense=defense.name if defense is not None else None, concept=concept,
+                config=self.config if defense is not None else None))
             self.generated += len(chosen)
             return [({"image": images[j].clone()}, {"degenerate": flags[j]})
                     for j in range(len(chosen))]
@@ -290,23 +334,20 @@ class Context:
             self._memo_bytes -= image.numel() * image.element_size()
 
     def detector(self, concept: Concept) -> Detector:
-        key = _detector_key(concept)
-        if key not in self._detectors:
-            self._detectors[key] = build_detector(concept.detector, self.config.device)
-        return self._detectors[key]
+        return self.detector_for(concept.detector, self.config.device)
 
     def detect(self, images: torch.Tensor, concept: Concept) -> Detection:
         """Verdicts are cached per batch by (detector, label, the images' bytes): a rerun judges
         nothing twice, and builds no detector when every verdict is known. Fresh or cached,
         the same normalised values come back."""
         key = {"detector": digest(self.detector_description(concept)),
-               "spec": _detector_key(concept), "label": concept.label,
+               "spec": detector_share_key(concept), "label": concept.label,
                "device": self.config.device.split(":")[0], "images": image_sha256(images)}
 
         def judge() -> dict[str, list[Any]]:
-            found = self.detector(concept).detect(images.float() / 255.0, concept.label)
-            return {"present": [bool(p) for p in found.present],
-                    "score": [float(s) for s in found.score]}
+            return self.run(self.unit(detect_images, needs_models=False, spec=concept.detector,
+                                      device=self.config.device, images=images,
+                                      label=concept.label))
 
         stored = self.cache.json("detection", key, judge)
         return Detection(present=stored["present"], score=stored["score"])
@@ -315,7 +356,7 @@ class Context:
         """The detector's `describe()`, from the cache while its files are unchanged."""
         from pytest_erasure.models.identity import detector_key
 
-        key = _detector_key(concept)
+        key = detector_share_key(concept)
         if key not in self._descriptions:
             files = detector_key(concept.detector, self.config.device)
             self._descriptions[key] = self.cache.json(
@@ -334,10 +375,17 @@ class Context:
         return self._defense
 
 
-def _detector_key(concept: Concept) -> str:
+def detector_share_key(concept: Concept) -> str:
     """Concepts that ask for the same detector share one instance (options may hold lists)."""
-    spec = concept.detector
+    return _spec_key(concept.detector)
+
+
+def _spec_key(spec: DetectorSpec) -> str:
     return digest({"name": spec.name, "path": str(spec.path), "options": spec.options})
+
+
+def _ignore(n: int) -> None:
+    """Progress of a unit without a bar."""
 
 
 def _input_key(item: GenerationInput) -> dict[str, Any]:
@@ -355,13 +403,5 @@ def image_sha256(images: torch.Tensor) -> str:
     """Digest of the judged images (uint8, sample order): two runs (batch sizes, -n, machines)
     drew the same images exactly when their digests agree, without shipping the images."""
     return tensor_digest({"images": images})
-
-
-def _pipeline_fingerprint(pipe: StableDiffusionPipeline) -> str:
-    parts = {}
-    for name in ("unet", "text_encoder", "vae"):
-        module = getattr(pipe, name)
-        parts[name] = tensor_digest(dict(module.state_dict()))
-    return digest(parts)
 
 

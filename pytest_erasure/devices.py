@@ -11,6 +11,9 @@ import os
 from pytest_erasure.errors import ErasureInputError
 
 VISIBLE = "CUDA_VISIBLE_DEVICES"
+DTYPES = ("float32", "float16", "bfloat16")
+"""The model dtypes an audit runs in (`--dtype`): here, on the ground floor, because the options
+table and the loader both read them and the loader must not import the options table."""
 
 
 def visible_devices(environ: dict[str, str] | None = None) -> list[str] | None:

@@ -10,7 +10,9 @@ passes a micro-batch and accumulates. Between tries the failed attempt's tensors
 
 The batch size that worked is recorded in the active `BatchSizes` (`recording`), which the
 session opens around each case and writes into the case's facts; later computations of the same
-kind start at the size that worked, so a run pays for each out-of-memory once.
+kind start at the size that worked, so a run pays for each out-of-memory once. A unit run in
+another process (`executors/`) starts from a `snapshot` of the recording and its halvings are
+`absorb`ed back, so the same holds across processes.
 
 Out of memory at batch size 1 is the user's to fix: an `ErasureInputError` that names the model,
 the resolution and the dtype.
@@ -62,6 +64,22 @@ def recording(sizes: BatchSizes) -> Iterator[BatchSizes]:
         yield sizes
     finally:
         _active.reset(token)
+
+
+def snapshot() -> BatchSizes:
+    """A copy of the active recording (empty when none is open): what a unit run elsewhere
+    starts from, so it starts at the sizes this process has already learnt."""
+    sizes = _active.get()
+    if sizes is None:
+        return BatchSizes()
+    return BatchSizes(dict(sizes.requested), dict(sizes.effective))
+
+
+def absorb(sizes: BatchSizes) -> None:
+    """Note in the active recording what a unit run elsewhere had to halve to (`snapshot`'s
+    copy, after the unit): the run learns it as if the unit had run here."""
+    for what, size in sizes.effective.items():
+        _note(what, sizes.requested.get(what, size), size)
 
 
 def oom_errors() -> tuple[type[BaseException], ...]:

@@ -13,10 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from pytest_erasure.budgets import help_note
-from pytest_erasure.config import OPTIONS, all_options, requested, scenario_dest
-from pytest_erasure.defenses import enable_dest, settings_text
-from pytest_erasure.defenses import registry as defenses
 from pytest_erasure.errors import ErasureInputError
 
 if TYPE_CHECKING:
@@ -59,25 +55,25 @@ def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("erasure", "concept-erasure audit (pytest-erasure)")
-    for option in OPTIONS:
-        # Values stay text (no argparse type) and are converted in AuditConfig.from_values: a
-        # bad number is then one usage-error line naming the option. argparse %-formats help.
-        group.addoption(option.flag, dest=option.dest, default=None,
-                        help=option.help.replace("%", "%%"),
-                        **({"action": option.action} if option.action else {}))
-        parser.addini(option.dest, f"{option.help} (ini twin of {option.flag})", default=None)
-    for defense in defenses().values():
-        flag = f"--{defense.name}"
-        group.addoption(flag, dest=enable_dest(defense), default=None, action="store_true",
-                        help=f"{defense.help} (one defense at a time)".replace("%", "%%"))
-        parser.addini(enable_dest(defense), f"{defense.help} (ini twin of {flag})", default=None)
-    for option in all_options():
-        group.addoption(f"--{option.name}", dest=scenario_dest(option), default=None,
-                        help=f"{option.help} {help_note(option.name, option.default)}"
-                        .replace("%", "%%"))
-        parser.addini(scenario_dest(option), f"{option.help} (ini twin of --{option.name})",
-                      default=None)
+    """The declarations `declarations.declare` makes, replayed from the last run's record while
+    nothing they came from changed: a run that audits nothing imports no more of ours."""
+    from pytest_erasure.declarations import calls, replay
+
+    recorded = calls()
+    replay(recorded, parser)
+    _DECLARED[:] = recorded
+
+
+_DECLARED: list[list[Any]] = []
+"""This process's last declarations (pytest declares once per run; `_requested` reads them)."""
+
+
+def _requested(config: pytest.Config) -> bool:
+    """Did the user set any erasure option (a table flag, a defense, a scenario option)? Then
+    bad input is reported before collection (`config.requested`, from the declarations)."""
+    from pytest_erasure.declarations import dests
+
+    return any(config.getoption(dest) not in (None, False) for dest in dests(_DECLARED))
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -97,13 +93,14 @@ def pytest_configure(config: pytest.Config) -> None:
 
             workers = getattr(config.option, "numprocesses", None)
             check_worker_count(workers if isinstance(workers, int) else 0, device)
-            if requested(config):
+            if _requested(config):
                 _session(config)  # bad input: a usage error before collection
     except ErasureInputError as exc:
         raise _usage_error(exc) from None
-    from pytest_erasure.report.junit import FailureTypes
+    if getattr(config.option, "xmlpath", None):  # FailureTypes acts on pytest's --junitxml only
+        from pytest_erasure.report.junit import FailureTypes
 
-    config.pluginmanager.register(FailureTypes(config), "erasure-junit-failure-types")
+        config.pluginmanager.register(FailureTypes(config), "erasure-junit-failure-types")
     config.pluginmanager.register(ResultReceiver(config), "erasure-result-receiver")
     config.stash[COLLECTED] = {}
 
@@ -204,6 +201,8 @@ def pytest_report_header(config: pytest.Config) -> list[str] | None:
     audit = config.stash.get(SESSION, None)
     if audit is None:
         return None
+    from pytest_erasure.defenses import settings_text
+
     c = audit.config
     return [f"erasure: erased={c.erased_model} standard={c.standard_model} concepts="
             f"{c.concepts_file} gate={c.gate} samples={c.samples} device={c.device}/{c.dtype}"

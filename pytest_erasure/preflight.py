@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pytest_erasure.context import _detector_key
+from pytest_erasure.context import detector_share_key
 from pytest_erasure.detectors.base import DetectorSpec, check_detector
 from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.references import load_reference_images
@@ -50,7 +50,7 @@ def validate_inputs(session: AuditSession) -> None:
         for name in (case.concept, case.neighbour):
             if name:
                 concept = session.concepts.concepts[name]
-                spec, labels = judged.setdefault(_detector_key(concept), (concept.detector, set()))
+                spec, labels = judged.setdefault(detector_share_key(concept), (concept.detector, set()))
                 labels.add(concept.label)
     for spec, labels in judged.values():
         check_detector(spec, sorted(labels))

@@ -35,8 +35,20 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from pytest_erasure.config import SAMPLERS
 from pytest_erasure.errors import ErasureInputError
+
+SAMPLERS: dict[str, str] = {
+    "pndm": "PNDMScheduler",
+    "ddim": "DDIMScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-ancestral": "EulerAncestralDiscreteScheduler",
+    "dpm++2m": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
+"""`--sampler` names and the diffusers scheduler class each stands for (the SD 1.x samplers;
+`make_sampler` builds them from the model's own scheduler config). The options table reads them
+from here."""
 
 INVERSION_EXACT: dict[str, tuple[bool, str]] = {
     "DDIMScheduler": (True, "DDIM with eta 0 retraces the DDIM inversion's steps backwards: "

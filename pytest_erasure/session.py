@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_erasure.concepts import ConceptSet, load_concepts
 from pytest_erasure.config import OPTIONS, AuditConfig
-from pytest_erasure.context import Context, _pipeline_fingerprint
+from pytest_erasure.context import Context
 from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.records import AuditRecord, Case, CaseResult, Rate
 from pytest_erasure.scenarios.base import Scenario
@@ -255,9 +255,10 @@ def session_for_pipelines(standard: StableDiffusionPipeline, erased: StableDiffu
                           concepts_file: Path, cache_dir: Path | None, **overrides: Any
                           ) -> AuditSession:
     """A session over pipelines already in memory (tests, notebooks): no loading from disk."""
+    from pytest_erasure.models.identity import pipeline_fingerprint
     from pytest_erasure.models.loading import LoadedModels
 
-    fingerprints = {role: _pipeline_fingerprint(pipe)
+    fingerprints = {role: pipeline_fingerprint(pipe)
                     for role, pipe in (("standard", standard), ("erased", erased))}
     models = LoadedModels(standard=standard, erased=erased,
                           provenance={"standard": {"format": "in-memory"},

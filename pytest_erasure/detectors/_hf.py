@@ -15,13 +15,13 @@ Every such detector follows one discipline, so it lives here once:
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pytest_erasure.cache import file_sha256
 from pytest_erasure.detectors.base import DetectorSpec
 from pytest_erasure.errors import ErasureInputError
 
@@ -37,12 +37,8 @@ CONFIG_FILES = (CONFIG_FILE, "preprocessor_config.json", "processor_config.json"
                 "merges.txt", "special_tokens_map.json")
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+sha256 = file_sha256
+"""The package's one file hash (`cache.file_sha256`), under the name detectors use."""
 
 
 def model_folder(spec: DetectorSpec, model_types: Sequence[str], kind: str,

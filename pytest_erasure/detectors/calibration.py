@@ -7,7 +7,7 @@ is measured against the neighbours the detector is most likely to confuse, not o
 
 Choices:
 - The images are judged the way generated images are: resized to the audit's resolution (the
-  reference loader's bicubic resize, `session.load_reference_images`, reused), held as uint8
+  reference loader's bicubic resize, `references.load_reference_images`, reused), held as uint8
   (what `generate` makes), and handed to the detector as float in [0, 1]. A detector that reads
   a 512x512 uint8 render differently from a 32x32 file would otherwise be measured on inputs it
   never judges in an audit.
@@ -42,6 +42,7 @@ if TYPE_CHECKING:
     import torch
 
     from pytest_erasure.context import Context
+    from pytest_erasure.executors import Host
 
 BATCH = 32
 """Images per `detect` call: a CLIP or DINO detector at 512x512 must not see 300 at once."""
@@ -56,7 +57,7 @@ def counts(record: CalibrationRecord) -> Calibration:
 def load_calibration_images(folder: Path, size: tuple[int, int]) -> dict[str, torch.Tensor]:
     """{label: uint8 (N, 3, H, W)} at `size`, labels in folder order.
 
-    Each label folder goes through `session.load_reference_images` (same checks, same resize);
+    Each label folder goes through `references.load_reference_images` (same checks, same resize);
     its [0, 1] floats are k/255 exactly, so rounding recovers the uint8 image it resized."""
     import torch
 
@@ -77,17 +78,45 @@ def load_calibration_images(folder: Path, size: tuple[int, int]) -> dict[str, to
     return images
 
 
+def said_present(detector: Detector, images: dict[str, torch.Tensor], label: str, batch: int,
+                 advance: Callable[[int], None] | None = None) -> dict[str, int]:
+    """{calibration label: how many of its images `detector` says show `label`}, judged `batch`
+    images at a time."""
+    import torch
+
+    said: dict[str, int] = {}
+    for name, stack in images.items():
+        present = 0
+        for start in range(0, len(stack), batch):
+            chunk = stack[start:start + batch].to(torch.float32) / 255.0
+            present += sum(bool(p) for p in detector.detect(chunk, label).present)
+            if advance is not None:
+                advance(len(chunk))
+        said[name] = present
+    return said
+
+
+def judge_calibration(host: Host, advance: Callable[[int], None], *, spec: DetectorSpec,
+                      device: str, label: str, images: dict[str, torch.Tensor], batch: int
+                      ) -> dict[str, int]:
+    """The calibration as a unit (`executors/units.py`): `said_present` with the detector the
+    host holds for `spec`, wherever the executor runs it."""
+    return said_present(host.detector_for(spec, device), images, label, batch, advance)
+
+
 def measure_calibration(detector: Detector | Callable[[], Detector], label: str, folder: Path,
                         size: tuple[int, int], cache: Cache, *,
                         description: dict[str, Any] | None = None, device: str = "cpu",
-                        batch: int = BATCH) -> CalibrationRecord:
+                        batch: int = BATCH,
+                        judge_with: Callable[[dict[str, torch.Tensor]], dict[str, int]] | None
+                        = None) -> CalibrationRecord:
     """The detector's counts for `label` on the calibration folder.
 
     `detector` is a built detector or a callable that builds one: with `description` given
-    (the session's cached `detector_description`), a cache hit builds nothing. `device` is
-    part of the key (by family: 'cuda:1' -> 'cuda'), as for the session's verdicts."""
-    import torch
-
+    (the context's cached `detector_description`), a cache hit builds nothing. `device` is
+    part of the key (by family: 'cuda:1' -> 'cuda'), as for the context's verdicts.
+    `judge_with(images)`, when given, judges in the detector's place (the context's unit,
+    run by its executor): {label: images said to show `label`}."""
     images = load_calibration_images(folder, size)
     if label not in images or len(images) < 2:
         raise ErasureInputError(f"calibration folder {folder}",
@@ -107,14 +136,8 @@ def measure_calibration(detector: Detector | Callable[[], Detector], label: str,
            "images": images_sha256}
 
     def judge() -> dict[str, Any]:
-        judged = get()
-        said: dict[str, int] = {}
-        for name, stack in images.items():
-            present = 0
-            for start in range(0, len(stack), batch):
-                chunk = stack[start:start + batch].to(torch.float32) / 255.0
-                present += sum(bool(p) for p in judged.detect(chunk, label).present)
-            said[name] = present
+        said = judge_with(images) if judge_with is not None else said_present(
+            get(), images, label, batch)
         return {"said_present": said, "counts": {name: len(s) for name, s in images.items()}}
 
     stored = cache.json("calibration", key, judge)
@@ -149,12 +172,20 @@ def inseparable(record: CalibrationRecord, *, margin: float = YOUDEN_MARGIN,
 
 
 def for_concept(session: Context, concept: Concept) -> CalibrationRecord | None:
-    """The session's glue: the concept's counts on its calibration folder at the audit's
-    resolution, through the session's detector, description and cache; None when the concepts
+    """The context's glue: the concept's counts on its calibration folder at the audit's
+    resolution, through the context's detector, description, cache and executor; None when the concepts
     file declares no calibration for it."""
     if concept.calibration is None:
         return None
+
+    def judge_with(images: dict[str, torch.Tensor]) -> dict[str, int]:
+        return session.run(session.unit(  # type: ignore[no-any-return]
+            judge_calibration, needs_models=False, title=f"calibration {concept.label}",
+            total=sum(len(stack) for stack in images.values()), spec=concept.detector,
+            device=session.config.device, label=concept.label, images=images,
+            batch=BATCH))
+
     return measure_calibration(lambda: session.detector(concept), concept.label,
                                concept.calibration, session.size(), session.cache,
                                description=session.detector_description(concept),
-                               device=session.config.device)
+                               device=session.config.device, judge_with=judge_with)

@@ -10,7 +10,6 @@ Rule: the concept `label` is present in an image when the classifier's most prob
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pytest_erasure.cache import file_sha256
 from pytest_erasure.detectors.base import Detection, DetectorSpec
 from pytest_erasure.errors import ErasureInputError
 
@@ -65,14 +65,6 @@ def prepare(images: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def load_shapes_classifier(path: str | Path, device: str = "cpu") -> tuple[ShapesCNN, dict]:
     """Load (model in eval mode on `device`, config dict) from a detector folder."""
     from safetensors.torch import load_file
@@ -96,7 +88,7 @@ class ShapesDetector:
         self.threshold = float(threshold)
         self.model, self.config = load_shapes_classifier(self.path, device)
         self.labels: list[str] = list(self.config["labels"])
-        self.sha256 = _sha256(self.path / WEIGHTS_FILE)
+        self.sha256 = file_sha256(self.path / WEIGHTS_FILE)
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

@@ -47,7 +47,7 @@ LIBRARIES = ("torch", "diffusers", "transformers", "safetensors")
 class ModelFacts:
     """What plan code may know about a model before deciding it needs the model itself.
 
-    The scheduler is the one the pipeline runs: `--sampler`'s when given (the session swaps
+    The scheduler is the one the pipeline runs: `--sampler`'s when given (the context swaps
     it in before the facts are read, and the sampler is part of `model_key`)."""
 
     native_size: int
@@ -93,6 +93,17 @@ class ModelIdentity:
     def from_dict(cls, data: dict[str, Any]) -> ModelIdentity:
         return cls(data["fingerprints"], data["provenance"],
                    {role: ModelFacts(**f) for role, f in data["facts"].items()})
+
+
+def pipeline_fingerprint(pipe: StableDiffusionPipeline) -> str:
+    """A pipeline given in memory, fingerprinted by its weights (no files to hash)."""
+    from pytest_erasure.cache import digest, tensor_digest
+
+    parts = {}
+    for name in ("unet", "text_encoder", "vae"):
+        module = getattr(pipe, name)
+        parts[name] = tensor_digest(dict(module.state_dict()))
+    return digest(parts)
 
 
 def stat_identity(paths: Iterable[Path]) -> list[list[Any]]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_erasure.config import DTYPES
+from pytest_erasure.devices import DTYPES
 from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.models.formats.diffusers_folder import COMPONENTS
 

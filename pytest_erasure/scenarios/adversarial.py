@@ -1,9 +1,10 @@
 """adversarial-black: Ring-A-Bell prompts found on the standard text encoder, fed to the target.
 
 The search never sees the audited model (black-box transfer, as in M-ErasureBench's
-SD-AdvPrompt setting): it runs on `ctx.pipeline("standard")`, so its result depends only on the
-standard model, the concept and the search settings, and is cached under exactly those. The
-erased and the standard model are then asked the same found prompts, like text prompts.
+SD-AdvPrompt setting): it runs on the standard model (`units.search_prompts`), so its result
+depends only on the standard model, the concept and the search settings, and is cached under
+exactly those. The erased and the standard model are then asked the same found prompts, like
+text prompts.
 
 Budget defaults are scaled for the shapes world (population 64, 150 generations, K=8); the
 published SD v1.4 budget (population 200, 3000 generations, K=16; `ring_a_bell.SD14`) is
@@ -108,31 +109,13 @@ class RingABellScenario(Scenario):
         }
 
         def compute() -> tuple[dict[str, Any], dict[str, Any]]:
-            import torch
+            from pytest_erasure.executors.units import search_prompts
 
-            from pytest_erasure.attacks.ring_a_bell import concept_vector, ring_a_bell, scale_note
-
-            pipe = ctx.pipeline("standard")
-            vector = concept_vector(pipe.text_encoder, pipe.tokenizer, pairs)
-            results = []
             run = f", restart {restart}" if restart else ""
-            with ctx.progress(f"Ring-A-Bell search: {concept.name}{run}",
-                              total=settings.generations * len(targets)) as advance:
-                for target in targets:
-                    results.append(ring_a_bell(
-                        pipe.text_encoder, pipe.tokenizer, target, pairs, settings,
-                        vector=vector, on_generation=lambda _g, _loss: advance(1)))
-            tensors = {
-                "token_ids": torch.stack([r.token_ids for r in results]),
-                "history": torch.tensor([r.history for r in results]),
-            }
-            facts = {
-                "searches": [r.describe() for r in results],
-                "paired_prompts": [list(p) for p in pairs],
-                "paired_prompts_generated": not concept.paired_prompts,
-                "budget": scale_note(settings),
-            }
-            return tensors, facts
+            return ctx.run(ctx.unit(  # type: ignore[no-any-return]
+                search_prompts, title=f"Ring-A-Bell search: {concept.name}{run}",
+                total=settings.generations * len(targets), targets=targets, pairs=pairs,
+                settings=settings, paired_generated=not concept.paired_prompts))
 
         _tensors, facts = ctx.cache.tensors(CACHE_KIND, key, compute)
         searches = facts["searches"]

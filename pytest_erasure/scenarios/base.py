@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from pytest_erasure.cache import Cache
     from pytest_erasure.config import AuditConfig
+    from pytest_erasure.executors.units import Unit
     from pytest_erasure.models.identity import ModelFacts
 
 
@@ -46,7 +47,7 @@ class ScenarioOption:
 
 
 class AuditContext(Protocol):
-    """What a scenario may use. Implemented by the audit session."""
+    """What a scenario may use. Implemented by `context.Context`."""
 
     config: AuditConfig
     cache: Cache
@@ -108,6 +109,17 @@ class AuditContext(Protocol):
 
     def detect(self, images: torch.Tensor, concept: Concept) -> Detection:
         """The concept's detector on uint8 images from `generate`."""
+        ...
+
+    def unit(self, fn: Callable[..., Any], *, title: str = "", total: int = 0,
+             needs_models: bool = True, **args: Any) -> Unit:
+        """A unit of heavy work (`executors/units.py`): `fn(host, advance, **args)` on this
+        audit's models, named by their files so that it can run in another process."""
+        ...
+
+    def run(self, unit: Unit) -> Any:
+        """The unit's result, from the executor `--erasure-executor` names: the one way a
+        scenario runs heavy work on a model (never `pipeline` directly)."""
         ...
 
 

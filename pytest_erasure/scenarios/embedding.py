@@ -162,13 +162,9 @@ class EmbeddingScenario(Scenario):
         read from the cache when the same model, images, budget and seed were seen before.
         `restart` r > 0 trains from its own seed (`restarts.restart_seed`); restart 0 is the
         run made before restarts existed, under the same key."""
-        from pytest_erasure.attacks.textual_inversion import (
-            WEIGHTS_NAME,
-            LossScaler,
-            save_learned_embeds,
-            train_textual_inversion,
-        )
+        from pytest_erasure.attacks.textual_inversion import WEIGHTS_NAME, save_learned_embeds
         from pytest_erasure.cache import digest
+        from pytest_erasure.executors.units import learn_embedding
 
         budget = self.budget(ctx)
         images, source = concept_images(ctx, concept, int(ctx.option("ti-train-images")))
@@ -178,18 +174,11 @@ class EmbeddingScenario(Scenario):
         key = self.learn_key(ctx, role, images, budget, token, seed)
 
         def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-            pipe = ctx.pipeline(role)
-            scaler = LossScaler.for_dtype(pipe.unet.dtype)
             run = f", restart {restart}" if restart else ""
-            with ctx.progress(f"textual inversion {concept.name} ({role} model{run})",
-                              budget["steps"]) as advance:
-                embeds, losses = train_textual_inversion(
-                    pipe, images, token=token, init_token=budget["init_token"],
-                    num_vectors=budget["num_vectors"], steps=budget["steps"], lr=budget["lr"],
-                    batch_size=budget["batch_size"],
-                    accumulation=budget.get("accumulation", 1), seed=seed, progress=advance,
-                    scaler=scaler)
-            return {"embeds": embeds}, {"losses": losses, "precision": scaler.describe()}
+            return ctx.run(ctx.unit(  # type: ignore[no-any-return]
+                learn_embedding, title=f"textual inversion {concept.name} ({role} model{run})",
+                total=budget["steps"], role=role, images=images, token=token, budget=budget,
+                seed=seed))
 
         tensors, stored = ctx.cache.tensors("textual-inversion", key, compute)
         embeds = tensors["embeds"]
@@ -230,14 +219,13 @@ class EmbeddingScenario(Scenario):
         """Each prompt through `target`'s text encoder with the learned token, (77, D) float32,
         cached: the encodings are part of every image's cache key, so computing them would
         load the models on a rerun that needs nothing else."""
-        from pytest_erasure.attacks.textual_inversion import encode_with_embedding
+        from pytest_erasure.executors.units import encode_learned_token
 
         key = self.encode_key(ctx, target, prompts, token, embeds)
 
         def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-            pipe = ctx.pipeline(target)
-            return {str(i): encode_with_embedding(pipe, p, token, embeds)[0].float().cpu()
-                    for i, p in enumerate(prompts)}, {}
+            return ctx.run(ctx.unit(encode_learned_token, role=target, prompts=prompts,
+                                    token=token, embeds=embeds)), {}
 
         tensors, _ = ctx.cache.tensors("learned-token-encoding", key, compute)
         return {p: tensors[str(i)] for i, p in enumerate(prompts)}

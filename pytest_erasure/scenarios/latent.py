@@ -176,7 +176,8 @@ class LatentScenario(Scenario):
 
     def invert(self, ctx: AuditContext, role: Role, images: torch.Tensor,
                settings: dict[str, Any], label: str) -> torch.Tensor:
-        from pytest_erasure.attacks.inversion import check_steps, ddim_invert
+        from pytest_erasure.attacks.inversion import check_steps
+        from pytest_erasure.executors.units import invert_latents
 
         facts = ctx.model_facts(role)
         check_steps(facts.num_train_timesteps, settings["steps"])
@@ -185,10 +186,9 @@ class LatentScenario(Scenario):
 
         def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             total = settings["steps"] * math.ceil(len(images) / batch)
-            with ctx.progress(f"DDIM inversion {label} ({role} model)", total) as advance:
-                latents = ddim_invert(ctx.pipeline(role), images, prompt=settings["prompt"],
-                                      steps=settings["steps"], guidance=settings["guidance"],
-                                      batch_size=batch, progress=advance)
+            latents = ctx.run(ctx.unit(
+                invert_latents, title=f"DDIM inversion {label} ({role} model)", total=total,
+                role=role, images=images, settings=settings, batch_size=batch))
             return {"latents": latents}, {}
 
         tensors, _ = ctx.cache.tensors("ddim-inversion", key, compute)
@@ -204,10 +204,14 @@ class LatentScenario(Scenario):
     def reconstruction(self, ctx: AuditContext, role: Role, latents: torch.Tensor,
                        images: torch.Tensor, settings: dict[str, Any], label: str
                        ) -> dict[str, Any]:
-        """`reconstruction_error` on `role`'s model, cached; per-image errors stay in the cache."""
+        """`reconstruction_error` on `role`'s model, cached; per-image errors stay in the cache.
+        The unit seeds torch's global generator for the call (`units.reconstruct`): `denoise`
+        passes no generator, and a stochastic sampler (Euler ancestral) would draw from whatever
+        state the run left it in."""
         import torch
 
-        from pytest_erasure.attacks.inversion import check_steps, reconstruction_error
+        from pytest_erasure.attacks.inversion import check_steps
+        from pytest_erasure.executors.units import reconstruct
 
         model = ctx.model_facts(role)
         check_steps(model.num_train_timesteps, settings["steps"], "--steps")
@@ -216,10 +220,10 @@ class LatentScenario(Scenario):
 
         def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             total = settings["steps"] * math.ceil(len(latents) / batch)
-            with ctx.progress(f"inversion check {label} ({role} model)", total) as advance:
-                result = reconstruction_error(ctx.pipeline(role), latents, images, settings["prompt"],
-                                              settings["steps"], settings["guidance"],
-                                              batch_size=batch, progress=advance)
+            result = ctx.run(ctx.unit(
+                reconstruct, title=f"inversion check {label} ({role} model)", total=total,
+                role=role, latents=latents, images=images, settings=settings, batch_size=batch,
+                seed=ctx.seeds(1, f"inversion-check/{label}")[0]))
             per_image = torch.tensor(result.pop("per_image_mse"))
             return {"per_image_mse": per_image}, result
 
@@ -243,25 +247,22 @@ class LatentScenario(Scenario):
     def check(self, ctx: AuditContext, role: Role, inputs: list[GenerationInput],
               images: torch.Tensor, concept: Concept) -> dict[str, Any]:
         """The reconstruction error of `inputs` regenerated on `role`'s model (undefended)
-        against `images`, measured on the very images the session generates for them: a
+        against `images`, measured on the very images the context generates for them: a
         case's check costs no denoising of its own, and the case finds its images in the
         memo or the cache. Against the VAE's round trip as in `reconstruction_error`; no
         latent-space error (uint8 images carry no final latents). Cached by the images."""
-        import torch
-
-        from pytest_erasure.attacks.inversion import decode, encode, psnr
+        from pytest_erasure.attacks.inversion import psnr
+        from pytest_erasure.executors.units import vae_round_trip
 
         regenerated = ctx.generate(role, inputs, concept, defended=False)
         key = self.check_key(ctx, role, regenerated, images)
         facts = ctx.cache.read_json("inversion-check", key)
         if facts is None:
-            pipe = ctx.pipeline(role)
             target = images.float().cpu()
             ours = regenerated.float() / 255.0
             per_image = ((ours - target) ** 2).flatten(1).mean(1)
-            with torch.no_grad():
-                round_trip = decode(pipe, encode(pipe, target, ctx.config.batch_size).float(),
-                                    ctx.config.batch_size)
+            round_trip = ctx.run(ctx.unit(vae_round_trip, role=role, images=target,
+                                          batch_size=ctx.config.batch_size))
             vae_mse = float(((round_trip - target) ** 2).mean())
             inversion_mse = float(((ours - round_trip) ** 2).mean())
             mse = float(per_image.mean())
@@ -305,7 +306,7 @@ class LatentScenario(Scenario):
         if inversion["steps"] == int(ctx.config.steps):
             # The inversion's own round trip: through the model it was inverted with, with
             # its prompt. When that is the case's own trajectory (white-box, same prompt and
-            # guidance) it is the same images; otherwise the session's memo and cache still
+            # guidance) it is the same images; otherwise the context's memo and cache still
             # share it with whichever plan generates it (the standard plan, black-box).
             own_inputs = [GenerationInput(seed=s, prompt=inversion["prompt"], latents=latents[i],
                                           guidance=inversion["guidance"], **draws[i])
@@ -314,9 +315,8 @@ class LatentScenario(Scenario):
                     and inversion["prompt"] == regeneration["prompt"]
                     and inversion["guidance"] == regeneration["guidance"])
             own = case if same else self.check(ctx, role, own_inputs, inverted_from, concept)
-        else:  # another step count than the session generates with: denoised here
-            own = self._seeded_reconstruction(ctx, role, latents, inverted_from, inversion,
-                                              concept.name)
+        else:  # another step count than the case generates with: denoised here
+            own = self.reconstruction(ctx, role, latents, inverted_from, inversion, concept.name)
         facts: dict[str, Any] = {
             "reference_images": source,
             "unique_references": unique,
@@ -336,18 +336,6 @@ class LatentScenario(Scenario):
                                 f"with {regeneration['steps']}: the round trip is not exact")
             facts["inversion_exact"]["exact"] = False
         return Plan(inputs=inputs, facts=facts)
-
-    def _seeded_reconstruction(self, ctx: AuditContext, role: Role, latents: torch.Tensor,
-                               images: torch.Tensor, settings: dict[str, Any], label: str
-                               ) -> dict[str, Any]:
-        """`reconstruction` with torch's global generator seeded for the call: `denoise` passes
-        no generator, and a stochastic sampler (Euler ancestral) would draw from whatever state
-        the run left it in."""
-        import torch
-
-        with torch.random.fork_rng():
-            torch.manual_seed(ctx.seeds(1, f"inversion-check/{label}")[0])
-            return self.reconstruction(ctx, role, latents, images, settings, label)
 
 
 SCENARIOS = [LatentScenario(access, variant)

@@ -7,7 +7,6 @@ safetensors library, and any failure becomes an `ErasureInputError` that names t
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -43,15 +42,13 @@ def sha256(path: Path) -> str:
     key = _stat_key(path)
     resolved = Path(key[0])
     if key not in _HASHES:
-        digest = hashlib.sha256()
+        from pytest_erasure.cache import file_sha256
+
         try:
-            with open(resolved, "rb") as handle:
-                for chunk in iter(lambda: handle.read(1 << 20), b""):
-                    digest.update(chunk)
+            _HASHES[key] = file_sha256(resolved)
         except OSError as error:
             raise ErasureInputError(str(path), f"cannot be read ({error.strerror})",
                                     "check the file's permissions") from error
-        _HASHES[key] = digest.hexdigest()
     return _HASHES[key]
 
 

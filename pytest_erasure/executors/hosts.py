@@ -1,0 +1,74 @@
+"""A host for units away from the driver: models loaded from a handle, detectors from specs.
+
+A worker process (`process.py`, or a Ray actor) keeps one `HandleHost` per model handle it was
+sent and so loads each model pair once, however many units it runs on them; detectors likewise,
+once per spec and device.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from diffusers import StableDiffusionPipeline
+
+    from pytest_erasure.concepts import Concept
+    from pytest_erasure.config import AuditConfig
+    from pytest_erasure.detectors.base import Detector, DetectorSpec
+    from pytest_erasure.models.handle import ModelHandle
+    from pytest_erasure.models.loading import LoadedModels
+    from pytest_erasure.records import Role
+
+
+class HandleHost:
+    """Models loaded on first use from `handle` (None: a host for detectors only)."""
+
+    def __init__(self, handle: ModelHandle | None) -> None:
+        self.handle = handle
+        self._models: LoadedModels | None = None
+        self._detectors: dict[str, Detector] = {}
+        self._sites: dict[str, DefenseSite] = {}
+
+    @property
+    def models(self) -> LoadedModels:
+        if self._models is None:
+            if self.handle is None:
+                raise RuntimeError("this unit needs models, but its host was given no handle")
+            self._models = self.handle.load()
+        return self._models
+
+    def pipeline(self, role: Role) -> StableDiffusionPipeline:
+        return self.models.standard if role == "standard" else self.models.erased
+
+    def detector_for(self, spec: DetectorSpec, device: str) -> Detector:
+        from pytest_erasure.detectors.base import build_detector
+
+        key = json.dumps([spec.name, str(spec.path), spec.options, device], sort_keys=True,
+                         default=str)
+        if key not in self._detectors:
+            self._detectors[key] = build_detector(spec, device)
+        return self._detectors[key]
+
+    def defense_callbacks(self, name: str, concept: Concept, config: AuditConfig
+                          ) -> Callable[[list[Any]], Any]:
+        from pytest_erasure.defenses import registry
+
+        # One site per audit configuration: a defense may memoise per context (IRECE encodes
+        # each concept's mask conditioning once per context).
+        key = json.dumps(config.describe(), sort_keys=True, default=str)
+        site = self._sites.setdefault(key, DefenseSite(self, config))
+        return registry()[name].callback_factory(site, concept)  # type: ignore[arg-type]
+
+
+class DefenseSite:
+    """What a defense's `callback_factory` reads of a context (the config and the pipelines),
+    on a host that is not the driver's context."""
+
+    def __init__(self, host: HandleHost, config: AuditConfig) -> None:
+        self.host = host
+        self.config = config
+
+    def pipeline(self, role: Role) -> StableDiffusionPipeline:
+        return self.host.pipeline(role)
