@@ -235,7 +235,7 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 @pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     audit = session.config.stash.get(SESSION, None)
-    if audit is None:
+    if audit is None or session.config.option.collectonly:  # nothing ran, nothing to report
         return
     config = session.config
     if hasattr(config, "workerinput"):
