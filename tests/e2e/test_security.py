@@ -53,9 +53,18 @@ def _name(node: ast.AST) -> str:
     return node.id if isinstance(node, ast.Name) else ""
 
 
+UNPICKLES_ITS_OWN = {
+    "executors/process.py": "the process executor checks that an exception it has just pickled "
+                            "loads back before sending it to the driver over its worker's pipe "
+                            "(a multiprocessing pipe unpickles what it carries): bytes it made "
+                            "itself, never a file and never another party's data",
+}
+"""Modules that unpickle bytes they made themselves, each with the reason."""
+
+
 def test_the_package_unpickles_only_weights_only() -> None:
     """Every torch.load in the package passes weights_only=True; nothing calls pickle.load or
-    trusts remote code."""
+    trusts remote code (but a module in UNPICKLES_ITS_OWN, on its own bytes)."""
     loads = []
     for path in sorted(PACKAGE.rglob("*.py")):
         for call in _calls(ast.parse(path.read_text(), str(path))):
@@ -66,8 +75,12 @@ def test_the_package_unpickles_only_weights_only() -> None:
                 loads.append(where)
                 value = keywords.get("weights_only")
                 assert isinstance(value, ast.Constant) and value.value is True, where
-            assert name not in ("pickle.load", "pickle.loads", "pickle.Unpickler",
-                                "dill.load", "joblib.load"), where
+            if str(path.relative_to(PACKAGE)) not in UNPICKLES_ITS_OWN:
+                assert name not in ("pickle.load", "pickle.loads", "pickle.Unpickler",
+                                    "dill.load", "joblib.load"), where
+            else:
+                assert name not in ("pickle.load", "pickle.Unpickler", "dill.load",
+                                    "joblib.load"), where  # loads of its own bytes only
             remote = keywords.get("trust_remote_code")
             assert remote is None or (isinstance(remote, ast.Constant) and remote.value is False), \
                 where

@@ -437,7 +437,7 @@ def test_json_schema_is_a_valid_draft_2020_12_schema_shipped_beside_the_module()
     jsonschema.Draft202012Validator.check_schema(schema())
     assert SCHEMA_FILE.parent == Path(text.__file__).parent
     pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
-    assert '"pytest_erasure.report" = ["*.json"]' in pyproject  # package data: in the wheel
+    assert '"report/*.json"' in pyproject  # package data: in the wheel
 
 
 def test_json_schema_accepts_every_golden_and_written_report(reports):
