@@ -268,9 +268,11 @@ def _protocol(record: AuditRecord, extensions: dict[str, Any]) -> list[str]:
     out += _detectors(record)
     rows = "".join(f"<tr><td>{esc(key)}</td><td>{_html_value(value)}</td>"
                    f'<td class="small">{esc(source)}</td></tr>'
-                   for key, value, source in settings(config, setting_sources(extensions)))
-    out.append('<h3>Every setting</h3><p class="small">from: the command line, the ini file or '
-               "the default; an attack budget's source as its budget profile records it; — "
+                   for key, value, source in settings(
+                       config, {**setting_sources(extensions), **(config.get("sources") or {})}))
+    out.append('<h3>Every setting</h3><p class="small">from: the command line, the ini file, '
+               "the concepts file, the budget profile or the default, as the run resolved it "
+               "(config.sources); an attack budget's source as its budget profile records it; — "
                "where the report was written outside a pytest run, which alone knows.</p>"
                '<div class="settings"><table><tr><th>setting</th>'
                f"<th>value</th><th>from</th></tr>{rows}</table></div>")
