@@ -85,9 +85,11 @@ def suite_properties(record: AuditRecord) -> dict[str, str]:
              "finished": record.finished or "", "verdict": verdict(record),
              "gate": gate_rule(gate_of(record))}
     config = {k: v for k, v in record.config.items() if k != "defense"}
+    selection = {k: v for k, v in (record.selection or {}).items() if k != "selected"}
     for prefix, data in (("provenance", record.provenance), ("version", record.versions),
                          ("config", config), ("detector", record.detectors),
-                         ("defense", defense_settings(record.config))):
+                         ("defense", defense_settings(record.config)),
+                         ("selection", selection)):
         for key, value in flatten(data):
             props[f"{prefix}.{key}"] = value
     return props

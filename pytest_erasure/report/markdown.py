@@ -96,6 +96,12 @@ def to_markdown(record: AuditRecord) -> str:
             f"finished {md(record.finished or '—')}",
             f"- Gate rule: {md(gate_rule(gate))}",
             f"- Cases: {c['cases']} ({tally(record)})"]
+    selection = record.selection or {}
+    if selection.get("expressions") or selection.get("not_run"):
+        given = "; ".join(f"{code(k)} {code(v)}"
+                          for k, v in (selection.get("expressions") or {}).items())
+        out.append(f"- Selection: {given or 'every declared case'}; declared but not run: "
+                   + (", ".join(code(i) for i in selection.get("not_run") or []) or "none"))
     out += [f"- Model {md(model_line(m))}" for m in models(record)]
     out.append("")
 

@@ -126,6 +126,15 @@ def test_a_k_run_reads_partial_and_names_what_it_left_out(pytester: pytest.Pytes
     assert "circle-latent-white-null" in data["selection"]["not_run"]
     result.stdout.fnmatch_lines(["*RELEASE GATE PARTIAL (no release verdict)*"])
     assert "RELEASE GATE PASSED" not in result.stdout.str()
+    markdown = (folder / "report.md").read_text()
+    assert "- Selection: `-k` `text`; " in markdown and "; declared but not run: " in markdown
+    assert "`circle-latent-white-null`" in markdown
+    from pytest_erasure.records import AuditRecord
+    from pytest_erasure.report.junit import suite_properties
+
+    props = suite_properties(AuditRecord.from_dict({k: v for k, v in data.items()
+                                                    if k in AuditRecord.__dataclass_fields__}))
+    assert props["selection.expressions.-k"] == "text" and props["selection.partial"] == "true"
 
 
 def test_a_run_without_an_erasure_case_is_not_decided(pytester: pytest.Pytester,
