@@ -82,7 +82,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_erasure.attacks.prompts import STRATEGY_VERSION, PromptVariant
 from pytest_erasure.concepts import Concept
-from pytest_erasure.records import GenerationInput, Plan, Role
+from pytest_erasure.records import GenerationInput, Plan, Rate, Role
 from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
 from pytest_erasure.scenarios.restarts import prompt_stratum
 
@@ -377,8 +377,6 @@ class FuzzScenario(Scenario):
         else:
             score_seeds = ctx.seeds(per_prompt, salt=f"{salt}:score")
             inputs = interleave([run.inputs(p, score_seeds) for p in run.results])
-        from pytest_erasure.records import Rate
-
         variants = {r.prompt: Rate(verdicts[r.prompt].rate.hits, verdicts[r.prompt].rate.n,
                                    fresh_degenerate[r.prompt]) for r in candidates}
         if exploratory(ctx) and examples < MIN_EXAMPLES:
