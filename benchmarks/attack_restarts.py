@@ -19,12 +19,12 @@ import time
 
 def main() -> None:
     from pytest_erasure.checks import measure
-    from pytest_erasure.clusters import worst_restart
     from pytest_erasure.concepts import load_concepts
     from pytest_erasure.config import DEFAULT_CONCEPTS, SHAPES
     from pytest_erasure.context import Context
     from pytest_erasure.scenarios.base import registry
     from pytest_erasure.session import default_config
+    from pytest_erasure.stats.clusters import worst_restart
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--erased", default="uce-circle", help="a model in fixtures/shapes/erased")

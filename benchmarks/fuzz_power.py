@@ -35,10 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from pytest_erasure.concepts import load_concepts  # noqa: E402
-from pytest_erasure.design import case_rate  # noqa: E402
 from pytest_erasure.scenarios.fuzz import FuzzScenario, judge  # noqa: E402
+from pytest_erasure.stats.design import case_rate  # noqa: E402
+from pytest_erasure.stats.verdict import PASS, Evidence, decide  # noqa: E402
 from pytest_erasure.testing.outcomes import OutcomeContext  # noqa: E402
-from pytest_erasure.verdict import PASS, Evidence, decide  # noqa: E402
 
 THRESHOLD = 0.2
 

@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pytest_erasure.context import image_sha256
-from pytest_erasure.crr import decided
-from pytest_erasure.design import case_rate, run_rates, structure_of
 from pytest_erasure.memory import recording
 from pytest_erasure.records import Case, CaseResult, GenerationInput, Plan, Rate, Role
-from pytest_erasure.verdict import (
+from pytest_erasure.stats.crr import decided
+from pytest_erasure.stats.design import case_rate, run_rates, structure_of
+from pytest_erasure.stats.verdict import (
     FAIL,
     PASS,
     Evidence,

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pytest_erasure.crr import DEFAULT_GATE, GATES
 from pytest_erasure.devices import DTYPES
 from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.models.formats import names as format_names
 from pytest_erasure.samplers import SAMPLERS
+from pytest_erasure.stats.crr import DEFAULT_GATE, GATES
 
 if TYPE_CHECKING:
     import pytest
@@ -110,7 +110,7 @@ OPTIONS: tuple[Option, ...] = (
            "exact (default): the exact one-sided 95% upper bound <= threshold + 0.05, so a model "
            "5 points over its threshold passes at most 5% of the time at any n; upper: the "
            "Wilson 95% upper bound <= threshold (stricter); point: CRR <= threshold (no stated "
-           "error). Exact error rates: python -m pytest_erasure.gate --table"),
+           "error). Exact error rates: python -m pytest_erasure.stats.gate --table"),
     Option("--attack-floor", "attack_floor", float, 0.5,
            "an erasure case is inconclusive when its attack reproduces the concept on the "
            "standard model in less than this fraction (the attack did not work: a low CRR on "

@@ -27,16 +27,16 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_erasure.cache import Cache, digest, tensor_digest
 from pytest_erasure.concepts import Concept, calibration_labels
-from pytest_erasure.detector_error import (
+from pytest_erasure.detectors.base import Detector, DetectorSpec
+from pytest_erasure.errors import ErasureInputError
+from pytest_erasure.records import CalibrationRecord, Rate
+from pytest_erasure.stats.detector_error import (
     YOUDEN_MARGIN,
     Calibration,
     corrected_rate,
     separates,
     youden_lower,
 )
-from pytest_erasure.detectors.base import Detector, DetectorSpec
-from pytest_erasure.errors import ErasureInputError
-from pytest_erasure.records import CalibrationRecord, Rate
 
 if TYPE_CHECKING:
     import torch

@@ -224,7 +224,7 @@ def confirm_seeds(asked: int | None, cap: int, null_rate: float) -> int:
     confirmation among `cap` candidates is possible at `null_rate`). Raises the usage error for
     an `asked` too small ever to confirm anything: a fuzz case that cannot confirm a bypass
     cannot fail, and must not pass on that account."""
-    from pytest_erasure.bypass import confirmation_hits, seeds_needed
+    from pytest_erasure.stats.bypass import confirmation_hits, seeds_needed
 
     if null_rate >= 1:
         return asked if asked is not None else CONFIRM_SEEDS_FLOOR  # no CRR exceeds 1
@@ -304,7 +304,7 @@ class FuzzScenario(Scenario):
         from hypothesis.errors import NoSuchExample
 
         from pytest_erasure.attacks.prompts import prompt_variants
-        from pytest_erasure.bypass import confirm, false_confirmation_rate
+        from pytest_erasure.stats.bypass import confirm, false_confirmation_rate
 
         examples, per_prompt, threshold, max_prompts = self.budget(ctx)
         cap = int(ctx.option("fuzz-confirm-candidates"))

@@ -15,7 +15,7 @@ is restart 0 and R=1 is exactly the old case; restart r > 0 gets a seed derived 
 case's own salt and r (`ctx.seeds`), so each restart is a cache entry of its own and raising R
 reuses the runs already made.
 
-Cluster and stratum (`GenerationInput.cluster`, `.stratum`; `pytest_erasure.design` says why):
+Cluster and stratum (`GenerationInput.cluster`, `.stratum`; `pytest_erasure.stats.design` says why):
 every image of a restart shares that run's learned token or found prompts, so the run is the
 cluster, "restart-{r}": the case's pooled interval is over runs (the honest level for "a random
 run of this attack"), and each run is judged on its own images too (an attacker keeps their best

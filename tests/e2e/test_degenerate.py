@@ -68,8 +68,8 @@ def test_generate_flags_degenerate_images(kind: str) -> None:
 
 
 def test_degenerate_images_count_as_hits_in_the_rate() -> None:
-    from pytest_erasure.crr import gate_passes
     from pytest_erasure.records import Rate
+    from pytest_erasure.stats.crr import gate_passes
 
     rate = Rate(hits=4, n=4, degenerate=4)
     assert rate.crr == 1.0 and not gate_passes(rate, 0.2, "point")

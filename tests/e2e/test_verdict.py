@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pytest_erasure.records import Rate
-from pytest_erasure.verdict import FAIL, INCONCLUSIVE, PASS, Evidence, counts_as_passed, decide
+from pytest_erasure.stats.verdict import FAIL, INCONCLUSIVE, PASS, Evidence, counts_as_passed, decide
 
 LOW = Rate(1, 64)  # 1.6%: passes every gate at 0.2 with n = 64
 HIGH = Rate(30, 64)  # 47%: the concept shows
@@ -107,7 +107,7 @@ def test_an_attack_that_cannot_work_never_passes(pytester: pytest.Pytester,
     and `--scenarios embedding` alone still measures whether the detector can see the concept
     (the baseline)."""
     from pytest_erasure.records import GenerationInput
-    from pytest_erasure.verdict import cannot_pass
+    from pytest_erasure.stats.verdict import cannot_pass
 
     could_pass = [GenerationInput(seed=i, cluster=f"restart-{i % 3}") for i in range(64)]
     assert cannot_pass(could_pass, 0.2, "exact") is None

@@ -8,7 +8,7 @@ from math import comb
 
 import pytest
 
-from pytest_erasure.bypass import (
+from pytest_erasure.stats.bypass import (
     confirm,
     confirmation_hits,
     false_confirmation_rate,

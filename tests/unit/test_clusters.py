@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from pytest_erasure.clusters import clustered_rate, design_effect, worst_restart
 from pytest_erasure.records import CaseResult, Rate, wilson
+from pytest_erasure.stats.clusters import clustered_rate, design_effect, worst_restart
 
 GRID = [(p, rho, k, unequal) for p in (0.1, 0.2, 0.5) for rho in (0.05, 0.3) for k in (4, 16)
         for unequal in (False, True)]

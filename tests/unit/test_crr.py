@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pytest_erasure.crr import decided, gate_passes, look_z
 from pytest_erasure.records import Rate, wilson
+from pytest_erasure.stats.crr import decided, gate_passes, look_z
 
 
 @pytest.mark.parametrize("hits, n, low, high", [

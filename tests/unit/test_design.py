@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_erasure.crr import gate_passes
-from pytest_erasure.design import case_rate, run_rates, structure_of
 from pytest_erasure.records import GenerationInput, Rate
-from pytest_erasure.verdict import (
+from pytest_erasure.stats.crr import gate_passes
+from pytest_erasure.stats.design import case_rate, run_rates, structure_of
+from pytest_erasure.stats.verdict import (
     FAIL,
     INCONCLUSIVE,
     PASS,
@@ -147,7 +147,7 @@ def test_uce_text_case_is_judged_over_its_eight_prompts_as_declared() -> None:
 
 def poisson_binomial(rates: list[float], sizes: list[int]) -> list[float]:
     """The exact distribution of the total hits over strata (independent binomials)."""
-    from pytest_erasure.distributions import binom_pmfs
+    from pytest_erasure.stats.distributions import binom_pmfs
 
     dist = [1.0]
     for p, m in zip(rates, sizes, strict=True):
@@ -225,7 +225,7 @@ def test_retention_is_judged_with_an_interval_on_the_drop() -> None:
 def test_the_false_fail_cost_of_gating_every_restart_is_what_readme_states() -> None:
     """README's numbers, exactly: 3 restarts x 64 images, threshold 0.2, exact gate. The same
     function with one run is the plain binomial gate (`gate.pass_probability`)."""
-    from pytest_erasure.gate import pass_probability, restart_pass_probability
+    from pytest_erasure.stats.gate import pass_probability, restart_pass_probability
 
     def false_fail(p: float, per_restart: int) -> float:
         return round(1 - restart_pass_probability(p, 0.2, "exact", 3 * per_restart, 3), 3)

@@ -6,14 +6,14 @@ import random
 
 import pytest
 
-from pytest_erasure.detector_error import (
+from pytest_erasure.records import Rate
+from pytest_erasure.stats.detector_error import (
     Calibration,
     corrected_rate,
     rogan_gladen,
     separates,
     youden_lower,
 )
-from pytest_erasure.records import Rate
 
 
 def test_rogan_gladen_values() -> None:

@@ -6,7 +6,7 @@ from math import comb
 
 import pytest
 
-from pytest_erasure.distributions import (
+from pytest_erasure.stats.distributions import (
     beta_quantile,
     betainc,
     binom_cdf,

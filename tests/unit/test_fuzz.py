@@ -372,7 +372,7 @@ def test_a_true_bypass_is_confirmed_and_a_lucky_one_rejected(tmp_path: Path) -> 
     assert facts["replayed"] == [{"prompt": "a disc", "crr": 1.0, "bypass": True,
                                   "found_on": "an earlier release", "confirmed": True}]
     # The bar: exact for the candidates re-scored, at the case's threshold.
-    from pytest_erasure.bypass import confirmation_hits, false_confirmation_rate
+    from pytest_erasure.stats.bypass import confirmation_hits, false_confirmation_rate
 
     m = confirmation["fresh_seeds"]
     assert confirmation["candidates"] == len(scored) and confirmation["null_rate"] == 0.2
@@ -437,7 +437,7 @@ def test_a_model_exactly_at_the_threshold_rarely_confirms_a_bypass(tmp_path: Pat
     through what its bound allows (<= 5% per run; 1 of the 40 runs here)."""
     import hashlib
 
-    from pytest_erasure.bypass import confirmation_hits
+    from pytest_erasure.stats.bypass import confirmation_hits
 
     def at_threshold(prompt: str, seed: int) -> str:
         u = int(hashlib.sha256(f"{prompt}/{seed}".encode()).hexdigest()[:8], 16) / 2**32
@@ -480,9 +480,9 @@ def test_a_planted_40_to_50_percent_bypass_found_by_the_search_never_passes(
     import hashlib
 
     from pytest_erasure.concepts import load_concepts
-    from pytest_erasure.design import case_rate
     from pytest_erasure.scenarios.fuzz import judge
-    from pytest_erasure.verdict import FAIL, INCONCLUSIVE, PASS, Evidence, decide
+    from pytest_erasure.stats.design import case_rate
+    from pytest_erasure.stats.verdict import FAIL, INCONCLUSIVE, PASS, Evidence, decide
 
     root = Path(__file__).resolve().parents[2]
     circle = load_concepts(root / "audits" / "shapes.toml").concepts["circle"]

@@ -10,15 +10,15 @@ from math import comb
 
 import pytest
 
-from pytest_erasure.crr import DEFAULT_GATE, GATES, decided, exact_upper, gate_passes
-from pytest_erasure.gate import (
+from pytest_erasure.records import Rate
+from pytest_erasure.stats.crr import DEFAULT_GATE, GATES, decided, exact_upper, gate_passes
+from pytest_erasure.stats.gate import (
     error_table,
     gate_error,
     pass_probability,
     sequential_rounds,
     smallest_passing_n,
 )
-from pytest_erasure.records import Rate
 
 
 def _binomial_pass(p: float, threshold: float, gate: str, n: int) -> float:
@@ -122,7 +122,7 @@ def test_smallest_passing_n_none_when_impossible() -> None:
 
 
 def test_table_cli() -> None:
-    out = subprocess.run([sys.executable, "-m", "pytest_erasure.gate", "--table"],
+    out = subprocess.run([sys.executable, "-m", "pytest_erasure.stats.gate", "--table"],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == error_table()
     assert "| exact | fixed | 0.2 | 64 | 0.0252 | 0.4974 | 11 |" in out

@@ -27,7 +27,6 @@ import pytest
 from PIL import Image
 from rich.console import Console
 
-from pytest_erasure.crr import gate_passes
 from pytest_erasure.records import VERDICTS, AuditRecord, CaseResult, Rate
 from pytest_erasure.report import text
 from pytest_erasure.report.files import write_reports
@@ -37,6 +36,7 @@ from pytest_erasure.report.json import SCHEMA, read_report, to_json
 from pytest_erasure.report.junit import to_junit_xml, write_junit
 from pytest_erasure.report.markdown import to_markdown
 from pytest_erasure.report.terminal import header_lines, render_summary
+from pytest_erasure.stats.crr import gate_passes
 
 XSD = Path(__file__).parents[1] / "data" / "junit-10.xsd"  # Jenkins' JUnit schema
 HOSTILE = '<script>alert(1)</script> & "quotes" | pipes ``` http://evil.example/x.png'

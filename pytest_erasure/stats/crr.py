@@ -6,8 +6,8 @@ by `clusters.clustered_rate` or `detector_error.corrected_rate` carries its own 
 (clustered samples, detector error), and every consumer reads `rate.interval`, so the corrected
 interval travels to the gate, the reports and the JSON record.
 
-The gate rules and what each guarantees (exact numbers: `python -m pytest_erasure.gate --table`,
-computed by `pytest_erasure.gate`):
+The gate rules and what each guarantees (exact numbers: `python -m pytest_erasure.stats.gate --table`,
+computed by `pytest_erasure.stats.gate`):
 - `point`: CRR <= threshold. No stated error: at n=64 and threshold 0.2 a model at 0.25 passes
   15.6% of the time, one at 0.2 itself 47.5%.
 - `upper`: the Wilson 95% upper bound <= threshold. Strict: a model *at* the threshold 0.2
@@ -30,8 +30,8 @@ from __future__ import annotations
 
 from statistics import NormalDist
 
-from pytest_erasure.distributions import beta_quantile, binom_cdf
 from pytest_erasure.records import Rate, wilson
+from pytest_erasure.stats.distributions import beta_quantile, binom_cdf
 
 GATES = ("point", "upper", "exact")
 UNKNOWABLE = ("undetermined", "inseparable")

@@ -36,8 +36,8 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 
-from pytest_erasure.distributions import t_quantile
 from pytest_erasure.records import Rate, wilson
+from pytest_erasure.stats.distributions import t_quantile
 
 
 def design_effect(outcomes: Sequence[bool], cluster_ids: Sequence[Hashable]) -> tuple[float, int]:

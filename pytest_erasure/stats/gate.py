@@ -6,9 +6,9 @@ sign-off, so they must not carry Monte Carlo noise. Every hit count 0..n is a te
 binomial sum; the sequential rule (`crr.decided` at each of the session's doubling rounds
 16, 32, ..., n with `len(rounds)` looks) is a finite tree of paths, summed round by round over
 the hit counts still undecided. The only assumption is the binomial one: images independent
-with one true CRR (see `pytest_erasure.clusters` for when they are not).
+with one true CRR (see `pytest_erasure.stats.clusters` for when they are not).
 
-`python -m pytest_erasure.gate --table` prints the
+`python -m pytest_erasure.stats.gate --table` prints the
 README table.
 """
 
@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from pytest_erasure.crr import GATES, decided, gate_passes
-from pytest_erasure.distributions import binom_pmfs
 from pytest_erasure.records import Rate
+from pytest_erasure.stats.crr import GATES, decided, gate_passes
+from pytest_erasure.stats.distributions import binom_pmfs
 
 FIRST_ROUND = 16
 """The session's first sequential round (`session.SEQUENTIAL_FIRST_ROUND`)."""
@@ -98,7 +98,7 @@ def restart_pass_probability(p: float, threshold: float, gate: str, n: int, rest
     run passes on its own (a handful), so it is exact and fast."""
     import itertools
 
-    from pytest_erasure.clusters import clustered_rate
+    from pytest_erasure.stats.clusters import clustered_rate
 
     sizes = [n // restarts + (1 if r < n % restarts else 0) for r in range(restarts)]
     passing = []

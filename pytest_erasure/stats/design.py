@@ -54,7 +54,7 @@ def case_rate(present: Sequence[bool], inputs: Sequence[GenerationInput],
     interval its claim calls for (see the module docstring): clustered when samples share a
     random draw, stratified (binomial on hits/n) when they share only declared prompts, plain
     binomial otherwise."""
-    from pytest_erasure.clusters import clustered_rate
+    from pytest_erasure.stats.clusters import clustered_rate
 
     inputs = list(inputs)[:len(present)]
     hits, n = sum(bool(p) for p in present), len(present)

@@ -43,8 +43,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from pytest_erasure.crr import gate_passes
 from pytest_erasure.records import GenerationInput, Rate
+from pytest_erasure.stats.crr import gate_passes
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 FAIL_ALPHA = 0.025
@@ -92,7 +92,7 @@ def lower_bound(rate: Rate, alpha: float = FAIL_ALPHA) -> float:
         return rate.low
     if rate.hits <= 0:
         return 0.0
-    from pytest_erasure.distributions import beta_quantile
+    from pytest_erasure.stats.distributions import beta_quantile
 
     return beta_quantile(alpha, rate.hits, rate.n - rate.hits + 1)
 
@@ -137,7 +137,7 @@ def samples_to_decide(rate: Rate, threshold: float, gate: str, limit: int = 1 <<
 def too_small(rate: Rate, threshold: float, gate: str) -> str | None:
     """The reason when a rate judged on its hit count (no stored interval) has fewer images
     than the smallest n at which the gate could ever pass."""
-    from pytest_erasure.gate import smallest_passing_n
+    from pytest_erasure.stats.gate import smallest_passing_n
 
     if rate.low is not None:
         return None
@@ -154,7 +154,7 @@ def cannot_pass(inputs: Sequence[GenerationInput], threshold: float, gate: str) 
     """Why a case with these inputs cannot pass `gate` even if no image shows the concept: one
     attack run (its spread between runs cannot be shown), too few images or clusters for the
     rule. None when 0 hits would pass."""
-    from pytest_erasure.design import case_rate, run_rates, structure_of
+    from pytest_erasure.stats.design import case_rate, run_rates, structure_of
 
     inputs = list(inputs)
     if not inputs:
@@ -274,7 +274,7 @@ def decide_retention(erased: Rate, standard: Rate, tolerance: float, baseline_mi
     standard lies above -tolerance: `crr.difference_interval`); FAIL when it is shown to be
     more (the interval lies below); INCONCLUSIVE otherwise, or when the standard model draws the
     neighbour under `baseline_min` (a drop cannot be seen)."""
-    from pytest_erasure.crr import difference_interval
+    from pytest_erasure.stats.crr import difference_interval
 
     low, high = difference_interval(erased, standard)
     change = {"difference": erased.crr - standard.crr, "low": low, "high": high}

@@ -21,8 +21,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from pytest_erasure.distributions import binom_sf
 from pytest_erasure.records import Rate
+from pytest_erasure.stats.distributions import binom_sf
 
 
 def false_confirmation_rate(candidates: int, seeds: int, hits: int, null_rate: float) -> float:
