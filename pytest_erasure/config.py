@@ -159,7 +159,8 @@ OPTIONS: tuple[Option, ...] = (
            "scenario or defense plugin) that fetches from the hub", action="store_true"),
     Option("--erasure-executor", "executor", str, "local",
            "where the heavy units (generation, detection, attacks) run: local (default: this "
-           "process) or process (worker processes that load and hold their own models); more "
+           "process), process (worker processes that load and hold their own models) or ray "
+           "(actors on a Ray cluster: the ray extra, --ray-address, --ray-workers); more "
            "through the pytest_erasure.executors entry-point group"),
 )
 
@@ -472,10 +473,11 @@ def requested(config: pytest.Config) -> bool:
 
 
 def all_options() -> Iterator[ScenarioOption]:
-    """Every scenario's options, then every defense's: each a `--name` flag and an ini twin
+    """Every scenario's options, then every defense's and executor's: each a `--name` flag and an ini twin
     (`scenario_dest`), resolved into `AuditConfig.scenario_options`. A name two of them declare
     is one option (the first declaration's)."""
     from pytest_erasure.defenses import registry as defenses
+    from pytest_erasure.executors import options as executor_options
     from pytest_erasure.scenarios.base import iter_options, registry
 
     seen: set[str] = set()
@@ -487,6 +489,10 @@ def all_options() -> Iterator[ScenarioOption]:
             if option.name not in seen:
                 seen.add(option.name)
                 yield option
+    for option in executor_options():
+        if option.name not in seen:
+            seen.add(option.name)
+            yield option
 
 
 def scenario_dest(option: ScenarioOption) -> str:

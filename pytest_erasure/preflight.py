@@ -38,6 +38,9 @@ def validate_inputs(session: AuditSession) -> None:
                 f"{', '.join(uncalibrated)} declare no calibration folder",
                 "add `calibration = \"FOLDER\"` (one subfolder of labelled images per detector "
                 "label) to the concepts file, or drop --erasure-corrected")
+    from pytest_erasure.executors import check as check_executor
+
+    check_executor(config)  # its extra installed, its cluster reachable and big enough
     config.validate_defenses()  # the defense fits these steps and this model (ran up front too)
     for scenario_id in dict.fromkeys(c.scenario for c in cases if c.kind == "erasure"):
         check = getattr(session.context.scenarios[scenario_id], "validate", None)

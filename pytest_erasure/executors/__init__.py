@@ -8,10 +8,12 @@ detectors. The context (`context.py`) is the one place units are run from; an ex
 where. The interface is `concurrent.futures`' smallest: run one unit, reporting progress.
 
 Built-ins: `local` (in this process, on the context's own models: the behaviour before
-executors existed) and `process` (worker processes that load and hold their models, the proof
-that units travel). A third party adds one (Ray, a cluster queue) as one file, registered under
-the entry-point group `pytest_erasure.executors` as `name = "module:factory"`, where
-`factory(config, local_host)` returns an `Executor`.
+executors existed), `process` (worker processes that load and hold their models, the proof
+that units travel) and `ray` (actors on a Ray cluster, the optional extra). A third party adds
+one (a cluster queue) as one file, registered under the entry-point group
+`pytest_erasure.executors` as `name = "module:factory"`, where `factory(config, local_host)`
+returns an `Executor`. A factory may carry `options` (`ScenarioOption`s: flags and ini twins the
+plugin declares) and a `check(config)` that preflight runs before any model loads.
 
 This module imports nothing heavy: the plugin reads the names when it declares its options.
 """
@@ -37,6 +39,7 @@ DEFAULT = "local"
 _BUILTIN: dict[str, str] = {
     "local": "pytest_erasure.executors.local:LocalExecutor",
     "process": "pytest_erasure.executors.process:ProcessExecutor",
+    "ray": "pytest_erasure.executors.ray:RayExecutor",
 }
 
 
@@ -101,6 +104,26 @@ def factory(name: str) -> ExecutorFactory:
                                 f"use one of: {', '.join(targets)}")
     module, _, attribute = targets[name].partition(":")
     return getattr(importlib.import_module(module), attribute)  # type: ignore[no-any-return]
+
+
+def options() -> list[Any]:
+    """Every executor's own options (`factory.options`), declared as flags with ini twins. A
+    factory that cannot be imported declares none (its use is refused by `factory`)."""
+    out = []
+    for name in names():
+        try:
+            out.extend(getattr(factory(name), "options", ()))
+        except Exception:  # noqa: BLE001 - a broken third-party executor must not break pytest
+            continue
+    return out
+
+
+def check(config: AuditConfig) -> None:
+    """The chosen executor's own check of the run (its extra installed, its cluster reachable
+    and able to hold the work): an `ErasureInputError` before any model loads."""
+    run_check = getattr(factory(getattr(config, "executor", DEFAULT)), "check", None)
+    if callable(run_check):
+        run_check(config)
 
 
 def make(name: str, config: AuditConfig, local: Host) -> Executor:

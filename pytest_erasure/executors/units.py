@@ -167,3 +167,42 @@ def model_identity(host: Host, advance: Advance) -> dict[str, Any]:
     from pytest_erasure.models.identity import ModelIdentity
 
     return ModelIdentity.of(host.models).to_dict()
+
+
+SPLITS: dict[Callable[..., Any], str] = {generate_images: "inputs", detect_images: "images"}
+"""Units whose work is independent per item, by the argument holding the items: each image has
+its own seed and initial latent, and is judged alone, so parts of one can run on different
+workers (with batch-invariant layers its bits do not depend on which) and be joined in order."""
+
+MIN_PART = 4
+"""Fewer items than this per worker are not worth a worker's round trip."""
+
+
+def split(unit: Unit, workers: int) -> list[Unit] | None:
+    """`unit` as up to `workers` units over consecutive slices of its items, or None when it
+    cannot be split or is too small to gain from it."""
+    from dataclasses import replace
+
+    arg = SPLITS.get(unit.fn)
+    if arg is None or workers < 2:
+        return None
+    items = unit.args[arg]
+    parts = min(workers, len(items) // MIN_PART)
+    if parts < 2:
+        return None
+    bounds = [len(items) * i // parts for i in range(parts + 1)]
+    return [replace(unit, args={**unit.args, arg: items[a:b]},
+                    total=unit.total * (b - a) // max(len(items), 1))
+            for a, b in zip(bounds, bounds[1:], strict=False)]
+
+
+def join(unit: Unit, results: list[Any]) -> Any:
+    """The split unit's result from its parts' results, in order."""
+    import torch
+
+    if unit.fn is generate_images:
+        return (torch.cat([images for images, _flags in results]),
+                [flag for _images, flags in results for flag in flags])
+    if unit.fn is detect_images:
+        return {key: [v for part in results for v in part[key]] for key in results[0]}
+    raise ValueError(f"{unit.fn.__name__} units are not split")
