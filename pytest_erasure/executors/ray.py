@@ -248,8 +248,10 @@ class RayExecutor:
             actor = actors[self._next % len(actors)]
             self._next += 1
             self._task += 1
-            calls.append((self._task, actor,
-                          actor.run.remote(self._task, pickle.dumps(part), sizes)))
+            # cloudpickle (Ray's): a unit function defined in a script's __main__ travels by
+            # value, as it cannot be imported by name on the actor
+            calls.append((self._task, actor, actor.run.remote(
+                self._task, self.ray.cloudpickle.dumps(part), sizes)))
         answers = self._wait(calls, advance, unit)
         results = []
         for kind, payload in answers:

@@ -1,0 +1,101 @@
+"""The default audit with `local`, with `ray` on 1 worker and on 2, and the same JSON from each.
+
+    python benchmarks/ray_audit.py [--reps 1] [-- EXTRA PYTEST ARGS]
+
+Each run is `python -m pytest audits/` (the shapes world, every default) in a subprocess with an
+empty cache, one torch thread per worker: `local` under OMP_NUM_THREADS=1, `ray` with
+`--ray-worker-cpus=1` (each actor sets one thread) and `--ray-workers` 1 or 2. Runs alternate
+rep by rep. Reported: wall seconds (median over reps), the ratios ray-1 / local and ray-2 / ray-1
+(the issue's target: <= 0.6), and whether every report agrees with local's case for case on hits,
+n, image_sha256 and the standard and base-rate hits (`compare_reports.py`). The machine's CPU
+count and load average are recorded beside the numbers: with other work on the machine, two
+workers cannot be twice as fast, and the figure says so.
+
+Writes benchmarks/results/ray_audit.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+RUNS = {
+    "local": ["--erasure-executor=local"],
+    "ray-1": ["--erasure-executor=ray", "--ray-workers=1", "--ray-worker-cpus=1"],
+    "ray-2": ["--erasure-executor=ray", "--ray-workers=2", "--ray-worker-cpus=1"],
+}
+
+
+def audit(name: str, folder: Path, extra: list[str]) -> tuple[float, int]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "pytest", "audits/", *RUNS[name], "-q", "-p",
+               "no:cacheprovider", f"--erasure-cache={folder / 'cache'}",
+               f"--erasure-report={folder / 'report'}", *extra]
+    start = time.monotonic()
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = time.monotonic() - start
+    if result.returncode not in (0, 1, 6):
+        sys.exit(f"{name} failed ({result.returncode}):\n{result.stdout[-3000:]}\n"
+                 f"{result.stderr[-3000:]}")
+    return seconds, result.returncode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument("extra", nargs="*", help="more pytest arguments (after --)")
+    args = parser.parse_args()
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from compare_reports import cases, compare
+
+    seconds: dict[str, list[float]] = {name: [] for name in RUNS}
+    exits: dict[str, list[int]] = {name: [] for name in RUNS}
+    agree: dict[str, bool] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for rep in range(args.reps):
+            order = list(RUNS) if rep % 2 == 0 else list(reversed(RUNS))
+            for name in order:
+                folder = Path(tmp) / f"{name}-{rep}"
+                took, code = audit(name, folder, args.extra)
+                seconds[name].append(took)
+                exits[name].append(code)
+                print(f"{name} rep {rep}: {took:.1f} s, exit {code}", flush=True)
+        want = cases(Path(tmp) / "local-0" / "report" / "report.json")
+        for name in RUNS:
+            for rep in range(args.reps):
+                got = cases(Path(tmp) / f"{name}-{rep}" / "report" / "report.json")
+                agree[f"{name} rep {rep}"] = not compare(want, got)
+    median = {name: statistics.median(v) for name, v in seconds.items()}
+    result: dict[str, Any] = {
+        "what": "wall seconds of the default audit (pytest audits/) per executor, one torch "
+                "thread per worker, empty cache; median over reps",
+        "seconds": seconds,
+        "median_seconds": median,
+        "ratio_ray1_to_local": median["ray-1"] / median["local"],
+        "ratio_ray2_to_ray1": median["ray-2"] / median["ray-1"],
+        "exit_codes": exits,
+        "same_json_as_local": agree,
+        "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
+                    "load_average_after": os.getloadavg()},
+        "command": "python benchmarks/ray_audit.py " + " ".join(sys.argv[1:]),
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "ray_audit.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("median_seconds", "ratio_ray1_to_local",
+                                              "ratio_ray2_to_ray1", "same_json_as_local")},
+                     indent=2))
+
+
+if __name__ == "__main__":
+    main()
