@@ -21,11 +21,14 @@ if TYPE_CHECKING:
 def validate_inputs(session: AuditSession) -> None:
     """Everything that can be checked before any model is loaded, so bad input costs a usage
     error in a second, not a crash an hour in."""
+    from pytest_erasure.executors import devices_elsewhere
     from pytest_erasure.models.formats import detect_format
     from pytest_erasure.models.loading import check_device
 
     config = session.config
-    check_device(config.device, config.dtype)
+    # The dtype always; the device here only where units run here (a Ray cluster's GPUs are
+    # counted by the executor's own check, and the driver then needs none).
+    check_device("cpu" if devices_elsewhere(config) else config.device, config.dtype)
     if config.erased_format is None:  # a named one is checked by AuditConfig.validate
         detect_format(config.erased_model)
     cases = session.cases()  # unknown --scenarios

@@ -126,6 +126,13 @@ def check(config: AuditConfig) -> None:
         run_check(config)
 
 
+def devices_elsewhere(config: AuditConfig) -> bool:
+    """Whether the chosen executor runs its units on devices of other machines (`factory.
+    devices_elsewhere`), which its own `check` verifies: the driver then needs no GPU."""
+    return bool(getattr(factory(getattr(config, "executor", DEFAULT)), "devices_elsewhere",
+                        False))
+
+
 def make(name: str, config: AuditConfig, local: Host) -> Executor:
     """The executor `name`, for an audit of `config`; `local` is the driver's own host (the
     context), which an in-process executor runs on."""

@@ -132,6 +132,12 @@ def _connect(config: AuditConfig) -> Any:
 def _plan(config: AuditConfig, resources: dict[str, float]) -> tuple[int, dict[str, float]]:
     """(workers, each actor's resources), refused when the cluster cannot hold them."""
     gpu = str(config.device).startswith("cuda")
+    if not gpu and str(config.device) != "cpu":
+        raise ErasureInputError("--device", f"'{config.device}' is not a device Ray actors are "
+                                "placed on", "use --device cuda (one GPU per actor) or cpu")
+    if gpu and str(config.device) != "cuda":
+        raise ErasureInputError("--device", f"'{config.device}' names one GPU, but Ray gives each "
+                                "actor a GPU of its own", "use --device cuda")
     cpus = int(_option(config, "ray-worker-cpus"))
     workers = int(_option(config, "ray-workers"))
     if cpus < 1:
@@ -198,6 +204,8 @@ class UnitActor:
 class RayExecutor:
     name = "ray"
     options = OPTIONS
+    devices_elsewhere = True
+    """The actors' devices are the cluster's: `check` counts its GPUs; the driver needs none."""
 
     @staticmethod
     def check(config: AuditConfig) -> None:

@@ -198,3 +198,31 @@ def test_an_audit_on_ray_matches_local_case_for_case(tmp_path: Path,
     assert any(c["image_sha256"] for c in reports["ray"].values()), "no images were compared"
     recorded = json.loads((tmp_path / "ray" / "report.json").read_text())
     assert recorded["config"]["executor"] == "ray"
+
+
+@pytest.mark.parametrize("device, options, resources, message", [
+    ("cuda", {}, {"CPU": 16}, "has 0 GPU(s)"),
+    ("cuda", {"ray-workers": 3}, {"CPU": 16, "GPU": 2}, "3 GPU worker(s)"),
+    ("cuda:1", {}, {"CPU": 16, "GPU": 2}, "names one GPU"),
+    ("mps", {}, {"CPU": 16}, "not a device Ray actors"),
+    ("cpu", {"ray-workers": 2, "ray-worker-cpus": 2}, {"CPU": 3}, "has 3 CPU(s)"),
+    ("cpu", {"ray-worker-cpus": 0}, {"CPU": 3}, "give 1 or more"),
+])
+def test_a_cluster_without_the_resources_asked_is_refused(device, options, resources, message
+                                                          ) -> None:
+    from pytest_erasure.errors import ErasureInputError
+    from pytest_erasure.executors.ray import _plan
+
+    config = default_config(executor="ray", device="cpu", scenario_options=options)
+    config.device = device
+    with pytest.raises(ErasureInputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        _plan(config, resources)
+
+
+def test_the_workers_a_cluster_gets_by_default() -> None:
+    from pytest_erasure.executors.ray import _plan
+
+    config = default_config(executor="ray")
+    assert _plan(config, {"CPU": 2}) == (1, {"num_cpus": 1, "num_gpus": 0})
+    config.device = "cuda"
+    assert _plan(config, {"CPU": 32, "GPU": 4}) == (4, {"num_cpus": 1, "num_gpus": 1})
