@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 from pytest_erasure.context import image_sha256
 from pytest_erasure.memory import recording
 from pytest_erasure.records import Case, CaseResult, GenerationInput, Plan, Rate, Role
-from pytest_erasure.stats.crr import decided
+from pytest_erasure.stats.crr import decided, look_alpha
 from pytest_erasure.stats.design import case_rate, run_rates, structure_of
+from pytest_erasure.stats.gate import sequential_rounds
 from pytest_erasure.stats.verdict import (
     FAIL,
     PASS,
@@ -46,7 +47,6 @@ if TYPE_CHECKING:
     from pytest_erasure.context import Context
 
 EVIDENCE_IMAGES = 16
-SEQUENTIAL_FIRST_ROUND = 16
 
 
 @dataclass
@@ -59,6 +59,9 @@ class Measured:
     degenerate: list[bool]
     inputs: list[GenerationInput]
     """The inputs judged (the plan's first len(present) under sequential stopping)."""
+    looks: int = 1
+    """The sequential rounds planned (1: a fixed n): the verdict's FAIL evidence is corrected
+    for them (`verdict.Evidence.looks`)."""
 
 
 def run(ctx: Context, case: Case) -> CaseResult:
@@ -83,13 +86,10 @@ def measure(ctx: Context, role: Role, plan: Plan, concept: Concept, *,
     import torch
 
     inputs = plan.inputs
-    rounds = [len(inputs)]
-    if stop_at is not None:
-        rounds, k = [], SEQUENTIAL_FIRST_ROUND
-        while k < len(inputs):
-            rounds.append(k)
-            k *= 2
-        rounds.append(len(inputs))
+    rounds = [len(inputs)] if stop_at is None else sequential_rounds(len(inputs))
+    # Every look at its share of the error (`crr.look_alpha`): a clustered rate is built at the
+    # look's level, so the same interval decides the stop and, after it, the verdict.
+    level = 1 - 2 * look_alpha(len(rounds)) if stop_at is not None else 0.95
     images = torch.empty(0, dtype=torch.uint8)
     present: list[bool] = []
     degenerate: list[bool] = []
@@ -100,12 +100,13 @@ def measure(ctx: Context, role: Role, plan: Plan, concept: Concept, *,
         images = torch.cat([images, new]) if len(images) else new
         present += [bool(p) or f for p, f in zip(verdicts, flags, strict=True)]
         degenerate += flags
-        rate = Rate(sum(present), len(present), sum(degenerate))
-        if stop_at is not None and decided(rate, stop_at, len(rounds)):
+        if stop_at is not None and decided(
+                case_rate(present, inputs[:len(present)], sum(degenerate), level), stop_at,
+                len(rounds)):
             break
     judged = inputs[:len(present)]
-    return Measured(case_rate(present, judged, sum(degenerate)), images, present, degenerate,
-                    judged)
+    return Measured(case_rate(present, judged, sum(degenerate), level), images, present,
+                    degenerate, judged, len(rounds))
 
 
 def base_rate(ctx: Context, concept: Concept) -> Rate:
@@ -178,6 +179,7 @@ def erasure(ctx: Context, case: Case, concept: Concept) -> CaseResult:
         attack_floor=floor, baseline=seen.rate, baseline_min=config.baseline_min,
         reconstruction=plan.facts.get("reconstruction") if scenario.modality == "latent" else None,
         reconstruction_margin=config.reconstruction_margin, detector_reason=detector_reason,
+        looks=audited.looks,
         extra=[f"{plan.facts['underpowered']}: such a run is never a pass"]
         if plan.facts.get("underpowered") else []))
     facts["attack_floor"] = floor
