@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_erasure.context import image_sha256
 from pytest_erasure.memory import recording
 from pytest_erasure.records import Case, CaseResult, GenerationInput, Plan, Rate, Role
-from pytest_erasure.stats.crr import decided, look_alpha
+from pytest_erasure.stats.crr import decided
 from pytest_erasure.stats.design import case_rate, run_rates, structure_of
 from pytest_erasure.stats.gate import sequential_rounds
 from pytest_erasure.stats.verdict import (
@@ -82,14 +82,20 @@ def measure(ctx: Context, role: Role, plan: Plan, concept: Concept, *,
             mask: Concept | None = None) -> Measured:
     """Generate the plan on a model and judge it for `concept`. A defense builds its mask from
     `mask` (default: `concept`). With `stop_at` (sequential stopping), sample in doubling
-    rounds and stop once the interval is wholly on one side of it."""
+    rounds and stop once the exact bounds at the look's share of the error lie wholly on one
+    side of it (`crr.decided`); a clustered plan runs in full."""
     import torch
 
     inputs = plan.inputs
+    structure = structure_of(inputs)
+    if structure["clusters"] < structure["samples"]:
+        # Clustered (attack restarts, searched prompts): no early stop. Each look would need its
+        # share of the error, and over 3 runs that is t on 2 degrees of freedom at 0.5%
+        # (9.9): 0 hits of 192 would no longer pass. The plan runs in full at 95%.
+        stop_at = None
+    # Every look at its share of the error (`crr.look_alpha`); the verdict's FAIL evidence
+    # and gate are corrected for the same looks (`verdict.Evidence.looks`).
     rounds = [len(inputs)] if stop_at is None else sequential_rounds(len(inputs))
-    # Every look at its share of the error (`crr.look_alpha`): a clustered rate is built at the
-    # look's level, so the same interval decides the stop and, after it, the verdict.
-    level = 1 - 2 * look_alpha(len(rounds)) if stop_at is not None else 0.95
     images = torch.empty(0, dtype=torch.uint8)
     present: list[bool] = []
     degenerate: list[bool] = []
@@ -101,12 +107,12 @@ def measure(ctx: Context, role: Role, plan: Plan, concept: Concept, *,
         present += [bool(p) or f for p, f in zip(verdicts, flags, strict=True)]
         degenerate += flags
         if stop_at is not None and decided(
-                case_rate(present, inputs[:len(present)], sum(degenerate), level), stop_at,
+                case_rate(present, inputs[:len(present)], sum(degenerate)), stop_at,
                 len(rounds)):
             break
     judged = inputs[:len(present)]
-    return Measured(case_rate(present, judged, sum(degenerate), level), images, present,
-                    degenerate, judged, len(rounds))
+    return Measured(case_rate(present, judged, sum(degenerate)), images, present, degenerate,
+                    judged, len(rounds))
 
 
 def base_rate(ctx: Context, concept: Concept) -> Rate:

@@ -99,7 +99,9 @@ def exact_tables(designs: Sequence[SuiteDesign], gate: str = DEFAULT_GATE) -> st
             f"{100 * _upper(design, pattern):.2f}%" for pattern in
             ("none", "spread5", "spread10", "lumped10")) + " |")
     out += ["", "## Sequential stopping, exact (independent images)", "",
-            "`--erasure-sequential`: rounds of 16, 32, ... images up to n; a round stops the "
+            "`--erasure-sequential` (independent images and declared prompts; a clustered "
+            "plan, attack restarts or searched prompts, runs in full: `checks.measure`): "
+            "rounds of 16, 32, ... images up to n; a round stops the "
             "case when its exact bounds at 2.5% / looks lie on one side of the threshold, and "
             "the FAIL evidence is taken at 2.5% / looks too, and the gate at 5% less the "
             "earlier looks' 2.5% / looks each (`crr.decided`, `crr.gate_alpha`, "
