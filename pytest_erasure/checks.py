@@ -171,10 +171,14 @@ def erasure(ctx: Context, case: Case, concept: Concept) -> CaseResult:
     calibration = _calibration(ctx, concept)
     if calibration is not None:
         from pytest_erasure.detectors.calibration import calibrated, inseparable
+        from pytest_erasure.stats.detector_error import TRANSPORTABILITY, raw_level
 
-        record, corrected = calibration, calibrated(rate, calibration)
+        raw = rate if rate.low is None else case_rate(  # clustered: at the correction's level
+            audited.present, audited.inputs, sum(audited.degenerate), level=raw_level())
+        record, corrected = calibration, calibrated(raw, calibration)
         facts["calibration"] = record.to_dict()
         facts["corrected"] = corrected.to_dict()
+        facts["corrected_assumes"] = TRANSPORTABILITY
         detector_reason = inseparable(record)
         if config.corrected and detector_reason is None:
             rate = corrected
@@ -197,6 +201,8 @@ def erasure(ctx: Context, case: Case, concept: Concept) -> CaseResult:
                f"standard model {standard.rate.crr:.1%}; base rate {base.crr:.1%}")
     if undefended is not None:
         message += f"; without {config.defense} {undefended.crr:.1%}"
+    if rate.method == "rogan-gladen":
+        message += f"; corrected for detector error ({facts['corrected_assumes']})"
     if plan.facts.get("minimal_bypass"):
         message += f"; minimal bypass prompt: {plan.facts['minimal_bypass']!r}"
     message += f" -> {verdict.upper()}: {reason}"

@@ -217,3 +217,56 @@ def first_true(ok: Callable[[int], bool], start: int, limit: int) -> int | None:
         else:
             lo = mid
     return hi
+
+
+@dataclass(frozen=True)
+class CorrectedCoverage:
+    reps: int
+    below: float
+    """How often the corrected interval's upper end lies below the true prevalence."""
+    above: float
+    """How often its lower end lies above it."""
+
+    @property
+    def coverage(self) -> float:
+        return 1 - self.below - self.above
+
+
+def simulate_corrected(design: Design, p: float, icc: float, sensitivity: float,
+                       specificity: float, positives: int, negatives: int, reps: int,
+                       seed: int = 24, raw_level: float | None = None) -> CorrectedCoverage:
+    """Coverage of the Rogan-Gladen corrected interval (`detector_error.corrected_rate`) of the
+    true prevalence `p`, on clustered data: each unit draws its own true rate (beta, `icc`),
+    each image truly shows the concept at that rate, the detector says so with `sensitivity`
+    (true) or 1 - `specificity` (false); the calibration is drawn afresh each replicate
+    (`positives` and `negatives` labelled images, the same error rates: transportability
+    holds by construction). The raw rate is clustered when the design has units that share a
+    draw, built at `raw_level` (default `detector_error.raw_level()`, what `checks.erasure`
+    does; 0.95 reproduces the interval before issue 24)."""
+    from pytest_erasure.stats.clusters import clustered_counts
+    from pytest_erasure.stats.detector_error import Calibration, corrected_rate
+    from pytest_erasure.stats.detector_error import raw_level as needed_level
+
+    level = needed_level() if raw_level is None else raw_level
+    rng = random.Random(seed)
+    below = above = 0
+    for _ in range(reps):
+        hits = []
+        for m in design.sizes:
+            rate = _beta(rng, p, icc)
+            said = 0
+            for _ in range(m):
+                truth = rng.random() < rate
+                said += rng.random() < (sensitivity if truth else 1 - specificity)
+            hits.append(said)
+        raw = clustered_counts(hits, design.sizes, level=level) if design.kind in (
+            "restarts", "clustered") else Rate(sum(hits), design.n)
+        calibration = Calibration(sum(rng.random() < sensitivity for _ in range(positives)),
+                                  positives,
+                                  sum(rng.random() < specificity for _ in range(negatives)),
+                                  negatives)
+        corrected = corrected_rate(raw, calibration)
+        low, high = corrected.interval
+        below += high < p
+        above += low > p
+    return CorrectedCoverage(reps, below / reps, above / reps)
