@@ -46,11 +46,12 @@ THROUGHPUT: dict[str, dict[str, Any]] = {
     },
     "sd14": {
         "seconds_per_image": 1.0,
-        "ti_seconds_per_step": 0.5,
+        "ti_seconds_per_step": 0.125,
         "search_seconds": 240.0,
         "inversion_seconds": 2.0,
         "source": "assumed, not measured (audits/sd14/README.md): one A100, fp16, 512 px, "
-                  "50 steps: ~1 image/s; textual inversion 3000 steps ~25 min; Ring-A-Bell "
+                  "50 steps: ~1 image/s; textual inversion 3000 steps x 4 accumulated ~25 min; "
+                  "Ring-A-Bell "
                   "search ~4 min; DDIM inversion ~2 s per reference",
     },
 }
@@ -257,7 +258,10 @@ def render(plans: list[CasePlan], budget: str, samples: int) -> str:
     lines.append("")
     for p in plans:
         if p.cannot:
-            lines.append(f"- {p.case} CANNOT DECIDE: {p.cannot}")
+            lines.append(f"- {p.case} CANNOT DECIDE: {p.cannot}" + (
+                " (a search that finds no candidate is judged on its pooled rate; "
+                f"--fuzz-confirm-seeds {p.needed} gives 80%)" if p.case.endswith("-fuzz")
+                and p.needed else ""))
         elif p.status == "underpowered":
             lines.append(f"- {p.case} underpowered: a model at half its threshold passes "
                          f"{p.pass_at_half:.1%} of the time; about {p.needed} images"

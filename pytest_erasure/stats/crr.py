@@ -6,7 +6,8 @@ by `clusters.clustered_rate` or `detector_error.corrected_rate` carries its own 
 (clustered samples, detector error), and every consumer reads `rate.interval`, so the corrected
 interval travels to the gate, the reports and the JSON record.
 
-The gate rules and what each guarantees (exact numbers: `python -m pytest_erasure.stats.gate --table`,
+The gate rules and what each guarantees (exact numbers for independent images: `python -m
+pytest_erasure.stats.gate --table`; for each case's own design: docs/gate_error.md,
 computed by `pytest_erasure.stats.gate`):
 - `point`: CRR <= threshold. No stated error: at n=64 and threshold 0.2 a model at 0.25 passes
   15.6% of the time, one at 0.2 itself 47.5%.

@@ -8,8 +8,9 @@ binomial sum; the sequential rule (`crr.decided` at each of the session's doubli
 the hit counts still undecided. The only assumption is the binomial one: images independent
 with one true CRR (see `pytest_erasure.stats.clusters` for when they are not).
 
-`python -m pytest_erasure.stats.gate --table` prints the
-README table.
+`python -m pytest_erasure.stats.gate --table` prints every gate rule at a few n for independent
+images; docs/gate_error.md (`stats.gate_doc`) gives the error of the rule each case applies, at
+the shipped suites' designs.
 """
 
 from __future__ import annotations
