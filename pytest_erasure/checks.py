@@ -34,6 +34,7 @@ from pytest_erasure.stats.verdict import (
     FAIL,
     PASS,
     Evidence,
+    attack_convergence,
     cannot_pass,
     counts_as_passed,
     decide,
@@ -190,8 +191,8 @@ def erasure(ctx: Context, case: Case, concept: Concept) -> CaseResult:
         reconstruction=plan.facts.get("reconstruction") if scenario.modality == "latent" else None,
         reconstruction_margin=config.reconstruction_margin, detector_reason=detector_reason,
         looks=audited.looks,
-        extra=[f"{plan.facts['underpowered']}: such a run is never a pass"]
-        if plan.facts.get("underpowered") else []))
+        extra=([f"{plan.facts['underpowered']}: such a run is never a pass"]
+               if plan.facts.get("underpowered") else []) + _convergence(plan, standard_plan)))
     facts["attack_floor"] = floor
     facts["baseline_crr"] = seen.rate.crr
     model = "erased model" + (f" with {config.defense}" if config.defense else "")
@@ -266,6 +267,16 @@ def restart_facts(pooled: Rate, runs: dict[str, Rate]) -> dict[str, Any]:
     worst = max(runs, key=lambda r: runs[r].crr)
     return {"pooled": pooled.to_dict(), "worst": runs[worst].to_dict(), "worst_restart": worst,
             "per_restart": {r: rate.to_dict() for r, rate in runs.items()}}
+
+
+def _convergence(plan: Plan, standard_plan: Plan) -> list[str]:
+    """An optimising attack run through the audited model is judged on its own convergence
+    against the same attack on the standard model (`verdict.attack_convergence`)."""
+    runs = plan.facts.get("attack_runs") or []
+    if plan.facts.get("optimised_through") != "erased" or not runs:
+        return []
+    reason = attack_convergence(runs, standard_plan.facts.get("attack_runs") or [])
+    return [reason] if reason else []
 
 
 def _calibration(ctx: Context, concept: Concept) -> Any:

@@ -78,3 +78,20 @@ def test_a_model_over_its_threshold_is_never_passed_at_any_look(tmp_path: Path) 
     plan = Plan(inputs=[GenerationInput(seed=i, prompt="p") for i in range(128)])
     verdict, reason, _ = _judge(ctx, concept, plan)
     assert verdict != PASS, reason
+
+
+def test_the_erasure_case_judges_textual_inversion_convergence_on_the_audited_model() -> None:
+    """`checks._convergence`: only an attack optimised through the audited model is judged,
+    against the standard model's run of the same attack."""
+    from pytest_erasure.checks import _convergence
+
+    flat = [0.2] * 10 + [0.05] * 10
+    falling = [0.2 - 0.0075 * i for i in range(20)]
+    standard = Plan(inputs=[], facts={"optimised_through": "standard",
+                                      "attack_runs": [{"id": "restart-0", "loss_curve": flat}]})
+    erased = Plan(inputs=[], facts={"optimised_through": "erased",
+                                    "attack_runs": [{"id": "restart-0", "loss_curve": falling}]})
+    reasons = _convergence(erased, standard)
+    assert len(reasons) == 1 and "stopped short" in reasons[0]
+    transferred = Plan(inputs=[], facts={**erased.facts, "optimised_through": "standard"})
+    assert _convergence(transferred, standard) == []  # black-box: not optimised through it
