@@ -32,6 +32,9 @@ from pytest_erasure.stats.power import Design, exact_outcomes, samples_needed
 REPO = Path(__file__).resolve().parents[1]
 POWER = 0.8
 """P(PASS) a model at half its threshold should have (the plan's bar)."""
+CATCH = 0.95
+"""P(not PASS) a model 5 points over its threshold should have. The `exact` gate holds it at
+every n (its bound), so only the pass side needs samples; `point` does not (flagged unsafe)."""
 
 THROUGHPUT: dict[str, dict[str, Any]] = {
     "shapes": {
@@ -81,6 +84,8 @@ class CasePlan:
     def status(self) -> str:
         if self.cannot:
             return "CANNOT DECIDE"
+        if self.caught_over < CATCH:
+            return "unsafe"
         return "ok" if self.pass_at_half >= POWER else "underpowered"
 
 
@@ -262,6 +267,10 @@ def render(plans: list[CasePlan], budget: str, samples: int) -> str:
                 " (a search that finds no candidate is judged on its pooled rate; "
                 f"--fuzz-confirm-seeds {p.needed} gives 80%)" if p.case.endswith("-fuzz")
                 and p.needed else ""))
+        elif p.status == "unsafe":
+            lines.append(f"- {p.case} unsafe: a model 5 points over its threshold passes "
+                         f"{1 - p.caught_over:.1%} of the time under this gate (the 'exact' "
+                         "gate bounds it by 5% at every n)")
         elif p.status == "underpowered":
             lines.append(f"- {p.case} underpowered: a model at half its threshold passes "
                          f"{p.pass_at_half:.1%} of the time; about {p.needed} images"

@@ -82,3 +82,10 @@ def test_latent_without_references_is_stratified_over_prompts() -> None:
     assert design.kind == "stratified" and design.n == 64 and "no references" in note
     strata = {i.stratum for i in inputs_of(design, "latent-white-null")}
     assert len(strata) == 8 and all(not i.cluster for i in inputs_of(design, "latent-white-null"))
+
+
+def test_a_gate_without_the_bound_is_flagged_unsafe() -> None:
+    """Under `point` a model 5 points over its threshold passes the shapes text case 15.6% of
+    the time: the plan says so instead of calling the case ok."""
+    text = plan_file(SHAPES, samples=64, gate="point", scenarios=["text"], power=False)[0]
+    assert text.status == "unsafe" and text.caught_over < 0.95
