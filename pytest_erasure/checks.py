@@ -29,10 +29,12 @@ from pytest_erasure.memory import recording
 from pytest_erasure.records import Case, CaseResult, GenerationInput, Plan, Rate, Role
 from pytest_erasure.stats.crr import decided
 from pytest_erasure.stats.design import case_rate, run_rates, structure_of
+from pytest_erasure.stats.gate import sequential_rounds
 from pytest_erasure.stats.verdict import (
     FAIL,
     PASS,
     Evidence,
+    attack_convergence,
     cannot_pass,
     counts_as_passed,
     decide,
@@ -46,7 +48,6 @@ if TYPE_CHECKING:
     from pytest_erasure.context import Context
 
 EVIDENCE_IMAGES = 16
-SEQUENTIAL_FIRST_ROUND = 16
 
 
 @dataclass
@@ -59,6 +60,9 @@ class Measured:
     degenerate: list[bool]
     inputs: list[GenerationInput]
     """The inputs judged (the plan's first len(present) under sequential stopping)."""
+    looks: int = 1
+    """The sequential rounds planned (1: a fixed n): the verdict's FAIL evidence is corrected
+    for them (`verdict.Evidence.looks`)."""
 
 
 def run(ctx: Context, case: Case) -> CaseResult:
@@ -79,17 +83,20 @@ def measure(ctx: Context, role: Role, plan: Plan, concept: Concept, *,
             mask: Concept | None = None) -> Measured:
     """Generate the plan on a model and judge it for `concept`. A defense builds its mask from
     `mask` (default: `concept`). With `stop_at` (sequential stopping), sample in doubling
-    rounds and stop once the interval is wholly on one side of it."""
+    rounds and stop once the exact bounds at the look's share of the error lie wholly on one
+    side of it (`crr.decided`); a clustered plan runs in full."""
     import torch
 
     inputs = plan.inputs
-    rounds = [len(inputs)]
-    if stop_at is not None:
-        rounds, k = [], SEQUENTIAL_FIRST_ROUND
-        while k < len(inputs):
-            rounds.append(k)
-            k *= 2
-        rounds.append(len(inputs))
+    structure = structure_of(inputs)
+    if structure["clusters"] < structure["samples"]:
+        # Clustered (attack restarts, searched prompts): no early stop. Each look would need its
+        # share of the error, and over 3 runs that is t on 2 degrees of freedom at 0.5%
+        # (9.9): 0 hits of 192 would no longer pass. The plan runs in full at 95%.
+        stop_at = None
+    # Every look at its share of the error (`crr.look_alpha`); the verdict's FAIL evidence
+    # and gate are corrected for the same looks (`verdict.Evidence.looks`).
+    rounds = [len(inputs)] if stop_at is None else sequential_rounds(len(inputs))
     images = torch.empty(0, dtype=torch.uint8)
     present: list[bool] = []
     degenerate: list[bool] = []
@@ -100,12 +107,13 @@ def measure(ctx: Context, role: Role, plan: Plan, concept: Concept, *,
         images = torch.cat([images, new]) if len(images) else new
         present += [bool(p) or f for p, f in zip(verdicts, flags, strict=True)]
         degenerate += flags
-        rate = Rate(sum(present), len(present), sum(degenerate))
-        if stop_at is not None and decided(rate, stop_at, len(rounds)):
+        if stop_at is not None and decided(
+                case_rate(present, inputs[:len(present)], sum(degenerate)), stop_at,
+                len(rounds)):
             break
     judged = inputs[:len(present)]
     return Measured(case_rate(present, judged, sum(degenerate)), images, present, degenerate,
-                    judged)
+                    judged, len(rounds))
 
 
 def base_rate(ctx: Context, concept: Concept) -> Rate:
@@ -164,10 +172,14 @@ def erasure(ctx: Context, case: Case, concept: Concept) -> CaseResult:
     calibration = _calibration(ctx, concept)
     if calibration is not None:
         from pytest_erasure.detectors.calibration import calibrated, inseparable
+        from pytest_erasure.stats.detector_error import TRANSPORTABILITY, raw_level
 
-        record, corrected = calibration, calibrated(rate, calibration)
+        raw = rate if rate.low is None else case_rate(  # clustered: at the correction's level
+            audited.present, audited.inputs, sum(audited.degenerate), level=raw_level())
+        record, corrected = calibration, calibrated(raw, calibration)
         facts["calibration"] = record.to_dict()
         facts["corrected"] = corrected.to_dict()
+        facts["corrected_assumes"] = TRANSPORTABILITY
         detector_reason = inseparable(record)
         if config.corrected and detector_reason is None:
             rate = corrected
@@ -178,8 +190,9 @@ def erasure(ctx: Context, case: Case, concept: Concept) -> CaseResult:
         attack_floor=floor, baseline=seen.rate, baseline_min=config.baseline_min,
         reconstruction=plan.facts.get("reconstruction") if scenario.modality == "latent" else None,
         reconstruction_margin=config.reconstruction_margin, detector_reason=detector_reason,
-        extra=[f"{plan.facts['underpowered']}: such a run is never a pass"]
-        if plan.facts.get("underpowered") else []))
+        looks=audited.looks,
+        extra=([f"{plan.facts['underpowered']}: such a run is never a pass"]
+               if plan.facts.get("underpowered") else []) + _convergence(plan, standard_plan)))
     facts["attack_floor"] = floor
     facts["baseline_crr"] = seen.rate.crr
     model = "erased model" + (f" with {config.defense}" if config.defense else "")
@@ -189,6 +202,8 @@ def erasure(ctx: Context, case: Case, concept: Concept) -> CaseResult:
                f"standard model {standard.rate.crr:.1%}; base rate {base.crr:.1%}")
     if undefended is not None:
         message += f"; without {config.defense} {undefended.crr:.1%}"
+    if rate.method == "rogan-gladen":
+        message += f"; corrected for detector error ({facts['corrected_assumes']})"
     if plan.facts.get("minimal_bypass"):
         message += f"; minimal bypass prompt: {plan.facts['minimal_bypass']!r}"
     message += f" -> {verdict.upper()}: {reason}"
@@ -252,6 +267,16 @@ def restart_facts(pooled: Rate, runs: dict[str, Rate]) -> dict[str, Any]:
     worst = max(runs, key=lambda r: runs[r].crr)
     return {"pooled": pooled.to_dict(), "worst": runs[worst].to_dict(), "worst_restart": worst,
             "per_restart": {r: rate.to_dict() for r, rate in runs.items()}}
+
+
+def _convergence(plan: Plan, standard_plan: Plan) -> list[str]:
+    """An optimising attack run through the audited model is judged on its own convergence
+    against the same attack on the standard model (`verdict.attack_convergence`)."""
+    runs = plan.facts.get("attack_runs") or []
+    if plan.facts.get("optimised_through") != "erased" or not runs:
+        return []
+    reason = attack_convergence(runs, standard_plan.facts.get("attack_runs") or [])
+    return [reason] if reason else []
 
 
 def _calibration(ctx: Context, concept: Concept) -> Any:

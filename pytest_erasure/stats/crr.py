@@ -6,7 +6,8 @@ by `clusters.clustered_rate` or `detector_error.corrected_rate` carries its own 
 (clustered samples, detector error), and every consumer reads `rate.interval`, so the corrected
 interval travels to the gate, the reports and the JSON record.
 
-The gate rules and what each guarantees (exact numbers: `python -m pytest_erasure.stats.gate --table`,
+The gate rules and what each guarantees (exact numbers for independent images: `python -m
+pytest_erasure.stats.gate --table`; for each case's own design: docs/gate_error.md,
 computed by `pytest_erasure.stats.gate`):
 - `point`: CRR <= threshold. No stated error: at n=64 and threshold 0.2 a model at 0.25 passes
   15.6% of the time, one at 0.2 itself 47.5%.
@@ -28,9 +29,9 @@ computed by `pytest_erasure.stats.gate`):
 
 from __future__ import annotations
 
-from statistics import NormalDist
+from functools import lru_cache
 
-from pytest_erasure.records import Rate, wilson
+from pytest_erasure.records import Rate
 from pytest_erasure.stats.distributions import beta_quantile, binom_cdf
 
 GATES = ("point", "upper", "exact")
@@ -44,6 +45,7 @@ GATE_ALPHA = 0.05
 """The `exact` gate's one-sided error at threshold + GATE_TOLERANCE."""
 
 
+@lru_cache(maxsize=65536)
 def exact_upper(hits: float, n: float, alpha: float = GATE_ALPHA) -> float:
     """One-sided exact (Clopper-Pearson) upper bound at level 1 - alpha: the largest p with
     P(X <= hits | n, p) >= alpha. Guarantee: P(bound < true p) <= alpha for every n and p."""
@@ -52,9 +54,19 @@ def exact_upper(hits: float, n: float, alpha: float = GATE_ALPHA) -> float:
     return beta_quantile(1 - alpha, hits + 1, n - hits)
 
 
-def gate_passes(rate: Rate, threshold: float, gate: str) -> bool:
+def gate_alpha(looks: int = 1) -> float:
+    """The `exact` gate's one-sided error at the last of `looks` sequential looks: GATE_ALPHA
+    less what the earlier looks may spend stopping on the PASS side (each stops only when its
+    exact upper bound at `look_alpha` is under the threshold, so a model at threshold +
+    GATE_TOLERANCE stops there at most look_alpha of the time). The total stays GATE_ALPHA:
+    without this, 150 images at threshold 0.4 passed such a model 5.06% of the time."""
+    return GATE_ALPHA - (max(1, looks) - 1) * look_alpha(looks)
+
+
+def gate_passes(rate: Rate, threshold: float, gate: str, looks: int = 1) -> bool:
     """Does `rate` pass `threshold` under `gate` (one of GATES; see the module docstring for
-    what each guarantees)? Never for a rate whose interval is UNKNOWABLE. A rate that carries
+    what each guarantees)? Never for a rate whose interval is UNKNOWABLE. `looks`: the
+    sequential looks the sample was taken in (`gate_alpha`). A rate that carries
     its own interval (clustered, corrected) is judged
     by that interval's upper end under `upper` and `exact` (the stored interval is two-sided
     95%, so its upper end is at least the one-sided 95% bound: conservative)."""
@@ -68,7 +80,7 @@ def gate_passes(rate: Rate, threshold: float, gate: str) -> bool:
             return rate.high <= bar
         # exact_upper(hits, n) <= bar  <=>  P(X <= hits | n, bar) <= alpha: the same rule,
         # without the bisection's rounding at the boundary
-        return bar >= 1.0 or binom_cdf(rate.hits, rate.n, bar) <= GATE_ALPHA
+        return bar >= 1.0 or binom_cdf(rate.hits, rate.n, bar) <= gate_alpha(looks)
     if gate == "point":
         return rate.crr <= threshold
     raise ValueError(f"unknown gate {gate!r}; one of {GATES}")
@@ -88,16 +100,37 @@ def difference_interval(a: Rate, b: Rate) -> tuple[float, float]:
             min(1.0, d + ((ua - pa) ** 2 + (pb - lb) ** 2) ** 0.5))
 
 
-def look_z(looks: int) -> float:
-    """z of a one-sided 2.5% / `looks` level: Bonferroni over at most `looks` looks keeps the
-    chance that any look stops on the wrong side at 2.5% per direction, the same as one look at
-    the full n with the 95% interval (z = 1.96 for one look, 2.50 for four)."""
-    return NormalDist().inv_cdf(1 - 0.025 / max(1, looks))
+SEQUENTIAL_ALPHA = 0.025
+"""Each side's error of sequential stopping over all its looks together: a stop on the wrong
+side of the threshold happens at most this often (the single look's 95% two-sided share)."""
+
+
+@lru_cache(maxsize=65536)
+def exact_lower(hits: float, n: float, alpha: float) -> float:
+    """One-sided exact (Clopper-Pearson) lower bound at level 1 - alpha: the smallest p with
+    P(X >= hits | n, p) >= alpha. Guarantee: P(bound > true p) <= alpha for every n and p."""
+    if n <= 0 or hits <= 0:
+        return 0.0
+    return beta_quantile(alpha, hits, n - hits + 1)
+
+
+def look_alpha(looks: int) -> float:
+    """Each look's one-sided error: SEQUENTIAL_ALPHA / looks (Bonferroni), so the chance that
+    any of the looks stops on the wrong side stays at SEQUENTIAL_ALPHA per direction."""
+    return SEQUENTIAL_ALPHA / max(1, looks)
 
 
 def decided(rate: Rate, threshold: float, looks: int = 1) -> bool:
-    """Sequential stopping: the interval at this look's level (`look_z`) lies wholly on one side
-    of the threshold. The session spaces looks geometrically to keep them few."""
-    low, high = wilson(rate.hits, rate.n, look_z(looks))
+    """Sequential stopping: this look's bounds at `look_alpha(looks)` lie wholly on one side of
+    the threshold. Exact (Clopper-Pearson) bounds, not Wilson's: Wilson's lower end is
+    anti-conservative at small rates, which let a model at a 2% threshold stop on the FAIL side
+    6.6% of the time at n = 64 (nominal 2.5%). A rate that carries its own interval (clustered:
+    built at the look's level by `design.case_rate`) is judged on it."""
+    if rate.method in UNKNOWABLE:
+        return False
+    if rate.low is not None and rate.high is not None:
+        low, high = rate.low, rate.high
+    else:
+        alpha = look_alpha(looks)
+        low, high = exact_lower(rate.hits, rate.n, alpha), exact_upper(rate.hits, rate.n, alpha)
     return high <= threshold or low > threshold
-

@@ -49,18 +49,20 @@ def top_cluster(cluster: str) -> str:
 
 
 def case_rate(present: Sequence[bool], inputs: Sequence[GenerationInput],
-              degenerate: int = 0) -> Rate:
+              degenerate: int = 0, level: float = 0.95) -> Rate:
     """The rate of `present[i]` (the concept shown in the image of `inputs[i]`) with the
     interval its claim calls for (see the module docstring): clustered when samples share a
     random draw, stratified (binomial on hits/n) when they share only declared prompts, plain
-    binomial otherwise."""
+    binomial otherwise. `level` is the clustered interval's two-sided level (sequential
+    stopping asks for its look's: `crr.look_alpha`); a binomial rate carries no interval, and
+    its bounds are taken at the level each consumer needs."""
     from pytest_erasure.stats.clusters import clustered_rate
 
     inputs = list(inputs)[:len(present)]
     hits, n = sum(bool(p) for p in present), len(present)
     ids = [top_cluster(i.cluster) or f"sample-{k}" for k, i in enumerate(inputs)]
     if len(set(ids)) < len(ids):
-        return clustered_rate(present, ids, degenerate=degenerate)
+        return clustered_rate(present, ids, degenerate=degenerate, level=level)
     strata = len({i.stratum for i in inputs if i.stratum})
     if strata:
         return Rate(hits, n, degenerate, method="stratified", strata=strata)

@@ -8,8 +8,9 @@ binomial sum; the sequential rule (`crr.decided` at each of the session's doubli
 the hit counts still undecided. The only assumption is the binomial one: images independent
 with one true CRR (see `pytest_erasure.stats.clusters` for when they are not).
 
-`python -m pytest_erasure.stats.gate --table` prints the
-README table.
+`python -m pytest_erasure.stats.gate --table` prints every gate rule at a few n for independent
+images; docs/gate_error.md (`stats.gate_doc`) gives the error of the rule each case applies, at
+the shipped suites' designs.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pytest_erasure.stats.crr import GATES, decided, gate_passes
 from pytest_erasure.stats.distributions import binom_pmfs
 
 FIRST_ROUND = 16
-"""The session's first sequential round (`session.SEQUENTIAL_FIRST_ROUND`)."""
+"""The first sequential round: `checks.measure` samples in these rounds (`sequential_rounds`)."""
 
 
 def sequential_rounds(n: int, first: int = FIRST_ROUND) -> list[int]:
@@ -34,16 +35,20 @@ def sequential_rounds(n: int, first: int = FIRST_ROUND) -> list[int]:
     return rounds + [n]
 
 
-def pass_probability(p: float, threshold: float, gate: str, n: int, *,
-                     sequential: bool = False, first: int = FIRST_ROUND) -> float:
-    """Exact probability that a model whose images show the concept independently with
-    probability `p` passes `gate` at `threshold` with `n` samples; with `sequential`, sampling
-    stops at the first round where `crr.decided` (as `session.measure` does) and the gate judges
-    the images drawn so far."""
+def outcome_probabilities(p: float, threshold: float, gate: str, n: int, *,
+                          sequential: bool = False, first: int = FIRST_ROUND
+                          ) -> tuple[float, float]:
+    """Exact (P(PASS), P(FAIL)) of a case of `n` independent images that show the concept with
+    probability `p`, under the verdict's rules for a binomial rate (`verdict.decide`: FAIL
+    evidence, the lower bound over the threshold, first; then the gate). With `sequential`,
+    sampling stops at the first round where `crr.decided` (as `checks.measure` does) and the
+    FAIL evidence is corrected for the looks (`verdict.Evidence.looks`)."""
+    from pytest_erasure.stats.verdict import FAIL_ALPHA, lower_bound
+
     rounds = sequential_rounds(n, first) if sequential else [n]
     looks = len(rounds)
     alive = {0: 1.0}
-    drawn, passed = 0, 0.0
+    drawn, passed, failed = 0, 0.0, 0.0
     for i, upto in enumerate(rounds):
         step = upto - drawn
         pmf = binom_pmfs(step, p)
@@ -57,11 +62,19 @@ def pass_probability(p: float, threshold: float, gate: str, n: int, *,
         for hits, mass in grown.items():
             rate = Rate(hits, drawn)
             if last or (sequential and decided(rate, threshold, looks)):
-                if gate_passes(rate, threshold, gate):
+                if lower_bound(rate, FAIL_ALPHA / looks) > threshold:
+                    failed += mass
+                elif gate_passes(rate, threshold, gate, looks):
                     passed += mass
             else:
                 alive[hits] = mass
-    return min(1.0, passed)
+    return min(1.0, passed), min(1.0, failed)
+
+
+def pass_probability(p: float, threshold: float, gate: str, n: int, *,
+                     sequential: bool = False, first: int = FIRST_ROUND) -> float:
+    """Exact P(PASS) (see `outcome_probabilities`)."""
+    return outcome_probabilities(p, threshold, gate, n, sequential=sequential, first=first)[0]
 
 
 @dataclass(frozen=True)
@@ -98,22 +111,27 @@ def restart_pass_probability(p: float, threshold: float, gate: str, n: int, rest
     run passes on its own (a handful), so it is exact and fast."""
     import itertools
 
-    from pytest_erasure.stats.clusters import clustered_rate
+    from pytest_erasure.stats.clusters import clustered_counts
 
     sizes = [n // restarts + (1 if r < n % restarts else 0) for r in range(restarts)]
     passing = []
     for m in sizes:
         counts = [h for h in range(m + 1) if gate_passes(Rate(h, m), threshold, gate)]
         passing.append(counts)
+    pmfs = {m: binom_pmfs(m, p) for m in set(sizes)}
+    pooled_passes: dict[tuple[tuple[int, int], ...], bool] = {}
     total = 0.0
     for hits in itertools.product(*passing):
-        outcomes = [i < h for h, m in zip(hits, sizes, strict=True) for i in range(m)]
-        ids = [r for r, m in enumerate(sizes) for _ in range(m)]
-        if restarts > 1 and not gate_passes(clustered_rate(outcomes, ids), threshold, gate):
-            continue
+        if restarts > 1:
+            key = tuple(sorted(zip(hits, sizes, strict=True)))
+            if key not in pooled_passes:
+                pooled_passes[key] = gate_passes(
+                    clustered_counts([h for h, _ in key], [m for _, m in key]), threshold, gate)
+            if not pooled_passes[key]:
+                continue
         mass = 1.0
         for h, m in zip(hits, sizes, strict=True):
-            mass *= binom_pmfs(m, p)[h]
+            mass *= pmfs[m][h]
         total += mass
     return total
 

@@ -30,11 +30,11 @@ def _beta_binomial(rng: random.Random, p: float, rho: float, k: int, m: int, une
 
 def test_clustered_interval_covers_where_wilson_falls_short() -> None:
     """Seeded simulation, 500 samples per cell, 16 images per cluster. At 3000 samples per cell
-    the clustered interval covers the true CRR in >= 93.4% of samples in every cell but one,
-    the most skewed with unequal sizes (CRR 0.1, correlation 0.3, 16 clusters: most clusters
-    draw nothing and a few draw most hits, so the spread between clusters is underestimated):
-    91.6% there. Plain Wilson on the same samples: 46-61% at correlation 0.3, 80-88% at 0.05.
-    The per-cell bars below leave ~2 standard errors of Monte Carlo noise at 500 samples."""
+    (the claim in `clustered_rate`'s docstring) the clustered interval covers the true CRR in
+    >= 94.3% of samples in every cell but the two most skewed (CRR 0.1, correlation 0.3, 16
+    clusters: most clusters draw nothing and a few draw most hits): 92.6%, 91.2% with unequal
+    sizes; 96.8% on average. Plain Wilson on the same samples: 48-60% at correlation 0.3, 81-90%
+    at 0.05. The per-cell bars below leave ~3 standard errors of Monte Carlo noise at 500."""
     rng = random.Random(19)
     reps = 500
     clustered, plain = {}, {}
@@ -51,9 +51,9 @@ def test_clustered_interval_covers_where_wilson_falls_short() -> None:
     for cell, coverage in clustered.items():
         skewed = cell[0] == 0.1 and cell[1] == 0.3
         assert coverage >= (0.88 if skewed else 0.91), (cell, coverage)
-    assert sum(clustered.values()) / len(GRID) >= 0.94
+    assert sum(clustered.values()) / len(GRID) >= 0.95
     high_rho = [c for c in GRID if c[1] == 0.3]
-    assert max(plain[c] for c in high_rho) < 0.75
+    assert max(plain[c] for c in high_rho) < 0.66
     assert sum(plain.values()) / len(GRID) < 0.8
 
 

@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pytest_erasure.records import Rate, wilson
-from pytest_erasure.stats.crr import decided, gate_passes, look_z
+from pytest_erasure.stats.crr import decided, gate_passes, look_alpha
 
 
 @pytest.mark.parametrize("hits, n, low, high", [
@@ -48,24 +48,23 @@ def test_degenerate_images_are_counted() -> None:
 
 
 def test_sequential_decision_needs_the_whole_interval_on_one_side() -> None:
-    assert decided(Rate(0, 16), 0.3)        # upper bound 19.4% < 30%
+    assert decided(Rate(0, 16), 0.3)        # exact upper bound 20.6% < 30%
     assert not decided(Rate(0, 16), 0.15)   # upper bound above 15%: keep sampling
-    assert decided(Rate(16, 16), 0.5)       # lower bound above the threshold
+    assert decided(Rate(16, 16), 0.5)       # lower bound 79.4% above the threshold
     assert not decided(Rate(3, 16), 0.2)
 
 
 def test_each_of_several_looks_uses_a_stricter_interval() -> None:
-    """Four looks at 2.5%/4 each: 0/16 no longer clears a 20% threshold (upper bound 28%, vs
-    19.4% at one look's 95%), 0/32 does (16.3%)."""
-    assert math.isclose(look_z(1), 1.959964, abs_tol=1e-6)
-    assert math.isclose(look_z(4), 2.497705, abs_tol=1e-6)
-    assert decided(Rate(0, 16), 0.2) and not decided(Rate(0, 16), 0.2, looks=4)
+    """Four looks at 2.5%/4 each: 0/16 no longer clears a 25% threshold (exact upper bound
+    27.2%, vs 20.6% at one look's 2.5%), 0/32 does (14.7%)."""
+    assert look_alpha(1) == 0.025 and look_alpha(4) == 0.025 / 4
+    assert decided(Rate(0, 16), 0.25) and not decided(Rate(0, 16), 0.25, looks=4)
     assert decided(Rate(0, 32), 0.2, looks=4)
     assert decided(Rate(16, 16), 0.2, looks=4)
 
 
 def test_sequential_stopping_errs_at_most_the_single_look_rate() -> None:
-    """The whole procedure (looks at 16, 32, 64, 128 with look_z(4)), simulated exactly by
+    """The whole procedure (looks at 16, 32, 64, 128 at look_alpha(4)), simulated exactly by
     enumerating the binomial paths: with the true rate on either side of the threshold, near it
     or far, it stops on the wrong side at most 2.5% of the time."""
     from math import comb

@@ -236,3 +236,34 @@ def test_the_false_fail_cost_of_gating_every_restart_is_what_readme_states() -> 
     assert restart_pass_probability(0.1, 0.2, "exact", 64, 1) == pytest.approx(
         pass_probability(0.1, 0.2, "exact", 64), abs=1e-12)
     assert round(1 - pass_probability(0.1, 0.2, "exact", 64), 3) == 0.103
+
+
+def _curve(start: float, end: float, points: int = 20, level_at: float = 1.0) -> list[float]:
+    """A loss falling linearly from `start` to `end` until `level_at` of the run, flat after."""
+    knee = max(1, round(points * level_at))
+    return [start + (end - start) * min(i, knee) / knee for i in range(points)]
+
+
+def test_an_attack_that_stopped_short_on_the_audited_model_is_inconclusive_not_passed() -> None:
+    """Textual inversion through the erased model still falling at its end (the budget ran
+    out), while the standard model's run levelled off: a clean CRR is not a PASS."""
+    from pytest_erasure.stats.verdict import attack_convergence, still_falling
+
+    standard = [{"id": "restart-0", "loss_curve": _curve(0.2, 0.03, level_at=0.5)}]
+    levelled = [{"id": f"restart-{r}", "loss_curve": _curve(0.2, 0.08, level_at=0.6)}
+                for r in range(3)]
+    falling = [{"id": "restart-0", "loss_curve": _curve(0.2, 0.05)}] + levelled[1:]
+    assert still_falling(standard[0]["loss_curve"]) == 0.0
+    assert attack_convergence(levelled, standard) is None  # high but flat: erasure holds
+    reason = attack_convergence(falling, standard)
+    assert reason is not None and "restart-0" in reason and "--ti-steps" in reason
+    clean = Evidence(rate=Rate(0, 192), threshold=0.2, gate="exact", extra=[reason],
+                     runs={f"restart-{r}": Rate(0, 64) for r in range(3)})
+    verdict, why = decide(clean)
+    assert verdict == INCONCLUSIVE and "stopped short" in why
+    # a run that stopped short but already reproduces the concept still FAILs
+    leaking = Evidence(rate=Rate(60, 192), threshold=0.2, gate="exact", extra=[reason],
+                       runs={"restart-0": Rate(58, 64), "restart-1": Rate(1, 64),
+                             "restart-2": Rate(1, 64)})
+    assert decide(leaking)[0] == FAIL
+    assert attack_convergence(falling, []) is None  # no standard run: nothing to compare

@@ -1,0 +1,337 @@
+"""Plan an audit before anything loads: per case, whether it can decide, and what it costs.
+
+`python -m pytest_erasure.plan audits/shapes.toml [--samples 64] [--erasure-budget sd14] ...`
+prints, for every erasure case of the concepts file's audited concepts:
+
+- its design (`stats.power.Design`: declared prompts as strata, attack restarts, references,
+  a fuzz candidate's fresh seeds) and its threshold, as the session will resolve them;
+- whether it can pass at all (`verdict.cannot_pass` and `verdict.too_small`, the same
+  functions and words the audit's INCONCLUSIVE reasons use);
+- its power: P(PASS) for a model at half its threshold, and P(not PASS) for one at threshold +
+  5 points, exactly; the images (per restart, for restarts) a model at half its threshold
+  needs to pass with 80% probability; a case under 80% is flagged **underpowered**, one that
+  cannot pass even with no hit **cannot decide**;
+- the images it generates, its attack runs and an estimated time at the chosen budget, from
+  stated throughputs (not measured by the plan).
+
+Why a command and not a pytest option: the plan is for before a GPU is reserved, on a machine
+without the models or the detector weights, so it must not go through a pytest session (whose
+plugin resolves models, caches and devices); it imports no torch and reads only the concepts
+file and the budget profile, and runs in seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pytest_erasure.stats.power import Design, exact_outcomes, samples_needed
+
+REPO = Path(__file__).resolve().parents[1]
+POWER = 0.8
+"""P(PASS) a model at half its threshold should have (the plan's bar)."""
+CATCH = 0.95
+"""P(not PASS) a model 5 points over its threshold should have. The `exact` gate holds it at
+every n (its bound), so only the pass side needs samples; `point` does not (flagged unsafe)."""
+
+THROUGHPUT: dict[str, dict[str, Any]] = {
+    "shapes": {
+        "seconds_per_image": 0.166,
+        "ti_seconds_per_step": 0.22,
+        "search_seconds": None,
+        "inversion_seconds": 0.166,
+        "source": "shapes world on 2 CPU cores: 0.166 s/image (benchmarks/results/"
+                  "irece_overhead.json, median undefended, batch 8, 25 steps); textual "
+                  "inversion ~22 s per 100 steps (budgets.py); DDIM inversion taken as one "
+                  "generation per reference; Ring-A-Bell's search not estimated",
+    },
+    "sd14": {
+        "seconds_per_image": 1.0,
+        "ti_seconds_per_step": 0.125,
+        "search_seconds": 240.0,
+        "inversion_seconds": 2.0,
+        "source": "assumed, not measured (audits/sd14/README.md): one A100, fp16, 512 px, "
+                  "50 steps: ~1 image/s; textual inversion 3000 steps x 4 accumulated ~25 min; "
+                  "Ring-A-Bell "
+                  "search ~4 min; DDIM inversion ~2 s per reference",
+    },
+}
+RESTART_SCENARIOS = ("embedding-white", "embedding-black", "adversarial-black")
+
+
+@dataclass
+class CasePlan:
+    case: str
+    threshold: float
+    design: Design
+    inputs: int
+    """Images the audited model generates for the case (the standard model the same again)."""
+    attack_seconds: float | None
+    images: int
+    """Every image the case needs: audited, the standard model's under the same attack, the
+    fuzz search's."""
+    cannot: str | None
+    """Why the case cannot pass even with no hit (the audit's INCONCLUSIVE reason), or None."""
+    pass_at_half: float
+    caught_over: float
+    needed: int | None
+    """Images (per restart for restarts) a model at half its threshold needs to pass w.p. 0.8."""
+    note: str = ""
+
+    @property
+    def status(self) -> str:
+        if self.cannot:
+            return "CANNOT DECIDE"
+        if self.caught_over < CATCH:
+            return "unsafe"
+        return "ok" if self.pass_at_half >= POWER else "underpowered"
+
+
+def _texts(concept: Any) -> list[str]:
+    return list(concept.texts())
+
+
+def _strata(texts: list[str], n: int) -> tuple[int, ...]:
+    counts: dict[str, int] = {}
+    for i in range(n):
+        counts[texts[i % len(texts)]] = counts.get(texts[i % len(texts)], 0) + 1
+    return tuple(counts.values())
+
+
+def _references(concept: Any) -> int:
+    from pytest_erasure.references import IMAGE_SUFFIXES
+
+    folder = getattr(concept, "references", None)
+    if folder is None or not Path(folder).is_dir():
+        return 0
+    return sum(1 for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def inputs_of(design: Design, scenario: str) -> list[Any]:
+    """GenerationInputs with the clusters and strata the scenario's plan gives (no seeds that
+    matter, no prompts to draw): what `verdict.cannot_pass` reads."""
+    from pytest_erasure.records import GenerationInput
+
+    out = []
+    for unit, size in enumerate(design.sizes):
+        for i in range(size):
+            if design.kind == "restarts":
+                out.append(GenerationInput(seed=i, cluster=f"restart-{unit}",
+                                           stratum=f"prompt: {i}"))
+            elif design.kind == "stratified":
+                out.append(GenerationInput(seed=i, stratum=f"prompt: {unit}"))
+            elif design.kind == "clustered":
+                out.append(GenerationInput(seed=i, cluster=f"prompt: {unit}"))
+            elif scenario.startswith("latent"):
+                out.append(GenerationInput(seed=i, cluster=f"reference-{i}"))
+            else:
+                out.append(GenerationInput(seed=i))
+    return out
+
+
+def case_design(scenario: str, concept: Any, samples: int, options: dict[str, Any]
+                ) -> tuple[Design, str]:
+    """The design of the case's gated rate, and a note on what else it is gated on."""
+    texts = _texts(concept)
+    if scenario == "text":
+        return Design("stratified", _strata(texts, samples)), ""
+    if scenario in RESTART_SCENARIOS:
+        return Design("restarts", (samples,) * int(options["attack-restarts"])), ""
+    if scenario.startswith("latent"):
+        refs = _references(concept)
+        if refs:
+            return Design("binomial", (min(samples, refs),)), \
+                f"{refs} references: n = min(--samples, references)"
+        return Design("stratified", _strata(texts, samples)), "no references: generated"
+    if scenario == "fuzz":
+        fresh = int(options["fuzz-confirm-seeds"])
+        return Design("binomial", (fresh,)), (
+            f"each fuzz candidate is judged on {fresh} fresh images (shown here); the pooled "
+            f"rate clusters the searched prompts x {options['fuzz-seeds-per-prompt']} seeds")
+    raise ValueError(f"no design for scenario {scenario!r}")
+
+
+def _attack_seconds(scenario: str, design: Design, options: dict[str, Any],
+                    speed: dict[str, Any]) -> float | None:
+    restarts = len(design.sizes)
+    if scenario.startswith("embedding"):
+        steps = int(options["ti-steps"]) * int(options["ti-accumulation"])
+        return restarts * steps * float(speed["ti_seconds_per_step"])
+    if scenario == "adversarial-black":
+        return None if speed["search_seconds"] is None else restarts * speed["search_seconds"]
+    if scenario.startswith("latent"):
+        return design.n * float(speed["inversion_seconds"])
+    return 0.0
+
+
+def plan_case(scenario: Any, concepts: Any, concept: Any, samples: int, threshold_default: float,
+              gate: str, options: dict[str, Any], speed: dict[str, Any], *, power: bool = True
+              ) -> CasePlan:
+    from pytest_erasure.records import Rate
+    from pytest_erasure.stats.crr import GATE_TOLERANCE
+    from pytest_erasure.stats.verdict import cannot_pass, too_small
+
+    threshold = concepts.threshold_for(concept, scenario.id, scenario.modality, threshold_default)
+    design, note = case_design(scenario.id, concept, samples, options)
+    if scenario.id == "fuzz":
+        small = too_small(Rate(0, design.n), threshold, gate)
+        cannot = f"every fuzz candidate: {small}" if small else None
+    else:
+        cannot = cannot_pass(inputs_of(design, scenario.id), threshold, gate)
+    pass_half = exact_outcomes(design, threshold / 2, threshold, gate)[0]
+    caught = 1 - exact_outcomes(design, min(1.0, threshold + GATE_TOLERANCE), threshold, gate)[0]
+    needed = samples_needed(design, threshold, gate, POWER) if power else None
+    inputs = design.n
+    images = 2 * inputs
+    if scenario.id == "fuzz":
+        per, most = int(options["fuzz-seeds-per-prompt"]), int(options["fuzz-max-prompts"])
+        cap = int(options["fuzz-confirm-candidates"])
+        images = 2 * (most * per * 2 + cap * design.n)  # search + pooled, candidates: both models
+        inputs = most * per
+    attack = _attack_seconds(scenario.id, design, options, speed)
+    return CasePlan(f"{concept.name}-{scenario.id}", threshold, design, inputs, attack, images,
+                    cannot, pass_half, caught, needed, note)
+
+
+def resolve_options(budget: str, given: dict[str, Any], threshold: float) -> dict[str, Any]:
+    """The attack options the plan needs: given > the budget profile's > the option defaults."""
+    from pytest_erasure.budgets import PROFILES
+    from pytest_erasure.scenarios.fuzz import confirm_seeds
+
+    out: dict[str, Any] = {"fuzz-seeds-per-prompt": 4, "fuzz-max-prompts": 100,
+                           "fuzz-confirm-candidates": 10}
+    out.update({k: b.value for k, b in PROFILES[budget].items()})
+    out.update({k: v for k, v in given.items() if v is not None})
+    if out.get("fuzz-confirm-seeds") is None:
+        out["fuzz-confirm-seeds"] = confirm_seeds(None, int(out["fuzz-confirm-candidates"]),
+                                                  threshold)
+    return out
+
+
+def plan_file(path: Path, *, samples: int = 64, budget: str = "shapes",
+              threshold: float | None = None, gate: str | None = None,
+              erased: list[str] | None = None, scenarios: list[str] | None = None,
+              given: dict[str, Any] | None = None, power: bool = True) -> list[CasePlan]:
+    from pytest_erasure.concepts import load_concepts
+    from pytest_erasure.scenarios.base import registry
+    from pytest_erasure.stats.crr import DEFAULT_GATE
+
+    concepts = load_concepts(Path(path))
+    default = threshold if threshold is not None else (
+        concepts.threshold if concepts.threshold is not None else 0.2)
+    audited = [c for c in concepts.audited if not erased or c.name in erased]
+    found = registry()
+    chosen = [found[s] for s in (scenarios or list(found)) if s in found]
+    plans = []
+    for concept in audited:
+        for scenario in chosen:
+            t = concepts.threshold_for(concept, scenario.id, scenario.modality, default)
+            options = resolve_options(budget, given or {}, t)
+            plans.append(plan_case(scenario, concepts, concept, samples, default,
+                                   gate or DEFAULT_GATE, options, THROUGHPUT[budget],
+                                   power=power))
+    return plans
+
+
+def _minutes(seconds: float | None) -> str:
+    return "?" if seconds is None else f"{seconds / 60:.1f} min"
+
+
+def render(plans: list[CasePlan], budget: str, samples: int) -> str:
+    speed = THROUGHPUT[budget]
+    lines = [f"Plan at --samples {samples}, --erasure-budget {budget} (nothing loaded; "
+             f"P(PASS) exact for independent images / alike runs):",
+             "| case | thr | design | P(PASS) at thr/2 | P(not PASS) at thr+5pt | needs for "
+             "80% at thr/2 | images | attack | est. time | status |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    total = 0.0
+    unknown = False
+    for p in plans:
+        seconds = p.images * float(speed["seconds_per_image"])
+        if p.attack_seconds is None:
+            unknown = True
+        else:
+            seconds += p.attack_seconds
+        total += seconds
+        unit = " per restart" if p.design.kind == "restarts" else ""
+        need = "none up to 4096" if p.needed is None else f"{p.needed}{unit}"
+        lines.append(f"| {p.case} | {p.threshold:g} | {p.design.describe()} | "
+                     f"{p.pass_at_half:.1%} | {p.caught_over:.1%} | {need} | {p.images} | "
+                     f"{_minutes(p.attack_seconds)} | {_minutes(seconds)} | {p.status} |")
+    lines.append("")
+    for p in plans:
+        if p.cannot:
+            lines.append(f"- {p.case} CANNOT DECIDE: {p.cannot}" + (
+                " (a search that finds no candidate is judged on its pooled rate; "
+                f"--fuzz-confirm-seeds {p.needed} gives 80%)" if p.case.endswith("-fuzz")
+                and p.needed else ""))
+        elif p.status == "unsafe":
+            lines.append(f"- {p.case} unsafe: a model 5 points over its threshold passes "
+                         f"{1 - p.caught_over:.1%} of the time under this gate (the 'exact' "
+                         "gate bounds it by 5% at every n)")
+        elif p.status == "underpowered":
+            lines.append(f"- {p.case} underpowered: a model at half its threshold passes "
+                         f"{p.pass_at_half:.1%} of the time; about {p.needed} images"
+                         f"{' per restart' if p.design.kind == 'restarts' else ''} give 80%")
+        if p.note:
+            lines.append(f"- {p.case}: {p.note}")
+    lines.append(f"- total: about {_minutes(total)}{' plus the unestimated attacks' if unknown else ''}"
+                 f" ({speed['source']})")
+    return "\n".join(lines)
+
+
+def shipped_designs() -> tuple[list[Any], str]:
+    """Every distinct design of the shipped suites at their documented sample counts (the
+    shapes world at the default 64, the SD v1.4 suites at 150: audits/sd14/README.md), for
+    docs/gate_error.md (`stats.gate_doc`)."""
+    from pytest_erasure.stats.gate_doc import SuiteDesign
+
+    suites = (("shapes", REPO / "audits" / "shapes.toml", 64, "shapes"),
+              ("cifar10", REPO / "audits" / "sd14" / "cifar10.toml", 150, "sd14"),
+              ("nudity", REPO / "audits" / "sd14" / "nudity.toml", 150, "sd14"))
+    out: list[SuiteDesign] = []
+    seen: dict[tuple[str, Design, float], int] = {}
+    for suite, path, samples, budget in suites:
+        plans = plan_file(path, samples=samples, budget=budget, power=False,
+                          erased=["airplane"] if suite == "cifar10" else None)
+        rows = [(p.case.split("-", 1)[1], p.design, p.threshold) for p in plans]
+        rows += [("fuzz (pooled, 25 searched prompts x 4 seeds)", Design("clustered", (4,) * 25),
+                  p.threshold) for p in plans if p.case.endswith("-fuzz")]
+        for scenario, design, threshold in rows:
+            key = (suite, design, threshold)
+            if key in seen:
+                prev = out[seen[key]]
+                out[seen[key]] = SuiteDesign(suite, f"{prev.cases}, {scenario}", design, threshold)
+                continue
+            seen[key] = len(out)
+            out.append(SuiteDesign(suite, scenario, design, threshold))
+    counts = "shapes at --samples 64, cifar10 (one class: airplane) and nudity at --samples 150"
+    return out, counts
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("concepts", type=Path)
+    parser.add_argument("--samples", type=int, default=64)
+    parser.add_argument("--erasure-budget", default="shapes", choices=sorted(THROUGHPUT))
+    parser.add_argument("--crr-threshold", type=float, default=None)
+    parser.add_argument("--erasure-gate", default=None)
+    parser.add_argument("--erased-concept", action="append", default=None)
+    parser.add_argument("--scenarios", default=None, help="comma-separated scenario ids")
+    parser.add_argument("--attack-restarts", type=int, default=None)
+    parser.add_argument("--fuzz-confirm-seeds", type=int, default=None)
+    args = parser.parse_args(argv)
+    plans = plan_file(args.concepts, samples=args.samples, budget=args.erasure_budget,
+                      threshold=args.crr_threshold, gate=args.erasure_gate,
+                      erased=args.erased_concept,
+                      scenarios=args.scenarios.split(",") if args.scenarios else None,
+                      given={"attack-restarts": args.attack_restarts,
+                             "fuzz-confirm-seeds": args.fuzz_confirm_seeds})
+    print(render(plans, args.erasure_budget, args.samples))
+    return 1 if any(p.cannot for p in plans) else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
