@@ -95,7 +95,8 @@ def measure(ctx: Context, role: Role, plan: Plan, concept: Concept, *,
     degenerate: list[bool] = []
     for upto in rounds:
         batch = inputs[len(present):upto]
-        new, flags = ctx.generate_flagged(role, batch, mask or concept, defended)
+        new, flags = ctx.generate_flagged(role, batch, mask or concept, defended,
+                                          plan.overlays)
         verdicts = ctx.detect(new, concept).present if len(new) else []
         images = torch.cat([images, new]) if len(images) else new
         present += [bool(p) or f for p, f in zip(verdicts, flags, strict=True)]
@@ -154,6 +155,9 @@ def erasure(ctx: Context, case: Case, concept: Concept) -> CaseResult:
                              "structure": structure_of(plan.inputs)}
     if standard_plan.facts != plan.facts:
         facts["standard_plan"] = standard_plan.facts
+    if plan.overlays or standard_plan.overlays:
+        facts["overlays"] = {"erased": ctx.describe_overlays(plan.overlays),
+                             "standard": ctx.describe_overlays(standard_plan.overlays)}
     rate = audited.rate
     runs = run_rates(audited.present, audited.inputs, audited.degenerate)
     if runs:

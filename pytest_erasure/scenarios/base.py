@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from pytest_erasure.concepts import Concept, ConceptSet
 from pytest_erasure.detectors.base import Detection
-from pytest_erasure.records import GenerationInput, Plan, Role
+from pytest_erasure.records import GenerationInput, Overlay, Plan, Role
 
 if TYPE_CHECKING:
     import torch
@@ -88,17 +88,21 @@ class AuditContext(Protocol):
         ...
 
     def generate(self, role: Role, inputs: list[GenerationInput],
-                 concept: Concept | None = None, defended: bool | None = None) -> torch.Tensor:
+                 concept: Concept | None = None, defended: bool | None = None,
+                 overlays: tuple[Overlay, ...] = ()) -> torch.Tensor:
         """uint8 images (N, 3, H, W) on the CPU, batched and cached per input.
 
         For the erased role under --irece, IRECE wraps the generation with `concept`'s prompt
         as the mask prompt (so it works for learned tokens and the null prompt too), unless
-        `defended` is False.
+        `defended` is False. `overlays` run on top of `role`'s model (`records.Overlay`) and
+        key the images; the other model is untouched.
         """
         ...
 
     def generate_flagged(self, role: Role, inputs: list[GenerationInput],
-                         concept: Concept | None = None) -> tuple[torch.Tensor, list[bool]]:
+                         concept: Concept | None = None, defended: bool | None = None,
+                         overlays: tuple[Overlay, ...] = ()
+                         ) -> tuple[torch.Tensor, list[bool]]:
         """`generate`'s images and, per image, whether it is degenerate (NaN or constant).
 
         A degenerate image counts as a hit wherever the concept is judged (a model that draws
@@ -112,9 +116,11 @@ class AuditContext(Protocol):
         ...
 
     def unit(self, fn: Callable[..., Any], *, title: str = "", total: int = 0,
-             needs_models: bool = True, **args: Any) -> Unit:
+             needs_models: bool = True,
+             overlays: tuple[tuple[Role, Overlay], ...] = (), **args: Any) -> Unit:
         """A unit of heavy work (`executors/units.py`): `fn(host, advance, **args)` on this
-        audit's models, named by their files so that it can run in another process."""
+        audit's models, named by their files so that it can run in another process, with
+        `overlays` ((role, overlay), ...) applied around it where it runs."""
         ...
 
     def run(self, unit: Unit) -> Any:
