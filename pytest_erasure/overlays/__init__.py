@@ -150,6 +150,8 @@ class Overlaid:
         self.active: dict[str, StableDiffusionPipeline] = {}
         self._forks: dict[tuple[str, str], tuple[Any, Any]] = {}
         """(role, component) -> (the base component object, its fork)."""
+        self._pipes: dict[str, tuple[Any, StableDiffusionPipeline, Any]] = {}
+        """role -> (its components' identities, the overlaid pipeline made of them)."""
         self._memo: dict[str, tuple[str, dict[str, Any]]] = {}
         """role -> (the key of the overlays last applied there, their kinds' memo)."""
 
@@ -195,9 +197,15 @@ class Overlaid:
                 held = (original, clone_sharing(original))
                 self._forks[(role, component)] = held
             forks[component] = held[1]
-        forked = type(pipe)(**{**pipe.components, **forks, "requires_safety_checker": False})
-        forked.set_progress_bar_config(disable=True)
-        return forked
+        components = {**pipe.components, **forks}
+        identity = tuple(sorted((name, id(c)) for name, c in components.items()))
+        held_pipe = self._pipes.get(role)
+        if held_pipe is None or held_pipe[0] != identity:
+            forked = type(pipe)(**{**components, "requires_safety_checker": False})
+            forked.set_progress_bar_config(disable=True)
+            held_pipe = (identity, forked, components)  # the components, so ids stay unique
+            self._pipes[role] = held_pipe
+        return held_pipe[1]
 
 
 def overlay_error(overlay: Overlay, problem: str, fix: str) -> ErasureInputError:
