@@ -30,7 +30,7 @@ import os
 from pytest_erasure.overlays.lora import lora
 from pytest_erasure.records import Overlay
 from pytest_erasure.scenarios.base import Scenario
-from pytest_erasure.scenarios.text import prompt_plan
+from pytest_erasure.scenarios.prompts import concept_plan
 
 
 class Brighten:
@@ -56,7 +56,7 @@ class Planted(Scenario):
     modality = "planted"
 
     def plan(self, ctx, concept, target, n):
-        plan = prompt_plan(ctx, concept.texts(), n, salt=f"text/{concept.name}")
+        plan = concept_plan(ctx, concept, n)
         if target == "erased":
             plan.overlays = (lora(os.environ["PLANTED_LORA"], scale=0.5),
                              Overlay("brighten", {"shift": 1.5}))
