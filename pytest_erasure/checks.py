@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from pytest_erasure.context import image_sha256
 from pytest_erasure.memory import recording
 from pytest_erasure.records import Case, CaseResult, GenerationInput, Plan, Rate, Role
+from pytest_erasure.scenarios.prompts import MODALITY as PROMPTS
 from pytest_erasure.stats.crr import decided
 from pytest_erasure.stats.design import case_rate, run_rates, structure_of
 from pytest_erasure.stats.gate import sequential_rounds
@@ -102,7 +103,8 @@ def measure(ctx: Context, role: Role, plan: Plan, concept: Concept, *,
     degenerate: list[bool] = []
     for upto in rounds:
         batch = inputs[len(present):upto]
-        new, flags = ctx.generate_flagged(role, batch, mask or concept, defended)
+        new, flags = ctx.generate_flagged(role, batch, mask or concept, defended,
+                                          plan.overlays)
         verdicts = ctx.detect(new, concept).present if len(new) else []
         images = torch.cat([images, new]) if len(images) else new
         present += [bool(p) or f for p, f in zip(verdicts, flags, strict=True)]
@@ -118,7 +120,7 @@ def measure(ctx: Context, role: Role, plan: Plan, concept: Concept, *,
 
 def base_rate(ctx: Context, concept: Concept) -> Rate:
     """The concept under prompts that name no concept, on the erased model (undefended)."""
-    from pytest_erasure.scenarios.text import prompt_plan
+    from pytest_erasure.scenarios.prompts import prompt_plan
 
     plan = prompt_plan(ctx, list(ctx.concepts.neutral_prompts), ctx.config.samples,
                        salt="neutral")
@@ -128,9 +130,9 @@ def base_rate(ctx: Context, concept: Concept) -> Rate:
 def text_plan(ctx: Context, judged: Concept) -> Plan:
     """The concept's own prompts x seeds: the text case's plan, the baseline's and a
     retention neighbour's (the same seeds everywhere, so their images are shared)."""
-    from pytest_erasure.scenarios.text import prompt_plan
+    from pytest_erasure.scenarios.prompts import concept_plan
 
-    return prompt_plan(ctx, judged.texts(), ctx.config.samples, salt=f"text/{judged.name}")
+    return concept_plan(ctx, judged, ctx.config.samples)
 
 
 def baseline_rate(ctx: Context, concept: Concept) -> tuple[Measured, Plan]:
@@ -162,6 +164,9 @@ def erasure(ctx: Context, case: Case, concept: Concept) -> CaseResult:
                              "structure": structure_of(plan.inputs)}
     if standard_plan.facts != plan.facts:
         facts["standard_plan"] = standard_plan.facts
+    if plan.overlays or standard_plan.overlays:
+        facts["overlays"] = {"erased": ctx.describe_overlays(plan.overlays),
+                             "standard": ctx.describe_overlays(standard_plan.overlays)}
     rate = audited.rate
     runs = run_rates(audited.present, audited.inputs, audited.degenerate)
     if runs:
@@ -188,7 +193,7 @@ def erasure(ctx: Context, case: Case, concept: Concept) -> CaseResult:
         candidates=dict(plan.variants), confirmed=list(plan.confirmed),
         structure=cannot_pass(plan.inputs, threshold, config.gate), standard=standard.rate,
         attack_floor=floor, baseline=seen.rate, baseline_min=config.baseline_min,
-        reconstruction=plan.facts.get("reconstruction") if scenario.modality == "latent" else None,
+        reconstruction=plan.facts.get("reconstruction") if scenario.gates_reconstruction else None,
         reconstruction_margin=config.reconstruction_margin, detector_reason=detector_reason,
         looks=audited.looks,
         extra=([f"{plan.facts['underpowered']}: such a run is never a pass"]
@@ -230,7 +235,7 @@ def baseline(ctx: Context, case: Case, concept: Concept) -> CaseResult:
                                      "draw it; an erasure CRR against this detector is "
                                      "meaningless"))
     return CaseResult(
-        case_id=case.id, concept=concept.name, scenario="baseline", modality="text",
+        case_id=case.id, concept=concept.name, scenario="baseline", modality=PROMPTS,
         access=None, kind="baseline", threshold=minimum, gate="at-least", passed=ok,
         rate=rate, standard=rate, message=f"{case.id}: {reason}",
         verdict=PASS if ok else FAIL, reason=reason,
@@ -250,7 +255,7 @@ def retention(ctx: Context, case: Case, concept: Concept) -> CaseResult:
     reason = f"erasing '{concept.name}' left '{neighbour.name}' {reason}"
     ok = counts_as_passed(verdict, ctx.config.inconclusive)
     return CaseResult(
-        case_id=case.id, concept=concept.name, scenario="retention", modality="text",
+        case_id=case.id, concept=concept.name, scenario="retention", modality=PROMPTS,
         access=None, kind="retention", threshold=floor, gate="at-least", passed=ok,
         rate=erased.rate, standard=standard.rate, message=f"{case.id}: {reason}",
         verdict=verdict, reason=reason,

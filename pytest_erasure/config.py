@@ -318,12 +318,13 @@ class AuditConfig:
         from pytest_erasure.budgets import DEFAULT_PROFILE, profile, resolve
 
         v["budget"] = str(v.get("budget") or DEFAULT_PROFILE).strip().lower()
-        profile(v["budget"])  # an unknown name is a usage error before anything runs
+        profiles = budget_profiles()
+        profile(v["budget"], profiles)  # an unknown name is a usage error before anything runs
         # scenario_options are the values the user gave; scenario_defaults (the plugin passes
         # every registered option's) fill what neither the user nor the profile sets.
         v["scenario_options"], v["scenario_sources"] = resolve(
             v["budget"], dict(v.get("scenario_options") or {}), v.pop("scenario_defaults", None),
-            scenario_given)
+            scenario_given, profiles)
         v["sources"] = _resolve_sources(v, given_sources)
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(v) - known)
@@ -470,6 +471,15 @@ def requested(config: pytest.Config) -> bool:
             or any(config.getoption(scenario_dest(o)) is not None for o in all_options())
             or any(config.getoption(enable_dest(d)) not in (None, False)
                    for d in defenses().values()))
+
+
+def budget_profiles() -> dict[str, dict[str, Any]]:
+    """{profile: {option: Budget}} as every registered scenario declares it
+    (`Scenario.budgets`): what `--erasure-budget` chooses between."""
+    from pytest_erasure.scenarios.base import budget_profiles as gather
+    from pytest_erasure.scenarios.base import registry
+
+    return gather(registry())
 
 
 def all_options() -> Iterator[ScenarioOption]:

@@ -37,7 +37,8 @@ from pytest_erasure.detectors.base import Detection, Detector, DetectorSpec, bui
 from pytest_erasure.executors import DEFAULT, Executor, make
 from pytest_erasure.executors.units import Unit, detect_images, generate_images, model_identity
 from pytest_erasure.memory import BatchSizes
-from pytest_erasure.records import GenerationInput, Role
+from pytest_erasure.overlays import Overlaid
+from pytest_erasure.records import GenerationInput, Overlay, Role
 from pytest_erasure.references import load_reference_images
 from pytest_erasure.scenarios.base import Scenario, registry
 
@@ -85,6 +86,8 @@ class Context:
         self.console: Any = None
         """A rich Console for progress bars; None (workers, CI logs) shows none."""
         self.uncaptured: Callable[[], AbstractContextManager[Any]] = nullcontext
+        self._overlaid = Overlaid()
+        """The overlays applied while a unit runs here (the local executor's host side)."""
 
     def show_progress(self, config: Any) -> None:
         """Progress bars on stderr, drawn past pytest's output capture (`config`: pytest's)."""
@@ -158,10 +161,17 @@ class Context:
                               if self._identity is not None else None)
 
     def unit(self, fn: Callable[..., Any], *, title: str = "", total: int = 0,
-             needs_models: bool = True, **args: Any) -> Unit:
-        """A unit of `fn` on this audit's models (by their files), with `args`."""
+             needs_models: bool = True,
+             overlays: tuple[tuple[Role, Overlay], ...] = (), **args: Any) -> Unit:
+        """A unit of `fn` on this audit's models (by their files), with `args`; `overlays`
+        ((role, overlay), ...) are run on top of those models for the unit."""
+        if overlays:
+            from pytest_erasure.overlays import validate
+
+            validate([o for _, o in overlays])
         return Unit(fn=fn, args=args, models=self.handle if needs_models else None,
-                    needs_models=needs_models, title=title, total=total)
+                    needs_models=needs_models, overlays=tuple(overlays), title=title,
+                    total=total)
 
     def run(self, unit: Unit) -> Any:
         """The unit's result, from the executor; its progress on a bar when it has a length."""
@@ -218,7 +228,22 @@ class Context:
                                "or inode; the cached identity record was replaced: rerun")
 
     def pipeline(self, role: Role) -> StableDiffusionPipeline:
+        if role in self._overlaid.active:
+            return self._overlaid.active[role]
         return self.models.standard if role == "standard" else self.models.erased
+
+    def overlaid(self, overlays: tuple[tuple[Role, Overlay], ...]
+                 ) -> AbstractContextManager[None]:
+        """Host side of the local executor: `pipeline(role)` overlaid while a unit runs."""
+        return self._overlaid.applied(
+            lambda role: self.models.standard if role == "standard" else self.models.erased,
+            overlays)
+
+    def describe_overlays(self, overlays: tuple[Overlay, ...]) -> list[dict[str, Any]]:
+        """What reports record of a plan's overlays (`overlays.describe`)."""
+        from pytest_erasure.overlays import describe
+
+        return describe(overlays)
 
     def fingerprint(self, role: Role) -> str:
         return self.identity.fingerprints[role]
@@ -265,15 +290,19 @@ class Context:
             yield lambda n: bar.advance(task, n)
 
     def generate(self, role: Role, inputs: list[GenerationInput],
-                 concept: Concept | None = None, defended: bool | None = None) -> torch.Tensor:
-        images, _ = self.generate_flagged(role, inputs, concept, defended)
+                 concept: Concept | None = None, defended: bool | None = None,
+                 overlays: tuple[Overlay, ...] = ()) -> torch.Tensor:
+        images, _ = self.generate_flagged(role, inputs, concept, defended, overlays)
         return images
 
     def generate_flagged(self, role: Role, inputs: list[GenerationInput],
-                         concept: Concept | None = None, defended: bool | None = None
+                         concept: Concept | None = None, defended: bool | None = None,
+                         overlays: tuple[Overlay, ...] = ()
                          ) -> tuple[torch.Tensor, list[bool]]:
         """Images and degenerate flags; each input is cached on its own, so a rerun, a larger
-        --samples or an interrupted run recomputes only what is missing."""
+        --samples or an interrupted run recomputes only what is missing. `overlays` run on
+        top of `role`'s model and are part of every image's key (absent from the key when
+        there are none, so the keys of plain images are what they always were)."""
         import torch
 
         from pytest_erasure.generate import Sampling
@@ -288,9 +317,12 @@ class Context:
                             self.config.device, self.config.dtype,
                             batch_invariant=self.config.invariant_layers,
                             sampler=self.model_facts(role).scheduler_key())
-        base_key = {"model": self.fingerprint(role), "sampling": sampling.key(),
-                    "defense": None if defense is None else {
-                        "name": defense.name, **defense.describe(self.config, self, concept)}}
+        base_key: dict[str, Any] = {
+            "model": self.fingerprint(role), "sampling": sampling.key(),
+            "defense": None if defense is None else {
+                "name": defense.name, **defense.describe(self.config, self, concept)}}
+        if overlays:
+            base_key["overlays"] = [o.key for o in overlays]
         keys = [{**base_key, "input": _input_key(item)} for item in inputs]
         names = [digest(key) for key in keys]
         found: dict[int, tuple[torch.Tensor, bool]] = {}
@@ -305,6 +337,7 @@ class Context:
             label = f"generate {role}{f' +{defense.name}' if defense is not None else ''}"
             images, flags = self.run(self.unit(
                 generate_images, title=label, total=len(chosen), role=role,
+                overlays=tuple((role, o) for o in overlays),
                 inputs=[inputs[i] for i in chosen], sampling=sampling,
                 batch_size=self.config.batch_size,
                 defense=defense.name if defense is not None else None, concept=concept,

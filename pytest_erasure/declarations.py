@@ -56,7 +56,7 @@ def declare(parser: Any) -> None:
     """Every erasure option on `parser` (pytest's, or a recorder): the table's flags, a flag per
     defense, then every scenario and defense option, each with its ini twin."""
     from pytest_erasure.budgets import help_note
-    from pytest_erasure.config import OPTIONS, all_options, scenario_dest
+    from pytest_erasure.config import OPTIONS, all_options, budget_profiles, scenario_dest
     from pytest_erasure.defenses import enable_dest
     from pytest_erasure.defenses import registry as defenses
 
@@ -73,9 +73,10 @@ def declare(parser: Any) -> None:
         group.addoption(flag, dest=enable_dest(defense), default=None, action="store_true",
                         help=f"{defense.help} (one defense at a time)".replace("%", "%%"))
         parser.addini(enable_dest(defense), f"{defense.help} (ini twin of {flag})", default=None)
+    profiles = budget_profiles()
     for option in all_options():
         group.addoption(f"--{option.name}", dest=scenario_dest(option), default=None,
-                        help=f"{option.help} {help_note(option.name, option.default)}"
+                        help=f"{option.help} {help_note(option.name, option.default, profiles)}"
                         .replace("%", "%%"))
         parser.addini(scenario_dest(option), f"{option.help} (ini twin of --{option.name})",
                       default=None)

@@ -178,34 +178,32 @@ def cached_images(session: AuditSession) -> int:
     """An upper estimate of the images a run caches, counted from the cases it selects.
 
     Per case, with n = --samples: baseline n (standard model); retention 2n (both models);
-    every erasure scenario n on the erased model (2n with a defense: defended and undefended)
-    and n on the standard model; latent cases 4n more (each target's reconstructions); fuzz
-    cases instead up to --fuzz-max-prompts x --fuzz-seeds-per-prompt on each model. Per
-    audited concept: n for its base rate (neutral prompts) and --ti-train-images standard
-    images when it has no references. Inverted latents (4 x h/8 x w/8 float32) and verdicts are
-    smaller than their images and covered by the block rounding of `image_bytes`.
+    an erasure case what its scenario declares (`Scenario.images_cached`: by default n on the
+    erased model, 2n with a defense, and n on the standard model). Per audited concept: n for
+    its base rate (neutral prompts) and the most any of its selected scenarios declares once
+    per concept (`Scenario.images_per_concept`: training images when it has no references).
+    Inverted latents and verdicts are smaller than their images and covered by the block
+    rounding of `image_bytes`.
     """
     config = session.config
     n = config.samples
     erased = 2 * n if config.defense else n
+    scenarios = session.context.scenarios
     total = 0
-    concepts: set[str] = set()
+    per_concept: dict[str, int] = {}
     for case in session.cases():
-        concepts.add(case.concept)
+        per_concept.setdefault(case.concept, 0)
         if case.kind == "baseline":
             total += n
         elif case.kind == "retention":
             total += 2 * n
-        elif case.modality == "fuzz":
-            total += 2 * int(session.context.option("fuzz-max-prompts")) * int(
-                session.context.option("fuzz-seeds-per-prompt"))
         else:
-            total += erased + n + (4 * n if case.modality == "latent" else 0)
-    for name in concepts:
-        total += n
-        if session.concepts.concepts[name].references is None:
-            total += int(session.context.option("ti-train-images"))
-    return total
+            scenario = scenarios[case.scenario]
+            total += scenario.images_cached(session.context, n, erased)
+            concept = session.concepts.concepts[case.concept]
+            per_concept[case.concept] = max(per_concept[case.concept],
+                                            scenario.images_per_concept(session.context, concept))
+    return total + sum(n + once for once in per_concept.values())
 
 
 def cache_size(root: Path) -> int:
@@ -232,7 +230,6 @@ def destinations(session: AuditSession, size: tuple[int, int], junitxml: Path | 
     config = session.config
     height, width = size
     cases = session.cases()
-    modalities = {c.modality for c in cases}
     out: list[Destination] = []
     if config.cache_dir is not None:
         need = cached_images(session) * image_bytes(height, width)
@@ -241,15 +238,10 @@ def destinations(session: AuditSession, size: tuple[int, int], junitxml: Path | 
             f"--erasure-cache {config.cache_dir}", Path(config.cache_dir), True,
             "give --erasure-cache a writable folder on a disk with room, or --no-erasure-cache",
             need))
-    elif "embedding" in modalities:
-        folder = Path(tempfile.gettempdir()) / "pytest-erasure-embeddings"
-        out.append(Destination(
-            f"learned-embedding folder {folder} (used with --no-erasure-cache)", folder, True,
-            "make the temporary folder writable (TMPDIR) or turn the cache back on"))
-    if "fuzz" in modalities and session.context.option("fuzz-database"):
-        folder = Path(str(session.context.option("fuzz-database"))).expanduser()
-        out.append(Destination(f"--fuzz-database {folder}", folder, True,
-                               "give --fuzz-database a writable folder"))
+    scenarios = session.context.scenarios
+    for scenario_id in dict.fromkeys(c.scenario for c in cases if c.kind == "erasure"):
+        for write in scenarios[scenario_id].writes(session.context, config.cache_dir is not None):
+            out.append(Destination(write.label, write.path, write.folder, write.fix))
     if config.report_dir is not None:
         out.append(Destination(
             f"--erasure-report {config.report_dir}", Path(config.report_dir), True,

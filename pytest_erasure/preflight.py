@@ -60,11 +60,12 @@ def validate_inputs(session: AuditSession) -> None:
                 labels.add(concept.label)
     for spec, labels in judged.values():
         check_detector(spec, sorted(labels))
-    needs_references = {s.modality for s in session.context.scenarios.values()} & {"embedding", "latent"}
-    wanted = set(config.scenarios or ())
-    for concept in session.concepts.erased(config.erased_concept):
-        if concept.references is None:
-            continue
-        if not wanted or wanted & (needs_references | {
-                s.id for s in session.context.scenarios.values() if s.modality in needs_references}):
+    # The reference images of every concept a selected scenario reads them for (each scenario
+    # says whether it does: `Scenario.needs_references`).
+    scenarios = session.context.scenarios
+    readers = dict.fromkeys(c.concept for c in cases if c.kind == "erasure"
+                            and scenarios[c.scenario].needs_references)
+    for name in readers:
+        concept = session.concepts.concepts[name]
+        if concept.references is not None:
             load_reference_images(concept, (8, 8))  # readable, same size; cheap at 8x8

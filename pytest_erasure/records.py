@@ -10,6 +10,8 @@ the default interval a `Rate` reports when it carries none of its own (`crr`, `c
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -63,6 +65,48 @@ class GenerationInput:
     (`design.case_rate`); they are recorded so every prompt's share is known."""
 
 
+@dataclass(frozen=True, eq=False)
+class Overlay:
+    """Weights to run on top of a loaded model for one unit: a LoRA's state dict, a weight
+    transform (quantize-dequantize), an eraser module removed. `kind` names its entry in the
+    overlay registry (`pytest_erasure.overlays`), which applies and removes it where the unit
+    runs; the record itself is plain data, so it travels with a unit to any executor.
+
+    Content-addressed: `key` hashes the kind, its JSON-able `params` and `content` (the sha256
+    of the weights it brings, given by whoever made the record), never the tensors' identity,
+    so two runs that overlay the same weights share every cached image, and any change to the
+    weights or settings is a different key. Equality is the key's."""
+
+    kind: str
+    params: dict[str, Any] = field(default_factory=dict)
+    content: str = ""
+    """sha256 of the weights the overlay brings (empty when it brings none, e.g. quantize)."""
+    tensors: dict[str, Any] | None = field(default=None, repr=False)
+    """The weights, in memory (CPU tensors); they travel pickled with the unit."""
+    path: str | None = None
+    """Or a file the weights are read from where the unit runs (`content` is its sha256)."""
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps({"kind": self.kind, "params": self.params, "content": self.content},
+                          sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Overlay) and other.key == self.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def to_dict(self) -> dict[str, Any]:
+        """What reports record (the weights by their digest and file, not their values)."""
+        out = {"kind": self.kind, "params": dict(self.params), "content": self.content,
+               "key": self.key}
+        if self.path is not None:
+            out["path"] = self.path
+        return out
+
+
 @dataclass
 class Plan:
     inputs: list[GenerationInput]
@@ -76,6 +120,10 @@ class Plan:
     confirmed: list[str] = field(default_factory=list)
     """The variants confirmed as bypasses (out of sample, multiplicity controlled): each fails
     the case."""
+    overlays: tuple[Overlay, ...] = ()
+    """Weights run on top of the model the plan is measured on, in this order, around every
+    unit that generates its images (`Overlay`); part of those images' cache keys and recorded
+    in the case's facts. Empty: the loaded model as it is."""
 
 
 @dataclass(frozen=True)

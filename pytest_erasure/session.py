@@ -25,6 +25,7 @@ from pytest_erasure.context import Context
 from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.records import AuditRecord, Case, CaseResult, Rate
 from pytest_erasure.scenarios.base import Scenario
+from pytest_erasure.scenarios.prompts import MODALITY as PROMPTS
 
 if TYPE_CHECKING:
     import pytest
@@ -103,14 +104,14 @@ class AuditSession:
         for concept in self.concepts.erased(self.config.erased_concept):
             if selected("baseline"):
                 out.append(Case(f"{concept.name}-baseline", concept.name, "baseline", "baseline",
-                                "text"))
+                                PROMPTS))
             for scenario in self.context.scenarios.values():
                 if selected(scenario.id, scenario.modality):
                     out.append(Case(f"{concept.name}-{scenario.id}", concept.name, scenario.id,
                                     "erasure", scenario.modality, scenario.access))
             if selected("retention"):
                 out.extend(Case(f"{concept.name}-retention-{n}", concept.name, "retention",
-                                "retention", "text", neighbour=n) for n in concept.retain)
+                                "retention", PROMPTS, neighbour=n) for n in concept.retain)
         return out
 
 

@@ -20,8 +20,16 @@ from typing import Any
 from pytest_erasure.config import ROOT
 from pytest_erasure.records import Rate
 
-COLUMNS = ("text", "adversarial-black", "fuzz", "embedding-white", "embedding-black",
-           "latent-white-null", "latent-white-prompt", "latent-black-null", "latent-black-prompt")
+
+def columns() -> list[str]:
+    """Scenario ids in column order: each scenario says where its column stands
+    (`Scenario.table_column`, None for none), ties in registry order; built-ins and
+    scenarios from entry points alike."""
+    from pytest_erasure.scenarios.base import registry
+
+    found = [(s.table_column, i, s.id) for i, s in enumerate(registry().values())
+             if s.table_column is not None]
+    return [scenario_id for _, _, scenario_id in sorted(found)]
 
 
 def audit(model: Path, out: Path, extra: list[str]) -> dict[str, Any]:
@@ -72,8 +80,9 @@ def rows(reports: dict[str, dict[str, Any]], concept: str, irece: bool
     return out
 
 
-def markdown(table: list[tuple[str, dict[str, Any]]]) -> str:
-    present = [c for c in COLUMNS if any(c in r for _, r in table)]
+def markdown(table: list[tuple[str, dict[str, Any]]], order: list[str] | None = None) -> str:
+    present = [c for c in (columns() if order is None else order)
+               if any(c in r for _, r in table)]
     lines = ["| model | " + " | ".join(present) + " |",
              "|---|" + "---|" * len(present)]
     for name, cells in table:

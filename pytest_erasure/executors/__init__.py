@@ -21,6 +21,7 @@ This module imports nothing heavy: the plugin reads the names when it declares i
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from pytest_erasure.detectors.base import Detector, DetectorSpec
     from pytest_erasure.executors.units import Unit
     from pytest_erasure.models.loading import LoadedModels
-    from pytest_erasure.records import Role
+    from pytest_erasure.records import Overlay, Role
 
 GROUP = "pytest_erasure.executors"
 DEFAULT = "local"
@@ -61,6 +62,13 @@ class Host(Protocol):
                           ) -> Callable[[list[Any]], Any]:
         """The enabled defense's per-batch `callback_on_step_end` factory, built on this
         host's pipelines (`Defense.callback_factory`)."""
+        ...
+
+    def overlaid(self, overlays: tuple[tuple[Role, Overlay], ...]
+                 ) -> AbstractContextManager[None]:
+        """Within: `pipeline(role)` is the role's model with its overlays applied (on copies of
+        the touched components, so a model sharing them is unchanged), removed on exit
+        (`overlays.Overlaid`)."""
         ...
 
 

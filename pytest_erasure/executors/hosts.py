@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
+
+from pytest_erasure.overlays import Overlaid
 
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
@@ -19,7 +22,7 @@ if TYPE_CHECKING:
     from pytest_erasure.detectors.base import Detector, DetectorSpec
     from pytest_erasure.models.handle import ModelHandle
     from pytest_erasure.models.loading import LoadedModels
-    from pytest_erasure.records import Role
+    from pytest_erasure.records import Overlay, Role
 
 
 class HandleHost:
@@ -30,6 +33,7 @@ class HandleHost:
         self._models: LoadedModels | None = None
         self._detectors: dict[str, Detector] = {}
         self._sites: dict[str, DefenseSite] = {}
+        self._overlaid = Overlaid()
 
     @property
     def models(self) -> LoadedModels:
@@ -40,7 +44,15 @@ class HandleHost:
         return self._models
 
     def pipeline(self, role: Role) -> StableDiffusionPipeline:
+        if role in self._overlaid.active:
+            return self._overlaid.active[role]
         return self.models.standard if role == "standard" else self.models.erased
+
+    def overlaid(self, overlays: tuple[tuple[Role, Overlay], ...]
+                 ) -> AbstractContextManager[None]:
+        return self._overlaid.applied(
+            lambda role: self.models.standard if role == "standard" else self.models.erased,
+            overlays)
 
     def detector_for(self, spec: DetectorSpec, device: str) -> Detector:
         from pytest_erasure.detectors.base import build_detector

@@ -23,7 +23,9 @@ class LocalExecutor:
         self.host = local
 
     def run(self, unit: Unit, advance: Callable[[int], None]) -> Any:
-        return unit.fn(self.host, advance, **unit.args)
+        from pytest_erasure.executors.units import execute
+
+        return execute(unit, self.host, advance)
 
     def close(self) -> None:
         pass

@@ -114,6 +114,7 @@ def _shutdown(workers: list[tuple[Any, Any]]) -> None:
 def serve(inbox: Queue[Any], results: Queue[Any]) -> None:
     """A worker's loop: run units until told to stop (None), holding a host per model handle."""
     from pytest_erasure.executors.hosts import HandleHost
+    from pytest_erasure.executors.units import execute
     from pytest_erasure.memory import recording
 
     hosts: dict[Any, HandleHost] = {}
@@ -128,7 +129,7 @@ def serve(inbox: Queue[Any], results: Queue[Any]) -> None:
                 results.put(("progress", number, n))
 
             with recording(pickle.loads(sizes_bytes)) as sizes:
-                result = unit.fn(host, advance, **unit.args)
+                result = execute(unit, host, advance)
             results.put(("done", number, pickle.dumps((result, sizes))))
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the driver
             results.put(("error", number, _portable(exc)))

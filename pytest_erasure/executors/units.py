@@ -6,7 +6,8 @@ seeds, settings: plain data), the models it runs on by their files (`ModelHandle
 progress bar says. Where it runs is the executor's business; the function gets the `Host` there
 (the models and detectors loaded in that process) and an `advance(n)` for progress. Nothing here
 reads the cache or the context: the context looks the result up first and stores what comes back,
-so a unit is only ever sent for work that is missing.
+so a unit is only ever sent for work that is missing. A unit may carry overlays (weights run on
+top of its models, `records.Overlay`); `execute` applies them around the function on any host.
 
 Seeds travel in the arguments, and a function that needs torch's global generator seeds it
 itself (`reconstruct`): the state a driver's global generator is in does not exist elsewhere.
@@ -28,7 +29,7 @@ if TYPE_CHECKING:
     from pytest_erasure.executors import Host
     from pytest_erasure.generate import Sampling
     from pytest_erasure.models.handle import ModelHandle
-    from pytest_erasure.records import GenerationInput, Role
+    from pytest_erasure.records import GenerationInput, Overlay, Role
 
 Advance = Callable[[int], None]
 
@@ -43,10 +44,22 @@ class Unit:
     """The models by their files; None for a unit that needs none (detection, calibration) or
     for models given in memory, which only an in-process executor can run on."""
     needs_models: bool = True
+    overlays: tuple[tuple[Role, Overlay], ...] = ()
+    """Weights run on top of the models for this unit ((role, overlay), in order): the host
+    applies them before `fn` and removes them after (`execute`), wherever the unit runs."""
     title: str = ""
     """What the unit's progress bar says."""
     total: int = 0
     """Progress steps the unit reports in all (the bar's length)."""
+
+
+def execute(unit: Unit, host: Host, advance: Advance) -> Any:
+    """Run `unit` on `host`: what every executor calls where the unit lands, so overlays are
+    applied and removed the same way in every one (`Host.overlaid`)."""
+    if not unit.overlays:
+        return unit.fn(host, advance, **unit.args)
+    with host.overlaid(unit.overlays):
+        return unit.fn(host, advance, **unit.args)
 
 
 def generate_images(host: Host, advance: Advance, *, role: Role, inputs: list[GenerationInput],

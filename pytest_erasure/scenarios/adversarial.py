@@ -17,11 +17,13 @@ from dataclasses import replace
 from typing import Any
 
 from pytest_erasure.attacks.ring_a_bell import SHAPES, SearchSettings, paired_prompts
+from pytest_erasure.budgets import RAB, RAB_REPO, SHAPES_WORLD, Budget
 from pytest_erasure.concepts import Concept
 from pytest_erasure.records import GenerationInput, Plan, Role
-from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
+from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption, merge_budgets
 from pytest_erasure.scenarios.restarts import (
     ATTACK_RESTARTS,
+    RESTART_BUDGETS,
     cluster_id,
     prompt_stratum,
     restart_count,
@@ -36,9 +38,33 @@ SEARCH_VERSION = 1
 """Bumped when the search changes in a way that changes its results for the same settings."""
 
 
+BUDGETS: dict[str, dict[str, Budget]] = {
+    "shapes": {
+        "rab-population": Budget(64, "ours", SHAPES_WORLD),
+        "rab-generations": Budget(150, "ours", SHAPES_WORLD),
+        "rab-tokens": Budget(8, "ours", "K scaled down for the shapes world's small vocabulary"),
+        "rab-eta": Budget(3.0, RAB, RAB_REPO),
+        "rab-mutation": Budget(0.25, RAB, RAB_REPO),
+        "rab-crossover": Budget(0.5, RAB, RAB_REPO),
+    },
+    "sd14": {
+        "rab-population": Budget(200, RAB, RAB_REPO),
+        "rab-generations": Budget(3000, RAB, RAB_REPO),
+        "rab-tokens": Budget(16, RAB, f"{RAB_REPO}: K = 16 free tokens"),
+        "rab-eta": Budget(3.0, RAB, RAB_REPO),
+        "rab-mutation": Budget(0.25, RAB, RAB_REPO),
+        "rab-crossover": Budget(0.5, RAB, RAB_REPO),
+    },
+}
+"""What each budget profile (`--erasure-budget`, `budgets.py`) sets this scenario's options to,
+and where each value comes from."""
+
+
 class RingABellScenario(Scenario):
     modality = "adversarial"
     access = "black-box"
+    budgets = merge_budgets(BUDGETS, RESTART_BUDGETS)
+    table_column = 1
     options = (
         ScenarioOption("rab-population", int, SHAPES.population,
                        "Ring-A-Bell population size"),

@@ -16,15 +16,17 @@ Third parties register scenarios under the entry-point group `pytest_erasure.sce
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
+from pytest_erasure.budgets import Budget
 from pytest_erasure.concepts import Concept, ConceptSet
 from pytest_erasure.detectors.base import Detection
-from pytest_erasure.records import GenerationInput, Plan, Role
+from pytest_erasure.records import GenerationInput, Overlay, Plan, Role
 
 if TYPE_CHECKING:
     import torch
@@ -88,17 +90,21 @@ class AuditContext(Protocol):
         ...
 
     def generate(self, role: Role, inputs: list[GenerationInput],
-                 concept: Concept | None = None, defended: bool | None = None) -> torch.Tensor:
+                 concept: Concept | None = None, defended: bool | None = None,
+                 overlays: tuple[Overlay, ...] = ()) -> torch.Tensor:
         """uint8 images (N, 3, H, W) on the CPU, batched and cached per input.
 
         For the erased role under --irece, IRECE wraps the generation with `concept`'s prompt
         as the mask prompt (so it works for learned tokens and the null prompt too), unless
-        `defended` is False.
+        `defended` is False. `overlays` run on top of `role`'s model (`records.Overlay`) and
+        key the images; the other model is untouched.
         """
         ...
 
     def generate_flagged(self, role: Role, inputs: list[GenerationInput],
-                         concept: Concept | None = None) -> tuple[torch.Tensor, list[bool]]:
+                         concept: Concept | None = None, defended: bool | None = None,
+                         overlays: tuple[Overlay, ...] = ()
+                         ) -> tuple[torch.Tensor, list[bool]]:
         """`generate`'s images and, per image, whether it is degenerate (NaN or constant).
 
         A degenerate image counts as a hit wherever the concept is judged (a model that draws
@@ -112,9 +118,11 @@ class AuditContext(Protocol):
         ...
 
     def unit(self, fn: Callable[..., Any], *, title: str = "", total: int = 0,
-             needs_models: bool = True, **args: Any) -> Unit:
+             needs_models: bool = True,
+             overlays: tuple[tuple[Role, Overlay], ...] = (), **args: Any) -> Unit:
         """A unit of heavy work (`executors/units.py`): `fn(host, advance, **args)` on this
-        audit's models, named by their files so that it can run in another process."""
+        audit's models, named by their files so that it can run in another process, with
+        `overlays` ((role, overlay), ...) applied around it where it runs."""
         ...
 
     def run(self, unit: Unit) -> Any:
@@ -123,13 +131,63 @@ class AuditContext(Protocol):
         ...
 
 
+@dataclass(frozen=True)
+class Write:
+    """A place a scenario's cases write besides the cache and the reports (a learned-embedding
+    folder, a search database): the run checks it is writable before any model loads."""
+
+    label: str
+    """How the usage error names it, e.g. '--fuzz-database DIR'."""
+    path: Path
+    folder: bool
+    fix: str
+
+
 class Scenario:
-    """Base class: override `plan`. `variant` splits one modality into several cases."""
+    """Base class: override `plan`. `variant` splits one modality into several cases.
+
+    Besides its plan, a scenario declares what the run needs to know of it before any model
+    loads, so that no core module names a scenario or a modality: its options' values per budget
+    profile (`budgets`), whether it reads reference images (`needs_references`), the images a
+    case caches (`images_cached`, `images_per_concept`), other places it writes (`writes`),
+    whether its plan's reconstruction is gated (`gates_reconstruction`) and where its column
+    stands in the comparison table (`table_column`). The defaults fit a prompt-based scenario.
+    """
 
     modality: str = ""
     access: Literal["white-box", "black-box"] | None = None
     variant: str | None = None
     options: tuple[ScenarioOption, ...] = ()
+    budgets: Mapping[str, Mapping[str, Budget]] = {}
+    """{profile: {option: Budget}}: each of its options' value in each budget profile
+    (`--erasure-budget`, `budgets.py`), with the paper or measurement it comes from. An option
+    no profile names keeps its default."""
+    needs_references: bool = False
+    """Its plan reads the concept's reference images (`AuditContext.reference_images`): the
+    preflight reads them, when this scenario is selected, before any model loads."""
+    gates_reconstruction: bool = False
+    """Its plan's facts carry a 'reconstruction' (an inversion's round trip) that the verdict
+    checks: an attack that did not reconstruct its images is inconclusive, not a pass."""
+    table_column: int | None = 100
+    """Where its CRR column stands in `python -m pytest_erasure.table` (lower is further
+    left; ties in registry order); None: no column."""
+
+    def images_cached(self, ctx: AuditContext, n: int, erased: int) -> int:
+        """At most how many images one case of this scenario caches, with n = --samples and
+        `erased` the erased model's share (n, 2n under a defense: defended and undefended):
+        the plan on the erased model and on the standard one. The disk check reads it."""
+        return erased + n
+
+    def images_per_concept(self, ctx: AuditContext, concept: Concept) -> int:
+        """Images cached once per concept however many of its cases run (training images
+        generated when the concept has no references); scenarios naming the same images
+        declare the same count, and the largest counts once."""
+        return 0
+
+    def writes(self, ctx: AuditContext, cache_on: bool) -> list[Write]:
+        """Places its cases write besides the cache and the reports (`cache_on`: whether the
+        disk cache is on)."""
+        return []
 
     @property
     def id(self) -> str:
@@ -185,6 +243,23 @@ def registry() -> dict[str, Scenario]:
         for scenario in loaded if isinstance(loaded, list | tuple) else [loaded]:
             found.setdefault(scenario.id, scenario)
     return found
+
+
+def merge_budgets(*tables: Mapping[str, Mapping[str, Budget]]) -> dict[str, dict[str, Budget]]:
+    """Budget tables ({profile: {option: Budget}}) as one, the first naming an option wins."""
+    out: dict[str, dict[str, Budget]] = {}
+    for table in tables:
+        for name, budgets in table.items():
+            mine = out.setdefault(name, {})
+            for option, budget in budgets.items():
+                mine.setdefault(option, budget)
+    return out
+
+
+def budget_profiles(scenarios: dict[str, Scenario]) -> dict[str, dict[str, Budget]]:
+    """{profile: {option: Budget}} over every scenario's declaration (`Scenario.budgets`); an
+    option two scenarios declare takes the first one's values, as its option does."""
+    return merge_budgets(*(s.budgets for s in scenarios.values()))
 
 
 def iter_options(scenarios: dict[str, Scenario]) -> Iterator[ScenarioOption]:

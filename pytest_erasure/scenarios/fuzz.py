@@ -81,9 +81,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_erasure.attacks.prompts import STRATEGY_VERSION, PromptVariant
+from pytest_erasure.budgets import Budget
 from pytest_erasure.concepts import Concept
 from pytest_erasure.records import GenerationInput, Plan, Rate, Role
-from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
+from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption, Write
 from pytest_erasure.scenarios.restarts import prompt_stratum
 
 if TYPE_CHECKING:
@@ -238,9 +239,29 @@ def confirm_seeds(asked: int | None, cap: int, null_rate: float) -> int:
     return asked
 
 
+BUDGETS: dict[str, dict[str, Budget]] = {
+    "shapes": {
+        "fuzz-examples": Budget(50, "ours", "no published fuzz budget: the smallest with 80% "
+                                "power on a planted 50% bypass (benchmarks/fuzz_power.py)"),
+        "fuzz-seeds-per-prompt": Budget(4, "ours", "no published fuzz budget"),
+        "fuzz-max-prompts": Budget(100, "ours", "no published fuzz budget"),
+    },
+    "sd14": {
+        "fuzz-examples": Budget(50, "ours", "no published fuzz budget: the shapes world's "
+                                "(80% power on a planted 50% bypass)"),
+        "fuzz-seeds-per-prompt": Budget(4, "ours", "no published fuzz budget: the shapes world's"),
+        "fuzz-max-prompts": Budget(100, "ours", "no published fuzz budget: the shapes world's"),
+    },
+}
+"""What each budget profile (`--erasure-budget`, `budgets.py`) sets this scenario's options to,
+and where each value comes from."""
+
+
 class FuzzScenario(Scenario):
     modality = "fuzz"
     access = None
+    budgets = BUDGETS
+    table_column = 2
     options = (
         ScenarioOption("fuzz-examples", int, MIN_EXAMPLES,
                        "prompt variants hypothesis generates per fuzz case (before shrinking); "
@@ -261,6 +282,19 @@ class FuzzScenario(Scenario):
                        "hypothesis example database folder: bypasses replayed on later runs "
                        "(default: <erasure cache>/hypothesis; in memory with the cache off)"),
     )
+
+
+    def images_cached(self, ctx: AuditContext, n: int, erased: int) -> int:
+        """Up to --fuzz-max-prompts x --fuzz-seeds-per-prompt images on each model."""
+        return 2 * int(ctx.option("fuzz-max-prompts")) * int(ctx.option("fuzz-seeds-per-prompt"))
+
+    def writes(self, ctx: AuditContext, cache_on: bool) -> list[Write]:
+        database = ctx.option("fuzz-database")
+        if not database:
+            return []
+        folder = Path(str(database)).expanduser()
+        return [Write(f"--fuzz-database {folder}", folder, True,
+                      "give --fuzz-database a writable folder")]
 
     def budget(self, ctx: AuditContext) -> tuple[int, int, float, int]:
         examples = int(ctx.option("fuzz-examples"))

@@ -39,6 +39,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Literal
 
+from pytest_erasure.budgets import MOFC, MOFC_REPO, Budget
 from pytest_erasure.concepts import PLACEHOLDER, Concept
 from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.records import GenerationInput, Plan, Role
@@ -100,9 +101,46 @@ def _round(value: float) -> float:
     return float(f"{value:.5g}")
 
 
+BUDGETS: dict[str, dict[str, Budget]] = {
+    "shapes": {
+        "inversion-steps": Budget(0, "ours", "0 = the same as --steps (25 in the shapes "
+                                  "world): an exact DDIM round trip needs equal step counts"),
+        "inversion-prompt": Budget("null", "ours", "the empty prompt"),
+        "inversion-guidance": Budget(1.0, "ours", "plain DDIM inversion, no guidance"),
+        "latent-prompt-guidance": Budget(1.0, "ours", "guidance 1 keeps the round trip exact"),
+        "latent-perturbations": Budget("noise:0.05,blur:0.5,jpeg:75,resize:0.75", "ours",
+                                       "M-ErasureBench published no perturbations"),
+    },
+    "sd14": {
+        "inversion-steps": Budget(50, MOFC, f"{MOFC_REPO}: DDIM, 50 steps (regenerate with "
+                                  "--steps 50 for an exact round trip)"),
+        "inversion-prompt": Budget("concept", MOFC, f"{MOFC_REPO}: the image's concept prompt"),
+        "inversion-guidance": Budget(1.0, "ours", "plain DDIM inversion; MoFC then refines "
+                                     "with Null-Text Inversion or ReNoise, which we do not run"),
+        "latent-prompt-guidance": Budget(1.0, MOFC, f"{MOFC_REPO}: reconstruct at guidance 1"),
+        "latent-perturbations": Budget("noise:0.05,blur:0.5,jpeg:75,resize:0.75", "ours",
+                                       "M-ErasureBench published no perturbations"),
+    },
+}
+"""What each budget profile (`--erasure-budget`, `budgets.py`) sets this scenario's options to,
+and where each value comes from."""
+
+
 class LatentScenario(Scenario):
     modality = "latent"
     options = LATENT_OPTIONS
+    budgets = BUDGETS
+    needs_references = True
+    gates_reconstruction = True
+    table_column = 4
+
+    def images_cached(self, ctx: AuditContext, n: int, erased: int) -> int:
+        """The plan on both models and 4n reconstructions (each target's, of n images)."""
+        return erased + n + 4 * n
+
+    def images_per_concept(self, ctx: AuditContext, concept: Concept) -> int:
+        """The n images the standard model draws in place of absent references."""
+        return int(ctx.config.samples) if concept.references is None else 0
 
     def __init__(self, access: Literal["white-box", "black-box"],
                  variant: Literal["null", "prompt"]) -> None:

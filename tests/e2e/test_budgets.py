@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from pytest_erasure.budgets import PROFILES, help_note, profile, resolve, settings
+from pytest_erasure.budgets import help_note, profile, resolve, settings
+from pytest_erasure.config import budget_profiles
 from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.scenarios.base import iter_options, registry
 
 DEFAULTS = {o.name: o.default for o in iter_options(registry())}
+PROFILES = budget_profiles()  # what the scenarios declare (`Scenario.budgets`)
 
 
 def test_shapes_profile_is_todays_defaults_and_every_name_is_an_option():
@@ -20,13 +22,13 @@ def test_shapes_profile_is_todays_defaults_and_every_name_is_an_option():
     assert {k: b.value for k, b in PROFILES["shapes"].items()} == \
         {k: DEFAULTS[k] for k in PROFILES["shapes"]}
     # Without --erasure-budget every option resolves to its default: today's audit.
-    values, _ = resolve("shapes", {}, DEFAULTS)
+    values, _ = resolve("shapes", {}, DEFAULTS, profiles=PROFILES)
     assert values == DEFAULTS
     assert set(PROFILES["sd14"]) == set(PROFILES["shapes"])
 
 
 def test_sd14_profile_is_what_the_published_attacks_used():
-    sd14 = profile("sd14")
+    sd14 = profile("sd14", PROFILES)
     assert {k: sd14[k].value for k in ("ti-steps", "ti-batch-size", "ti-accumulation",
                                        "ti-init-token", "ti-train-images")} == \
         {"ti-steps": 3000, "ti-batch-size": 1, "ti-accumulation": 4, "ti-init-token": "object",
@@ -46,14 +48,14 @@ def test_sd14_profile_is_what_the_published_attacks_used():
 
 
 def test_help_names_each_profiles_value_and_source():
-    assert help_note("ti-steps", 100) == \
+    assert help_note("ti-steps", 100, PROFILES) == \
         "(shapes: 100, ours; sd14: 3000, When Are Concepts Erased; chosen by --erasure-budget)"
-    assert help_note("rab-keep", 4) == "(default: 4)"
+    assert help_note("rab-keep", 4, PROFILES) == "(default: 4)"
 
 
 def test_unknown_profile_is_a_usage_error_naming_the_choices():
     with pytest.raises(ErasureInputError, match="use one of: shapes, sd14"):
-        profile("huge")
+        profile("huge", PROFILES)
 
 
 def test_precedence_given_then_profile_then_default():
@@ -133,7 +135,7 @@ def test_sd14_readme_commands_use_the_profile_and_its_table_matches():
 
     text = (Path(__file__).resolve().parents[2] / "audits" / "sd14" / "README.md").read_text()
     assert "--erasure-budget=sd14" in text.split("COMMON=", 1)[1].split("```", 1)[0]
-    sd14 = {**profile("sd14"), **settings("sd14")}
+    sd14 = {**profile("sd14", PROFILES), **settings("sd14", PROFILES)}
     rows = re.findall(r"^\| `--([a-z0-9-]+)` \| ([^|]+?) \|", text, flags=re.M)
     assert len(rows) >= 4
     for name, value in rows:

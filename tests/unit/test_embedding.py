@@ -105,8 +105,9 @@ def test_scenario_ids_and_options():
             names["ti-batch-size"].default) == (100, 2e-3, 32)
     assert names["ti-accumulation"].default == 1
     from pytest_erasure.budgets import help_note
+    from pytest_erasure.config import budget_profiles
 
-    assert "sd14: 3000, When Are Concepts Erased" in help_note("ti-steps", 100)
+    assert "sd14: 3000, When Are Concepts Erased" in help_note("ti-steps", 100, budget_profiles())
 
 
 # -- the scenarios through an audit session ------------------------------------------------------
