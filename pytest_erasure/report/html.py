@@ -231,10 +231,13 @@ def _differs(model: dict[str, Any]) -> str:
         return "— (the reference)"
     changed = model.get("changed") or {}
     parts = [f"{c} ({changed[c]})" if c in changed else c for c in model["components"]]
-    if model["replaced"] is not None:
-        parts.append(f"{model['replaced']} tensors replaced")
-    if model["added"]:
-        parts.append(f"{model['added']} tensors added")
+    if model.get("differs"):
+        parts.append(model["differs"])
+    else:
+        if model["replaced"] is not None:
+            parts.append(f"{model['replaced']} tensors replaced")
+        if model["added"]:
+            parts.append(f"{model['added']} tensors added")
     return "; ".join(parts) or "nothing recorded"
 
 
