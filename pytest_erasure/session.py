@@ -72,6 +72,9 @@ class AuditSession:
 
         audit = AuditConfig.from_pytest(config)
         session = cls(audit, load_concepts(audit.concepts_file))
+        from pytest_erasure.artifacts import replay_scenarios
+
+        session.context.scenarios.update(replay_scenarios(audit))  # --erasure-replay's cases
         validate_inputs(session)
         check_outputs(session, config)
         session.prepare_comparison()
@@ -250,6 +253,12 @@ class AuditSession:
         if config.report_dir:
             lines.append(write_or_fall_back("reports", Path(config.report_dir),
                                             lambda path: write_reports(record, path), fallback))
+        if config.artifacts_dir:
+            from pytest_erasure.artifacts import export
+
+            lines.append(write_or_fall_back("attack artifacts", Path(config.artifacts_dir),
+                                            lambda path: export(record, config, path),
+                                            fallback / "artifacts"))
         self.output_lines = lines
         return lines
 
