@@ -143,13 +143,14 @@ class AuditSession:
     def prepare_comparison(self) -> None:
         """Read and check `--erasure-compare`'s report before anything loads: an incomparable
         one (another detector, detector option or protocol version) is a usage error now."""
-        from pytest_erasure.report.compare import check_comparable, check_margin, key, read_previous
+        from pytest_erasure.models.identity import comparability_key
+        from pytest_erasure.report.compare import check_comparable, check_margin, read_previous
 
         check_margin(self.config)
         if self.config.compare_file is None:
             return
         previous = read_previous(self.config.compare_file)
-        self.comparability = key(self.config, self.concepts)
+        self.comparability = comparability_key(self.config, self.concepts)
         check_comparable(previous, self.comparability, self.config.compare_file)
         self.previous = previous
 
@@ -166,9 +167,9 @@ class AuditSession:
     def record(self, results: list[CaseResult] | None = None) -> AuditRecord:
         ctx = self.context
         if self.comparability is None:
-            from pytest_erasure.report.compare import key
+            from pytest_erasure.models.identity import comparability_key
 
-            self.comparability = key(self.config, self.concepts)
+            self.comparability = comparability_key(self.config, self.concepts)
         return AuditRecord(
             run_id=self.run_id, started=self.started, config=self.config.describe(),
             provenance=ctx.identity.provenance if ctx.identity_known else {},

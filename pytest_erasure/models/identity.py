@@ -34,6 +34,7 @@ from pytest_erasure.models.formats.files import walk_files
 if TYPE_CHECKING:
     from diffusers import StableDiffusionPipeline
 
+    from pytest_erasure.concepts import ConceptSet
     from pytest_erasure.config import AuditConfig
     from pytest_erasure.detectors.base import DetectorSpec
     from pytest_erasure.models.loading import LoadedModels
@@ -279,3 +280,54 @@ def _module_file(target: str) -> list[Path]:
     except (ImportError, ValueError):
         return []
     return [Path(module.origin)] if module is not None and module.origin else []
+
+
+COMPARED_SETTINGS = ("sampler", "steps", "guidance", "height", "width", "samples", "seed",
+                     "gate", "crr_threshold", "retention_tolerance", "baseline_min",
+                     "attack_floor", "reconstruction_margin", "corrected", "sequential",
+                     "exploratory", "inconclusive", "dtype", "invariant_layers", "defense")
+"""The settings of `AuditConfig.describe()` a number depends on (where the reports go, the
+cache, the device and the executor change no number's meaning: they are left out)."""
+
+
+def comparability_key(config: AuditConfig, concepts: ConceptSet) -> dict[str, Any]:
+    """What makes this audit's numbers comparable with another's (`report.compare` reads two of
+    them): the protocol version, every concept's detector as a judge, the settings a number
+    depends on, the budgets and the concepts' prompts. Known before any model or detector
+    loads: the detectors' files are hashed, not loaded."""
+    from pytest_erasure import PROTOCOL_VERSION
+    from pytest_erasure.cache import normalise
+
+    described = config.describe()
+    settings = {name: described.get(name) for name in COMPARED_SETTINGS}
+    settings["budget"] = {"profile": described["budget_profile"]["name"],
+                          "options": described.get("scenario_options") or {}}
+    return normalise({
+        "protocol": PROTOCOL_VERSION,
+        "detectors": {c.name: detector_identity(c.detector) for c in concepts.concepts.values()},
+        "settings": settings,
+        "concepts": {c.name: {"prompts": list(c.texts()), "label": c.label, "erased": c.erased,
+                              "retain": list(c.retain), "threshold": c.threshold,
+                              "thresholds": c.thresholds, "attack_floors": c.attack_floors}
+                     for c in concepts.concepts.values()},
+        "neutral_prompts": list(concepts.neutral_prompts),
+    })
+
+
+def detector_identity(spec: DetectorSpec) -> dict[str, Any]:
+    """A detector as a judge: its name, options (thresholds included) and the sha256 of every
+    file of its folder (by name inside it: where it lies does not matter) and, for a
+    `module:factory` detector, of its factory's source."""
+    from pytest_erasure.models.formats.files import sha256
+
+    out: dict[str, Any] = {"name": spec.name, "options": spec.options}
+    if spec.path is not None and Path(spec.path).exists():
+        root = Path(spec.path)
+        base = root if root.is_dir() else root.parent
+        out["files"] = {str(f.relative_to(base)): sha256(f) for f in sorted(walk_files(root))
+                        if f.is_file() and not any(p.startswith(".") for p in
+                                                   f.relative_to(base).parts)}
+    sources = _module_file(spec.name)
+    if sources:
+        out["source"] = sha256(sources[0])
+    return out

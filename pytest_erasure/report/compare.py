@@ -1,13 +1,14 @@
 """This audit against a previous one (`--erasure-compare=PREVIOUS.json`): is this release worse?
 
 Two report.json files are compared case by case (`read_report`), after their comparability keys
-(`key`) say the numbers mean the same thing. Some differences make numbers incomparable, and
-the comparison is refused before anything loads (a one-line usage error): another protocol
-version (`pytest_erasure.PROTOCOL_VERSION`, bumped when a release changes how a number is
-computed), or another detector for a concept (its name, its options, thresholds included, its
-files' sha256 or its factory's source). Every other difference (sampler, steps, budgets, seeds,
-gate, samples, prompts, the standard model) is listed first in every report, since it qualifies
-every number below it, and the comparison goes on.
+(`models.identity.comparability_key`) say the numbers mean the same thing. Some differences
+make numbers incomparable, and the comparison is refused before anything loads (a one-line
+usage error): another protocol version (`pytest_erasure.PROTOCOL_VERSION`, bumped when a
+release changes how a number is computed), or another detector for a concept (its name, its
+options, thresholds included, its files' sha256 or its factory's source). Every other
+difference (sampler, steps, budgets, seeds, gate, samples, prompts, the standard model) is
+listed first in every report, since it qualifies every number below it, and the comparison
+goes on.
 
 Per case: both CRRs, the difference with its 95% interval (Newcombe's, built from each rate's
 own interval, so a clustered or stratified rate brings its wider interval along), the verdicts
@@ -26,63 +27,11 @@ from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.records import AuditRecord, CaseChange, CaseResult, Comparison, Rate
 
 if TYPE_CHECKING:
-    from pytest_erasure.concepts import ConceptSet
     from pytest_erasure.config import AuditConfig
-    from pytest_erasure.detectors.base import DetectorSpec
 
 OPTION = "--erasure-compare"
-SETTINGS = ("sampler", "steps", "guidance", "height", "width", "samples", "seed", "gate",
-            "crr_threshold", "retention_tolerance", "baseline_min", "attack_floor",
-            "reconstruction_margin", "corrected", "sequential", "exploratory", "inconclusive",
-            "dtype", "invariant_layers", "defense")
-"""The settings of `AuditConfig.describe()` a number depends on (where the reports go, the
-cache, the device and the executor change no number's meaning: they are left out)."""
 REFUSED = ("protocol", "detectors")
 """Key parts whose difference makes the numbers incomparable: the comparison is refused."""
-
-
-# -- the comparability key ----------------------------------------------------------------------
-
-def key(config: AuditConfig, concepts: ConceptSet) -> dict[str, Any]:
-    """What makes this audit's numbers comparable with another's; known before any model or
-    detector loads (the detectors' files are hashed, not loaded)."""
-    from pytest_erasure import PROTOCOL_VERSION
-    from pytest_erasure.cache import normalise
-
-    described = config.describe()
-    settings = {name: described.get(name) for name in SETTINGS}
-    settings["budget"] = {"profile": described["budget_profile"]["name"],
-                          "options": described.get("scenario_options") or {}}
-    return normalise({
-        "protocol": PROTOCOL_VERSION,
-        "detectors": {c.name: detector_identity(c.detector) for c in concepts.concepts.values()},
-        "settings": settings,
-        "concepts": {c.name: {"prompts": list(c.texts()), "label": c.label, "erased": c.erased,
-                              "retain": list(c.retain), "threshold": c.threshold,
-                              "thresholds": c.thresholds, "attack_floors": c.attack_floors}
-                     for c in concepts.concepts.values()},
-        "neutral_prompts": list(concepts.neutral_prompts),
-    })
-
-
-def detector_identity(spec: DetectorSpec) -> dict[str, Any]:
-    """A detector as a judge: its name, options (thresholds included) and the sha256 of every
-    file of its folder (by name inside it: where it lies does not matter) and, for a
-    `module:factory` detector, of its factory's source."""
-    from pytest_erasure.models.formats.files import sha256, walk_files
-    from pytest_erasure.models.identity import _module_file
-
-    out: dict[str, Any] = {"name": spec.name, "options": spec.options}
-    if spec.path is not None and Path(spec.path).exists():
-        root = Path(spec.path)
-        base = root if root.is_dir() else root.parent
-        out["files"] = {str(f.relative_to(base)): sha256(f) for f in sorted(walk_files(root))
-                        if f.is_file() and not any(p.startswith(".") for p in
-                                                   f.relative_to(base).parts)}
-    sources = _module_file(spec.name)
-    if sources:
-        out["source"] = sha256(sources[0])
-    return out
 
 
 def differences(previous: dict[str, Any], current: dict[str, Any]) -> list[dict[str, Any]]:
