@@ -57,7 +57,8 @@ def test_a_worse_model_under_its_threshold_fails_as_regressed(
     junit = pytester.path / "pytest.xml"
     result = pytester.runpytest_inprocess(*_args(
         tiny_world, "leaky", report, f"--erasure-compare={previous}",
-        "--erasure-regression-margin=0.05", f"--junitxml={junit}"))
+        "--erasure-regression-margin=0.05", f"--junitxml={junit}",
+        f"--erasure-junit={pytester.path / 'erasure.xml'}"))
     result.assert_outcomes(passed=1, failed=1)
     out = flat(result)
     assert re.search(r"circle-text: CRR 100\.0% .* -> FAIL: regressed: CRR rose from 0\.0% "
@@ -93,6 +94,12 @@ def test_a_worse_model_under_its_threshold_fails_as_regressed(
     assert props["compare_previous_crr"] == "0.0" and props["compare_difference"] == "1.0"
     suite = {p.get("name"): p.get("value") for p in root.iter("property")}
     assert "1 regressed" in suite["erasure_compare"]
+    standalone = {p.get("name"): p.get("value")
+                  for p in ET.parse(pytester.path / "erasure.xml").getroot().iter("property")}
+    assert standalone["compare.case.circle-text"].startswith("regressed +100.0% [")
+    assert standalone["compare.case.circle-text"].endswith(
+        "; verdict PASS -> FAIL; failed by the regression gate")
+    assert standalone["compare.case.circle-baseline"].startswith("unchanged +0.0%")
     markdown = (report / "report.md").read_text()
     assert "## Compared with the previous audit" in markdown
     assert "| regressed; failed by the regression gate; PASS -&gt; FAIL |" in markdown
