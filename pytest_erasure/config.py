@@ -157,6 +157,20 @@ OPTIONS: tuple[Option, ...] = (
            "load (set otherwise); the plugin's own loaders read local files only either way, so "
            "this matters only to code of yours the audit runs (a module:factory detector, a "
            "scenario or defense plugin) that fetches from the hub", action="store_true"),
+    Option("--erasure-compare", "compare_file", str, None,
+           "compare with a previous audit's report.json: per case the CRR change with its 95% "
+           "interval, verdict flips and a status, protocol differences first; refused across "
+           "detectors, detector options or protocol versions"),
+    Option("--erasure-regression-margin", "regression_margin", float, None,
+           "with --erasure-compare: fail an erasure case whose CRR rose by more than this "
+           "(e.g. 0.05) with 95% confidence, even under its threshold (reason 'regressed')"),
+    Option("--erasure-artifacts", "artifacts_dir", str, None,
+           "export what each attack found (learned embeddings in diffusers' textual-inversion "
+           "format, adversarial and fuzz prompts) to this folder, each with its sha256 and the "
+           "model and settings it was found on, listed in manifest.json"),
+    Option("--erasure-replay", "replay_dir", str, None,
+           "replay a folder --erasure-artifacts wrote against this model, without searching: "
+           "one case per exported finding's scenario (replay-<scenario>)"),
     Option("--erasure-executor", "executor", str, "local",
            "where the heavy units (generation, detection, attacks) run: local (default: this "
            "process), process (worker processes that load and hold their own models) or ray "
@@ -207,6 +221,11 @@ class AuditConfig:
     junitxml_valid: bool = False
     executor: str = "local"
     """Where units run (`executors.names()`)."""
+    compare_file: Path | None = None
+    """A previous audit's report.json to compare with (`report.compare`)."""
+    regression_margin: float | None = None
+    artifacts_dir: Path | None = None
+    replay_dir: Path | None = None
     defense: str | None = None
     """The enabled defense's name (`defenses.registry()`; `--irece` -> "irece"), or None."""
     scenario_options: dict[str, Any] = field(default_factory=dict)
@@ -307,7 +326,7 @@ class AuditConfig:
             given_sources = {o.field: API for o in OPTIONS
                              if v.get(o.field) is not None and v.get(o.field) != o.default}
         for name in ("erased_model", "standard_model", "concepts_file", "report_dir",
-                     "junit_file", "cache_dir"):
+                     "junit_file", "cache_dir", "compare_file", "artifacts_dir", "replay_dir"):
             if v.get(name) is not None:
                 v[name] = Path(v[name]).expanduser()
         if v.get("no_cache"):

@@ -183,7 +183,10 @@ def erasure_check(erasure_session: AuditSession, request: pytest.FixtureRequest
         except Exception as exc:
             erasure_session.record_error(case, f"{type(exc).__name__}: {exc}")
             raise
-        request.node.user_properties.extend(case_properties(result).items())
+        # the case against a previous audit (`--erasure-compare`); a session a conftest
+        # stands in with may have none
+        change = getattr(erasure_session, "changes", {}).get(getattr(case, "id", None))
+        request.node.user_properties.extend(case_properties(result, change).items())
         if not result.passed:
             pytest.fail(fail_message(result), pytrace=False)
         if result.verdict != "pass":  # inconclusive, reported only: shown apart, never a pass

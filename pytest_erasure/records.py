@@ -279,6 +279,12 @@ class AuditRecord:
     "--lf": ...}, "scenarios": [...], "concepts": [...], "selected": [case ids],
     "deselected": [case ids], "not_run": [declared cases of an erased concept that did not
     run], "partial": bool}. A partial audit is no release verdict."""
+    comparability: dict[str, Any] | None = None
+    """What makes this audit's numbers comparable with another's (`report.compare.key`):
+    protocol version, detectors with their options and file hashes, sampler, steps, budgets,
+    seeds, gate. Absent in records written before comparisons existed."""
+    comparison: Comparison | None = None
+    """This audit against a previous one (`--erasure-compare`), when one was given."""
 
     @property
     def passed(self) -> bool:
@@ -289,12 +295,19 @@ class AuditRecord:
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
         out["cases"] = [c.to_dict() for c in self.cases]
+        for key in ("comparability", "comparison"):  # absent unless set: older records
+            if getattr(self, key) is None:   # and their goldens read byte for byte as before
+                del out[key]
+        if self.comparison is not None:
+            out["comparison"] = self.comparison.to_dict()
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> AuditRecord:
         data = dict(data)
         data["cases"] = [CaseResult.from_dict(c) for c in data.get("cases", [])]
+        if data.get("comparison"):
+            data["comparison"] = Comparison.from_dict(data["comparison"])
         return cls(**data)
 
 
@@ -338,4 +351,86 @@ class CalibrationRecord:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CalibrationRecord:
+        return cls(**data)
+
+
+CHANGES = ("regressed", "improved", "unchanged", "new", "gone", "unmeasured")
+"""A case's status against the previous audit (`report.compare`): regressed / improved when
+the 95% interval of the difference lies wholly on the worse / better side of zero (worse: a
+higher CRR for an erasure case, a lower one for baseline and retention), unchanged when it
+holds zero, new / gone when only one audit has the case, unmeasured when either has no rate
+(an error)."""
+
+
+@dataclass
+class CaseChange:
+    """One case in this audit and the previous one."""
+
+    case_id: str
+    kind: str
+    status: str
+    """One of CHANGES."""
+    previous: Rate | None = None
+    current: Rate | None = None
+    difference: float | None = None
+    """current CRR - previous CRR."""
+    interval: tuple[float, float] | None = None
+    """95% interval of the difference (Newcombe, from each rate's own interval: clustered and
+    stratified rates carry theirs)."""
+    previous_verdict: str = ""
+    current_verdict: str = ""
+    previous_threshold: float | None = None
+    current_threshold: float | None = None
+    regression_gate: bool = False
+    """The regression gate failed this case: its CRR rose by more than the margin with 95%
+    confidence."""
+
+    @property
+    def flipped(self) -> bool:
+        return bool(self.previous_verdict and self.current_verdict
+                    and self.previous_verdict != self.current_verdict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["previous"] = self.previous.to_dict() if self.previous else None
+        out["current"] = self.current.to_dict() if self.current else None
+        out["interval"] = list(self.interval) if self.interval else None
+        out["flipped"] = self.flipped
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CaseChange:
+        data = {k: v for k, v in data.items() if k != "flipped"}
+        for key in ("previous", "current"):
+            data[key] = Rate.from_dict(data[key]) if data.get(key) else None
+        if data.get("interval") is not None:
+            data["interval"] = tuple(data["interval"])
+        return cls(**data)
+
+
+@dataclass
+class Comparison:
+    """This audit against a previous one: what differs in how they were made (listed first,
+    since it qualifies every number), whether the models are the same, and every case."""
+
+    previous_file: str
+    previous_run: str
+    previous_started: str
+    margin: float | None
+    """The regression gate's margin, or None when the comparison only reports."""
+    differences: list[dict[str, Any]] = field(default_factory=list)
+    """[{"what", "previous", "current"}]: every protocol setting that differs."""
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """{role: {"previous", "current", "same"}}: content fingerprints of both audits' models."""
+    cases: list[CaseChange] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["cases"] = [c.to_dict() for c in self.cases]
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Comparison:
+        data = dict(data)
+        data["cases"] = [CaseChange.from_dict(c) for c in data.get("cases", [])]
         return cls(**data)

@@ -56,6 +56,11 @@ class AuditSession:
         """The whole run's record, once `finish` has built it (the terminal summary's input)."""
         self.output_lines: list[str] = []
         """Where the reports went (or why not where asked), for the terminal summary."""
+        self.previous: AuditRecord | None = None
+        """The audit `--erasure-compare` names (`report.compare`), read and checked up front."""
+        self.comparability: dict[str, Any] | None = None
+        self.changes: dict[str, Any] = {}
+        """Each case run here against the previous audit (`report.compare.CaseChange`)."""
 
     @classmethod
     def from_pytest(cls, config: pytest.Config) -> AuditSession:
@@ -68,8 +73,12 @@ class AuditSession:
 
         audit = AuditConfig.from_pytest(config)
         session = cls(audit, load_concepts(audit.concepts_file))
+        from pytest_erasure.artifacts import replay_scenarios
+
+        session.context.scenarios.update(replay_scenarios(audit))  # --erasure-replay's cases
         validate_inputs(session)
         check_outputs(session, config)
+        session.prepare_comparison()
         workerinput = getattr(config, "workerinput", None)
         if workerinput and "erasure_run_id" in workerinput:
             session.run_id = workerinput["erasure_run_id"]
@@ -119,8 +128,32 @@ class AuditSession:
         from pytest_erasure.checks import run
 
         result = run(self.context, case)
+        if self.previous is not None:  # the regression gate: it only ever adds a failure
+            from pytest_erasure.report.compare import apply_regression_gate, change_of
+
+            before = {c.case_id: c for c in self.previous.cases}.get(case.id)
+            change = change_of(before, result)
+            apply_regression_gate(result, change, self.config.regression_margin,
+                                  self.previous.run_id)
+            self.changes[case.id] = change
         self.results[case.id] = result
         return result
+
+    # -- the previous audit --------------------------------------------------------------------
+
+    def prepare_comparison(self) -> None:
+        """Read and check `--erasure-compare`'s report before anything loads: an incomparable
+        one (another detector, detector option or protocol version) is a usage error now."""
+        from pytest_erasure.models.identity import comparability_key
+        from pytest_erasure.report.compare import check_comparable, check_margin, read_previous
+
+        check_margin(self.config)
+        if self.config.compare_file is None:
+            return
+        previous = read_previous(self.config.compare_file)
+        self.comparability = comparability_key(self.config, self.concepts)
+        check_comparable(previous, self.comparability, self.config.compare_file)
+        self.previous = previous
 
     def record_error(self, case: Case, error: str) -> None:
         """A case that raised: recorded as a failure with its error, so reports show it."""
@@ -134,12 +167,16 @@ class AuditSession:
 
     def record(self, results: list[CaseResult] | None = None) -> AuditRecord:
         ctx = self.context
+        if self.comparability is None:
+            from pytest_erasure.models.identity import comparability_key
+
+            self.comparability = comparability_key(self.config, self.concepts)
         return AuditRecord(
             run_id=self.run_id, started=self.started, config=self.config.describe(),
             provenance=ctx.identity.provenance if ctx.identity_known else {},
             detectors=ctx.detector_descriptions(), versions=versions(),
             cases=results if results is not None else list(self.results.values()),
-            finished=_now())
+            finished=_now(), comparability=self.comparability)
 
     # -- pytest-xdist: workers publish, the controller receives ---------------------------------
 
@@ -189,6 +226,11 @@ class AuditSession:
         for meta in self.received_meta:  # models and detectors were loaded on the workers
             record.provenance = record.provenance or meta.get("provenance", {})
             record.detectors = {**meta.get("detectors", {}), **record.detectors}
+        if self.previous is not None and self.config.compare_file is not None:
+            from pytest_erasure.report.compare import compare
+
+            record.comparison = compare(self.previous, record, self.config.compare_file,
+                                        self.config.regression_margin)
         self.final = record
         return record
 
@@ -213,6 +255,12 @@ class AuditSession:
         if config.report_dir:
             lines.append(write_or_fall_back("reports", Path(config.report_dir),
                                             lambda path: write_reports(record, path), fallback))
+        if config.artifacts_dir:
+            from pytest_erasure.artifacts import export
+
+            lines.append(write_or_fall_back("attack artifacts", Path(config.artifacts_dir),
+                                            lambda path: export(record, config, path),
+                                            fallback / "artifacts"))
         self.output_lines = lines
         return lines
 

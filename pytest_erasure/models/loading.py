@@ -149,6 +149,7 @@ def _load(standard_path: Path, erased_path: Path, erased_format: str | None, dev
 
     from pytest_erasure.models.formats import detect_format, get
     from pytest_erasure.models.formats.diffusers_folder import load_standard, validate_pipeline_folder
+    from pytest_erasure.models.identity import content_identity
 
     validate_pipeline_folder(standard_path, "--standard-model")
     try:
@@ -192,6 +193,8 @@ def _load(standard_path: Path, erased_path: Path, erased_format: str | None, dev
         **fmt.describe(details),
         **options,
     }
+    # What the erased model computes, whatever packaging it came in (`content_identity`).
+    erased_record["content"] = content_identity(standard, erased, standard_fp)
     fingerprints = {"standard": standard_fp, "erased": _digest(erased_key)}
     standard_record["fingerprint"] = fingerprints["standard"]
     erased_record["fingerprint"] = fingerprints["erased"]

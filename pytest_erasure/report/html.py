@@ -152,6 +152,8 @@ def to_html(record: AuditRecord, extensions: dict[str, Any] | None = None) -> st
     out += _selection(record)
     out += ['<div class="glance">', _models(record), _attention(record, index), "</div>"]
     out += _protocol(record, extensions or {})
+    if record.comparison is not None:
+        out += _comparison(record)
     out += _plot(record)
     out += _matrix(record, index)
     if has_defense(record):
@@ -231,10 +233,13 @@ def _differs(model: dict[str, Any]) -> str:
         return "— (the reference)"
     changed = model.get("changed") or {}
     parts = [f"{c} ({changed[c]})" if c in changed else c for c in model["components"]]
-    if model["replaced"] is not None:
-        parts.append(f"{model['replaced']} tensors replaced")
-    if model["added"]:
-        parts.append(f"{model['added']} tensors added")
+    if model.get("differs"):
+        parts.append(model["differs"])
+    else:
+        if model["replaced"] is not None:
+            parts.append(f"{model['replaced']} tensors replaced")
+        if model["added"]:
+            parts.append(f"{model['added']} tensors added")
     return "; ".join(parts) or "nothing recorded"
 
 
@@ -547,3 +552,36 @@ def _html_value(value: Any, depth: int = 0) -> str:
             return f'<span class="v">{esc(", ".join(plain(v) for v in value))}</span>'
         return "<ol>" + "".join(f"<li>{_html_value(v, depth + 1)}</li>" for v in value) + "</ol>"
     return f'<span class="v">{esc(plain(value))}</span>'
+
+
+def _comparison(record: AuditRecord) -> list[str]:
+    """The previous audit against this one: protocol differences first, then every case."""
+    from pytest_erasure.report.compare import change_text, difference_lines, flip_text, model_line, summary
+
+    comparison = record.comparison
+    assert comparison is not None
+    out = ['<h2 id="comparison">Compared with the previous audit</h2>',
+           f"<p>Previous report <code>{esc(comparison.previous_file)}</code>: "
+           f"{esc(summary(comparison))}; {esc(model_line(comparison))}.</p>"]
+    lines = difference_lines(comparison)
+    out.append("<p>Protocol differences (they qualify every number below):</p>")
+    out.append("<ul>" + "".join(f'<li class="reason">{esc(line)}</li>' for line in lines)
+               + "</ul>" if lines else "<p>None.</p>")
+    rows = ["<table><tr><th>case</th><th>kind</th><th>previous CRR</th><th>previous verdict</th>"
+            "<th>current CRR</th><th>current verdict</th><th>change [95% CI]</th>"
+            "<th>status</th></tr>"]
+    for case in comparison.cases:
+        words = case.status + ("; failed by the regression gate" if case.regression_gate
+                                 else "") + (f"; {flip_text(case)}" if case.flipped else "")
+        cell = ("failed" if case.regression_gate or case.status == "regressed"
+                else "passed" if case.status == "improved" else "context")
+        rows.append(
+            f"<tr><td><code>{esc(case.case_id)}</code></td><td>{esc(case.kind)}</td>"
+            f"<td>{esc(rate_text(case.previous) if case.previous else '—')}</td>"
+            f"<td>{esc(case.previous_verdict.upper() or '—')}</td>"
+            f"<td>{esc(rate_text(case.current) if case.current else '—')}</td>"
+            f"<td>{esc(case.current_verdict.upper() or '—')}</td>"
+            f"<td>{esc(change_text(case))}</td>"
+            f'<td class="{cell}">{esc(words)}</td></tr>')
+    rows.append("</table>")
+    return out + ["".join(rows)]

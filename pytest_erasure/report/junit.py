@@ -32,7 +32,7 @@ from typing import Any
 import pytest
 from junit_xml import TestCase, TestSuite, to_xml_report_string
 
-from pytest_erasure.records import AuditRecord, CaseResult
+from pytest_erasure.records import AuditRecord, CaseChange, CaseResult, Comparison
 from pytest_erasure.report.files import write_text
 from pytest_erasure.report.text import (
     defense_settings,
@@ -92,6 +92,28 @@ def suite_properties(record: AuditRecord) -> dict[str, str]:
                          ("selection", selection)):
         for key, value in flatten(data):
             props[f"{prefix}.{key}"] = value
+    if record.comparison is not None:
+        props.update(comparison_properties(record.comparison))
+    return props
+
+
+def comparison_properties(comparison: Comparison) -> dict[str, str]:
+    """The comparison with the previous audit as suite properties: summary, each protocol
+    difference, and each case's status, difference and interval."""
+    from pytest_erasure.report.compare import change_text, difference_lines, flip_text, summary
+
+    props = {"compare.summary": summary(comparison),
+             "compare.previous_file": comparison.previous_file,
+             "compare.previous_run": comparison.previous_run}
+    for i, line in enumerate(difference_lines(comparison)):
+        props[f"compare.difference.{i}"] = line
+    for change in comparison.cases:
+        text = f"{change.status} {change_text(change)}"
+        if change.flipped:
+            text += f"; verdict {flip_text(change)}"
+        if change.regression_gate:
+            text += "; failed by the regression gate"
+        props[f"compare.case.{change.case_id}"] = text
     return props
 
 
@@ -138,8 +160,9 @@ def _testcase(case: CaseResult) -> TestCase:
 
 # --- pytest's own --junitxml --------------------------------------------------------------------
 
-def case_properties(result: CaseResult) -> dict[str, Any]:
-    """A case's numbers as `record_property`s of its testcase in pytest's own JUnit."""
+def case_properties(result: CaseResult, change: CaseChange | None = None) -> dict[str, Any]:
+    """A case's numbers as `record_property`s of its testcase in pytest's own JUnit; with a
+    previous audit (`--erasure-compare`), the case against it (`compare_*`)."""
     low, high = result.rate.interval
     props: dict[str, Any] = {
         "verdict": verdict_of(result), "reason": reason_of(result),
@@ -152,6 +175,22 @@ def case_properties(result: CaseResult) -> dict[str, Any]:
         rate = getattr(result, name)
         if rate is not None:
             props[f"{name}_crr"] = round(rate.crr, 6)
+    if change is not None:
+        props.update(compare_properties(change))
+    return props
+
+
+def compare_properties(change: CaseChange) -> dict[str, Any]:
+    """compare_status, the previous CRR and verdict, the difference and its 95% interval."""
+    props: dict[str, Any] = {"compare_status": change.status,
+                             "compare_previous_verdict": change.previous_verdict,
+                             "compare_regression_gate": change.regression_gate}
+    if change.previous is not None and change.previous.n:
+        props["compare_previous_crr"] = round(change.previous.crr, 6)
+    if change.difference is not None and change.interval is not None:
+        props["compare_difference"] = round(change.difference, 6)
+        props["compare_ci_low"] = round(change.interval[0], 6)
+        props["compare_ci_high"] = round(change.interval[1], 6)
     return props
 
 
@@ -159,7 +198,10 @@ CASE_PROPERTY_CORE = frozenset({"verdict", "reason", "concept", "scenario", "kin
                                 "ci_low", "ci_high", "n", "threshold", "gate", "degenerate"})
 """The properties every case records (`case_properties`): how a report's properties are told
 apart from a test's own `record_property`s."""
-CASE_PROPERTY_NAMES = CASE_PROPERTY_CORE | {"standard_crr", "undefended_crr", "base_rate_crr"}
+CASE_PROPERTY_NAMES = CASE_PROPERTY_CORE | {
+    "standard_crr", "undefended_crr", "base_rate_crr", "compare_status",
+    "compare_previous_verdict", "compare_regression_gate", "compare_previous_crr",
+    "compare_difference", "compare_ci_low", "compare_ci_high"}
 
 
 def add_pytest_suite_properties(xml: Any, record: AuditRecord, outputs: list[str]) -> None:
@@ -176,6 +218,12 @@ def add_pytest_suite_properties(xml: Any, record: AuditRecord, outputs: list[str
     for name, value in sorted(record.versions.items()):
         xml.add_global_property(f"version_{name}", value)
     xml.add_global_property("erasure_config", json.dumps(record.config, sort_keys=True, default=str))
+    if record.comparison is not None:
+        from pytest_erasure.report.compare import summary
+
+        xml.add_global_property("erasure_compare", summary(record.comparison))
+        xml.add_global_property("erasure_compare_detail", json.dumps(
+            record.comparison.to_dict(), sort_keys=True, default=str))
     if any(line.endswith(" instead") or "NOT WRITTEN" in line for line in outputs):
         # CI reads where the reports went from pytest's own JUnit too
         xml.add_global_property("erasure_outputs", " | ".join(outputs))

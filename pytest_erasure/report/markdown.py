@@ -120,6 +120,9 @@ def to_markdown(record: AuditRecord) -> str:
         rows.append(row)
     out += _md_table(["concept"] + [md(s) for s in scenarios], rows)
 
+    if record.comparison is not None:
+        out += _comparison(record)
+
     out += ["## Cases", "",
             "Standard model: the same scenario without erasure (also the detector's calibration: "
             "a low standard CRR means the detector cannot see the concept, not that it was "
@@ -168,3 +171,33 @@ def to_markdown(record: AuditRecord) -> str:
         out += [f"## {title}", ""]
         out += _md_table(["key", "value"], ([md(k), md(v)] for k, v in flatten(data)))
     return "\n".join(out)
+
+
+def _comparison(record: AuditRecord) -> list[str]:
+    """The previous audit against this one: protocol differences first, then every case."""
+    from pytest_erasure.report.compare import change_text, difference_lines, flip_text, model_line, summary
+
+    comparison = record.comparison
+    assert comparison is not None
+    out = ["## Compared with the previous audit", "",
+           f"Previous report {code(comparison.previous_file)}: {md(summary(comparison))}; "
+           f"{md(model_line(comparison))}.", ""]
+    lines = difference_lines(comparison)
+    out += ["Protocol differences (they qualify every number below):", ""]
+    out += [f"- {md(line)}" for line in lines] or ["- none"]
+    out += ["", "Change: current CRR minus previous, with its 95% interval (Newcombe). "
+            "Regressed / improved: the interval lies wholly on the worse / better side of 0.", ""]
+    rows = []
+    for case in comparison.cases:
+        rows.append([code(case.case_id), md(case.kind),
+                     rate_text(case.previous) if case.previous else "—",
+                     md(case.previous_verdict.upper() or "—"),
+                     rate_text(case.current) if case.current else "—",
+                     md(case.current_verdict.upper() or "—"),
+                     md(change_text(case)),
+                     md(case.status + ("; failed by the regression gate"
+                                         if case.regression_gate else "")
+                        + (f"; {flip_text(case)}" if case.flipped else ""))])
+    out += _md_table(["case", "kind", "previous CRR", "previous verdict", "current CRR",
+                      "current verdict", "change [95% CI]", "status"], rows)
+    return out

@@ -90,6 +90,9 @@ def render_summary(record: AuditRecord, console: Console) -> None:
         line.append(why[0] if why else reason_of(case), style="red")
         console.print(line)
 
+    if record.comparison is not None:
+        render_comparison(record, console)
+
     v = verdict(record)
     style = ("bold red" if v != "PASSED" else "bold yellow" if counts(record)["inconclusive"]
              else "bold green")
@@ -163,3 +166,31 @@ def _fit(console: Console, concepts: list[str], scenarios: list[str],
         chunks.append(current)
     return chunks
 
+
+
+def render_comparison(record: AuditRecord, console: Console) -> None:
+    """This audit against the previous one: the protocol differences first (they qualify
+    every number below), then every case that changed, flipped, is new or gone, one line each
+    (a CI log wraps lines, not table columns)."""
+    from pytest_erasure.report.compare import case_line, difference_lines, model_line, summary
+
+    comparison = record.comparison
+    assert comparison is not None
+    console.print(Text(f"compared with {comparison.previous_file}: {summary(comparison)}",
+                       style="bold"), highlight=False)
+    for line in difference_lines(comparison):
+        console.print(Text(f"  protocol difference: {line}", style="yellow"), highlight=False)
+    console.print(Text(f"  {model_line(comparison)}", style="dim"), highlight=False)
+    shown = 0
+    for change in comparison.cases:
+        if change.status == "unchanged" and not change.flipped:
+            continue
+        shown += 1
+        mark = ("✗" if change.regression_gate or change.status == "regressed"
+                else "✓" if change.status == "improved" else "·")
+        style = ("bold red" if change.regression_gate else "red" if change.status == "regressed"
+                 else "green" if change.status == "improved" else "")
+        console.print(Text(f"  {mark} {case_line(change)}", style=style), highlight=False)
+    if not shown:
+        console.print(Text("  every case unchanged (no difference with 95% confidence)",
+                           style="dim"))

@@ -295,8 +295,25 @@ def models(record: AuditRecord) -> list[dict[str, Any]]:
             "replaced": replaced,
             "added": _sum_key(info, "tensors_added"),
             "fingerprint": info.get("fingerprint") or info.get("sha256"),
+            "differs": content_text(info.get("content")),
+            "content": (info.get("content") or {}).get("fingerprint"),
         })
     return out
+
+
+def content_text(content: Any) -> str | None:
+    """'14 of 686 tensors differ from the standard model' (and how many it adds), from the
+    loaded model's content (`models.identity.content_identity`): the same sentence for every
+    packaging of one edit, where the files' own counts ('324 tensors replaced') differ."""
+    if not isinstance(content, dict) or not isinstance(content.get("tensors_differing"), int):
+        return None
+    text = (f"{content['tensors_differing']} of {content.get('tensors_total', '?')} tensors "
+            "differ from the standard model")
+    if content.get("tensors_added"):
+        text += f", {content['tensors_added']} added"
+    if content.get("differs_in"):
+        text += ", other " + " and ".join(map(str, content["differs_in"]))
+    return text
 
 
 def _changed_per_component(info: dict[str, Any]) -> dict[str, str]:
@@ -336,11 +353,16 @@ def model_line(model: dict[str, Any]) -> str:
         changed = model.get("changed") or {}
         parts.append("replaces " + "+".join(
             f"{c} ({changed[c]})" if c in changed else c for c in model["components"]))
-    if model["replaced"] is not None:
-        parts.append(f"{model['replaced']} tensors replaced")
-    if model["added"]:
-        parts.append(f"{model['added']} tensors added")
+    if model.get("differs"):
+        parts.append(model["differs"])
+    else:
+        if model["replaced"] is not None:
+            parts.append(f"{model['replaced']} tensors replaced")
+        if model["added"]:
+            parts.append(f"{model['added']} tensors added")
     parts.append(f"fingerprint {short(model['fingerprint'])}")
+    if model.get("content"):
+        parts.append(f"content {short(model['content'])}")
     return f"{model['role']}: {model['path']} ({', '.join(parts)})"
 
 

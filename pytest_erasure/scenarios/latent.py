@@ -37,6 +37,7 @@ has the reconstruction each sampler reaches on the shapes world.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pytest_erasure.budgets import MOFC, MOFC_REPO, Budget
@@ -373,7 +374,27 @@ class LatentScenario(Scenario):
             facts["warning"] = (f"inverted with {inversion['steps']} DDIM steps but regenerated "
                                 f"with {regeneration['steps']}: the round trip is not exact")
             facts["inversion_exact"]["exact"] = False
-        return Plan(inputs=inputs, facts=facts)
+        return Plan(inputs=inputs, facts=facts,
+                    artifacts={"latents": str(self.save_latents(ctx, latents))})
+
+    @staticmethod
+    def save_latents(ctx: AuditContext, latents: torch.Tensor) -> Path:
+        """The inverted latents as a file (`{"latents": (N, 4, h, w)}` safetensors), for
+        `--erasure-artifacts` and to reproduce the case by hand; named by their content."""
+        import tempfile
+
+        from safetensors.torch import save
+
+        from pytest_erasure.cache import atomic_write_bytes
+
+        digest = images_digest(latents)
+        file = ctx.cache.path("inverted-latents-file", {"latents": digest}, suffix=".safetensors")
+        if file is None:  # caching off: a fixed path per content, overwritten not accumulated
+            file = Path(tempfile.gettempdir()) / "pytest-erasure-latents" / f"{digest}.safetensors"
+        if not file.is_file():  # written whole or not at all: two workers may write at once
+            atomic_write_bytes(file, save({"latents": latents.detach().float().cpu()
+                                           .contiguous()}))
+        return file
 
 
 SCENARIOS = [LatentScenario(access, variant)
