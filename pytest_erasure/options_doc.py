@@ -81,10 +81,15 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Render docs/options.md from the options' "
+                                                 "definitions.")
+    parser.add_argument("out", nargs="?", type=Path, help="file to write (default: stdout)")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     text = render()
-    if args:
-        Path(args[0]).write_text(text, encoding="utf-8")
+    if args.out is not None:
+        args.out.write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
     return 0
