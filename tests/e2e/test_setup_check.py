@@ -142,3 +142,31 @@ def test_the_calibration_command_refuses_a_suite_without_calibration(
         calibration.main([f"--concepts={REPO / 'audits' / 'sd14' / 'cifar10.toml'}"])
     assert exit_.value.code == 2
     assert "declares a calibration folder" in capsys.readouterr().err
+
+
+def test_the_guides_download_filters_fetch_what_the_audit_loads(tmp_path: Path, capsys) -> None:
+    """The SD v1.4-conformant folder (laid out like CompVis/stable-diffusion-v1-4), cut down to
+    the files the guide's `--include` filters fetch: the setup check passes it and the audit's
+    own loader loads it as the standard model."""
+    from fnmatch import fnmatch
+
+    import torch
+
+    from pytest_erasure.models.formats.diffusers_folder import load_standard
+    from pytest_erasure.testing.sd14 import save_sd14_folder
+
+    full = save_sd14_folder(tmp_path / "hub", "reduced", safety_checker=False)
+    includes = re.findall(r'--include "([^"]+)"', SD14_DOWNLOAD)
+    fetched = tmp_path / "sd-v1-4"
+    for path in full.rglob("*"):
+        name = path.relative_to(full).as_posix()
+        if path.is_file() and any(fnmatch(name, pattern) for pattern in includes):
+            (fetched / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, fetched / name)
+    left = {p.relative_to(full).parts[0] for p in full.rglob("*") if p.is_file()
+            and not (fetched / p.relative_to(full)).exists()}
+    assert left == {"safety_checker", "feature_extractor"}  # the audit loads neither
+    assert main([f"--standard-model={fetched}"]) == 0
+    assert _lines(capsys)[0].startswith(f"ok       standard model: {fetched}")
+    pipeline, provenance = load_standard(fetched, torch.float32, "cpu")
+    assert pipeline.unet is not None and provenance["format"] == "diffusers"
