@@ -25,9 +25,14 @@ import argparse
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pytest_erasure.errors import ErasureInputError
+
+if TYPE_CHECKING:
+    from pytest_erasure.detectors.base import DetectorSpec
 
 SD14_DOWNLOAD = (
     'hf download CompVis/stable-diffusion-v1-4 --local-dir {path} '
@@ -84,6 +89,15 @@ def _erased(path: Path, forced: str | None) -> str:
     return f"{path} ({forced or detect_format(path)} format)"
 
 
+def _detector(spec: DetectorSpec, labels: list[str]) -> str:
+    """The detector's own up-front check (`detectors.base.check_detector`: its module, options,
+    labels and folder; no weights read)."""
+    from pytest_erasure.detectors.base import check_detector
+
+    check_detector(spec, labels)
+    return str(spec.path or "no folder needed")
+
+
 def _detector_fix(fix: str, path: Path | None) -> str:
     return fix.replace("--local-dir DIR", f"--local-dir {path}") if path is not None else fix
 
@@ -93,7 +107,6 @@ def check(standard: Path, erased: Path, concepts_file: Path,
           corrected: bool = False, erased_format: str | None = None) -> list[Item]:
     """Every piece the run would need, in the order a person sets them up."""
     from pytest_erasure.concepts import calibration_labels, load_concepts
-    from pytest_erasure.detectors.base import check_detector
     from pytest_erasure.references import IMAGE_SUFFIXES
 
     items = [
@@ -124,8 +137,7 @@ def check(standard: Path, erased: Path, concepts_file: Path,
         spec = judged[names[0]].detector
         labels = sorted({judged[n].label for n in names})
         what = f"detector '{spec.name}' for {', '.join(names)}"
-        item = _checked(what, lambda spec=spec, labels=labels: (  # type: ignore[misc]
-            check_detector(spec, labels), str(spec.path or "no folder needed"))[1])
+        item = _checked(what, partial(_detector, spec, labels))
         items.append(Item(item.status, item.what, item.detail,
                           _detector_fix(item.fix, spec.path)))
     wanted = scenarios or ()
