@@ -65,6 +65,12 @@ def rows(reports: dict[str, dict[str, Any]], concept: str, irece: bool
          ) -> list[tuple[str, dict[str, Any]]]:
     """(row name, {scenario: rate, or (rate, verdict) for the row the gate judged})."""
     out: list[tuple[str, dict[str, Any]]] = []
+    for name, report in reports.items():
+        # A misspelt --concept would otherwise print a table of dashes that looks like a result.
+        if not any(c["concept"] == concept and c["kind"] == "erasure" for c in report["cases"]):
+            audited = sorted({c["concept"] for c in report["cases"] if c["kind"] == "erasure"})
+            raise SystemExit(f"{name}: the audit has no erasure case of '{concept}' (audited as "
+                             f"erased: {', '.join(audited) or 'none'}); give --concept NAME")
     first = next(iter(reports.values()))
     standard = {c["scenario"]: _rate(c.get("standard")) for c in first["cases"]
                 if c["concept"] == concept and c["kind"] == "erasure"}
@@ -99,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("out/table"))
     parser.add_argument("--irece", action="store_true", help="audit each model with IRECE")
     args, extra = parser.parse_known_args(argv)
+    # Checked before the first audit: each one is minutes, and rows are keyed by folder name.
+    missing = [str(m) for m in args.models if not m.exists()]
+    if missing:
+        parser.error(f"no such model: {', '.join(missing)}")
+    names = [m.name for m in args.models]
+    if len(set(names)) < len(names):
+        parser.error(f"two models share a name ({', '.join(names)}): each row is named by its "
+                     "model's file or folder name")
     if args.irece:
         extra.append("--irece")
     reports = {m.name: audit(m, args.out / m.name, extra) for m in args.models}

@@ -189,3 +189,68 @@ def for_concept(session: Context, concept: Concept) -> CalibrationRecord | None:
                                concept.calibration, session.size(), session.cache,
                                description=session.detector_description(concept),
                                device=session.config.device, judge_with=judge_with)
+
+
+# -- the command: a suite's detector measured on its calibration sets ------------------------------
+
+def _size(text: str) -> tuple[int, int]:
+    height, _, width = text.lower().partition("x")
+    return int(height), int(width or height)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m pytest_erasure.detectors.calibration --concepts=FILE [--erased-concept NAME]
+    [--size 512] [--device cuda]`: for every audited concept with a `calibration` folder, the
+    suite's own detector (as the concepts file configures it) on its labelled images, judged at
+    the audit's resolution, as an audit measures it. Before a GPU hour: a detector that cannot
+    separate the concept makes every case of it inconclusive. Exit 1 when one cannot."""
+    import argparse
+    import sys
+
+    from pytest_erasure.concepts import load_concepts
+    from pytest_erasure.detectors.base import build_detector
+    from pytest_erasure.stats.detector_error import youden_lower as bound
+
+    parser = argparse.ArgumentParser(description=main.__doc__.split("\n\n")[0] if main.__doc__ else None)
+    parser.add_argument("--concepts", type=Path, required=True, help="the suite's concepts file")
+    parser.add_argument("--erased-concept", action="append", default=None,
+                        help="only this concept (repeatable); default: every erased concept")
+    parser.add_argument("--size", type=_size, default=(512, 512),
+                        help="the audit's image size, HxW or one number (default 512: SD v1.4)")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        concepts = load_concepts(args.concepts)
+        selected = tuple(n.strip() for v in args.erased_concept or () for n in v.split(",")
+                         if n.strip()) or None
+        audited = concepts.erased(selected)
+    except ErasureInputError as exc:
+        parser.error(str(exc))
+    calibrated_ones = [c for c in audited if c.calibration is not None]
+    if not calibrated_ones:
+        parser.error(f"no audited concept of {args.concepts} declares a calibration folder: add "
+                     "calibration = \"FOLDER\" (one subfolder of images per label) to it "
+                     "(audits/sd14/README.md, 'Calibration set')")
+    print(f"| concept | folder | sensitivity | specificity | tp/fn/tn/fp | Youden 95% lower "
+          f"bound | separates (>= {YOUDEN_MARGIN:g}) |\n|---|---|---|---|---|---|---|")
+    blind = 0
+    detectors: dict[str, Detector] = {}
+    for concept in calibrated_ones:
+        key = repr((concept.detector.name, concept.detector.path,
+                    sorted(concept.detector.options.items())))
+        detector = detectors.get(key) or detectors.setdefault(
+            key, build_detector(concept.detector, args.device))
+        assert concept.calibration is not None
+        record = measure_calibration(detector, concept.label, concept.calibration, args.size,
+                                     Cache(None), device=args.device)
+        reason = inseparable(record)
+        blind += reason is not None
+        low = bound(counts(record)) if record.positives and record.negatives else float("nan")
+        print(f"| {concept.name} | {concept.calibration} | {record.sensitivity:.3f} | "
+              f"{record.specificity:.3f} | {record.tp}/{record.fn}/{record.tn}/{record.fp} | "
+              f"{low:.3f} | {'yes' if reason is None else 'NO'} |")
+    return 1 if blind else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -9,6 +9,10 @@ The plugin registers these specs from its `pytest_addhooks`; `install` also regi
 `ReportHooks`, which makes the running pytest config known to `report.files.write_reports`
 while pytest finishes the session (the only time reports are written), so the writers need no
 argument for it and a record re-rendered outside pytest writes what it holds.
+
+Where each setting came from is not an extension: the record holds it (`config.sources`, as
+`AuditConfig` resolved it), so a report re-rendered from its JSON shows it too, and there is one
+record of it, not two that could disagree.
 """
 
 from __future__ import annotations
@@ -43,45 +47,13 @@ def install(pluginmanager: pytest.PytestPluginManager) -> None:
         pluginmanager.register(ReportHooks(), "erasure-report-hooks")
 
 
-OWN_KEY = "pytest-erasure"
-"""Our own key under `extensions`: what only pytest knew when the run ended (where each
-setting's value came from), which the record itself does not hold."""
-
-
 class ReportHooks:
-    """Makes the config current while the session finishes, when the reports are written, and
-    adds to report.json where each setting came from (flag, ini file or default)."""
+    """Makes the config current while the session finishes, when the reports are written."""
 
     @pytest.hookimpl(wrapper=True)
     def pytest_sessionfinish(self, session: pytest.Session) -> Generator[None, Any, Any]:
         with current(session.config):
             return (yield)
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_erasure_report_json(self, record: AuditRecord,
-                                   config: pytest.Config) -> dict[str, Any]:
-        return {OWN_KEY: {"setting_sources": setting_sources(config)}}
-
-
-def setting_sources(config: pytest.Config) -> dict[str, str]:
-    """{setting: 'command line' | 'ini file' | 'default'} for every option of ours pytest
-    parsed (`erasure_<setting>` dests; scenario and defense options, whose sources the budget
-    profile records, are left out). Read from pytest's own option namespace, so the reports
-    need not import the options table."""
-    out: dict[str, str] = {}
-    for dest, value in sorted(vars(config.option).items()):
-        if not dest.startswith("erasure_") or dest.startswith("erasure_opt_"):
-            continue
-        if value not in (None, False):
-            out[dest.removeprefix("erasure_")] = "command line"
-            continue
-        try:
-            ini = config.getini(dest)
-        except ValueError:  # not an ini key of ours
-            continue
-        out[dest.removeprefix("erasure_")] = "ini file" if ini not in (None, "", []) \
-            else "default"
-    return out
 
 
 @contextmanager

@@ -136,9 +136,9 @@ def banner_class(record: AuditRecord) -> str:
     return "inconclusive" if v == "passed" and counts(record)["inconclusive"] else v
 
 
-def to_html(record: AuditRecord, extensions: dict[str, Any] | None = None) -> str:
-    """The page; `extensions`: report.json's plugin fields, of which it reads ours (where each
-    setting came from, known only while pytest ran)."""
+def to_html(record: AuditRecord) -> str:
+    """The page: everything on it comes from the record, so a report re-rendered from its
+    report.json is the page the run wrote."""
     index = {id(x): i for i, x in enumerate(record.cases)}
     out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
            '<meta name="viewport" content="width=device-width, initial-scale=1">',
@@ -151,7 +151,7 @@ def to_html(record: AuditRecord, extensions: dict[str, Any] | None = None) -> st
            f"{esc(gate_rule(gate_of(record)))}. {esc(tally(record))}.</p>"]
     out += _selection(record)
     out += ['<div class="glance">', _models(record), _attention(record, index), "</div>"]
-    out += _protocol(record, extensions or {})
+    out += _protocol(record)
     if record.comparison is not None:
         out += _comparison(record)
     out += _plot(record)
@@ -260,7 +260,7 @@ def _attention(record: AuditRecord, index: dict[int, int]) -> str:
 
 # -- protocol ---------------------------------------------------------------------------------------
 
-def _protocol(record: AuditRecord, extensions: dict[str, Any]) -> list[str]:
+def _protocol(record: AuditRecord) -> list[str]:
     config = record.config
     out = ["<h2>Protocol</h2>",
            f"<p>Seed <code>{esc(plain(config.get('seed', '—')))}</code> (every sample's seed "
@@ -273,8 +273,7 @@ def _protocol(record: AuditRecord, extensions: dict[str, Any]) -> list[str]:
     out += _detectors(record)
     rows = "".join(f"<tr><td>{esc(key)}</td><td>{_html_value(value)}</td>"
                    f'<td class="small">{esc(source)}</td></tr>'
-                   for key, value, source in settings(
-                       config, {**setting_sources(extensions), **(config.get("sources") or {})}))
+                   for key, value, source in settings(config, config.get("sources") or {}))
     out.append('<h3>Every setting</h3><p class="small">from: the command line, the ini file, '
                "the concepts file, the budget profile or the default, as the run resolved it "
                "(config.sources); an attack budget's source as its budget profile records it; — "
@@ -284,15 +283,6 @@ def _protocol(record: AuditRecord, extensions: dict[str, Any]) -> list[str]:
     return out
 
 
-def setting_sources(extensions: dict[str, Any]) -> dict[str, str]:
-    """Where each setting came from, as `report.hookspec` recorded it under `extensions`."""
-    from pytest_erasure.report.hookspec import OWN_KEY
-
-    own = extensions.get(OWN_KEY) if isinstance(extensions, dict) else None
-    sources = own.get("setting_sources") if isinstance(own, dict) else None
-    return {str(k): str(v) for k, v in sources.items()} if isinstance(sources, dict) else {}
-
-
 def settings(config: dict[str, Any], sources: dict[str, str]) -> list[tuple[str, Any, str]]:
     """(setting, value, where the value came from) for every recorded setting: an option's
     command line, ini file or default (`sources`); an attack budget's source as the budget
@@ -300,7 +290,7 @@ def settings(config: dict[str, Any], sources: dict[str, str]) -> list[tuple[str,
     budget = (config.get("budget_profile") or {}).get("sources") or {}
     out: list[tuple[str, Any, str]] = []
     for key, value in config.items():
-        if key in ("scenario_options", "budget_profile"):
+        if key in ("scenario_options", "budget_profile", "sources"):
             continue
         if key == "defense":
             source = "enabled by its flag or ini twin" if value else "no defense enabled"

@@ -61,8 +61,7 @@ BUILTIN: tuple[ReportWriter, ...] = (
     BuiltinWriter("json", "report.json", "pytest_erasure.report.json:to_json",
                   takes_extensions=True),
     BuiltinWriter("markdown", "report.md", "pytest_erasure.report.markdown:to_markdown"),
-    BuiltinWriter("html", "report.html", "pytest_erasure.report.html:to_html",
-                  takes_extensions=True),
+    BuiltinWriter("html", "report.html", "pytest_erasure.report.html:to_html"),
     BuiltinWriter("plot", "crr.svg", "pytest_erasure.report.plot:crr_svg_file"),
 )
 

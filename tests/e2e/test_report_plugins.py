@@ -110,16 +110,16 @@ def test_a_plugin_writer_and_json_field_reach_a_real_audit(pytester: pytest.Pyte
     report = json.loads((out / "report.json").read_text())
     assert report["extensions"]["acme"] == {"ticket": "REL-7", "cases": 2,
                                             "rootdir": pytester.path.name}
-    # ours: where each setting came from, which only pytest knew
-    sources = report["extensions"]["pytest-erasure"]["setting_sources"]
-    assert sources["samples"] == "command line" and sources["seed"] == "ini file"
+    # where each setting came from is recorded once, in the record's config, not as an extension
+    sources = report["config"]["sources"]
+    assert sources["samples"] == "command line" and sources["seed"] == "ini file (erasure_seed)"
     assert sources["dtype"] == "default" and report["config"]["seed"] == 7
     page = (out / "report.html").read_text()
     assert '<tr><td>seed</td><td><span class="v">7</span></td><td class="small">ini file' in page
     csv = (out / "report.csv").read_text().splitlines()
     assert csv[0] == "case_id,verdict,crr,n" and len(csv) == 4
     assert csv[1].startswith("circle-baseline,pass,") and csv[1].endswith(",4")
-    assert csv[-1] == "# extensions: acme,pytest-erasure"
+    assert csv[-1] == "# extensions: acme"  # ours adds none: sources live in config
     assert not (out / "impostor.json").exists()
     assert read_report(out / "report.json").cases[0].case_id == "circle-baseline"
 

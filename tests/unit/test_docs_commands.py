@@ -75,3 +75,34 @@ def test_the_headline_command_audits_one_concept_at_the_sd14_budget() -> None:
     for needed in ("--erased-concept=", "--erasure-budget=sd14", "--irece"):
         assert needed in headline, headline
     assert "gates the **defended** model" in readme
+
+
+def _module_commands(text: str) -> list[tuple[str, str]]:
+    """Every `python -m pytest_erasure.X ...` line (continuations joined): (module, arguments)."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    return [(m.group(1), m.group(2)) for m in
+            re.finditer(r"python -m (pytest_erasure(?:\.\w+)*)([^\n`|#]*)", joined)]
+
+
+FORWARDS_AUDIT_FLAGS = {"pytest_erasure.table", "pytest_erasure.setup_check"}
+"""Commands that take the audit's own flags beside theirs (the table passes them to each audit;
+the setup check reads the ones it needs and ignores the rest)."""
+
+
+def test_every_module_command_in_the_docs_runs_with_the_flags_it_is_shown_with(
+        known_options: set[str]) -> None:
+    commands = [c for doc in DOCS for c in _module_commands(doc.read_text(encoding="utf-8"))]
+    modules = sorted({module for module, _args in commands})
+    assert {"pytest_erasure.setup_check", "pytest_erasure.detectors.calibration",
+            "pytest_erasure.table", "pytest_erasure.scaffold"} <= set(modules), modules
+    helps = {}
+    for module in modules:
+        done = subprocess.run([sys.executable, "-m", module, "--help"], cwd=REPO,
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, f"python -m {module} --help: {done.stderr[-2000:]}"
+        helps[module] = done.stdout
+    for module, args in commands:
+        for flag in re.findall(r"(?<![\w-])(--[a-z][a-z0-9-]*)", args):
+            assert flag in helps[module] or (module in FORWARDS_AUDIT_FLAGS
+                                             and flag in known_options), \
+                f"python -m {module}: {flag} is no option of it:\n{args}"

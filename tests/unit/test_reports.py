@@ -604,18 +604,22 @@ def test_html_names_each_detector_once_and_every_setting_with_its_source():
     record.detectors = {"circle": shared, "square": dict(shared), "triangle": dict(shared)}
     record.config["budget_profile"] = {"name": "shapes",
                                        "sources": {"latent_steps": "profile shapes, ours"}}
-    sources = {"samples": "command line", "seed": "default", "gate": "ini file"}
-    page = to_html(record, {"pytest-erasure": {"setting_sources": sources}})
+    without = dict(record.config)
+    record.config["sources"] = {"samples": "command line", "seed": "default",
+                                "gate": "ini file (erasure_gate)"}
+    page = to_html(record)
     assert page.count("5d41402abc4b2a76") == 2  # once in the sentence, once in its table
     assert "<b>shapes</b> judges circle, square, triangle" in page
     rows = dict(re.findall(r'<tr><td>([a-z_]+)</td><td><span class="v">[^<]*</span></td>'
                            r'<td class="small">([^<]*)</td></tr>', page))
     assert rows["samples"] == "command line" and rows["seed"] == "default"
-    assert rows["gate"] == "ini file" and rows["device"] == "derived"
+    assert rows["gate"] == "ini file (erasure_gate)" and rows["device"] == "derived"
+    assert "sources" not in rows  # the third column, not a setting of its own
     assert "profile shapes, ours" in page  # an attack budget's source, from the profile
+    record.config = without  # a record from before sources were recorded: nobody knows
     outside = dict(re.findall(r'<tr><td>([a-z_]+)</td><td><span class="v">[^<]*</span></td>'
                               r'<td class="small">([^<]*)</td></tr>', to_html(record)))
-    assert outside["samples"] == "—"  # written outside pytest: nobody knows
+    assert outside["samples"] == "—"
 
 
 def test_retention_cells_name_their_neighbour_in_html_and_markdown():
