@@ -181,6 +181,7 @@ class UnitActor:
     def run(self, task: int, unit_bytes: bytes, sizes_bytes: bytes) -> tuple[str, bytes]:
         from pytest_erasure.executors.hosts import HandleHost
         from pytest_erasure.executors.process import _portable
+        from pytest_erasure.executors.units import execute
         from pytest_erasure.memory import recording
 
         self.steps[task] = 0
@@ -193,7 +194,7 @@ class UnitActor:
                 self.steps[task] = self.steps.get(task, 0) + n
 
             with recording(pickle.loads(sizes_bytes)) as sizes:
-                result = unit.fn(host, advance, **unit.args)
+                result = execute(unit, host, advance)
             return "done", pickle.dumps((result, sizes))
         except BaseException as exc:  # noqa: BLE001 - every failure goes back to the driver
             return "error", _portable(exc)

@@ -249,3 +249,17 @@ def test_the_workers_a_cluster_gets_by_default() -> None:
     assert _plan(config, {"CPU": 2}) == (1, {"num_cpus": 1, "num_gpus": 0})
     config.device = "cuda"
     assert _plan(config, {"CPU": 32, "GPU": 4}) == (4, {"num_cpus": 1, "num_gpus": 1})
+
+
+def test_an_overlay_travels_to_the_actors_and_leaves_local_bits(on_ray, local) -> None:
+    """A quantize overlay on the erased model, run on Ray's actors (split over both): the images
+    are local's under the same overlay, and differ from the model without it."""
+    from pytest_erasure.overlays.quantize import quantize
+
+    overlay = quantize(bits=4)
+    inputs = _inputs(8, salt=300)
+    want = local.generate("erased", inputs, overlays=(overlay,))
+    got = on_ray.generate("erased", inputs, overlays=(overlay,))
+    plain = local.generate("erased", inputs)
+    assert bool((got == want).all()), "the overlay ran otherwise on the actors"
+    assert not bool((got == plain).all()), "the overlay changed nothing: the test proves nothing"
