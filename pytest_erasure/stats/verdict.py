@@ -206,7 +206,8 @@ def attack_convergence(audited: Sequence[dict[str, Any]], standard: Sequence[dic
     the same restart on the standard model (same budget and seed; the attack floor's evidence
     that the budget works) still fell. Why the end and not the final loss: an erasure that
     holds leaves the loss high on the erased model however long the attack runs, and must be
-    able to pass; a run still improving when its budget ran out says nothing either way. None when every run levelled
+    able to pass; a run still improving when its budget ran out says nothing either
+    way. None when every run levelled
     off, or when the curves cannot tell."""
     base = {r.get("id"): f for r in standard
             if (f := still_falling(r.get("loss_curve") or [])) is not None}
