@@ -28,7 +28,10 @@ so it needs evidence that it did; everything else is INCONCLUSIVE, which says wh
   - the detector is blind (the baseline under `--baseline-min`) or cannot separate the concept
     (its calibration);
   - a latent case's inversion reconstructs more than `--reconstruction-margin` dB below the
-    VAE's own round trip.
+    VAE's own round trip;
+  - an optimising attack through the audited model stopped short: textual inversion whose
+    loss was still falling at its end by more than the same run on the standard model
+    (`attack_convergence`).
 
 Both non-PASS verdicts fail the release gate unless the run reports inconclusive cases only
 (`--erasure-inconclusive=report`: exploratory; the run then exits with its own code).
