@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,12 @@ def _attack_seconds(scenario: str, design: Design, options: dict[str, Any],
     return 0.0
 
 
+@lru_cache(maxsize=1024)
+def _outcomes(design: Design, p: float, threshold: float, gate: str) -> tuple[float, float]:
+    """`exact_outcomes`, once per design: a concepts file's cases share few designs."""
+    return exact_outcomes(design, p, threshold, gate)
+
+
 def plan_case(scenario: Any, concepts: Any, concept: Any, samples: int, threshold_default: float,
               gate: str, options: dict[str, Any], speed: dict[str, Any], *, power: bool = True
               ) -> CasePlan:
@@ -180,8 +187,8 @@ def plan_case(scenario: Any, concepts: Any, concept: Any, samples: int, threshol
         cannot = f"every fuzz candidate: {small}" if small else None
     else:
         cannot = cannot_pass(inputs_of(design, scenario.id), threshold, gate)
-    pass_half = exact_outcomes(design, threshold / 2, threshold, gate)[0]
-    caught = 1 - exact_outcomes(design, min(1.0, threshold + GATE_TOLERANCE), threshold, gate)[0]
+    pass_half = _outcomes(design, threshold / 2, threshold, gate)[0]
+    caught = 1 - _outcomes(design, min(1.0, threshold + GATE_TOLERANCE), threshold, gate)[0]
     needed = samples_needed(design, threshold, gate, POWER) if power else None
     inputs = design.n
     images = 2 * inputs
