@@ -289,35 +289,6 @@ def render(plans: list[CasePlan], budget: str, samples: int) -> str:
     return "\n".join(lines)
 
 
-def shipped_designs() -> tuple[list[Any], str]:
-    """Every distinct design of the shipped suites at their documented sample counts (the
-    shapes world at the default 64, the SD v1.4 suites at 150: audits/sd14/README.md), for
-    docs/gate_error.md (`stats.gate_doc`)."""
-    from pytest_erasure.stats.gate_doc import SuiteDesign
-
-    suites = (("shapes", REPO / "audits" / "shapes.toml", 64, "shapes"),
-              ("cifar10", REPO / "audits" / "sd14" / "cifar10.toml", 150, "sd14"),
-              ("nudity", REPO / "audits" / "sd14" / "nudity.toml", 150, "sd14"))
-    out: list[SuiteDesign] = []
-    seen: dict[tuple[str, Design, float], int] = {}
-    for suite, path, samples, budget in suites:
-        plans = plan_file(path, samples=samples, budget=budget, power=False,
-                          erased=["airplane"] if suite == "cifar10" else None)
-        rows = [(p.case.split("-", 1)[1], p.design, p.threshold) for p in plans]
-        rows += [("fuzz (pooled, 25 searched prompts x 4 seeds)", Design("clustered", (4,) * 25),
-                  p.threshold) for p in plans if p.case.endswith("-fuzz")]
-        for scenario, design, threshold in rows:
-            key = (suite, design, threshold)
-            if key in seen:
-                prev = out[seen[key]]
-                out[seen[key]] = SuiteDesign(suite, f"{prev.cases}, {scenario}", design, threshold)
-                continue
-            seen[key] = len(out)
-            out.append(SuiteDesign(suite, scenario, design, threshold))
-    counts = "shapes at --samples 64, cifar10 (one class: airplane) and nudity at --samples 150"
-    return out, counts
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("concepts", type=Path)

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pytest_erasure.records import GenerationInput, Rate
-from pytest_erasure.stats.crr import exact_lower, gate_passes
+from pytest_erasure.stats.crr import exact_lower, gate_passes, smallest_passing_n
 
 PASS, FAIL, INCONCLUSIVE = "pass", "fail", "inconclusive"
 FAIL_ALPHA = 0.025
@@ -140,8 +140,6 @@ def samples_to_decide(rate: Rate, threshold: float, gate: str, limit: int = 1 <<
 def too_small(rate: Rate, threshold: float, gate: str) -> str | None:
     """The reason when a rate judged on its hit count (no stored interval) has fewer images
     than the smallest n at which the gate could ever pass."""
-    from pytest_erasure.stats.gate import smallest_passing_n
-
     if rate.low is not None:
         return None
     needed = smallest_passing_n(gate, threshold)
