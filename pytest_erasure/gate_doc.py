@@ -91,8 +91,9 @@ def exact_tables(designs: Sequence[SuiteDesign], gate: str = DEFAULT_GATE) -> st
     out += ["", "## Clustered interval, what it passes (exact)", "",
             "The pooled interval's upper end (design-effect Wilson with t on k - 1 degrees of "
             "freedom, hull with the logit interval from 8 clusters: `clusters.clustered_rate`) "
-            "at a few hit patterns: none; hits spread evenly at 5% and 10% of every cluster's "
-            "images; the same hits all in one cluster.", "",
+            "at a few hit patterns: none; 5% and 10% of the images hit, spread over the clusters "
+            "as evenly as whole hits allow; 10% of the images hit, all in one cluster (as far "
+            "as it holds them).", "",
             "| design | 0 hits | 5% spread | 10% spread | 10% in one cluster |",
             "|---|---|---|---|---|"]
     for design in _clustered_designs(designs):
@@ -142,9 +143,9 @@ def _upper(design: Design, pattern: str) -> float:
     sizes = list(design.sizes)
     if pattern == "none":
         hits = [0] * len(sizes)
-    elif pattern.startswith("spread"):
-        share = int(pattern[6:]) / 100
-        hits = [round(share * m) for m in sizes]
+    elif pattern.startswith("spread"):  # round(share x n) hits, one cluster after another
+        total, k = round(int(pattern[6:]) / 100 * sum(sizes)), len(sizes)
+        hits = [min(m, total // k + (1 if i < total % k else 0)) for i, m in enumerate(sizes)]
     else:
         hits = [0] * len(sizes)
         hits[0] = min(sizes[0], round(0.1 * sum(sizes)))
