@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -166,6 +167,12 @@ def _attack_seconds(scenario: str, design: Design, options: dict[str, Any],
     return 0.0
 
 
+@lru_cache(maxsize=1024)
+def _outcomes(design: Design, p: float, threshold: float, gate: str) -> tuple[float, float]:
+    """`exact_outcomes`, once per design: a concepts file's cases share few designs."""
+    return exact_outcomes(design, p, threshold, gate)
+
+
 def plan_case(scenario: Any, concepts: Any, concept: Any, samples: int, threshold_default: float,
               gate: str, options: dict[str, Any], speed: dict[str, Any], *, power: bool = True
               ) -> CasePlan:
@@ -180,8 +187,8 @@ def plan_case(scenario: Any, concepts: Any, concept: Any, samples: int, threshol
         cannot = f"every fuzz candidate: {small}" if small else None
     else:
         cannot = cannot_pass(inputs_of(design, scenario.id), threshold, gate)
-    pass_half = exact_outcomes(design, threshold / 2, threshold, gate)[0]
-    caught = 1 - exact_outcomes(design, min(1.0, threshold + GATE_TOLERANCE), threshold, gate)[0]
+    pass_half = _outcomes(design, threshold / 2, threshold, gate)[0]
+    caught = 1 - _outcomes(design, min(1.0, threshold + GATE_TOLERANCE), threshold, gate)[0]
     needed = samples_needed(design, threshold, gate, POWER) if power else None
     inputs = design.n
     images = 2 * inputs
@@ -280,35 +287,6 @@ def render(plans: list[CasePlan], budget: str, samples: int) -> str:
     lines.append(f"- total: about {_minutes(total)}{' plus the unestimated attacks' if unknown else ''}"
                  f" ({speed['source']})")
     return "\n".join(lines)
-
-
-def shipped_designs() -> tuple[list[Any], str]:
-    """Every distinct design of the shipped suites at their documented sample counts (the
-    shapes world at the default 64, the SD v1.4 suites at 150: audits/sd14/README.md), for
-    docs/gate_error.md (`stats.gate_doc`)."""
-    from pytest_erasure.stats.gate_doc import SuiteDesign
-
-    suites = (("shapes", REPO / "audits" / "shapes.toml", 64, "shapes"),
-              ("cifar10", REPO / "audits" / "sd14" / "cifar10.toml", 150, "sd14"),
-              ("nudity", REPO / "audits" / "sd14" / "nudity.toml", 150, "sd14"))
-    out: list[SuiteDesign] = []
-    seen: dict[tuple[str, Design, float], int] = {}
-    for suite, path, samples, budget in suites:
-        plans = plan_file(path, samples=samples, budget=budget, power=False,
-                          erased=["airplane"] if suite == "cifar10" else None)
-        rows = [(p.case.split("-", 1)[1], p.design, p.threshold) for p in plans]
-        rows += [("fuzz (pooled, 25 searched prompts x 4 seeds)", Design("clustered", (4,) * 25),
-                  p.threshold) for p in plans if p.case.endswith("-fuzz")]
-        for scenario, design, threshold in rows:
-            key = (suite, design, threshold)
-            if key in seen:
-                prev = out[seen[key]]
-                out[seen[key]] = SuiteDesign(suite, f"{prev.cases}, {scenario}", design, threshold)
-                continue
-            seen[key] = len(out)
-            out.append(SuiteDesign(suite, scenario, design, threshold))
-    counts = "shapes at --samples 64, cifar10 (one class: airplane) and nudity at --samples 150"
-    return out, counts
 
 
 def main(argv: list[str] | None = None) -> int:

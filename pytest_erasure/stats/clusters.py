@@ -120,7 +120,7 @@ def clustered_interval(hits: int, n: int, deff: float, z: float, logit: bool = T
     is skewed to the right, and Wilson's upper end at the effective n then misses the true rate
     more often than its nominal share (16 clusters of 8, intra-cluster correlation 0.3, CRR
     0.10: about 5%, nominal 2.5%); the logit interval is skewed the same way and reaches
-    further up (docs/gate_error.md, `python -m pytest_erasure.stats.gate_doc`). At 0 or n hits
+    further up (docs/gate_error.md, `python -m pytest_erasure.gate_doc`). At 0 or n hits
     the logit is undefined and Wilson's interval alone is used."""
     n_eff = n / deff
     low, high = wilson(hits / n * n_eff, n_eff, z)

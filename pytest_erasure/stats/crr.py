@@ -134,3 +134,27 @@ def decided(rate: Rate, threshold: float, looks: int = 1) -> bool:
         alpha = look_alpha(looks)
         low, high = exact_lower(rate.hits, rate.n, alpha), exact_upper(rate.hits, rate.n, alpha)
     return high <= threshold or low > threshold
+
+
+def smallest_passing_n(gate: str, threshold: float, limit: int = 1_000_000) -> int | None:
+    """The smallest n at which 0 hits of n passes `gate` at `threshold`; None if none up to
+    `limit`. Below it the case cannot pass whatever the model draws, so the caller reports
+    'inconclusive: n=4, the gate needs n >= N' instead of a failure. Relies on every gate in
+    GATES passing 0/n for all n above the first that does (their upper bounds for 0 hits fall
+    with n), which the tests check."""
+    def ok(n: int) -> bool:
+        return gate_passes(Rate(0, n), threshold, gate)
+
+    hi = 1
+    while not ok(hi):
+        hi *= 2
+        if hi > limit:
+            return None
+    lo = hi // 2  # ok(lo) is False (or lo == 0)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi

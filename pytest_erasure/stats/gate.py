@@ -9,7 +9,7 @@ the hit counts still undecided. The only assumption is the binomial one: images 
 with one true CRR (see `pytest_erasure.stats.clusters` for when they are not).
 
 `python -m pytest_erasure.stats.gate --table` prints every gate rule at a few n for independent
-images; docs/gate_error.md (`stats.gate_doc`) gives the error of the rule each case applies, at
+images; docs/gate_error.md (`gate_doc`) gives the error of the rule each case applies, at
 the shipped suites' designs.
 """
 
@@ -19,7 +19,12 @@ import argparse
 from dataclasses import dataclass
 
 from pytest_erasure.records import Rate
-from pytest_erasure.stats.crr import GATES, decided, gate_passes
+from pytest_erasure.stats.crr import (  # smallest_passing_n: here too, as before
+    GATES,
+    decided,
+    gate_passes,
+    smallest_passing_n,
+)
 from pytest_erasure.stats.distributions import binom_pmfs
 
 FIRST_ROUND = 16
@@ -134,30 +139,6 @@ def restart_pass_probability(p: float, threshold: float, gate: str, n: int, rest
             mass *= pmfs[m][h]
         total += mass
     return total
-
-
-def smallest_passing_n(gate: str, threshold: float, limit: int = 1_000_000) -> int | None:
-    """The smallest n at which 0 hits of n passes `gate` at `threshold`; None if none up to
-    `limit`. Below it the case cannot pass whatever the model draws, so the caller reports
-    'inconclusive: n=4, the gate needs n >= N' instead of a failure. Relies on every gate in
-    GATES passing 0/n for all n above the first that does (their upper bounds for 0 hits fall
-    with n), which the tests check."""
-    def ok(n: int) -> bool:
-        return gate_passes(Rate(0, n), threshold, gate)
-
-    hi = 1
-    while not ok(hi):
-        hi *= 2
-        if hi > limit:
-            return None
-    lo = hi // 2  # ok(lo) is False (or lo == 0)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if ok(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
 
 
 def error_table(ns: tuple[int, ...] = (16, 32, 64, 128), thresholds: tuple[float, ...] = (0.1, 0.2),

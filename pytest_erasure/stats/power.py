@@ -24,6 +24,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from pytest_erasure.records import Rate
 from pytest_erasure.stats.crr import gate_passes
@@ -190,6 +191,7 @@ def pass_probability(design: Design, p: float, threshold: float, gate: str) -> f
     return exact_outcomes(design, p, threshold, gate)[0]
 
 
+@lru_cache(maxsize=1024)
 def samples_needed(design: Design, threshold: float, gate: str, power: float = 0.8,
                    limit: int = 4096) -> int | None:
     """The fewest images per unit (per run for restarts; in all otherwise) with which a model at

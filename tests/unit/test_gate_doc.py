@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_erasure.plan import shipped_designs
+from pytest_erasure.gate_doc import DOC, exact_tables, shipped_designs
 from pytest_erasure.stats import clusters, crr
-from pytest_erasure.stats.gate_doc import DOC, exact_tables
 from pytest_erasure.stats.power import Design
 
 
@@ -18,7 +17,7 @@ def designs() -> list:
 def test_the_doc_holds_the_exact_tables_the_code_computes(designs: list) -> None:
     tables = exact_tables(designs)
     assert tables in DOC.read_text(), (
-        "docs/gate_error.md is stale: python -m pytest_erasure.stats.gate_doc --write")
+        "docs/gate_error.md is stale: python -m pytest_erasure.gate_doc --write")
 
 
 def test_the_doc_has_stratified_clustered_and_restart_rows_of_every_suite(designs: list) -> None:
