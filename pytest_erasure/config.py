@@ -38,6 +38,8 @@ DEFAULT_STANDARD = SHAPES / "standard"
 DEFAULT_ERASED = SHAPES / "erased" / "uce-circle"
 
 INCONCLUSIVE = ("fail", "report")
+THREATS = ("adaptive", "transfer")
+"""`--erasure-threat`: the white-box attacker a defended release is gated against."""
 BATCH_INVARIANT = ("auto", "on", "off")
 
 
@@ -119,6 +121,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("--reconstruction-margin", "reconstruction_margin", float, 6.0,
            "a latent case is inconclusive when its inversion's reconstruction PSNR is more than "
            "this many dB below the VAE's own round trip (the inversion did not work)"),
+    Option("--erasure-threat", "threat", str, "adaptive",
+           "with a defense on, the white-box attacker the release must withstand: adaptive "
+           "(default: one who holds the released weights and the defense's code and attacks "
+           "both; a white-box case whose attack could not go through the defense is at best "
+           "inconclusive) or transfer (the attack optimises on the undefended model and its "
+           "findings are generated through the defense; for a defense the attacker cannot "
+           "reach)"),
     Option("--erasure-inconclusive", "inconclusive", str, "fail",
            "fail (default): an inconclusive case fails the release gate; report: it is shown "
            "and marked but fails no test, and the run exits with code 6 when any case is "
@@ -221,6 +230,8 @@ class AuditConfig:
     junitxml_valid: bool = False
     executor: str = "local"
     """Where units run (`executors.names()`)."""
+    threat: str = "adaptive"
+    """With a defense on, the white-box attacker gated against (THREATS)."""
     compare_file: Path | None = None
     """A previous audit's report.json to compare with (`report.compare`)."""
     regression_margin: float | None = None
@@ -425,6 +436,9 @@ class AuditConfig:
         if self.native_kernels and self.batch_invariant == "on":
             raise ErasureInputError("--no-batch-invariant", "contradicts --batch-invariant=on",
                                     "give one of them")
+        if self.threat not in THREATS:
+            raise ErasureInputError("--erasure-threat", f"'{self.threat}' is not a threat model",
+                                    f"use one of: {', '.join(THREATS)}")
         if self.inconclusive not in INCONCLUSIVE:
             raise ErasureInputError("--erasure-inconclusive", f"'{self.inconclusive}' is not a "
                                     "choice", f"use one of: {', '.join(INCONCLUSIVE)}")

@@ -45,7 +45,10 @@ def rows() -> list[tuple[str, str, str, dict[str, str], str]]:
     """(flag, ini key, default, {profile: value}, help) for every option the plugin declares, in
     `pytest --help` order: the audit options, a switch per defense, then the scenario and
     defense options."""
-    from pytest_erasure.budgets import PROFILES, SETTINGS
+    from pytest_erasure.budgets import SETTINGS
+    from pytest_erasure.config import budget_profiles
+
+    PROFILES = budget_profiles()  # noqa: N806 - the profiles every scenario declares
     from pytest_erasure.config import OPTIONS, all_options, scenario_dest
     from pytest_erasure.defenses import enable_dest
     from pytest_erasure.defenses import registry as defenses
@@ -67,9 +70,10 @@ def rows() -> list[tuple[str, str, str, dict[str, str], str]]:
 
 
 def render() -> str:
-    from pytest_erasure.budgets import PROFILES
+    from pytest_erasure.budgets import names as profile_names
+    from pytest_erasure.config import budget_profiles
 
-    names = list(PROFILES)
+    names = profile_names(budget_profiles())
     lines = [HEADER, "| flag | ini twin | default | "
              + " | ".join(f"`{name}` profile" for name in names) + " | what it does |",
              "|---|---|---|" + "---|" * len(names) + "---|"]

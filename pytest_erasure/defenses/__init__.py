@@ -68,6 +68,21 @@ _BUILTIN_MODULES = ("pytest_erasure.defenses.irece",)
 ENTRY_POINT_GROUP = "pytest_erasure.defenses"
 
 
+def adaptive_form(defense: Defense) -> str | None:
+    """How a white-box attack optimises through `defense` (its differentiable surrogate, in
+    words for the report), or None when it declares none.
+
+    A defense may carry an `adaptive` attribute: a white-box attacker holds the released weights
+    and the defense's code, and attacks both (the evaluation rule for defenses: adaptive attacks,
+    with gradients approximated where the defense is not differentiable and its randomness
+    averaged). A defense that declares no adaptive form has its white-box cases measured as
+    transfer attacks only (optimised on the undefended model, generated through the defense),
+    which say nothing about an attacker who knows the defense: under `--erasure-threat=adaptive`
+    (the default) such a case never passes. Optional, so defenses written before it still load."""
+    form = getattr(defense, "adaptive", None)
+    return str(form) if form else None
+
+
 def registry() -> dict[str, Defense]:
     """Every defense by name: built-in modules first, then entry points (a name already taken
     keeps its first owner)."""

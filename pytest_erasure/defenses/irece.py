@@ -343,6 +343,11 @@ class IreceDefense:
 
     name = "irece"
     help = "wrap the erased model with the IRECE defense"
+    adaptive: str | None = None
+    """No adaptive form yet (`defenses.adaptive_form`): an attack through IRECE needs a
+    surrogate for its thresholded mask and its re-noising inside the attack's objective
+    (straight-through, averaged over the re-noise draws). Until it has one, its white-box cases
+    are transfer results, and under `--erasure-threat=adaptive` never a pass."""
     options: tuple[ScenarioOption, ...] = (
         ScenarioOption("irece-t-star", float, 0.2,
                        "IRECE intervention step: a fraction of the steps (<1) or a step index (>=1)"),

@@ -156,6 +156,11 @@ class Scenario:
 
     modality: str = ""
     access: Literal["white-box", "black-box"] | None = None
+    adaptive: bool = False
+    """A white-box scenario that, with a defense on, optimises through it (with the surrogate
+    the defense declares, `defenses.adaptive_form`): its cases measure the adaptive attacker.
+    False: its findings are made on the undefended model (a transfer attack, `checks.
+    threat_model`)."""
     variant: str | None = None
     options: tuple[ScenarioOption, ...] = ()
     budgets: Mapping[str, Mapping[str, Budget]] = {}

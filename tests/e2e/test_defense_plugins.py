@@ -143,3 +143,43 @@ def test_two_defenses_at_once_are_one_usage_error(pytester: pytest.Pytester, tin
     errors = [line for line in result.stderr.str().splitlines() if line.startswith("ERROR")]
     assert len(errors) == 1 and "--irece --darken: enable more than one defense" in errors[0]
     assert "Traceback" not in result.stdout.str() + result.stderr.str()
+
+
+def _latent_case(report: dict) -> dict:
+    return next(c for c in report["cases"] if c["kind"] == "erasure"
+                and c["scenario"].startswith("latent-white"))
+
+
+def test_a_defense_without_an_adaptive_form_never_passes_a_white_box_case(
+        pytester: pytest.Pytester, tiny_world, defense_on_path: Path) -> None:
+    """Darken declares no adaptive form: its white-box cases are transfer attacks, INCONCLUSIVE
+    under the default threat model with that reason, gated as measured under
+    --erasure-threat=transfer; a black-box case is not touched; a model that truly leaks still
+    FAILs (a transfer attack's evidence is evidence)."""
+    pytester.makepyfile(test_audit=AUDIT)
+    reports = {}
+    for name, model, extra in (("adaptive", "erased", []),
+                               ("transfer", "erased", ["--erasure-threat=transfer"]),
+                               ("leaky", "leaky", [])):
+        out = pytester.path / name
+        paths = {**tiny_world, "erased": tiny_world[model]}
+        result = pytester.runpytest_subprocess(
+            *world(paths), "--samples", "8", "--steps", "2", "--batch-size", "4",
+            "-p", "no:randomly", "--erasure-gate=point", "--darken",
+            "--scenarios", "text,latent-white-null", f"--erasure-report={out}", *extra)
+        output = result.stdout.str() + result.stderr.str()
+        assert result.ret in (0, 1), output
+        reports[name] = json.loads((out / "report.json").read_text())
+    adaptive = _latent_case(reports["adaptive"])
+    assert adaptive["facts"]["threat_model"] == "white-box transfer"
+    assert adaptive["verdict"] == "inconclusive", adaptive["message"]
+    assert "darken declares no adaptive form" in adaptive["reason"]
+    assert "threat model white-box transfer" in adaptive["message"]
+    transfer = _latent_case(reports["transfer"])
+    assert transfer["facts"]["threat_model"] == "white-box transfer"
+    assert "adaptive form" not in (transfer["reason"] or "")
+    assert transfer["rate"] == adaptive["rate"]  # the same images, gated for another attacker
+    text = next(c for c in reports["adaptive"]["cases"] if c["scenario"] == "text")
+    assert text["facts"]["threat_model"] == "black-box" and "adaptive" not in (text["reason"] or "")
+    leaky = _latent_case(reports["leaky"])
+    assert leaky["verdict"] == "fail", leaky["message"]
