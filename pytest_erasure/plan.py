@@ -59,7 +59,6 @@ THROUGHPUT: dict[str, dict[str, Any]] = {
                   "search ~4 min; DDIM inversion ~2 s per reference",
     },
 }
-RESTART_SCENARIOS = ("embedding-white", "embedding-black", "adversarial-black")
 
 
 @dataclass
@@ -90,17 +89,6 @@ class CasePlan:
         return "ok" if self.pass_at_half >= POWER else "underpowered"
 
 
-def _texts(concept: Any) -> list[str]:
-    return list(concept.texts())
-
-
-def _strata(texts: list[str], n: int) -> tuple[int, ...]:
-    counts: dict[str, int] = {}
-    for i in range(n):
-        counts[texts[i % len(texts)]] = counts.get(texts[i % len(texts)], 0) + 1
-    return tuple(counts.values())
-
-
 def _references(concept: Any) -> int:
     from pytest_erasure.references import IMAGE_SUFFIXES
 
@@ -110,61 +98,11 @@ def _references(concept: Any) -> int:
     return sum(1 for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def inputs_of(design: Design, scenario: str) -> list[Any]:
-    """GenerationInputs with the clusters and strata the scenario's plan gives (no seeds that
-    matter, no prompts to draw): what `verdict.cannot_pass` reads."""
-    from pytest_erasure.records import GenerationInput
-
-    out = []
-    for unit, size in enumerate(design.sizes):
-        for i in range(size):
-            if design.kind == "restarts":
-                out.append(GenerationInput(seed=i, cluster=f"restart-{unit}",
-                                           stratum=f"prompt: {i}"))
-            elif design.kind == "stratified":
-                out.append(GenerationInput(seed=i, stratum=f"prompt: {unit}"))
-            elif design.kind == "clustered":
-                out.append(GenerationInput(seed=i, cluster=f"prompt: {unit}"))
-            elif scenario.startswith("latent"):
-                out.append(GenerationInput(seed=i, cluster=f"reference-{i}"))
-            else:
-                out.append(GenerationInput(seed=i))
-    return out
-
-
-def case_design(scenario: str, concept: Any, samples: int, options: dict[str, Any]
+def case_design(scenario: Any, concept: Any, samples: int, options: dict[str, Any]
                 ) -> tuple[Design, str]:
-    """The design of the case's gated rate, and a note on what else it is gated on."""
-    texts = _texts(concept)
-    if scenario == "text":
-        return Design("stratified", _strata(texts, samples)), ""
-    if scenario in RESTART_SCENARIOS:
-        return Design("restarts", (samples,) * int(options["attack-restarts"])), ""
-    if scenario.startswith("latent"):
-        refs = _references(concept)
-        if refs:
-            return Design("binomial", (min(samples, refs),)), \
-                f"{refs} references: n = min(--samples, references)"
-        return Design("stratified", _strata(texts, samples)), "no references: generated"
-    if scenario == "fuzz":
-        fresh = int(options["fuzz-confirm-seeds"])
-        return Design("binomial", (fresh,)), (
-            f"each fuzz candidate is judged on {fresh} fresh images (shown here); the pooled "
-            f"rate clusters the searched prompts x {options['fuzz-seeds-per-prompt']} seeds")
-    raise ValueError(f"no design for scenario {scenario!r}")
-
-
-def _attack_seconds(scenario: str, design: Design, options: dict[str, Any],
-                    speed: dict[str, Any]) -> float | None:
-    restarts = len(design.sizes)
-    if scenario.startswith("embedding"):
-        steps = int(options["ti-steps"]) * int(options["ti-accumulation"])
-        return restarts * steps * float(speed["ti_seconds_per_step"])
-    if scenario == "adversarial-black":
-        return None if speed["search_seconds"] is None else restarts * speed["search_seconds"]
-    if scenario.startswith("latent"):
-        return design.n * float(speed["inversion_seconds"])
-    return 0.0
+    """The design of the case's gated rate and a note on what else it is gated on, as the
+    scenario declares it (`Scenario.planning_design`)."""
+    return scenario.planning_design(concept, samples, options, _references(concept))
 
 
 @lru_cache(maxsize=1024)
@@ -176,44 +114,33 @@ def _outcomes(design: Design, p: float, threshold: float, gate: str) -> tuple[fl
 def plan_case(scenario: Any, concepts: Any, concept: Any, samples: int, threshold_default: float,
               gate: str, options: dict[str, Any], speed: dict[str, Any], *, power: bool = True
               ) -> CasePlan:
-    from pytest_erasure.records import Rate
     from pytest_erasure.stats.crr import GATE_TOLERANCE
-    from pytest_erasure.stats.verdict import cannot_pass, too_small
 
     threshold = concepts.threshold_for(concept, scenario.id, scenario.modality, threshold_default)
-    design, note = case_design(scenario.id, concept, samples, options)
-    if scenario.id == "fuzz":
-        small = too_small(Rate(0, design.n), threshold, gate)
-        cannot = f"every fuzz candidate: {small}" if small else None
-    else:
-        cannot = cannot_pass(inputs_of(design, scenario.id), threshold, gate)
+    options = scenario.planning_options(dict(options), threshold)
+    design, note = case_design(scenario, concept, samples, options)
+    cannot = scenario.planning_cannot(design, threshold, gate)
     pass_half = _outcomes(design, threshold / 2, threshold, gate)[0]
     caught = 1 - _outcomes(design, min(1.0, threshold + GATE_TOLERANCE), threshold, gate)[0]
     needed = samples_needed(design, threshold, gate, POWER) if power else None
-    inputs = design.n
-    images = 2 * inputs
-    if scenario.id == "fuzz":
-        per, most = int(options["fuzz-seeds-per-prompt"]), int(options["fuzz-max-prompts"])
-        cap = int(options["fuzz-confirm-candidates"])
-        images = 2 * (most * per * 2 + cap * design.n)  # search + pooled, candidates: both models
-        inputs = most * per
-    attack = _attack_seconds(scenario.id, design, options, speed)
+    inputs, images = scenario.planning_images(design, options)
+    attack = scenario.planning_attack_seconds(design, options, speed)
     return CasePlan(f"{concept.name}-{scenario.id}", threshold, design, inputs, attack, images,
                     cannot, pass_half, caught, needed, note)
 
 
 def resolve_options(budget: str, given: dict[str, Any], threshold: float) -> dict[str, Any]:
-    """The attack options the plan needs: given > the budget profile's > the option defaults."""
-    from pytest_erasure.budgets import PROFILES
-    from pytest_erasure.scenarios.fuzz import confirm_seeds
+    """The attack options the plan needs: given > the budget profile's > the option defaults
+    (each scenario fills in what it derives, `Scenario.planning_options`)."""
+    from pytest_erasure.budgets import profile
+    from pytest_erasure.scenarios.base import budget_profiles, iter_options, registry
 
-    out: dict[str, Any] = {"fuzz-seeds-per-prompt": 4, "fuzz-max-prompts": 100,
-                           "fuzz-confirm-candidates": 10}
-    out.update({k: b.value for k, b in PROFILES[budget].items()})
+    scenarios = registry()
+    out: dict[str, Any] = {o.name: o.default for o in iter_options(scenarios)}
+    out.update({k: b.value for k, b in profile(budget, budget_profiles(scenarios)).items()})
     out.update({k: v for k, v in given.items() if v is not None})
-    if out.get("fuzz-confirm-seeds") is None:
-        out["fuzz-confirm-seeds"] = confirm_seeds(None, int(out["fuzz-confirm-candidates"]),
-                                                  threshold)
+    for scenario in scenarios.values():
+        out = scenario.planning_options(out, threshold)
     return out
 
 

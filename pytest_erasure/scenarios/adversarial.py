@@ -13,8 +13,9 @@ published SD v1.4 budget (population 200, 3000 generations, K=16; `ring_a_bell.S
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pytest_erasure.attacks.ring_a_bell import SHAPES, SearchSettings, paired_prompts
 from pytest_erasure.budgets import RAB, RAB_REPO, SHAPES_WORLD, Budget
@@ -32,6 +33,9 @@ from pytest_erasure.scenarios.restarts import (
     restart_seed,
     slot_in_restart,
 )
+
+if TYPE_CHECKING:
+    from pytest_erasure.stats.power import Design
 
 CACHE_KIND = "ring-a-bell"
 SEARCH_VERSION = 1
@@ -84,6 +88,18 @@ class RingABellScenario(Scenario):
                        "distinct best prompts kept per search; the case cycles through them"),
         ATTACK_RESTARTS,
     )
+
+
+    def planning_design(self, concept: Concept, samples: int, options: Mapping[str, Any],
+                        references: int) -> tuple[Design, str]:
+        from pytest_erasure.stats.power import Design
+
+        return Design("restarts", (samples,) * int(options["attack-restarts"])), ""
+
+    def planning_attack_seconds(self, design: Design, options: Mapping[str, Any],
+                                speed: Mapping[str, Any]) -> float | None:
+        search = speed.get("search_seconds")
+        return None if search is None else len(design.sizes) * float(search)
 
     def settings(self, ctx: AuditContext) -> SearchSettings:
         settings = replace(

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from pytest_erasure.config import AuditConfig
     from pytest_erasure.executors.units import Unit
     from pytest_erasure.models.identity import ModelFacts
+    from pytest_erasure.stats.power import Design
 
 
 @dataclass(frozen=True)
@@ -194,6 +195,54 @@ class Scenario:
         disk cache is on)."""
         return []
 
+    # -- what `python -m pytest_erasure.plan` reads, before anything loads ----------------------
+
+    def planning_design(self, concept: Concept, samples: int, options: Mapping[str, Any],
+                        references: int) -> tuple[Design, str]:
+        """How this scenario's gated rate will be drawn (its `stats.power.Design`), from the
+        concept, --samples, the resolved options and the concept's reference count, and a note
+        on what else it is gated on. Default: --samples images over the declared prompts."""
+        from pytest_erasure.stats.power import Design
+
+        return Design("stratified", prompt_strata(list(concept.texts()), samples)), ""
+
+    def planning_inputs(self, design: Design) -> list[GenerationInput]:
+        """Inputs with the clusters and strata the plan will give (no seed or prompt that
+        matters): what `verdict.cannot_pass` reads."""
+        out = []
+        for unit, size in enumerate(design.sizes):
+            for i in range(size):
+                if design.kind == "restarts":
+                    out.append(GenerationInput(seed=i, cluster=f"restart-{unit}",
+                                               stratum=f"prompt: {i}"))
+                elif design.kind == "stratified":
+                    out.append(GenerationInput(seed=i, stratum=f"prompt: {unit}"))
+                elif design.kind == "clustered":
+                    out.append(GenerationInput(seed=i, cluster=f"prompt: {unit}"))
+                else:
+                    out.append(GenerationInput(seed=i))
+        return out
+
+    def planning_cannot(self, design: Design, threshold: float, gate: str) -> str | None:
+        """Why the case cannot pass even with no hit (the audit's own INCONCLUSIVE words)."""
+        from pytest_erasure.stats.verdict import cannot_pass
+
+        return cannot_pass(self.planning_inputs(design), threshold, gate)
+
+    def planning_images(self, design: Design, options: Mapping[str, Any]) -> tuple[int, int]:
+        """(images the audited model generates, every image the case needs: the standard
+        model's under the same attack and a search's own included)."""
+        return design.n, 2 * design.n
+
+    def planning_attack_seconds(self, design: Design, options: Mapping[str, Any],
+                                speed: Mapping[str, Any]) -> float | None:
+        """The attack's own time beyond generation at `speed`'s rates (None: unknown)."""
+        return 0.0
+
+    def planning_options(self, options: dict[str, Any], threshold: float) -> dict[str, Any]:
+        """The resolved options with what the scenario derives from them filled in."""
+        return options
+
     @property
     def id(self) -> str:
         parts = [self.modality]
@@ -274,3 +323,11 @@ def iter_options(scenarios: dict[str, Scenario]) -> Iterator[ScenarioOption]:
             if option.name not in seen:
                 seen.add(option.name)
                 yield option
+
+
+def prompt_strata(texts: list[str], n: int) -> tuple[int, ...]:
+    """Images per declared prompt when n images go round the prompts in order."""
+    counts: dict[str, int] = {}
+    for i in range(n):
+        counts[texts[i % len(texts)]] = counts.get(texts[i % len(texts)], 0) + 1
+    return tuple(counts.values())

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -46,6 +47,8 @@ from pytest_erasure.scenarios.restarts import (
 
 if TYPE_CHECKING:
     import torch
+
+    from pytest_erasure.stats.power import Design
 
 TI_OPTIONS: tuple[ScenarioOption, ...] = (
     ScenarioOption("ti-steps", int, 100, "textual-inversion training (optimizer) steps"),
@@ -158,6 +161,18 @@ class EmbeddingScenario(Scenario):
     budgets = merge_budgets(BUDGETS, RESTART_BUDGETS)
     needs_references = True
     table_column = 3
+
+
+    def planning_design(self, concept: Concept, samples: int, options: Mapping[str, Any],
+                        references: int) -> tuple[Design, str]:
+        from pytest_erasure.stats.power import Design
+
+        return Design("restarts", (samples,) * int(options["attack-restarts"])), ""
+
+    def planning_attack_seconds(self, design: Design, options: Mapping[str, Any],
+                                speed: Mapping[str, Any]) -> float | None:
+        steps = int(options["ti-steps"]) * int(options["ti-accumulation"])
+        return len(design.sizes) * steps * float(speed["ti_seconds_per_step"])
 
     def images_per_concept(self, ctx: AuditContext, concept: Concept) -> int:
         """The training images the standard model draws when the concept has no references."""

@@ -76,6 +76,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,6 +90,8 @@ from pytest_erasure.scenarios.restarts import prompt_stratum
 
 if TYPE_CHECKING:
     from hypothesis.database import ExampleDatabase
+
+    from pytest_erasure.stats.power import Design
 
 LEDGER_PREFIX = b"pytest-erasure/fuzz/bypasses/"
 SEARCH_PREFIX = b"pytest-erasure/fuzz/search/"
@@ -283,6 +286,35 @@ class FuzzScenario(Scenario):
                        "(default: <erasure cache>/hypothesis; in memory with the cache off)"),
     )
 
+
+
+    def planning_design(self, concept: Concept, samples: int, options: Mapping[str, Any],
+                        references: int) -> tuple[Design, str]:
+        from pytest_erasure.stats.power import Design
+
+        fresh = int(options["fuzz-confirm-seeds"])
+        return Design("binomial", (fresh,)), (
+            f"each fuzz candidate is judged on {fresh} fresh images (shown here); the pooled "
+            f"rate clusters the searched prompts x {options['fuzz-seeds-per-prompt']} seeds")
+
+    def planning_cannot(self, design: Design, threshold: float, gate: str) -> str | None:
+        from pytest_erasure.records import Rate
+        from pytest_erasure.stats.verdict import too_small
+
+        small = too_small(Rate(0, design.n), threshold, gate)
+        return f"every fuzz candidate: {small}" if small else None
+
+    def planning_images(self, design: Design, options: Mapping[str, Any]) -> tuple[int, int]:
+        per, most = int(options["fuzz-seeds-per-prompt"]), int(options["fuzz-max-prompts"])
+        cap = int(options["fuzz-confirm-candidates"])
+        # search + pooled, and every candidate's fresh images, on both models
+        return most * per, 2 * (most * per * 2 + cap * design.n)
+
+    def planning_options(self, options: dict[str, Any], threshold: float) -> dict[str, Any]:
+        if options.get("fuzz-confirm-seeds") is None:
+            options = {**options, "fuzz-confirm-seeds": confirm_seeds(
+                None, int(options["fuzz-confirm-candidates"]), threshold)}
+        return options
 
     def images_cached(self, ctx: AuditContext, n: int, erased: int) -> int:
         """Up to --fuzz-max-prompts x --fuzz-seeds-per-prompt images on each model."""

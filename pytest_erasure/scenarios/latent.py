@@ -37,6 +37,7 @@ has the reconstruction each sampler reaches on the shapes world.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -50,6 +51,8 @@ from pytest_erasure.scenarios.restarts import prompt_stratum
 
 if TYPE_CHECKING:
     import torch
+
+    from pytest_erasure.stats.power import Design
 
 DEFAULT_PERTURBATIONS = "noise:0.05,blur:0.5,jpeg:75,resize:0.75"
 
@@ -134,6 +137,27 @@ class LatentScenario(Scenario):
     needs_references = True
     gates_reconstruction = True
     table_column = 4
+
+
+    def planning_design(self, concept: Concept, samples: int, options: Mapping[str, Any],
+                        references: int) -> tuple[Design, str]:
+        from pytest_erasure.scenarios.base import prompt_strata
+        from pytest_erasure.stats.power import Design
+
+        if references:
+            return Design("binomial", (min(samples, references),)), \
+                f"{references} references: n = min(--samples, references)"
+        return Design("stratified", prompt_strata(list(concept.texts()), samples)), \
+            "no references: generated"
+
+    def planning_inputs(self, design: Design) -> list[GenerationInput]:
+        if design.kind != "binomial":
+            return super().planning_inputs(design)
+        return [GenerationInput(seed=i, cluster=f"reference-{i}") for i in range(design.n)]
+
+    def planning_attack_seconds(self, design: Design, options: Mapping[str, Any],
+                                speed: Mapping[str, Any]) -> float | None:
+        return design.n * float(speed["inversion_seconds"])
 
     def images_cached(self, ctx: AuditContext, n: int, erased: int) -> int:
         """The plan on both models and 4n reconstructions (each target's, of n images)."""

@@ -6,8 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pytest_erasure.plan import REPO, case_design, inputs_of, plan_file
+from pytest_erasure.plan import REPO, case_design, plan_file
 from pytest_erasure.records import Rate
+from pytest_erasure.scenarios.base import registry
 from pytest_erasure.stats.design import case_rate
 from pytest_erasure.stats.verdict import INCONCLUSIVE, Evidence, cannot_pass, decide
 
@@ -33,7 +34,7 @@ def test_a_case_the_plan_cannot_decide_is_inconclusive_for_the_same_reason() -> 
                                                                           "embedding-white"])}
     text = plans["circle-text"]
     assert text.status == "CANNOT DECIDE" and "even with no hit" in (text.cannot or "")
-    inputs = inputs_of(text.design, "text")
+    inputs = registry()["text"].planning_inputs(text.design)
     rate = case_rate([False] * len(inputs), inputs)
     verdict, reason = decide(Evidence(rate=rate, threshold=0.2, gate="exact",
                                       structure=cannot_pass(inputs, 0.2, "exact")))
@@ -78,10 +79,11 @@ def test_latent_without_references_is_stratified_over_prompts() -> None:
     from pytest_erasure.concepts import load_concepts
 
     concepts = load_concepts(NUDITY)
-    design, note = case_design("latent-white-null", concepts.concepts["nudity"], 64, {})
+    latent = registry()["latent-white-null"]
+    design, note = case_design(latent, concepts.concepts["nudity"], 64, {})
     assert design.kind == "stratified" and design.n == 64 and "no references" in note
-    strata = {i.stratum for i in inputs_of(design, "latent-white-null")}
-    assert len(strata) == 8 and all(not i.cluster for i in inputs_of(design, "latent-white-null"))
+    inputs = latent.planning_inputs(design)
+    assert len({i.stratum for i in inputs}) == 8 and all(not i.cluster for i in inputs)
 
 
 def test_a_gate_without_the_bound_is_flagged_unsafe() -> None:
