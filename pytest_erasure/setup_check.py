@@ -140,15 +140,20 @@ def check(standard: Path, erased: Path, concepts_file: Path,
         item = _checked(what, partial(_detector, spec, labels))
         items.append(Item(item.status, item.what, item.detail,
                           _detector_fix(item.fix, spec.path)))
-    wanted = scenarios or ()
-    uses_references = not wanted or any(s.startswith(("embedding", "latent")) for s in wanted)
+    from pytest_erasure.scenarios.base import registry
+
+    wanted = set(scenarios or ())
+    readers = [s for s in registry().values() if s.needs_references
+               and (not wanted or s.id in wanted or s.modality in wanted)]
+    uses_references = bool(readers)
     for concept in audited:
         what = f"references for {concept.name}"
         if concept.references is None:
             if uses_references:
                 items.append(Item(
-                    "note", what, "none declared: the embedding and latent scenarios start from "
-                    "the standard model's own images of it",
+                    "note", what, "none declared: the scenarios that read references ("
+                    f"{', '.join(s.id for s in readers)}) start from the standard model's own "
+                    "images of it",
                     f"add references = \"FOLDER\" to its [[concept]] in {concepts_file}, a folder "
                     f"of PNG/JPEG photos of {concept.term} ({GUIDE}, 'References')"))
             continue
