@@ -106,6 +106,8 @@ class AuditSession:
                     "--scenarios", f"names unknown scenario(s) {', '.join(unknown)}",
                     f"use ids or modalities from: {', '.join(sorted(known))}")
 
+        named = set(self.config.scenarios or ())
+
         def selected(*names: str | None) -> bool:
             return wanted is None or any(n in wanted for n in names if n)
 
@@ -115,6 +117,8 @@ class AuditSession:
                 out.append(Case(f"{concept.name}-baseline", concept.name, "baseline", "baseline",
                                 PROMPTS))
             for scenario in self.context.scenarios.values():
+                if scenario.opt_in and not (named & {scenario.id, scenario.modality}):
+                    continue  # runs (and is declared) only when --scenarios names it
                 if selected(scenario.id, scenario.modality):
                     out.append(Case(f"{concept.name}-{scenario.id}", concept.name, scenario.id,
                                     "erasure", scenario.modality, scenario.access))

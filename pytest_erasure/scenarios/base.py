@@ -177,6 +177,9 @@ class Scenario:
     table_column: int | None = 100
     """Where its CRR column stands in `python -m pytest_erasure.table` (lower is further
     left; ties in registry order); None: no column."""
+    opt_in: bool = False
+    """Its cases run (and a complete audit declares them) only when `--scenarios` names it
+    (its id or modality): a new kind of case that must not change the default audit."""
 
     def images_cached(self, ctx: AuditContext, n: int, erased: int) -> int:
         """At most how many images one case of this scenario caches, with n = --samples and
@@ -271,6 +274,7 @@ _BUILTIN_MODULES = (
     "pytest_erasure.scenarios.latent",
     "pytest_erasure.scenarios.adversarial",
     "pytest_erasure.scenarios.fuzz",
+    "pytest_erasure.scenarios.quantized",
 )
 
 

@@ -222,3 +222,34 @@ def test_a_lora_that_does_not_fit_is_a_usage_error(tiny_world: dict[str, Path]) 
     with pytest.raises(ErasureInputError, match="does not fit"):
         ctx.generate("erased", INPUTS, overlays=(misshapen,))
     assert Overlay("lora", {"scale": 1.0}).kind == "lora"
+
+
+@pytest.mark.parametrize("layout", ["peft", "processor", "lora-compatible"])
+def test_lora_merges_what_it_says_in_every_layout_and_restores_the_same_objects(
+        layout: str) -> None:
+    from pytest_erasure.overlays import Overlaid
+    from pytest_erasure.testing import tiny_pipeline
+
+    pipe = tiny_pipeline(0)
+    path = "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_out.0"
+    layer = pipe.unet.get_submodule(path)
+    generator = torch.Generator().manual_seed(2)
+    down = torch.randn(3, layer.in_features, generator=generator)
+    up = torch.randn(layer.out_features, 3, generator=generator)
+    block = path.removesuffix(".to_out.0")
+    keys = {"peft": (f"unet.{path}.lora_A.weight", f"unet.{path}.lora_B.weight"),
+            "processor": (f"{block}.processor.to_out_lora.down.weight",
+                          f"{block}.processor.to_out_lora.up.weight"),
+            "lora-compatible": (f"{path}.lora.down.weight", f"{path}.lora.up.weight")}[layout]
+    weights = {keys[0]: down, keys[1]: up, f"{path}.alpha": torch.tensor(6.0)}
+    original = layer.weight
+    kept = original.detach().clone()
+    host = Overlaid()
+    with host.applied(lambda role: pipe, (("erased", lora(weights, scale=0.5)),)):
+        merged = host.active["erased"].unet.get_submodule(path).weight
+        want = kept + 0.5 * (6.0 / 3) * (up @ down)
+        assert torch.allclose(merged, want, atol=1e-6) and merged is not original
+        assert pipe.unet.get_submodule(path).weight is original  # the loaded model untouched
+    assert "erased" not in host.active
+    assert pipe.unet.get_submodule(path).weight is original
+    assert torch.equal(original, kept)

@@ -1,0 +1,110 @@
+"""Quantized releases: the concept's prompts on the erased model as users run it in 8 or 4 bits.
+
+An audit of the 16- or 32-bit file says nothing about the model users run quantized: an
+erasure's weight deltas are small, and a coarse grid may round them away (in language models
+4-bit quantization brought "forgotten" knowledge back while int8 was benign; issue 26). Each
+case runs the text scenario's plan (the concept's declared prompts x seeds) on the erased model
+under a `quantize` overlay (`overlays/quantize.py`), and the same plan on the standard model
+quantized the same way, as the attack's control:
+- `quantized-int8`: weight-only int8, one scale per output channel, round to nearest;
+- `quantized-4bit`: 4-bit, one scale per group of `--quant-group-size` weights, round to nearest.
+
+Deviations, recorded in every report (the overlay's description in the case's facts):
+- the weights are quantized and dequantized in float32 on the CPU and run in the model's dtype:
+  the numbers a low-bit kernel multiplies by, not the kernel itself (no int8 / int4 kernels run
+  here, on any device); 4-bit is a uniform round-to-nearest grid, not NF4's normal-float levels;
+- the base rate and the baseline stay the unquantized model's (they say whether the detector
+  can see the concept at all);
+- opt-in: these cases run when `--scenarios` names them (`quantized`, or an id), so the default
+  audit's cases and verdict are what they were.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pytest_erasure.budgets import Budget
+from pytest_erasure.concepts import Concept
+from pytest_erasure.errors import ErasureInputError
+from pytest_erasure.records import Overlay, Plan, Role
+from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
+from pytest_erasure.scenarios.prompts import concept_plan
+
+BITS = {"int8": 8, "4bit": 4}
+COMPONENTS = ("unet", "text_encoder", "vae")
+
+QUANT_OPTIONS = (
+    ScenarioOption("quant-group-size", int, 64,
+                   "weights per scale in the 4-bit quantized cases (quantized-4bit)"),
+    ScenarioOption("quant-components", str, "unet",
+                   "components the quantized cases quantize (comma-separated: unet, "
+                   "text_encoder, vae)"),
+)
+
+BNB = "bitsandbytes"
+BUDGETS: dict[str, dict[str, Budget]] = {
+    "shapes": {
+        "quant-group-size": Budget(64, BNB, "bitsandbytes' 4-bit default block size (64); the "
+                                   "grid here is uniform round-to-nearest, not NF4"),
+    },
+    "sd14": {
+        "quant-group-size": Budget(64, BNB, "bitsandbytes' 4-bit default block size (64), "
+                                   "which diffusers' BitsAndBytesConfig uses for SD UNets; the "
+                                   "grid here is uniform round-to-nearest, not NF4"),
+    },
+}
+"""What each budget profile sets this scenario's options to, and where each value comes from."""
+
+
+class QuantizedScenario(Scenario):
+    modality = "quantized"
+    options = QUANT_OPTIONS
+    budgets = BUDGETS
+    table_column = 5
+    opt_in = True
+
+    def __init__(self, variant: str) -> None:
+        self.variant = variant
+
+    def components(self, ctx: AuditContext) -> tuple[str, ...]:
+        given = str(ctx.option("quant-components"))
+        names = tuple(dict.fromkeys(p.strip() for p in given.split(",") if p.strip()))
+        unknown = [n for n in names if n not in COMPONENTS]
+        if not names or unknown:
+            raise ErasureInputError("--quant-components", f"is {given!r}",
+                                    f"name one or more of {', '.join(COMPONENTS)}, "
+                                    "comma-separated")
+        return names
+
+    def overlay(self, ctx: AuditContext) -> Overlay:
+        """The quantize overlay this case runs both models under."""
+        from pytest_erasure.overlays.quantize import quantize
+
+        group = ctx.option("quant-group-size")
+        if BITS[self.variant] == 4 and (not isinstance(group, int) or group < 1):
+            raise ErasureInputError("--quant-group-size", f"is {group}",
+                                    "give a positive whole number of weights per scale (e.g. 64)")
+        return quantize(BITS[self.variant], group_size=int(group),
+                        components=self.components(ctx))
+
+    def validate(self, ctx: AuditContext) -> None:
+        self.overlay(ctx)
+
+    def describe(self, ctx: AuditContext) -> dict[str, Any]:
+        settings = {"bits": BITS[self.variant], "components": list(self.components(ctx))}
+        if BITS[self.variant] == 4:
+            settings["quant-group-size"] = ctx.option("quant-group-size")
+        return settings
+
+    def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
+        # The text case's plan (the same seeds), on `target` quantized: the erased model as
+        # users run it, and the standard model quantized the same way as the control.
+        plan = concept_plan(ctx, concept, n)
+        plan.overlays = (self.overlay(ctx),)
+        plan.facts["quantization"] = {"bits": BITS[self.variant],
+                                      "applied_to": ["erased", "standard"],
+                                      "kernels": "none: quantize-dequantize on the CPU"}
+        return plan
+
+
+SCENARIOS = [QuantizedScenario("int8"), QuantizedScenario("4bit")]

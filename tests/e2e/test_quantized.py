@@ -1,0 +1,90 @@
+"""The quantized cases (issue 26): the concept's prompts on both models quantized the same way.
+
+On the tiny world: opt-in (the default audit's cases are unchanged), both models run under the
+same `quantize` overlay, recorded in the report with what it is (quantize-dequantize, no low-bit
+kernels), 4-bit moves the erased model's images off the unquantized ones; bad settings are one
+usage-error line before any model loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+AUDIT = "def test_erasure(erasure_case, erasure_check):\n    erasure_check(erasure_case)\n"
+FAST = ["--samples", "4", "--steps", "2", "--batch-size", "4", "-p", "no:randomly",
+        "--erasure-gate=point", "--no-erasure-cache"]
+
+
+@pytest.fixture(autouse=True)
+def this_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Subprocesses import this checkout's package, not another installed copy."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+
+
+def _world(world: dict[str, Path]) -> list[str]:
+    return [f"--standard-model={world['standard']}", f"--erased-model={world['erased']}",
+            f"--concepts={world['concepts']}", *FAST]
+
+
+def test_quantized_cases_run_only_when_named(tiny_world: dict[str, Path]) -> None:
+    from pytest_erasure.concepts import load_concepts
+    from pytest_erasure.session import AuditSession, default_config
+
+    def ids(**overrides: object) -> list[str]:
+        config = default_config(concepts_file=tiny_world["concepts"], cache_dir=None,
+                                **overrides)
+        return [c.id for c in AuditSession(config, load_concepts(config.concepts_file)).cases()]
+
+    assert not any("quantized" in i for i in ids())
+    named = ids(scenarios=("quantized", "text"))
+    assert {"circle-quantized-int8", "circle-quantized-4bit", "circle-text"} <= set(named)
+    assert [i for i in ids(scenarios=("quantized-4bit",)) if "quantized" in i] == \
+        ["circle-quantized-4bit"]
+
+
+def test_both_models_run_quantized_the_same_way(pytester: pytest.Pytester,
+                                                tiny_world: dict[str, Path]) -> None:
+    pytester.makepyfile(test_audit=AUDIT)
+    out = pytester.path / "report"
+    result = pytester.runpytest_subprocess(
+        *_world(tiny_world), "--scenarios", "text,quantized", "--quant-group-size", "8",
+        f"--erasure-report={out}")
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret in (0, 1) and "Traceback" not in output, output
+    cases = {c["scenario"]: c for c in json.loads((out / "report.json").read_text())["cases"]
+             if c["concept"] == "circle"}
+    assert {"text", "quantized-int8", "quantized-4bit"} <= set(cases)
+    for scenario, bits in (("quantized-int8", 8), ("quantized-4bit", 4)):
+        facts = cases[scenario]["facts"]
+        erased, standard = facts["overlays"]["erased"], facts["overlays"]["standard"]
+        assert len(erased) == 1 and erased == standard  # the control: the same quantization
+        assert erased[0]["kind"] == "quantize" and erased[0]["params"]["bits"] == bits
+        assert "quantize-dequantize" in erased[0]["description"]
+        assert facts["quantization"]["kernels"].startswith("none")
+        assert facts["scenario_settings"]["bits"] == bits
+    assert cases["quantized-4bit"]["facts"]["scenario_settings"]["quant-group-size"] == 8
+    # 4 bits, one scale per 8 weights: the erased model's images move off the 32-bit ones.
+    assert cases["quantized-4bit"]["facts"]["image_sha256"] != \
+        cases["text"]["facts"]["image_sha256"]
+    assert cases["quantized-4bit"]["facts"]["prompts"] == cases["text"]["facts"]["prompts"]
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--quant-group-size", "0"], "--quant-group-size: is 0"),
+    (["--quant-components", "unet,safety_checker"], "--quant-components: is 'unet,safety_checker'"),
+])
+def test_bad_quantization_settings_are_one_usage_error(pytester: pytest.Pytester,
+                                                       tiny_world: dict[str, Path],
+                                                       flags: list[str], message: str) -> None:
+    pytester.makepyfile(test_audit=AUDIT)
+    result = pytester.runpytest_subprocess(*_world(tiny_world), "--scenarios", "quantized-4bit",
+                                           *flags)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.stderr.str().splitlines() if line.strip()]
+    assert len(errors) == 1 and message in errors[0], errors
