@@ -8,8 +8,9 @@ That is most of what the plugin costs a run that never audits. So the declaratio
 `addoption` / `addini` calls, recorded once) are kept in a JSON file under the user's cache
 folder, and replayed from it while nothing they came from has changed:
 
-- the key: Python's version, `sys.path`, and every installed distribution's entry-point file
-  (its size and mtime; a package installed, removed or re-registered changes it);
+- the key: Python's version, `sys.path`, this package's folder (two checkouts never share a
+  record), and every installed distribution's entry-point file (its size and mtime; a package
+  installed, removed or re-registered changes it);
 - checked on reading: the size and mtime of every source file that took part (the options
   table, the scenario, defense and format modules, ours and third parties').
 
@@ -140,7 +141,11 @@ def _key() -> str:
         for name in names:
             dists.append([entry, name, _stat(os.path.join(entry or ".", name,
                                                           "entry_points.txt"))])
-    blob = json.dumps([VERSION, sys.version, sys.path, dists])
+    # This package's own folder too: with sys.path[0] == '' (python -c, an embedded
+    # interpreter) two checkouts of the plugin share every other part of the key, and each
+    # would be served the other's declarations.
+    here = os.path.dirname(os.path.abspath(__file__))
+    blob = json.dumps([VERSION, sys.version, sys.path, here, dists])
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 

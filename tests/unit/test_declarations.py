@@ -53,3 +53,13 @@ def test_an_unwritable_cache_still_declares(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))  # a file: no folder can be made in it
     assert declarations.calls() == json.loads(json.dumps(fresh()))
     assert not os.path.isdir(blocker)
+
+
+def test_two_checkouts_never_share_a_record(monkeypatch) -> None:
+    """With sys.path[0] == '' (python -c) two checkouts share every other part of the key: the
+    package's folder keeps their records apart (one served the other's options before)."""
+    from pytest_erasure import declarations
+
+    here = declarations._key()
+    monkeypatch.setattr(declarations, "__file__", "/elsewhere/pytest_erasure/declarations.py")
+    assert declarations._key() != here
