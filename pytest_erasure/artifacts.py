@@ -48,44 +48,12 @@ def token_width(standard_model: Path) -> int | None:
 # -- export ------------------------------------------------------------------------------------
 
 def findings(case: CaseResult) -> list[dict[str, Any]]:
-    """What one erasure case's attack found: [{"kind", "name", "source" (a file to copy) or
-    "prompts"}]. Embeddings: every restart's file; prompts: Ring-A-Bell's found prompts and
-    fuzzing's confirmed bypasses."""
-    out: list[dict[str, Any]] = []
-    facts = case.facts or {}
-    if case.modality == "embedding":
-        files = {k: v for k, v in case.artifacts.items() if k.startswith("embedding")}
-        for restart, name in enumerate(sorted(files, key=_restart_order)):
-            out.append({"kind": "embedding", "name": f"embedding-{restart}", "restart": restart,
-                        "source": files[name], "token": facts.get("token"),
-                        "found_through": facts.get("optimised_through"),
-                        "settings": {"budget": facts.get("budget"), "seed": _seed(facts,
-                                                                                  restart)}})
-    elif case.modality == "latent" and case.artifacts.get("latents"):
-        out.append({"kind": "latents", "name": "latents", "source": case.artifacts["latents"],
-                    "found_through": facts.get("inverted_through"),
-                    "settings": {"inversion": facts.get("inversion"),
-                                 "regeneration": facts.get("regeneration"),
-                                 "perturbations": facts.get("perturbations"),
-                                 "reference_images": facts.get("reference_images")}})
-    elif case.modality == "adversarial" and facts.get("prompts"):
-        out.append({"kind": "prompts", "name": "prompts", "prompts": list(facts["prompts"]),
-                    "found_through": facts.get("optimised_through", "standard"),
-                    "settings": facts.get("settings")})
-    elif case.modality == "fuzz" and facts.get("bypasses"):
-        out.append({"kind": "prompts", "name": "bypasses",
-                    "prompts": [b["prompt"] for b in facts["bypasses"]],
-                    "found_through": "erased", "settings": facts.get("settings")})
-    return out
+    """What one erasure case's attack found, as its scenario declares it (`Scenario.findings`):
+    [{"kind", "name", "source" (a file to copy) or "prompts", ...}]."""
+    from pytest_erasure.scenarios.base import registry
 
-
-def _restart_order(name: str) -> int:
-    return 0 if name == "embedding" else int(name.rsplit("-", 1)[-1])
-
-
-def _seed(facts: dict[str, Any], restart: int) -> Any:
-    runs = facts.get("attack_runs") or []
-    return runs[restart].get("seed") if restart < len(runs) else facts.get("seed")
+    scenario = registry().get(case.scenario)
+    return scenario.findings(case) if scenario is not None else []
 
 
 def export(record: AuditRecord, config: AuditConfig, folder: Path) -> Path:
@@ -103,7 +71,7 @@ def export(record: AuditRecord, config: AuditConfig, folder: Path) -> Path:
         for found in findings(case):
             target = folder / case.case_id
             target.mkdir(parents=True, exist_ok=True)
-            if found["kind"] in ("embedding", "latents"):
+            if "source" in found:  # a file (an embedding, latents); else prompts
                 source = Path(found.pop("source"))
                 if not source.is_file():
                     continue
@@ -178,7 +146,7 @@ def read_manifest(folder: Path, standard_model: Path) -> dict[str, Any]:
             raise ErasureInputError(what, f"has {entry['file']} changed since it was exported "
                                     "(sha256 differs from the manifest's)",
                                     "export the artifacts again, or restore the file")
-        if entry["kind"] == "embedding":
+        if entry.get("token"):  # an embedding: made for one token width
             made_for = manifest.get("token_width")
             if width is not None and made_for is not None and made_for != width:
                 raise ErasureInputError(

@@ -35,6 +35,7 @@ from pytest_erasure.scenarios.restarts import (
 )
 
 if TYPE_CHECKING:
+    from pytest_erasure.records import CaseResult
     from pytest_erasure.stats.power import Design
 
 CACHE_KIND = "ring-a-bell"
@@ -89,6 +90,16 @@ class RingABellScenario(Scenario):
         ATTACK_RESTARTS,
     )
 
+
+
+    def findings(self, case: CaseResult) -> list[dict[str, Any]]:
+        """The prompts the search found."""
+        facts = case.facts or {}
+        if not facts.get("prompts"):
+            return []
+        return [{"kind": "prompts", "name": "prompts", "prompts": list(facts["prompts"]),
+                 "found_through": facts.get("optimised_through", "standard"),
+                 "settings": facts.get("settings")}]
 
     def planning_design(self, concept: Concept, samples: int, options: Mapping[str, Any],
                         references: int) -> tuple[Design, str]:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from pytest_erasure.config import AuditConfig
     from pytest_erasure.executors.units import Unit
     from pytest_erasure.models.identity import ModelFacts
+    from pytest_erasure.records import CaseResult
     from pytest_erasure.stats.power import Design
 
 
@@ -196,6 +197,12 @@ class Scenario:
     def writes(self, ctx: AuditContext, cache_on: bool) -> list[Write]:
         """Places its cases write besides the cache and the reports (`cache_on`: whether the
         disk cache is on)."""
+        return []
+
+    def findings(self, case: CaseResult) -> list[dict[str, Any]]:
+        """What a finished case's attack found, for `--erasure-artifacts` (`artifacts.export`):
+        [{"kind", "name", "source" (a file to copy) or "prompts", "found_through" (the role it
+        was found on), "settings", ...}]. Default: nothing (an attack that searches nothing)."""
         return []
 
     # -- what `python -m pytest_erasure.plan` reads, before anything loads ----------------------

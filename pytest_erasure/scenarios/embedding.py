@@ -48,6 +48,7 @@ from pytest_erasure.scenarios.restarts import (
 if TYPE_CHECKING:
     import torch
 
+    from pytest_erasure.records import CaseResult
     from pytest_erasure.stats.power import Design
 
 TI_OPTIONS: tuple[ScenarioOption, ...] = (
@@ -162,6 +163,25 @@ class EmbeddingScenario(Scenario):
     needs_references = True
     table_column = 3
 
+
+
+    def findings(self, case: CaseResult) -> list[dict[str, Any]]:
+        """Every restart's learned embedding file (diffusers' textual-inversion format)."""
+        facts = case.facts or {}
+        files = {k: v for k, v in case.artifacts.items() if k.startswith("embedding")}
+
+        def order(name: str) -> int:
+            return 0 if name == "embedding" else int(name.rsplit("-", 1)[-1])
+
+        runs = facts.get("attack_runs") or []
+        out = []
+        for restart, name in enumerate(sorted(files, key=order)):
+            seed = runs[restart].get("seed") if restart < len(runs) else facts.get("seed")
+            out.append({"kind": self.modality, "name": f"{self.modality}-{restart}",
+                        "restart": restart, "source": files[name], "token": facts.get("token"),
+                        "found_through": facts.get("optimised_through"),
+                        "settings": {"budget": facts.get("budget"), "seed": seed}})
+        return out
 
     def planning_design(self, concept: Concept, samples: int, options: Mapping[str, Any],
                         references: int) -> tuple[Design, str]:

@@ -91,6 +91,7 @@ from pytest_erasure.scenarios.restarts import prompt_stratum
 if TYPE_CHECKING:
     from hypothesis.database import ExampleDatabase
 
+    from pytest_erasure.records import CaseResult
     from pytest_erasure.stats.power import Design
 
 LEDGER_PREFIX = b"pytest-erasure/fuzz/bypasses/"
@@ -287,6 +288,16 @@ class FuzzScenario(Scenario):
     )
 
 
+
+
+    def findings(self, case: CaseResult) -> list[dict[str, Any]]:
+        """The confirmed bypasses."""
+        facts = case.facts or {}
+        if not facts.get("bypasses"):
+            return []
+        return [{"kind": "prompts", "name": "bypasses",
+                 "prompts": [b["prompt"] for b in facts["bypasses"]],
+                 "found_through": "erased", "settings": facts.get("settings")}]
 
     def planning_design(self, concept: Concept, samples: int, options: Mapping[str, Any],
                         references: int) -> tuple[Design, str]:

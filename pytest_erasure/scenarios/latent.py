@@ -52,6 +52,7 @@ from pytest_erasure.scenarios.restarts import prompt_stratum
 if TYPE_CHECKING:
     import torch
 
+    from pytest_erasure.records import CaseResult
     from pytest_erasure.stats.power import Design
 
 DEFAULT_PERTURBATIONS = "noise:0.05,blur:0.5,jpeg:75,resize:0.75"
@@ -138,6 +139,19 @@ class LatentScenario(Scenario):
     gates_reconstruction = True
     table_column = 4
 
+
+
+    def findings(self, case: CaseResult) -> list[dict[str, Any]]:
+        """The inverted latents, `{"latents": (N, 4, h, w)}`."""
+        facts = case.facts or {}
+        if not case.artifacts.get("latents"):
+            return []
+        return [{"kind": "latents", "name": "latents", "source": case.artifacts["latents"],
+                 "found_through": facts.get("inverted_through"),
+                 "settings": {"inversion": facts.get("inversion"),
+                              "regeneration": facts.get("regeneration"),
+                              "perturbations": facts.get("perturbations"),
+                              "reference_images": facts.get("reference_images")}}]
 
     def planning_design(self, concept: Concept, samples: int, options: Mapping[str, Any],
                         references: int) -> tuple[Design, str]:
