@@ -127,11 +127,48 @@ def test_native_kernels_change_bits_at_most_never_rates(runs: dict[str, Path]) -
         assert int(diff.max()) <= 1 and int((diff > 0).sum()) <= diff.numel() // 1000, name
 
 
+def _platform_keeps_bits(threads: tuple[int, ...]) -> str | None:
+    """Whether this CPU's own kernels give a sample the same bits (None) or not (what differs)
+    in what the layers rely on (`invariant.py`): a 3x3 convolution of one sample in batches of
+    2 and 5, and a batched matmul, at each of `threads`. The layers' promise rests on oneDNN
+    choosing such kernels; another CPU may not, and there the promise is not made."""
+    import torch
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(5, 8, 12, 12, generator=g)
+    w = torch.randn(8, 8, 3, 3, generator=g)
+    a, b = torch.randn(5, 7, 32, generator=g), torch.randn(32, 24, generator=g)
+    before = torch.get_num_threads()
+    seen = []
+    try:
+        for t in threads:
+            torch.set_num_threads(t)
+            seen.append((torch.nn.functional.conv2d(x[:2], w, padding=1)[0],
+                         torch.nn.functional.conv2d(x, w, padding=1)[0], (a @ b)[0]))
+    finally:
+        torch.set_num_threads(before)
+    for t, (pair, five, product) in zip(threads, seen, strict=True):
+        if not torch.equal(pair, five):
+            return f"3x3 convolution differs between batches of 2 and 5 at {t} threads"
+        if not (torch.equal(product, seen[0][2]) and torch.equal(pair, seen[0][0])):
+            return f"convolution or matmul differs between {threads[0]} and {t} threads"
+    return None
+
+
 def test_invariant_layers_give_one_sample_the_same_bits_in_any_batch_and_thread_count() -> None:
     """The layers themselves, on a tiny SD-architecture pipeline, called as generation calls
     them: prompts encoded by `_conditioning`, the UNet on (unconditional, conditional) pairs, the
     VAE decoder. A sample's output is bit-identical alone or in a batch of 3 or 17 (oneDNN
-    changes 1x1 kernels at 16) at 1, 2, 3 and 4 threads, and the same with 1 or 2 threads."""
+    changes 1x1 kernels at 16) at each thread count, and the same with 1 or 2 threads.
+
+    What is promised is checked against the kernels this CPU actually selects
+    (`_platform_keeps_bits`): the batch part at every thread count where the platform's own
+    convolution keeps a sample's bits across batches (the precondition `invariant.py` names),
+    the 1-vs-2-threads part only where its kernels keep bits across those thread counts. Where
+    a precondition fails, that part is not promised on this CPU and is reported, not asserted;
+    where it holds, a difference fails."""
+    import warnings
+
     import torch
 
     from pytest_erasure.generate import _conditioning
@@ -157,6 +194,8 @@ def test_invariant_layers_give_one_sample_the_same_bits_in_any_batch_and_thread_
             image = pipe.vae.decode(z[:n]).sample
         return [states, eps[:n], eps[n:], image]
 
+    batch_ok = {t: _platform_keeps_bits((t,)) is None for t in (1, 2, 3, 4)}
+    threads_ok = _platform_keeps_bits((1, 2))
     threads = torch.get_num_threads()
     try:
         outputs = {}
@@ -165,11 +204,24 @@ def test_invariant_layers_give_one_sample_the_same_bits_in_any_batch_and_thread_
             outputs.update({(t, n): run(n) for n in (1, 3, 17)})
     finally:
         torch.set_num_threads(threads)
+    assert batch_ok[1], "even one thread's convolution depends on the batch on this CPU"
     names = ("text", "unet, first half", "unet, second half", "vae")
+    not_promised = []
     for (t, n), got in outputs.items():
-        for reference in [outputs[(t, 17)], *([outputs[(1, 17)]] if t <= 2 else [])]:
+        references = [outputs[(t, 17)]] if batch_ok[t] else []
+        if t <= 2:
+            if threads_ok is None:
+                references.append(outputs[(1, 17)])
+            else:
+                not_promised.append(f"{t} threads vs 1: {threads_ok}")
+        if not batch_ok[t]:
+            not_promised.append(f"batches at {t} threads: {_platform_keeps_bits((t,))}")
+        for reference in references:
             for name, a, b in zip(names, reference, got, strict=True):
                 assert torch.equal(a[:n], b), f"{name}: {n} samples, {t} threads"
+    if not_promised:
+        warnings.warn("not promised on this CPU (its own kernels change bits): "
+                      + "; ".join(sorted(set(not_promised))), stacklevel=1)
 
 
 def test_another_seed_gives_other_images(runs: dict[str, Path]) -> None:
