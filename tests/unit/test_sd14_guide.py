@@ -8,7 +8,10 @@ import importlib.util
 import re
 from pathlib import Path
 
-from pytest_erasure.budgets import PROFILES, SETTINGS
+from pytest_erasure.budgets import SETTINGS
+from pytest_erasure.config import budget_profiles
+
+PROFILES = budget_profiles()  # what the scenarios declare (`Scenario.budgets`)
 
 REPO = Path(__file__).resolve().parents[2]
 GUIDE = (REPO / "audits" / "sd14" / "README.md").read_text(encoding="utf-8")

@@ -20,7 +20,8 @@ from pytest_erasure.testing.outcomes import OutcomeContext  # noqa: E402
 
 class Table(OutcomeContext):
     def generate_flagged(self, role: str, inputs: list[Any], concept: Any = None,
-                         defended: Any = None) -> Any:
+                         defended: Any = None, overlays: Any = ()) -> Any:
+        assert not overlays, "the outcome table has no model to overlay"
         return super().generate_flagged(role, inputs, concept)
 
 
