@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[2]
 AUDIT = "def test_erasure(erasure_case, erasure_check):\n    erasure_check(erasure_case)\n"
 FAST = ["--samples", "2", "--steps", "2", "--batch-size", "2", "-p", "no:randomly"]
 
@@ -87,8 +88,10 @@ def write_defense_package(root: Path) -> Path:
 @pytest.fixture
 def defense_on_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     package = write_defense_package(tmp_path / "site")
+    # The checkout under test next: the subprocess must import this package, not another
+    # installed copy.
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        p for p in (str(package), os.environ.get("PYTHONPATH", "")) if p))
+        p for p in (str(package), str(REPO), os.environ.get("PYTHONPATH", "")) if p))
     monkeypatch.setenv("DARKEN_LOG", str(tmp_path / "darken.log"))
     return tmp_path / "darken.log"
 

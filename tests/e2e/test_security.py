@@ -58,6 +58,11 @@ UNPICKLES_ITS_OWN = {
                             "loads back before sending it to the driver over its worker's pipe "
                             "(a multiprocessing pipe unpickles what it carries): bytes it made "
                             "itself, never a file and never another party's data",
+    "executors/ray.py": "the Ray executor passes units and their results between the driver and "
+                        "its own actors as pickled bytes (Ray's own transport is cloudpickle "
+                        "anyway): bytes this audit's driver or its actors made, never a file; a "
+                        "cluster runs the code it is sent, so only a trusted one is joined "
+                        "(docs/ray.md says so)",
 }
 """Modules that unpickle bytes they made themselves, each with the reason."""
 
