@@ -203,10 +203,12 @@ def bench_irece(pipe: Any, args: argparse.Namespace, clock: Clock) -> dict[str, 
 
 
 def budget(name: str) -> dict[str, Any]:
-    """A budget profile's values (pytest_erasure.budgets), e.g. the sd14 profile's TI budget."""
+    """A budget profile's values (as the scenarios declare them), e.g. the sd14 profile's TI
+    budget."""
     from pytest_erasure.budgets import profile
+    from pytest_erasure.config import budget_profiles
 
-    return {option: entry.value for option, entry in profile(name).items()}
+    return {option: entry.value for option, entry in profile(name, budget_profiles()).items()}
 
 
 def bench_ti(pipe: Any, args: argparse.Namespace, clock: Clock) -> dict[str, Any]:
