@@ -64,7 +64,7 @@ def export(record: AuditRecord, config: AuditConfig, folder: Path) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
-    models = {role: _model_id(record.provenance.get(role)) for role in ("standard", "erased")}
+    models = {role: record.model_id(role) for role in ("standard", "erased")}
     for case in record.cases:
         if case.kind != "erasure" or case.error:
             continue
@@ -102,14 +102,6 @@ def export(record: AuditRecord, config: AuditConfig, folder: Path) -> Path:
                     encoding="utf-8")
     return path
 
-
-def _model_id(info: Any) -> str | None:
-    if not isinstance(info, dict):
-        return None
-    content = info.get("content")
-    if isinstance(content, dict) and content.get("fingerprint"):
-        return str(content["fingerprint"])
-    return info.get("fingerprint")
 
 
 # -- replay ------------------------------------------------------------------------------------

@@ -286,6 +286,18 @@ class AuditRecord:
     comparison: Comparison | None = None
     """This audit against a previous one (`--erasure-compare`), when one was given."""
 
+    def model_id(self, role: str) -> str | None:
+        """The model's identity as comparisons and artifacts name it: its content fingerprint
+        (the same weights in any packaging are one model) where provenance records one, else
+        its files' fingerprint; None when unknown."""
+        info = self.provenance.get(role)
+        if not isinstance(info, dict):
+            return None
+        content = info.get("content")
+        if isinstance(content, dict) and content.get("fingerprint"):
+            return str(content["fingerprint"])
+        return info.get("fingerprint")
+
     @property
     def passed(self) -> bool:
         return (not self.incomplete and not (self.selection or {}).get("partial")

@@ -218,19 +218,11 @@ def _models(previous: AuditRecord, current: AuditRecord) -> dict[str, dict[str, 
     another packaging are the same model), else by file fingerprint."""
     out = {}
     for role in ("standard", "erased"):
-        ids = [_model_id(r.provenance.get(role)) for r in (previous, current)]
+        ids = [r.model_id(role) for r in (previous, current)]
         out[role] = {"previous": ids[0], "current": ids[1],
                      "same": ids[0] is not None and ids[0] == ids[1]}
     return out
 
-
-def _model_id(info: Any) -> str | None:
-    if not isinstance(info, dict):
-        return None
-    content = info.get("content")
-    if isinstance(content, dict) and content.get("fingerprint"):
-        return str(content["fingerprint"])
-    return info.get("fingerprint")
 
 
 # -- words for every report ------------------------------------------------------------------------

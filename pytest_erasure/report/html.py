@@ -55,6 +55,7 @@ from pytest_erasure.report.text import (
     short,
     status,
     tally,
+    tensor_changes,
     threat_model,
     verdict,
     verdict_label,
@@ -233,13 +234,7 @@ def _differs(model: dict[str, Any]) -> str:
         return "— (the reference)"
     changed = model.get("changed") or {}
     parts = [f"{c} ({changed[c]})" if c in changed else c for c in model["components"]]
-    if model.get("differs"):
-        parts.append(model["differs"])
-    else:
-        if model["replaced"] is not None:
-            parts.append(f"{model['replaced']} tensors replaced")
-        if model["added"]:
-            parts.append(f"{model['added']} tensors added")
+    parts += tensor_changes(model)
     return "; ".join(parts) or "nothing recorded"
 
 

@@ -347,19 +347,26 @@ def _sum_key(value: Any, key: str, depth: int = 0) -> int | None:
     return sum(found) if found else None
 
 
+def tensor_changes(model: dict[str, Any]) -> list[str]:
+    """What a format's summary says of its tensors: how many differ from the standard model
+    where that was measured, else how many it replaced and added."""
+    if model.get("differs"):
+        return [model["differs"]]
+    out = []
+    if model["replaced"] is not None:
+        out.append(f"{model['replaced']} tensors replaced")
+    if model["added"]:
+        out.append(f"{model['added']} tensors added")
+    return out
+
+
 def model_line(model: dict[str, Any]) -> str:
     parts = [str(model["format"])]
     if model["components"]:
         changed = model.get("changed") or {}
         parts.append("replaces " + "+".join(
             f"{c} ({changed[c]})" if c in changed else c for c in model["components"]))
-    if model.get("differs"):
-        parts.append(model["differs"])
-    else:
-        if model["replaced"] is not None:
-            parts.append(f"{model['replaced']} tensors replaced")
-        if model["added"]:
-            parts.append(f"{model['added']} tensors added")
+    parts += tensor_changes(model)
     parts.append(f"fingerprint {short(model['fingerprint'])}")
     if model.get("content"):
         parts.append(f"content {short(model['content'])}")
