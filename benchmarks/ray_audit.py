@@ -1,9 +1,9 @@
-"""The default audit with `local`, with `ray` on 1 worker and on 2, and the same JSON from each.
+"""The default audit with `local`, `process`, and `ray` on 1 worker and on 2: time and JSON.
 
-    python benchmarks/ray_audit.py [--reps 1] [-- EXTRA PYTEST ARGS]
+    python benchmarks/ray_audit.py [--reps 1] [--keep DIR] [-- EXTRA PYTEST ARGS]
 
 Each run is `python -m pytest audits/` (the shapes world, every default) in a subprocess with an
-empty cache, one torch thread per worker: `local` under OMP_NUM_THREADS=1, `ray` with
+empty cache, one torch thread per worker: `local` and `process` under OMP_NUM_THREADS=1, `ray` with
 `--ray-worker-cpus=1` (each actor sets one thread) and `--ray-workers` 1 or 2. Runs alternate
 rep by rep. Reported: wall seconds (median over reps), the ratios ray-1 / local and ray-2 / ray-1
 (the issue's target: <= 0.6), and whether every report agrees with local's case for case on hits,
@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 RUNS = {
     "local": ["--erasure-executor=local"],
+    "process": ["--erasure-executor=process"],
     "ray-1": ["--erasure-executor=ray", "--ray-workers=1", "--ray-worker-cpus=1"],
     "ray-2": ["--erasure-executor=ray", "--ray-workers=2", "--ray-worker-cpus=1"],
 }
@@ -54,6 +55,7 @@ def audit(name: str, folder: Path, extra: list[str]) -> tuple[float, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=1)
+    parser.add_argument("--keep", type=Path, help="copy every run's report folder here")
     parser.add_argument("extra", nargs="*", help="more pytest arguments (after --)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -76,12 +78,20 @@ def main() -> None:
             for rep in range(args.reps):
                 got = cases(Path(tmp) / f"{name}-{rep}" / "report" / "report.json")
                 agree[f"{name} rep {rep}"] = not compare(want, got)
+        if args.keep:
+            import shutil
+
+            for name in RUNS:
+                for rep in range(args.reps):
+                    shutil.copytree(Path(tmp) / f"{name}-{rep}" / "report",
+                                    args.keep / f"{name}-{rep}", dirs_exist_ok=True)
     median = {name: statistics.median(v) for name, v in seconds.items()}
     result: dict[str, Any] = {
         "what": "wall seconds of the default audit (pytest audits/) per executor, one torch "
                 "thread per worker, empty cache; median over reps",
         "seconds": seconds,
         "median_seconds": median,
+        "ratio_process_to_local": median["process"] / median["local"],
         "ratio_ray1_to_local": median["ray-1"] / median["local"],
         "ratio_ray2_to_ray1": median["ray-2"] / median["ray-1"],
         "exit_codes": exits,
@@ -92,7 +102,8 @@ def main() -> None:
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "ray_audit.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("median_seconds", "ratio_ray1_to_local",
+    print(json.dumps({k: result[k] for k in ("median_seconds", "ratio_process_to_local",
+                                              "ratio_ray1_to_local",
                                               "ratio_ray2_to_ray1", "same_json_as_local")},
                      indent=2))
 

@@ -180,13 +180,15 @@ def erasure(ctx: Context, case: Case, concept: Concept) -> CaseResult:
                                            config.crr_threshold)
     floor = ctx.concepts.attack_floor_for(concept, scenario.id, scenario.modality,
                                           config.attack_floor)
-    plan = scenario.plan(ctx, concept, "erased", n)
+    # Both plans first (side by side where the executor runs units so: an attack on each
+    # model, `Context.map`), then the measurements, which depend on nothing but the plans.
+    plan, standard_plan = ctx.map(lambda role: scenario.plan(ctx, concept, role, n),
+                                  ("erased", "standard"))
     stop_at = threshold if config.sequential else None
     audited = measure(ctx, "erased", plan, concept, stop_at=stop_at)
     undefended = None
     if config.defense is not None:
         undefended = measure(ctx, "erased", plan, concept, defended=False, stop_at=stop_at).rate
-    standard_plan = scenario.plan(ctx, concept, "standard", n)
     standard = measure(ctx, "standard", standard_plan, concept)
     base = base_rate(ctx, concept)
     seen, _ = baseline_rate(ctx, concept)

@@ -24,17 +24,20 @@ their results.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
+import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pytest_erasure.cache import Cache, digest, tensor_digest
 from pytest_erasure.concepts import Concept, ConceptSet
 from pytest_erasure.config import AuditConfig
 from pytest_erasure.detectors.base import Detection, Detector, DetectorSpec, build_detector
-from pytest_erasure.executors import DEFAULT, Executor, make
+from pytest_erasure.executors import DEFAULT, Executor, concurrency, make
 from pytest_erasure.executors.units import Unit, detect_images, generate_images, model_identity
 from pytest_erasure.memory import BatchSizes
 from pytest_erasure.overlays import Overlaid
@@ -50,6 +53,9 @@ if TYPE_CHECKING:
     from pytest_erasure.models.handle import ModelHandle
     from pytest_erasure.models.identity import ModelFacts, ModelIdentity
     from pytest_erasure.models.loading import LoadedModels
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 MEMO_BYTES = 512 * 2**20
 """Images kept in memory for reuse within a run (a latent plan's check, then its case's
@@ -88,6 +94,12 @@ class Context:
         self.uncaptured: Callable[[], AbstractContextManager[Any]] = nullcontext
         self._overlaid = Overlaid()
         """The overlays applied while a unit runs here (the local executor's host side)."""
+        self._lock = threading.RLock()
+        """Held while the models, their identity or the memo change: `map` runs scenario code
+        from several threads when the executor runs units side by side."""
+        self._bar: Any = None
+        """The one progress display while `map` runs work side by side (rich allows one live
+        display at a time): each unit's bar is a task on it."""
 
     def show_progress(self, config: Any) -> None:
         """Progress bars on stderr, drawn past pytest's output capture (`config`: pytest's)."""
@@ -116,6 +128,10 @@ class Context:
     def models(self) -> LoadedModels:
         """Both pipelines, loaded on first use. When the identity came from the cache, the
         load must agree with it: every cache key of this run was made from those fingerprints."""
+        with self._lock:
+            return self._load()
+
+    def _load(self) -> LoadedModels:
         if self._models is None:
             from pytest_erasure.models.loading import load_models
 
@@ -140,9 +156,11 @@ class Context:
     @property
     def executor(self) -> Executor:
         """The executor `--erasure-executor` names, made on first use (workers start then)."""
-        if self._executor is None:
-            self._executor = make(getattr(self.config, "executor", DEFAULT), self.config, self)
-        return self._executor
+        with self._lock:
+            if self._executor is None:
+                self._executor = make(getattr(self.config, "executor", DEFAULT), self.config,
+                                      self)
+            return self._executor
 
     def close(self) -> None:
         """Release the executor's workers (a later unit starts them again)."""
@@ -180,6 +198,44 @@ class Context:
         with self.progress(unit.title, unit.total) as advance:
             return self.executor.run(unit, advance)
 
+    def map(self, fn: Callable[[T], R], items: Iterable[T]) -> list[R]:
+        """[fn(item) for item in items], run side by side when the executor runs units side by
+        side (`executors.concurrency`: Ray's actors), in order otherwise.
+
+        Why threads in the driver: the items are independent pieces of one case (an attack's
+        restarts, each from its own seed and cache entry; the erased and the standard model's
+        plans) whose heavy steps are units; a thread per item only waits for its units, which
+        the executor runs on its own workers, while caching, seeds and facts stay in this
+        process as with one item at a time. Results come back in the items' order, and the
+        first failure is raised once every item has ended. Nothing is run side by side with
+        `local` or `process` (their one set of models would be shared by two units)."""
+        todo = list(items)
+        width = min(len(todo), concurrency(self.config))
+        if width <= 1:
+            return [fn(item) for item in todo]
+        with self._shared_bar(), ThreadPoolExecutor(width, "erasure-map") as pool:
+            # each item in a copy of this context: the OOM recording (`memory.recording`)
+            # is a context variable, and the copies share its one record
+            futures = [pool.submit(contextvars.copy_context().run, fn, item) for item in todo]
+            return [future.result() for future in futures]
+
+    @contextmanager
+    def _shared_bar(self) -> Iterator[None]:
+        if self.console is None or self._bar is not None:
+            yield
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        with self.uncaptured(), Progress(
+            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+            TimeElapsedColumn(), console=self.console, transient=True,
+        ) as bar:
+            self._bar = bar
+            try:
+                yield
+            finally:
+                self._bar = None
+
     def detector_for(self, spec: DetectorSpec, device: str) -> Detector:
         """Host side of the local executor: the run's one detector for `spec`."""
         key = _spec_key(spec)
@@ -198,6 +254,10 @@ class Context:
     def identity(self) -> ModelIdentity:
         """Fingerprints, provenance and facts of both models: from the cache when their files
         are unchanged since a successful load, else from loading them (and stored)."""
+        with self._lock:
+            return self._identify()
+
+    def _identify(self) -> ModelIdentity:
         if self._identity is None:
             from pytest_erasure.models.identity import ModelIdentity, model_key
 
@@ -271,14 +331,23 @@ class Context:
         return (self.config.height or native, self.config.width or native)
 
     def reference_images(self, concept: Concept) -> torch.Tensor:
-        if concept.name not in self._references:
-            self._references[concept.name] = load_reference_images(concept, self.size())
-        return self._references[concept.name]
+        with self._lock:
+            if concept.name not in self._references:
+                self._references[concept.name] = load_reference_images(concept, self.size())
+            return self._references[concept.name]
 
     @contextmanager
     def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
         if self.console is None:
             yield lambda n: None
+            return
+        shared = self._bar
+        if shared is not None:  # units side by side (`map`): one row each on the shared bar
+            task = shared.add_task(description, total=total)
+            try:
+                yield lambda n: shared.advance(task, n)
+            finally:
+                shared.remove_task(task)
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
@@ -326,10 +395,11 @@ class Context:
         keys = [{**base_key, "input": _input_key(item)} for item in inputs]
         names = [digest(key) for key in keys]
         found: dict[int, tuple[torch.Tensor, bool]] = {}
-        for i in range(len(inputs)):
-            if names[i] in self._memo:
-                self._memo.move_to_end(names[i])
-                found[i] = self._memo[names[i]]
+        with self._lock:
+            for i in range(len(inputs)):
+                if names[i] in self._memo:
+                    self._memo.move_to_end(names[i])
+                    found[i] = self._memo[names[i]]
         rest = [i for i in range(len(inputs)) if i not in found]
 
         def compute_missing(missing: list[int]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
@@ -342,7 +412,8 @@ class Context:
                 batch_size=self.config.batch_size,
                 defense=defense.name if defense is not None else None, concept=concept,
                 config=self.config if defense is not None else None))
-            self.generated += len(chosen)
+            with self._lock:
+                self.generated += len(chosen)
             return [({"image": images[j].clone()}, {"degenerate": flags[j]})
                     for j in range(len(chosen))]
 
@@ -357,6 +428,10 @@ class Context:
         return torch.stack([o[0] for o in ordered]), [o[1] for o in ordered]
 
     def _remember(self, name: str, entry: tuple[torch.Tensor, bool]) -> None:
+        with self._lock:
+            self._keep(name, entry)
+
+    def _keep(self, name: str, entry: tuple[torch.Tensor, bool]) -> None:
         if name in self._memo:
             self._memo.move_to_end(name)
             return

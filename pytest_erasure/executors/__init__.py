@@ -13,7 +13,11 @@ that units travel) and `ray` (actors on a Ray cluster, the optional extra). A th
 one (a cluster queue) as one file, registered under the entry-point group
 `pytest_erasure.executors` as `name = "module:factory"`, where `factory(config, local_host)`
 returns an `Executor`. A factory may carry `options` (`ScenarioOption`s: flags and ini twins the
-plugin declares) and a `check(config)` that preflight runs before any model loads.
+plugin declares), a `check(config)` that preflight runs before any model loads, and a
+`concurrency(config)`: how many units it runs side by side. Where that is more than one, the
+context hands it independent units together (an attack's restarts, the two models' plans:
+`Context.map`), each from its own driver thread, so `run` must then be safe to call from
+several threads at once.
 
 This module imports nothing heavy: the plugin reads the names when it declares its options.
 """
@@ -139,6 +143,14 @@ def devices_elsewhere(config: AuditConfig) -> bool:
     devices_elsewhere`), which its own `check` verifies: the driver then needs no GPU."""
     return bool(getattr(factory(getattr(config, "executor", DEFAULT)), "devices_elsewhere",
                         False))
+
+
+def concurrency(config: AuditConfig) -> int:
+    """How many units the chosen executor runs at once (`factory.concurrency(config)`, 1 when
+    it declares none): `local` and `process` run one at a time (one set of models), `ray` one
+    per actor."""
+    width = getattr(factory(getattr(config, "executor", DEFAULT)), "concurrency", None)
+    return max(1, int(width(config))) if callable(width) else 1
 
 
 def make(name: str, config: AuditConfig, local: Host) -> Executor:

@@ -43,6 +43,7 @@ import os
 import pickle
 import socket
 import sys
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -213,36 +214,50 @@ class RayExecutor:
         """Ray installed, the cluster reachable and able to hold the workers: before any load."""
         _plan(config, _connect(config).cluster_resources())
 
+    @staticmethod
+    def concurrency(config: AuditConfig) -> int:
+        """One unit per actor at a time: the context hands this many independent units over
+        together (`Context.map`)."""
+        return _plan(config, _connect(config).cluster_resources())[0]
+
     def __init__(self, config: AuditConfig, local: Host | None = None) -> None:
         self.ray = _connect(config)
         self.workers, self.resources = _plan(config, self.ray.cluster_resources())
         self._actors: list[Any] = []
-        self._next = 0
+        self._free: list[Any] = []
+        """Actors running no unit: each runs one unit at a time (its second thread only
+        answers `progress`), whichever driver thread sent it."""
+        self._idle = threading.Condition()
         self._task = 0
 
     def actors(self) -> list[Any]:
         """The pool, started on first use; refused when an actor runs another version."""
-        if not self._actors:
-            from pytest_erasure import __version__
+        with self._idle:
+            if not self._actors:
+                from pytest_erasure import __version__
 
-            remote = self.ray.remote(UnitActor).options(
-                max_concurrency=2, max_restarts=RESTARTS, max_task_retries=RESTARTS,
-                **self.resources)
-            self._actors = [remote.remote(int(self.resources["num_cpus"]))
-                            for _ in range(self.workers)]
-            versions = self.ray.get([a.version.remote() for a in self._actors])
-            other = sorted({v for v, _pid in versions if v != __version__})
-            if other:
-                raise RuntimeError(f"Ray workers run pytest-erasure {', '.join(other)}, the "
-                                   f"driver {__version__}: install the same version on every "
-                                   "node")
-        return self._actors
+                remote = self.ray.remote(UnitActor).options(
+                    max_concurrency=2, max_restarts=RESTARTS, max_task_retries=RESTARTS,
+                    **self.resources)
+                actors = [remote.remote(int(self.resources["num_cpus"]))
+                          for _ in range(self.workers)]
+                versions = self.ray.get([a.version.remote() for a in actors])
+                other = sorted({v for v, _pid in versions if v != __version__})
+                if other:
+                    raise RuntimeError(f"Ray workers run pytest-erasure {', '.join(other)}, the "
+                                       f"driver {__version__}: install the same version on "
+                                       "every node")
+                self._actors, self._free = actors, list(actors)
+            return self._actors
 
     def pids(self) -> list[int]:
         """Each actor's worker process id (for tests that kill one)."""
         return [pid for _v, pid in self.ray.get([a.version.remote() for a in self.actors()])]
 
     def run(self, unit: Unit, advance: Callable[[int], None]) -> Any:
+        """The unit's result. A splittable unit is cut into one part per actor (whatever is
+        busy: the parts, and so the bits, do not depend on timing), and each part goes to the
+        next actor that is idle; safe to call from several threads at once (`Context.map`)."""
         from pytest_erasure.executors.units import join, split
         from pytest_erasure.memory import absorb, snapshot
 
@@ -252,16 +267,10 @@ class RayExecutor:
         actors = self.actors()
         parts = split(unit, len(actors)) or [unit]
         sizes = pickle.dumps(snapshot())
-        calls = []
-        for part in parts:
-            actor = actors[self._next % len(actors)]
-            self._next += 1
-            self._task += 1
-            # cloudpickle (Ray's): a unit function defined in a script's __main__ travels by
-            # value, as it cannot be imported by name on the actor
-            calls.append((self._task, actor, actor.run.remote(
-                self._task, self.ray.cloudpickle.dumps(part), sizes)))
-        answers = self._wait(calls, advance, unit)
+        # cloudpickle (Ray's): a unit function defined in a script's __main__ travels by
+        # value, as it cannot be imported by name on the actor
+        payloads = [self.ray.cloudpickle.dumps(part) for part in parts]
+        answers = self._run_parts(payloads, sizes, advance, unit)
         results = []
         for kind, payload in answers:
             if kind != "done":
@@ -271,37 +280,79 @@ class RayExecutor:
             results.append(result)
         return results[0] if len(parts) == 1 else join(unit, results)
 
-    def _wait(self, calls: list[tuple[int, Any, Any]], advance: Callable[[int], None],
-              unit: Unit) -> list[tuple[str, bytes]]:
-        """Every call's answer in order, advancing the bar by what the actors report."""
+    def _take(self, wait: float) -> Any:
+        """An idle actor, waiting up to `wait` seconds for one (None if none came)."""
+        with self._idle:
+            if not self._free:
+                self._idle.wait(wait)
+            return self._free.pop(0) if self._free else None
+
+    def _give(self, actor: Any) -> None:
+        with self._idle:
+            self._free.append(actor)
+            self._idle.notify()
+
+    def _run_parts(self, payloads: list[bytes], sizes: bytes, advance: Callable[[int], None],
+                   unit: Unit) -> list[tuple[str, bytes]]:
+        """Every part's answer in order: parts go to idle actors as they free up, the bar
+        advances by what the running parts report, and an actor is given back as soon as its
+        part is done (never held while this thread waits for another)."""
         ray = self.ray
-        pending = [ref for _t, _a, ref in calls]
-        shown = {task: 0 for task, _a, _r in calls}
-        while pending:
-            _done, pending = ray.wait(pending, num_returns=len(pending), timeout=POLL_S)
-            if not pending:
-                break
-            try:
-                polled = ray.get([a.progress.remote(t) for t, a, _r in calls], timeout=POLL_S)
-            except Exception:  # noqa: BLE001 - an actor restarting: its progress comes later
+        queue = list(range(len(payloads)))
+        running: dict[Any, tuple[int, int, Any]] = {}  # ref -> (part, task, actor)
+        answers: list[Any] = [None] * len(payloads)
+        shown: dict[int, int] = {}
+        failure: BaseException | None = None
+        while queue or running:
+            while queue and failure is None:
+                actor = self._take(0 if running else POLL_S)
+                if actor is None:
+                    break
+                with self._idle:
+                    self._task += 1
+                    task = self._task
+                part = queue.pop(0)
+                shown[task] = 0
+                running[actor.run.remote(task, payloads[part], sizes)] = (part, task, actor)
+            if failure is not None:
+                queue.clear()
+            if not running:
                 continue
-            for (task, _a, _r), steps in zip(calls, polled, strict=True):
-                if steps > shown[task]:  # a retried unit restarts from 0: never count twice
-                    advance(steps - shown[task])
-                    shown[task] = steps
-        try:
-            answers = ray.get([ref for _t, _a, ref in calls])
-        except ray.exceptions.RayError as exc:
+            done, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
+            for ref in done:
+                part, task, actor = running.pop(ref)
+                try:
+                    answers[part] = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    failure = failure or exc
+                self._give(actor)
+            if running and not done:
+                self._poll(running, shown, advance)
+        if failure is not None:
             what = unit.title or unit.fn.__name__
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            text = str(failure).strip()
+            first = text.splitlines()[0] if text else type(failure).__name__
             raise RuntimeError(f"a Ray worker failed {RESTARTS + 1} times running {what}: "
                                f"{first}") from None
         if unit.total and sum(shown.values()) < unit.total:
             advance(unit.total - sum(shown.values()))
         return answers
 
+    def _poll(self, running: dict[Any, tuple[int, int, Any]], shown: dict[int, int],
+              advance: Callable[[int], None]) -> None:
+        """Advance the bar by the steps the running parts report since the last poll."""
+        calls = list(running.values())
+        try:
+            polled = self.ray.get([a.progress.remote(t) for _p, t, a in calls], timeout=POLL_S)
+        except Exception:  # noqa: BLE001 - an actor restarting: its progress comes later
+            return
+        for (_p, task, _a), steps in zip(calls, polled, strict=True):
+            if steps > shown[task]:  # a retried unit restarts from 0: never count twice
+                advance(steps - shown[task])
+                shown[task] = steps
+
     def close(self) -> None:
         for actor in self._actors:
             with contextlib.suppress(Exception):  # already gone
                 self.ray.kill(actor)
-        self._actors = []
+        self._actors, self._free = [], []

@@ -184,7 +184,7 @@ class RingABellScenario(Scenario):
         facts["attack_runs"] holds every restart's (facts["restarts"] is the session's per-restart
         CRRs), facts["input_restarts"] each input's restart."""
         count = restart_count(ctx)
-        runs = [self.search(ctx, concept, r) for r in range(count)]
+        runs = ctx.map(lambda r: self.search(ctx, concept, r), range(count))
         prompts, facts = runs[0]
         seeds = ctx.seeds(restart_samples(n, count), salt=f"{self.id}:{concept.name}")
         inputs = []

@@ -16,7 +16,7 @@ Third parties register scenarios under the entry-point group `pytest_erasure.sce
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from importlib.metadata import entry_points
@@ -130,6 +130,12 @@ class AuditContext(Protocol):
     def run(self, unit: Unit) -> Any:
         """The unit's result, from the executor `--erasure-executor` names: the one way a
         scenario runs heavy work on a model (never `pipeline` directly)."""
+        ...
+
+    def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
+        """[fn(item) for item in items] for independent items (an attack's restarts), run side
+        by side where the executor runs units side by side; results in the items' order.
+        `fn` may run in another thread: it must touch only the context and its own locals."""
         ...
 
 

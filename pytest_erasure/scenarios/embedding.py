@@ -327,7 +327,7 @@ class EmbeddingScenario(Scenario):
         session's per-restart CRRs), facts["input_restarts"] each input's restart."""
         role: Role = target if self.access == "white-box" else "standard"
         count = restart_count(ctx)
-        runs = [self.learn(ctx, concept, role, r) for r in range(count)]
+        runs = ctx.map(lambda r: self.learn(ctx, concept, role, r), range(count))
         embeds, facts, file = runs[0]
         token = facts["token"]
         prompts = [p.replace(PLACEHOLDER, token) for p in concept.prompts]

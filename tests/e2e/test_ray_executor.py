@@ -114,6 +114,30 @@ def test_ray_makes_and_judges_the_images_local_makes_on_both_workers(on_ray, loc
     assert len(pids) == 2 and os.getpid() not in pids, "units did not go to both actors"
 
 
+def meet(host: Any, advance: Any, *, folder: str, me: str, other: str) -> int:
+    """Say `me` has started, then wait for `other` to have started too: two of these finish
+    only if they run at the same time (each would wait out the other's timeout otherwise)."""
+    Path(folder, me).write_text("started")
+    deadline = time.monotonic() + 120
+    while not Path(folder, other).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{other} never started while {me} ran")
+        time.sleep(0.05)
+    return os.getpid()
+
+
+def test_independent_units_run_side_by_side_on_two_actors(on_ray, local, tmp_path) -> None:
+    """`Context.map` (an attack's restarts) hands Ray two units at once, one per actor; the
+    local executor runs them one after the other, in order."""
+    names = [("a", "b"), ("b", "a")]
+    pids = on_ray.map(lambda pair: on_ray.run(on_ray.unit(
+        meet, needs_models=False, folder=str(tmp_path), me=pair[0], other=pair[1])), names)
+    assert len(set(pids)) == 2 and os.getpid() not in pids, "not one unit per actor"
+    order: list[str] = []
+    assert local.map(lambda x: order.append(x) or x * 2, [3, 1, 2]) == [6, 2, 4]
+    assert order == [3, 1, 2], "local ran the items out of order"
+
+
 def test_a_worker_killed_mid_unit_is_restarted_and_the_unit_retried(on_ray, local) -> None:
     from pytest_erasure.executors.units import generate_images
 
