@@ -16,6 +16,7 @@ the shipped suites' designs.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -127,17 +128,25 @@ def restart_pass_probability(p: float | Sequence[float], threshold: float, gate:
                 for h in range(m + 1)] for m, pmf in zip(sizes, pmfs, strict=True)]
     if restarts < 2:
         return sum(pmfs[0][h] for h in passing[0] if h is not None)
-    if len(set(sizes)) == 1:
+    options = [[h for h in c if h is not None] for c in passing]
+    combinations = math.prod(len(c) for c in options)
+    top = max((h for c in options for h in c), default=0)
+    if len(set(sizes)) == 1 and (restarts * top + 1) * (restarts * top * top + 1) < combinations:
         return _alike_sizes(pmfs, passing, sizes, threshold, gate)
-    # round-robin runs of two sizes (n not a multiple of the restarts): every combination
-    # of passing counts; such designs are small (the shipped ones have equal runs)
+    # every combination of passing counts: fewer than the sums' states (few or large runs), or
+    # runs of two sizes (n not a multiple of the restarts)
     import itertools
 
     from pytest_erasure.stats.clusters import clustered_counts
 
+    pooled: dict[tuple[tuple[int, int], ...], bool] = {}
     total = 0.0
-    for hits in itertools.product(*[[h for h in c if h is not None] for c in passing]):
-        if gate_passes(clustered_counts(list(hits), sizes), threshold, gate):
+    for hits in itertools.product(*options):
+        key = tuple(sorted(zip(hits, sizes, strict=True)))
+        if key not in pooled:
+            pooled[key] = gate_passes(clustered_counts([h for h, _ in key],
+                                                       [m for _, m in key]), threshold, gate)
+        if pooled[key]:
             mass = 1.0
             for h, pmf in zip(hits, pmfs, strict=True):
                 mass *= pmf[h]
