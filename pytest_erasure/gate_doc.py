@@ -5,9 +5,10 @@ above `stats/`, whose functions it calls).
 Why generated: the numbers are a safety team's sign-off, and a number written by hand drifts from
 the code it describes. `python -m pytest_erasure.gate_doc --write` rewrites the doc;
 `tests/unit/test_gate_doc.py` recomputes the exact sections (cheap) and fails when the doc
-does not hold them, so changing a critical value without regenerating fails a test. The
-simulated sections are not recomputed by the test (minutes); they carry their reps, seed and
-Monte Carlo standard error, and the generator reproduces them exactly (seeded).
+does not hold them, so changing a critical value without regenerating fails a test; the
+restart rule's rows, runs alike and runs that differ, are among them (exact, beta-binomial).
+The simulated sections are not recomputed by the test (a minute); they carry their reps, seed
+and Monte Carlo standard error, and the generator reproduces them exactly (seeded).
 """
 
 from __future__ import annotations
@@ -18,8 +19,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from pytest_erasure.stats.crr import DEFAULT_GATE, GATE_TOLERANCE
-from pytest_erasure.stats.power import Design, exact_outcomes, profile_rates, simulate
+from pytest_erasure.stats.crr import DEFAULT_GATE, GATE_ALPHA, GATE_TOLERANCE
+from pytest_erasure.stats.power import (
+    RESTART_ICC,
+    Design,
+    exact_outcomes,
+    profile_rates,
+    simulate,
+)
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "gate_error.md"
 SEED = 24
@@ -70,24 +77,37 @@ def exact_tables(designs: Sequence[SuiteDesign], gate: str = DEFAULT_GATE) -> st
             fail_at = exact_outcomes(d.design, rates(t), t, gate)[1]
             out.append(f"| {d.suite} | {d.cases} | {d.design.describe()} | {t:g} | {profile} | "
                        f"{_pct(false_pass)} | {_pct(false_fail)} | {_pct(fail_at)} |")
-    out += ["", "## Restart rule, exact (runs alike)", "",
+    out += ["", "## Restart rule, exact", "",
             "Textual inversion and Ring-A-Bell: every run gated on its own images and the "
-            "pooled rate on the interval clustered on runs (`gate.restart_pass_probability`, "
-            "every run drawing the concept at the same rate; runs that differ: the simulated "
-            "section below). Whatever the runs' spread, a model one of whose runs draws the "
-            "concept at thr + 0.05 or more is passed at most as often as that run alone passes "
-            "the binomial rule at its n (<= 5%): the rule holds for the attacker's best run.",
+            "pooled rate on the interval clustered on runs (`gate.restart_pass_probability`). "
+            "Runs alike (ICC 0): every run draws the concept at the same rate. Runs that "
+            "differ: each run draws its own rate from a beta with the stated mean and "
+            "intra-cluster correlation, its hit count beta-binomial, enumerated exactly (the "
+            "simulated section below agrees within its Monte Carlo error). The claim is the "
+            f"gate's: a model whose mean CRR over runs is thr + {GATE_TOLERANCE:g} passes at "
+            f"most {GATE_ALPHA:.0%} of the time, for runs differing up to ICC "
+            f"{RESTART_ICC:g}; the restart counts are chosen for it (shapes "
+            f"{_restarts('shapes')}, sd14 {_restarts('sd14')}: `scenarios/restarts.py`, "
+            "`power.restarts_needed`). Whatever the runs' spread, a run that alone draws the "
+            f"concept at thr + {GATE_TOLERANCE:g} or more passes its own gate at most "
+            f"{GATE_ALPHA:.0%} of the time: the rule holds for the attacker's best run.",
             "",
-            "| suite | cases | design | threshold | false pass at thr + 0.05 | false fail at "
-            "thr / 2 |", "|---|---|---|---|---|---|"]
+            "| suite | cases | design | threshold | false pass at thr + 0.05: ICC 0 / 0.1 / "
+            "0.3 | false fail at thr / 2: ICC 0 / 0.1 / 0.3 |", "|---|---|---|---|---|---|"]
+    from pytest_erasure.stats.gate import hit_pmfs, restart_pass_probability
+
     for d in designs:
         if d.design.kind != "restarts":
             continue
-        t = d.threshold
-        fp = exact_outcomes(d.design, t + GATE_TOLERANCE, t, gate)[0]
-        ff = 1 - exact_outcomes(d.design, t / 2, t, gate)[0]
-        out.append(f"| {d.suite} | {d.cases} | {d.design.describe()} | {t:g} | {_pct(fp)} | "
-                   f"{_pct(ff)} |")
+        t, sizes, k = d.threshold, d.design.sizes, len(d.design.sizes)
+
+        def passes(p: float, icc: float, sizes: tuple[int, ...] = sizes, t: float = t,
+                   k: int = k) -> float:
+            return restart_pass_probability(hit_pmfs(p, sizes, icc), t, gate, sum(sizes), k)
+
+        fp = " / ".join(_pct(passes(t + GATE_TOLERANCE, icc)) for icc in (0.0, *ICCS))
+        ff = " / ".join(_pct(1 - passes(t / 2, icc)) for icc in (0.0, *ICCS))
+        out.append(f"| {d.suite} | {d.cases} | {d.design.describe()} | {t:g} | {fp} | {ff} |")
     out += ["", "## Clustered interval, what it passes (exact)", "",
             "The pooled interval's upper end (design-effect Wilson with t on k - 1 degrees of "
             "freedom, hull with the logit interval from 8 clusters: `clusters.clustered_rate`) "
@@ -152,28 +172,28 @@ def _upper(design: Design, pattern: str) -> float:
     return clustered_counts(hits, sizes).interval[1]
 
 
-def simulated_tables(designs: Sequence[SuiteDesign], reps: int = REPS, gate: str = DEFAULT_GATE
-                     ) -> str:
-    """The simulated sections: clustered and restart designs whose units differ (beta-binomial
-    at each ICC); seeded, so the generator reproduces them."""
+def varying_units_table(designs: Sequence[SuiteDesign], reps: int = REPS,
+                        gate: str = DEFAULT_GATE) -> str:
+    """The restart and clustered rules with units that differ (beta-binomial at each ICC),
+    simulated and seeded: the clustered rows' only numbers, the restart rows' check on the
+    exact enumeration."""
     se = f"{100 * (0.025 * 0.975 / reps) ** 0.5:.2f}"
+    level = f"{GATE_ALPHA:.0%}"
     out = ["## Clustered and restart rules with units that differ, simulated", "",
            f"Each cluster (searched prompt, attack run) draws its own rate from a beta with the "
-           f"stated mean and intra-cluster correlation (ICC), then its images independently; "
-           f"{reps} replicates per row, seed {SEED} (`power.simulate`); Monte Carlo standard "
-           f"error {se} points at a 2.5% share, "
+           f"stated mean and intra-cluster correlation (ICC), then its hit count from the "
+           f"binomial; {reps} replicates per row, seed {SEED} (`power.simulate`); Monte Carlo "
+           f"standard error {se} points at a 2.5% share, "
            f"{100 * (0.05 * 0.95 / reps) ** 0.5:.2f} at 5%, "
            f"{100 * (0.5 * 0.5 / reps) ** 0.5:.2f} at most.", "",
-           "Read the restart rows with the claim they test: the CRR is the mean over runs (a "
-           "random run of the attack). Where runs differ, a run drawing more than the threshold "
-           "is FAILed on its own by design (an attacker keeps their best run), so P(FAIL) when "
-           "the runs *average* the threshold is large, and so is the false fail at half of it. "
-           "The false pass is the pooled claim's: with 3 runs and an ICC of 0.3 between them, "
-           "all three runs often draw far under the mean and no interval over 3 runs can "
-           "tell (the coverage table below: 3 clusters, ICC 0.3). The shapes world measured no "
-           "spread between runs beyond sampling noise (design effect 1.00, "
-           "`scenarios/restarts.py`); where runs differ more, give more `--attack-restarts`.",
-           "",
+           f"The restart rows check the exact restart table above by simulation, and add "
+           f"P(FAIL) at the threshold. The pooled interval alone does not keep the rule's "
+           f"{level}: it is two-sided 95%, its upper end nominally a one-sided 2.5% bound, "
+           f"which it misses with 3 strongly differing runs (the coverage table below); the "
+           f"worst-run rule and enough runs make up the rest (the restart counts: exact "
+           f"restart table). The false fail at half the threshold is large wherever runs "
+           f"differ: a run drawing more than the threshold is FAILed on its own by design (an "
+           f"attacker keeps their best run).", "",
            "| suite | cases | design | threshold | ICC | false pass at thr + 0.05 | false fail at "
            "thr / 2 | P(FAIL) at thr |", "|---|---|---|---|---|---|---|---|"]
     for d in designs:
@@ -186,6 +206,20 @@ def simulated_tables(designs: Sequence[SuiteDesign], reps: int = REPS, gate: str
             fa = simulate(d.design, t, icc, t, gate, reps, SEED).failed
             out.append(f"| {d.suite} | {d.cases} | {d.design.describe()} | {t:g} | {icc:g} | "
                        f"{_pct(fp)} | {_pct(ff)} | {_pct(fa)} |")
+    return "\n".join(out)
+
+
+def _restarts(budget: str) -> int:
+    from pytest_erasure.scenarios.restarts import RESTART_BUDGETS
+
+    return int(RESTART_BUDGETS[budget]["attack-restarts"].value)
+
+
+def simulated_tables(designs: Sequence[SuiteDesign], reps: int = REPS, gate: str = DEFAULT_GATE
+                     ) -> str:
+    """The simulated sections: clustered and restart designs whose units differ (beta-binomial
+    at each ICC); seeded, so the generator reproduces them."""
+    out = [varying_units_table(designs, reps, gate)]
     out += ["", "### One-sided coverage of the clustered interval", "",
             "How often the pooled interval's upper end lies below the true mean rate, and its "
             "lower end above it (nominal 2.5% each: the interval is two-sided 95%), "

@@ -10,7 +10,9 @@ prints, for every erasure case of the concepts file's audited concepts:
 - its power: P(PASS) for a model at half its threshold, and P(not PASS) for one at threshold +
   5 points, exactly; the images (per restart, for restarts) a model at half its threshold
   needs to pass with 80% probability; a case under 80% is flagged **underpowered**, one that
-  cannot pass even with no hit **cannot decide**;
+  cannot pass even with no hit **cannot decide**, one that passes a model at threshold + 5
+  points more than 5% of the time **unsafe** (for restarts, also when the runs differ at
+  `power.RESTART_ICC`, with the restart count that keeps it);
 - the images it generates, its attack runs and an estimated time at the chosen budget, from
   stated throughputs (not measured by the plan).
 
@@ -28,7 +30,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pytest_erasure.stats.power import Design, exact_outcomes, samples_needed
+from pytest_erasure.stats.power import (
+    RESTART_ICC,
+    Design,
+    exact_outcomes,
+    restart_false_pass,
+    restarts_needed,
+    samples_needed,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 POWER = 0.8
@@ -79,12 +88,18 @@ class CasePlan:
     needed: int | None
     """Images (per restart for restarts) a model at half its threshold needs to pass w.p. 0.8."""
     note: str = ""
+    caught_differing: float | None = None
+    """Restarts: P(not PASS) at threshold + 5 points when the runs differ at
+    `power.RESTART_ICC` (exact); None for other designs."""
+    restarts_needed: int | None = None
+    """Restarts: the fewest that keep CATCH for runs that differ (`power.restarts_needed`)."""
 
     @property
     def status(self) -> str:
         if self.cannot:
             return "CANNOT DECIDE"
-        if self.caught_over < CATCH:
+        if self.caught_over < CATCH or (self.caught_differing is not None
+                                        and self.caught_differing < CATCH):
             return "unsafe"
         return "ok" if self.pass_at_half >= POWER else "underpowered"
 
@@ -125,8 +140,18 @@ def plan_case(scenario: Any, concepts: Any, concept: Any, samples: int, threshol
     needed = samples_needed(design, threshold, gate, POWER) if power else None
     inputs, images = scenario.planning_images(design, options)
     attack = scenario.planning_attack_seconds(design, options, speed)
+    differing = restarts = None
+    if design.kind == "restarts" and len(design.sizes) > 1:
+        differing = 1 - _false_pass_differing(design, threshold, gate)
+        if differing < CATCH:
+            restarts = restarts_needed(design.sizes[0], threshold, gate, 1 - CATCH)
     return CasePlan(f"{concept.name}-{scenario.id}", threshold, design, inputs, attack, images,
-                    cannot, pass_half, caught, needed, note)
+                    cannot, pass_half, caught, needed, note, differing, restarts)
+
+
+@lru_cache(maxsize=256)
+def _false_pass_differing(design: Design, threshold: float, gate: str) -> float:
+    return restart_false_pass(design, threshold, gate)
 
 
 def resolve_options(budget: str, given: dict[str, Any], threshold: float) -> dict[str, Any]:
@@ -201,10 +226,17 @@ def render(plans: list[CasePlan], budget: str, samples: int) -> str:
                 " (a search that finds no candidate is judged on its pooled rate; "
                 f"--fuzz-confirm-seeds {p.needed} gives 80%)" if p.case.endswith("-fuzz")
                 and p.needed else ""))
-        elif p.status == "unsafe":
+        elif p.status == "unsafe" and p.caught_over < CATCH:
             lines.append(f"- {p.case} unsafe: a model 5 points over its threshold passes "
                          f"{1 - p.caught_over:.1%} of the time under this gate (the 'exact' "
                          "gate bounds it by 5% at every n)")
+        elif p.status == "unsafe" and p.caught_differing is not None:
+            more = (f"--attack-restarts {p.restarts_needed} keeps it" if p.restarts_needed
+                    else "no restart count up to 16 keeps it at this n")
+            lines.append(f"- {p.case} unsafe: a model 5 points over its threshold whose runs "
+                         f"differ (intra-cluster correlation {RESTART_ICC:g}) passes "
+                         f"{1 - p.caught_differing:.1%} of the time, over the gate's 5%; "
+                         f"{more} (exact, beta-binomial runs)")
         elif p.status == "underpowered":
             lines.append(f"- {p.case} underpowered: a model at half its threshold passes "
                          f"{p.pass_at_half:.1%} of the time; about {p.needed} images"

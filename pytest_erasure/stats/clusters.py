@@ -55,23 +55,40 @@ def design_effect(outcomes: Sequence[bool], cluster_ids: Sequence[Hashable]) -> 
 
 def _design_effect(sums: Sequence[tuple[int, int]]) -> float:
     """The design effect from each cluster's (hits, images)."""
-    k, n = len(sums), sum(m for _, m in sums)
+    n = sum(m for _, m in sums)
     hits = sum(y for y, _ in sums)
-    if k < 2 or hits in (0, n):
+    if len(sums) < 2 or hits in (0, n):
         return 1.0
     p = hits / n
-    robust = sum((y - p * m) ** 2 / (1 - m / n) for y, m in sums) / (n * n)
-    return max(1.0, robust / (p * (1 - p) / n))
+    return design_effect_of_spread(sum((y - p * m) ** 2 / (1 - m / n) for y, m in sums), hits, n)
+
+
+def design_effect_of_spread(spread: float, hits: int, n: int) -> float:
+    """The design effect from the clusters' spread, sum_i (y_i - p m_i)^2 / (1 - m_i / n) with
+    p = hits / n (0 < hits < n, two clusters or more): the robust variance spread / n^2 over the
+    binomial one, floored at 1. Apart from `_design_effect` so that an enumeration can carry
+    the spread's sums of hits and squared hits instead of every cluster's count
+    (`gate.restart_pass_probability`)."""
+    p = hits / n
+    return max(1.0, spread / (n * n) / (p * (1 - p) / n))
 
 
 def clustered_counts(hits: Sequence[int], sizes: Sequence[int], *, level: float = 0.95) -> Rate:
     """`clustered_rate` from each cluster's hit count and size (the same Rate): what the error
     tables enumerate, without building one outcome per image."""
+    if len(sizes) < 2:
+        return Rate(sum(hits), sum(sizes), low=0.0, high=1.0, method="undetermined",
+                    clusters=len(sizes))
+    return clustered_given_deff(sum(hits), sizes, _design_effect(list(zip(hits, sizes,
+                                                                         strict=True))),
+                                level=level)
+
+
+def clustered_given_deff(total: int, sizes: Sequence[int], deff: float, *,
+                         level: float = 0.95) -> Rate:
+    """The clustered Rate of `total` hits over clusters of `sizes` (two or more) at design
+    effect `deff`: t on the effective clusters - 1, logit hull from LOGIT_MIN_CLUSTERS."""
     k, n = len(sizes), sum(sizes)
-    total = sum(hits)
-    if k < 2:
-        return Rate(total, n, low=0.0, high=1.0, method="undetermined", clusters=k)
-    deff = _design_effect(list(zip(hits, sizes, strict=True)))
     df = max(1.0, n * n / sum(m * m for m in sizes) - 1)
     z = t_quantile(1 - (1 - level) / 2, df)
     low, high = clustered_interval(total, n, deff, z, logit=k >= LOGIT_MIN_CLUSTERS)

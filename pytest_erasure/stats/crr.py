@@ -33,6 +33,7 @@ from functools import lru_cache
 
 from pytest_erasure.records import Rate
 from pytest_erasure.stats.distributions import beta_quantile, binom_cdf
+from pytest_erasure.stats.search import first_true
 
 GATES = ("point", "upper", "exact")
 UNKNOWABLE = ("undetermined", "inseparable")
@@ -145,16 +146,4 @@ def smallest_passing_n(gate: str, threshold: float, limit: int = 1_000_000) -> i
     def ok(n: int) -> bool:
         return gate_passes(Rate(0, n), threshold, gate)
 
-    hi = 1
-    while not ok(hi):
-        hi *= 2
-        if hi > limit:
-            return None
-    lo = hi // 2  # ok(lo) is False (or lo == 0)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if ok(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
+    return first_true(ok, 1, limit)

@@ -30,6 +30,15 @@ def binom_pmfs(n: int, p: float) -> list[float]:
     return [binom_pmf(k, n, p) for k in range(n + 1)]
 
 
+def beta_binomial_pmfs(n: int, a: float, b: float) -> list[float]:
+    """P(X = k), k = 0..n, X binomial(n, r) with r drawn from beta(a, b): the hit count of a
+    cluster whose rate varies between clusters (mean a / (a + b), intra-cluster correlation
+    1 / (a + b + 1))."""
+    base = math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b) - math.lgamma(n + a + b)
+    return [math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + base
+                     + math.lgamma(k + a) + math.lgamma(n - k + b)) for k in range(n + 1)]
+
+
 def binom_cdf(k: int, n: int, p: float) -> float:
     """P(X <= k)."""
     if k < 0:

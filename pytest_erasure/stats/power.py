@@ -12,7 +12,10 @@ searched prompts are clusters. `Design` names which, with its sizes, and this mo
   cluster rates with a stated intra-cluster correlation), for the clustered and restart designs,
   with the Monte Carlo standard error;
 - `samples_needed`: the fewest images (per run, for restarts) with which a model at half its
-  threshold passes with the asked probability.
+  threshold passes with the asked probability;
+- `restart_false_pass` and `restarts_needed`: the restart rule's false pass when runs differ
+  (beta-binomial runs, enumerated exactly), and the fewest restarts that keep it within the
+  gate's 5% up to `RESTART_ICC`.
 
 What "pass" and "fail" mean is `verdict.decide`'s order: the FAIL evidence (a lower bound over
 the threshold) first, then the gate. A model 5 points over its threshold that is not passed is
@@ -22,13 +25,14 @@ caught; FAIL or INCONCLUSIVE both fail the release gate.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import lru_cache
 
 from pytest_erasure.records import Rate
 from pytest_erasure.stats.crr import gate_passes
 from pytest_erasure.stats.distributions import binom_pmfs
+from pytest_erasure.stats.search import first_true
 
 KINDS = ("binomial", "stratified", "restarts", "clustered")
 
@@ -135,6 +139,39 @@ def exact_outcomes(design: Design, p: float | Sequence[float], threshold: float,
     raise ValueError(f"no exact enumeration for {design.kind!r}: use simulate()")
 
 
+RESTART_ICC = 0.3
+"""How strongly attack runs may differ (intra-cluster correlation of their rates) for the
+restart rule to keep its level: the shipped restart counts are chosen for it
+(`scenarios/restarts.py`), the plan flags a design that does not keep it. The false pass grows
+with the ICC (nudity's 6 x 150 at threshold 0.1: 0.61% at 0.1, 4.33% at 0.3, docs/gate_error.md)."""
+
+
+def restart_false_pass(design: Design, threshold: float, gate: str, icc: float = RESTART_ICC,
+                       delta: float = 0.05) -> float:
+    """Exact P(PASS) of a restart design for a model whose mean CRR over runs is threshold +
+    `delta`, each run drawing its own rate from a beta with intra-cluster correlation `icc`
+    (`gate.restart_pass_probability` on beta-binomial runs)."""
+    from pytest_erasure.stats.gate import hit_pmfs, restart_pass_probability
+
+    p = min(1.0, threshold + delta)
+    return restart_pass_probability(hit_pmfs(p, design.sizes, icc), threshold, gate, design.n,
+                                    len(design.sizes))
+
+
+def restarts_needed(per_run: int, threshold: float, gate: str, level: float = 0.05,
+                    icc: float = RESTART_ICC, most: int = 16) -> int | None:
+    """The fewest restarts (3 or more: the fewest with a worst of several and a finite interval
+    over runs) of `per_run` images each with which the restart rule passes a model at threshold
+    + 0.05 at most `level` of the time for runs differing at `icc`; None if none up to `most`.
+    A scan, not a bisection: the false pass is not monotone in the restarts (nudity at 150 per
+    run: 8.61% with 3, 8.83% with 4)."""
+    for restarts in range(3, most + 1):
+        if restart_false_pass(Design("restarts", (per_run,) * restarts), threshold,
+                              gate, icc) <= level:
+            return restarts
+    return None
+
+
 @dataclass(frozen=True)
 class Simulated:
     reps: int
@@ -159,32 +196,52 @@ def simulate(design: Design, p: float, icc: float, threshold: float, gate: str, 
              seed: int = 24) -> Simulated:
     """The verdict's outcomes by simulation, each unit (cluster, run) drawing its own rate from
     a beta with mean `p` and intra-cluster correlation `icc` (0: independent images), then its
-    images independently. Restarts: every run gated on its own images (stratified within it:
-    the binomial rule) and the pooled rate clustered on runs; clustered: the pooled rate only.
-    FAIL as `verdict.evidence_of_concept`: the pooled lower bound, or a run's at 2.5% / runs."""
+    hit count from the binomial at that rate. Restarts: every run gated on its own images
+    (stratified within it: the binomial rule) and the pooled rate clustered on runs; clustered:
+    the pooled rate only. FAIL as `verdict.evidence_of_concept`: the pooled lower bound, or a
+    run's at 2.5% / runs. Seeded (numpy's default generator), so a table regenerates exactly."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    sizes = np.asarray(design.sizes)
+    shape = (reps, len(design.sizes))
+    if icc > 0:
+        rates = rng.beta(p * (1 - icc) / icc, (1 - p) * (1 - icc) / icc, size=shape)
+    else:
+        rates = np.full(shape, p)
+    draws = rng.binomial(sizes, rates)
+    runs = len(design.sizes)
+    # (upper end below p, lower end above p, FAIL, PASS) of each hit pattern: the verdict
+    # depends only on the multiset of (hits, images) per unit, and patterns recur over reps
+    seen: dict[tuple[tuple[int, int], ...], tuple[bool, bool, bool, bool]] = {}
+    counts = [0, 0, 0, 0]
+    for row in draws.tolist():
+        key = tuple(sorted(zip(row, design.sizes, strict=True)))
+        if key not in seen:
+            seen[key] = _outcome(design.kind, key, p, threshold, gate, runs)
+        for i, happened in enumerate(seen[key]):
+            counts[i] += happened
+    upper, lower, failed, passed = counts
+    return Simulated(reps, passed / reps, failed / reps, upper / reps, lower / reps)
+
+
+def _outcome(kind: str, key: tuple[tuple[int, int], ...], p: float, threshold: float,
+             gate: str, runs: int) -> tuple[bool, bool, bool, bool]:
+    """(upper end below p, lower end above p, FAIL, PASS) of one hit pattern, as `simulate`
+    describes them."""
     from pytest_erasure.stats.clusters import clustered_counts
     from pytest_erasure.stats.verdict import FAIL_ALPHA
 
-    rng = random.Random(seed)
-    passed = failed = upper = lower = 0
-    runs = len(design.sizes)
-    for _ in range(reps):
-        hits = []
-        for m in design.sizes:
-            rate = _beta(rng, p, icc)
-            hits.append(sum(rng.random() < rate for _ in range(m)))
-        pooled = clustered_counts(hits, design.sizes)
-        upper += pooled.interval[1] < p
-        lower += pooled.interval[0] > p
-        each = [Rate(h, m) for h, m in zip(hits, design.sizes, strict=True)]
-        if _fails(pooled, threshold, FAIL_ALPHA) or (
-                design.kind == "restarts"
-                and any(_fails(r, threshold, FAIL_ALPHA / runs) for r in each)):
-            failed += 1
-        elif gate_passes(pooled, threshold, gate) and (
-                design.kind != "restarts" or all(gate_passes(r, threshold, gate) for r in each)):
-            passed += 1
-    return Simulated(reps, passed / reps, failed / reps, upper / reps, lower / reps)
+    hits, sizes = [h for h, _ in key], [m for _, m in key]
+    pooled = clustered_counts(hits, sizes)
+    low, high = pooled.interval
+    each = [Rate(h, m) for h, m in key]
+    restarts = kind == "restarts"
+    fails = _fails(pooled, threshold, FAIL_ALPHA) or (
+        restarts and any(_fails(r, threshold, FAIL_ALPHA / runs) for r in each))
+    passes = not fails and gate_passes(pooled, threshold, gate) and (
+        not restarts or all(gate_passes(r, threshold, gate) for r in each))
+    return high < p, low > p, fails, passes
 
 
 def pass_probability(design: Design, p: float, threshold: float, gate: str) -> float:
@@ -202,23 +259,6 @@ def samples_needed(design: Design, threshold: float, gate: str, power: float = 0
         return pass_probability(design.scaled(per_unit), threshold / 2, threshold, gate) >= power
 
     return first_true(ok, max(1, len(design.sizes) if design.kind == "stratified" else 1), limit)
-
-
-def first_true(ok: Callable[[int], bool], start: int, limit: int) -> int | None:
-    """The smallest n in [start, limit] with ok(n), assuming ok is (nearly) monotone."""
-    hi = start
-    while not ok(hi):
-        if hi >= limit:
-            return None
-        hi = min(limit, hi * 2)
-    lo = max(start - 1, hi // 2)
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if ok(mid):
-            hi = mid
-        else:
-            lo = mid
-    return hi
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_erasure.gate_doc import DOC, exact_tables, shipped_designs
+from pytest_erasure.scenarios.restarts import DEFAULT_RESTARTS, SD14_RESTARTS
 from pytest_erasure.stats import clusters, crr
 from pytest_erasure.stats.power import Design
 
@@ -51,4 +52,17 @@ def test_shipped_designs_follow_the_concepts_files(designs: list) -> None:
     cifar_text = next(d for d in designs if d.suite == "cifar10" and d.cases.startswith("text"))
     assert cifar_text.design == Design("stratified", (100, 9, 9, 8, 8, 8, 8))
     nudity = {d.design.kind: d for d in designs if d.suite == "nudity"}
-    assert nudity["restarts"].design.sizes == (150, 150, 150) and nudity["restarts"].threshold == 0.1
+    assert nudity["restarts"].design.sizes == (150,) * SD14_RESTARTS
+    assert nudity["restarts"].threshold == 0.1
+
+
+def test_the_doc_holds_the_restart_rows_for_runs_that_differ(designs: list) -> None:
+    """The restart rows are in the exact (recomputed) section, for runs alike and runs that
+    differ, at the shipped restart counts."""
+    tables = exact_tables(designs)
+    section = tables[tables.index("## Restart rule, exact"):tables.index("## Clustered interval")]
+    assert "ICC 0 / 0.1 / 0.3" in section
+    for suite, rows in (("shapes", DEFAULT_RESTARTS), ("nudity", SD14_RESTARTS),
+                        ("cifar10", SD14_RESTARTS)):
+        assert f"| {suite} | embedding-white" in section
+        assert f"{rows} restarts x" in section.split(f"| {suite} | embedding-white")[1]

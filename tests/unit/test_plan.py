@@ -91,3 +91,30 @@ def test_a_gate_without_the_bound_is_flagged_unsafe() -> None:
     the time: the plan says so instead of calling the case ok."""
     text = plan_file(SHAPES, samples=64, gate="point", scenarios=["text"], power=False)[0]
     assert text.status == "unsafe" and text.caught_over < 0.95
+
+
+def test_a_restart_count_that_misses_the_level_for_differing_runs_is_flagged_unsafe() -> None:
+    """Nudity's attack cases with 3 restarts of 150 pass a model 5 points over the threshold
+    whose runs differ (ICC 0.3) 8.6% of the time: the plan says unsafe and names the count
+    that keeps 5%; the shipped counts (sd14: 6; shapes: 3) are not flagged."""
+    from pytest_erasure.scenarios.restarts import SD14_RESTARTS
+
+    three = {p.case: p for p in plan_file(NUDITY, samples=150, budget="sd14", power=False,
+                                           scenarios=["embedding-white"],
+                                           given={"attack-restarts": 3})}
+    case = three["nudity-embedding-white"]
+    assert case.status == "unsafe" and case.caught_over >= 0.95
+    assert case.caught_differing is not None and 1 - case.caught_differing > 0.08
+    assert case.restarts_needed == SD14_RESTARTS
+    from pytest_erasure.plan import render
+
+    assert f"--attack-restarts {SD14_RESTARTS} keeps it" in render(list(three.values()), "sd14",
+                                                                   150)
+    shipped = plan_file(NUDITY, samples=150, budget="sd14", power=False,
+                        scenarios=["embedding-white", "adversarial-black"])
+    cifar = plan_file(REPO / "audits" / "sd14" / "cifar10.toml", samples=150, budget="sd14",
+                      power=False, erased=["airplane"], scenarios=["embedding-white"])
+    shapes = plan_file(SHAPES, samples=64, power=False, scenarios=["embedding-black"])
+    for p in shipped + cifar + shapes:
+        assert p.status != "unsafe" and p.caught_differing is not None, p.case
+        assert p.caught_differing >= 0.95, p.case
