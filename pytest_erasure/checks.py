@@ -147,11 +147,13 @@ def threat_model(ctx: Context, scenario: Any) -> tuple[str, str | None]:
     black-box: prompts or the standard model only. white-box: the attack used the audited
     model's weights (no defense on). With a defense on, a white-box attack is adaptive when it
     optimised through the defense (the scenario supports it, `Scenario.adaptive`, and the
-    defense declares how, `defenses.adaptive_form`), else a transfer attack: optimised on the
-    undefended model, its findings generated through the defense. A transfer PASS says nothing
-    of an attacker who knows the defense, so under `--erasure-threat=adaptive` (the default)
-    it is INCONCLUSIVE; a transfer FAIL is evidence either way."""
-    from pytest_erasure.defenses import adaptive_form
+    defense declares how, `defenses.adaptive_form`, and the run gates that attacker,
+    `defenses.attacked_through`), else a transfer attack: optimised on the undefended model,
+    its findings generated through the defense. A transfer PASS says nothing of an attacker who
+    knows the defense, so under `--erasure-threat=adaptive` (the default) it is INCONCLUSIVE; a
+    transfer FAIL is evidence either way. Under `--erasure-threat=transfer` every white-box
+    attack is the transfer attack (the row beside the adaptive one)."""
+    from pytest_erasure.defenses import adaptive_form, attacked_through
 
     if scenario.access != "white-box":
         return "black-box", None
@@ -159,7 +161,8 @@ def threat_model(ctx: Context, scenario: Any) -> tuple[str, str | None]:
     if defense is None:
         return "white-box", None
     form = adaptive_form(defense)
-    if form is not None and getattr(scenario, "adaptive", False):
+    if attacked_through(ctx.config, defense) is not None and getattr(scenario, "adaptive",
+                                                                      False):
         return "white-box adaptive", None
     if ctx.config.threat != "adaptive":
         return "white-box transfer", None

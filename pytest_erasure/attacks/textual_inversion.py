@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from pytest_erasure.cache import atomic_write_bytes
 from pytest_erasure.errors import ErasureInputError
@@ -45,6 +45,35 @@ TEMPLATES: tuple[str, ...] = (
 """Training prompts (a subset of diffusers' `imagenet_templates_small`, plus the bare noun)."""
 
 WEIGHTS_NAME = "learned_embeds.safetensors"
+
+
+class DefenseSurrogate(Protocol):
+    """A defense inside the training objective: what an adaptive textual inversion optimises
+    through (`defenses.irece.IreceSurrogate` is IRECE's). Without one the loop is exactly the
+    undefended one, draw for draw and bit for bit.
+
+    The defense acts during sampling, the objective is a denoising loss on single (x_t, t)
+    samples: a surrogate says which samples the defense would have touched and how, and
+    rewrites those samples (their timestep, their noisy latent, and the noise the model must
+    predict) so that lowering the loss means beating the defense there. Its randomness comes
+    from its own generator, so the base draw (images, noise, timesteps, templates) is the same
+    with and without it."""
+
+    def reset(self) -> None:
+        """Back to its first draw: a run restarted at a smaller micro-batch repeats itself."""
+        ...
+
+    def redraw(self, draw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The whole drawn batch (CPU tensors, before it is split into micro-batches) with the
+        surrogate's own draws added or applied: every micro-batch size sees the same samples."""
+        ...
+
+    def __call__(self, noisy: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor,
+                 t: torch.Tensor, draw: dict[str, torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the model's input, the noise consistent with it and with the clean `latents`) for
+        one micro-batch; the loss's target is derived from that noise."""
+        ...
 
 
 def token_names(token: str, num_vectors: int) -> list[str]:
@@ -234,6 +263,7 @@ def train_textual_inversion(
     progress: Callable[[int], None] | None = None,
     scaler: LossScaler | None = None,
     micro_batch: int | None = None,
+    surrogate: DefenseSurrogate | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """Learn `num_vectors` embedding rows for `token` from images (N, 3, H, W) in [0, 1].
 
@@ -254,6 +284,9 @@ def train_textual_inversion(
     gradients are summed, weighted by their share: the same batch, the same loss, less memory.
     Out of GPU memory, the whole run restarts from its first step at half the micro-batch
     (`memory.halving`), so its result is that of a run given that micro-batch.
+
+    `surrogate`: the defense the token must beat, inside the objective (`DefenseSurrogate`;
+    the adaptive attack). None: the loop as it always was.
     """
     import torch
 
@@ -273,13 +306,15 @@ def train_textual_inversion(
         vectors.requires_grad_(True)
         optimizer = torch.optim.AdamW([vectors], lr=lr, weight_decay=0.0)
         generator = torch.Generator().manual_seed(seed)
+        if surrogate is not None:
+            surrogate.reset()
         losses: list[float] = []
         for _ in range(steps):
             total: torch.Tensor | None = None
             step_loss = 0.0
             for _ in range(accumulation):
                 loss, grad = _gradient(pipe, splice, vectors, mean, std, generator, batch_size,
-                                       templates, micro, step_scaler)
+                                       templates, micro, step_scaler, surrogate)
                 total = grad if total is None else total + grad
                 step_loss += float(loss)
             assert total is not None
@@ -300,24 +335,26 @@ def train_textual_inversion(
 
 def _gradient(pipe: StableDiffusionPipeline, splice: _Splice, vectors: torch.Tensor,
               mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator, batch_size: int,
-              templates: Sequence[str], micro: int, scaler: LossScaler
-              ) -> tuple[torch.Tensor, torch.Tensor]:
+              templates: Sequence[str], micro: int, scaler: LossScaler,
+              surrogate: DefenseSurrogate | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, the gradient of the scaled loss w.r.t. vectors) of one drawn batch, in UNet passes
-    of `micro` rows. The batch is drawn whole first, so every micro-batch size sees the same
-    samples."""
+    of `micro` rows. The batch is drawn whole first (and the surrogate's draws made on it
+    whole), so every micro-batch size sees the same samples."""
     import torch
 
     draw = _draw(mean, std, generator, batch_size, len(templates),
                  pipe.scheduler.config.num_train_timesteps)
+    if surrogate is not None:
+        draw = surrogate.redraw(draw)
     if micro >= batch_size:  # one pass: exactly the loop without splitting
-        loss = _batch_loss(pipe, splice, vectors, draw, templates)
+        loss = _batch_loss(pipe, splice, vectors, draw, templates, surrogate)
         (grad,) = torch.autograd.grad(loss * scaler.scale if scaler.enabled else loss, [vectors])
         return loss.detach(), grad
     total, grad = torch.zeros(()), torch.zeros_like(vectors)
     for start in range(0, batch_size, micro):
         part = {k: v[start:start + micro] for k, v in draw.items()}
         share = len(part["t"]) / batch_size
-        loss = _batch_loss(pipe, splice, vectors, part, templates) * share
+        loss = _batch_loss(pipe, splice, vectors, part, templates, surrogate) * share
         (g,) = torch.autograd.grad(loss * scaler.scale if scaler.enabled else loss, [vectors])
         total, grad = total + loss.detach().cpu(), grad + g
     return total, grad
@@ -346,7 +383,8 @@ def _draw(mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator, bat
 
 
 def _batch_loss(pipe: StableDiffusionPipeline, splice: _Splice, vectors: torch.Tensor,
-                draw: dict[str, torch.Tensor], templates: Sequence[str]) -> torch.Tensor:
+                draw: dict[str, torch.Tensor], templates: Sequence[str],
+                surrogate: DefenseSurrogate | None = None) -> torch.Tensor:
     from torch.nn import functional as F
 
     unet, scheduler = pipe.unet, pipe.scheduler
@@ -355,6 +393,9 @@ def _batch_loss(pipe: StableDiffusionPipeline, splice: _Splice, vectors: torch.T
     latents, noise, t = (draw[k].to(device) for k in ("latents", "noise", "t"))
     a = scheduler.alphas_cumprod.to(device)[t].view(-1, 1, 1, 1)
     noisy = (a.sqrt() * latents + (1 - a).sqrt() * noise).to(dtype)
+    if surrogate is not None:
+        # The defended sample: its input and the noise consistent with it and the clean latent.
+        noisy, noise = surrogate(noisy, latents, noise, t, draw)
     prediction = scheduler.config.prediction_type
     if prediction == "epsilon":
         target = noise

@@ -78,9 +78,28 @@ def adaptive_form(defense: Defense) -> str | None:
     averaged). A defense that declares no adaptive form has its white-box cases measured as
     transfer attacks only (optimised on the undefended model, generated through the defense),
     which say nothing about an attacker who knows the defense: under `--erasure-threat=adaptive`
-    (the default) such a case never passes. Optional, so defenses written before it still load."""
+    (the default) such a case never passes. Optional, so defenses written before it still load.
+
+    The form is the words and the means together: `adaptive` (the words) and
+    `surrogate(site, mask_concept, role, seed)`, which builds the defense inside an attack's
+    objective where the attack runs (`attacks.textual_inversion.DefenseSurrogate`), with
+    `adaptive_key(config, ctx, concept)`, what the attack's result then depends on (its cache
+    key). Words without a surrogate are no form: nothing could run them."""
     form = getattr(defense, "adaptive", None)
-    return str(form) if form else None
+    if not form or not callable(getattr(defense, "surrogate", None)):
+        return None
+    return str(form)
+
+
+def attacked_through(config: AuditConfig, defense: Defense | None) -> Defense | None:
+    """The defense a white-box attack on the erased model optimises through: the enabled one
+    when it has an adaptive form and the run gates the adaptive attacker
+    (`--erasure-threat=adaptive`); None (the attack runs on the undefended model) otherwise.
+    Under `--erasure-threat=transfer` the release is gated against an attacker who cannot reach
+    the defense, and the attack is the transfer attack that attacker would run."""
+    if defense is None or adaptive_form(defense) is None:
+        return None
+    return defense if getattr(config, "threat", "adaptive") == "adaptive" else None
 
 
 def registry() -> dict[str, Defense]:

@@ -68,7 +68,7 @@ if TYPE_CHECKING:
 
     from pytest_erasure.concepts import Concept
     from pytest_erasure.config import AuditConfig
-    from pytest_erasure.records import GenerationInput
+    from pytest_erasure.records import GenerationInput, Role
     from pytest_erasure.scenarios.base import AuditContext
 
 FLAT_RELATIVE = 1e-5
@@ -334,6 +334,157 @@ def _noise_scale(scheduler: Any, timestep: Any, device: Any = "cpu") -> float:
     return 1.0 / factor
 
 
+# -- the adaptive form: IRECE inside textual inversion's objective -------------------------------
+
+ADAPTIVE_SHARE = 0.5
+"""The share of each training batch drawn at IRECE's intervention timesteps and defended there;
+the rest keeps the ordinary uniform timesteps (what the sampler does before and after t*)."""
+
+ADAPTIVE_VERSION = 1
+"""Bumped when what an adaptive run learns changes: part of its cache key."""
+
+
+def intervention_timesteps(scheduler: Any, num_inference_steps: int, t_star: float | int,
+                           n_steps: int) -> list[int]:
+    """The timesteps whose input latent IRECE replaces, under the sampler generation uses: a
+    copy of `scheduler` (the pipeline's own, left alone) set to `num_inference_steps`, read
+    exactly as `IRECE.__call__` reads it (`trajectory_points`, `resolve_steps`)."""
+    import copy
+
+    sampler = copy.deepcopy(scheduler)
+    sampler.set_timesteps(num_inference_steps)
+    points = trajectory_points(sampler)
+    steps = resolve_steps(t_star, n_steps, num_inference_steps)
+    return [int(round(float(sampler.timesteps[points[k]]))) for k in steps]
+
+
+class IreceSurrogate:
+    """IRECE inside textual inversion's loss: the adaptive attacker's objective
+    (`attacks.textual_inversion.DefenseSurrogate`).
+
+    What the defended sampler does to the learned token's trajectory at an intervention step:
+    the standard UNet looks at x_t with the concept prompt, the mask M it draws is replaced by
+    fresh noise, and the erased model must bring the concept back from
+    x*_t = where(M, xi, x_t). So a share (`ADAPTIVE_SHARE`) of each batch is drawn at the
+    intervention timestep(s) instead of a uniform one, its mask computed by the standard UNet
+    on that training latent exactly as IRECE computes it (same conditioning, token positions,
+    layers, tau), its masked entries replaced by xi ~ N(0, I), and the model asked for the
+    noise consistent with the *clean* latent x0 there: eps* = (x*_t - sqrt(a_t) x0) /
+    sqrt(1 - a_t) (equal to the drawn noise outside M, taken from it bit for bit). Lowering the
+    loss on those samples means: from IRECE's re-noised latent, denoise towards the concept.
+
+    How the gradient is approximated, and what is assumed:
+
+    * **The mask.** IRECE's mask is computed by the *standard* model on the concept prompt,
+      so it depends on the attacker's token only through x_t. In the training objective x_t is
+      drawn from the forward process q(x_t | x0), not sampled through the token, so the mask
+      is a function of the training sample alone: a constant with respect to the token, and
+      the thresholding's zero gradient is never needed (the straight-through estimate of a
+      mask that does not depend on the parameters is the mask). What is approximated is the
+      distribution of x_t at t*: the forward process's, not the defended sampler's steps
+      before t* under the token (a token that already draws the concept there makes both
+      agree; unrolling the sampler would cost a UNet pass per step per sample).
+    * **The re-noise.** Expectation over IRECE's randomness: a fresh xi per sample and per
+      training step, from the surrogate's own generator (seeded from the attack's seed), so
+      the token is trained against the distribution of re-noise draws, not against the one
+      seed the audit's generation will use.
+    * **After t*.** The erased model's denoising after the intervention is the ordinary
+      reverse process from x*_t: the other samples of each batch (uniform timesteps) keep the
+      plain loss, which is the objective for every later step once x*_t is denoised towards
+      the concept. We do not unroll the sampler from t* to 0 through the token (the exact
+      objective, at the cost of N - k UNet passes per sample): the denoising loss at each
+      later timestep is its one-step surrogate, as in textual inversion itself.
+    * **Solver history.** IRECE resets a multistep solver at each intervention; the training
+      loss has no solver, so nothing to model.
+
+    Costs one standard-UNet forward (no gradient) on the defended share of each batch.
+    """
+
+    def __init__(self, standard_unet: Any, concept_embeds: torch.Tensor,
+                 token_indices: Sequence[int], timesteps: Sequence[int],
+                 alphas_cumprod: torch.Tensor, *, tau: float,
+                 resolutions: tuple[int, ...] | None, seed: int,
+                 share: float = ADAPTIVE_SHARE) -> None:
+        if not timesteps:
+            raise ValueError("IreceSurrogate needs IRECE's intervention timesteps")
+        self.standard_unet = standard_unet
+        self.concept_embeds = concept_embeds
+        self.token_indices = [int(i) for i in token_indices]
+        self.timesteps = [int(t) for t in timesteps]
+        self.alphas_cumprod = alphas_cumprod
+        """The attacked model's training schedule (the one the loss noises with)."""
+        self.tau = tau
+        self.resolutions = resolutions
+        self.seed = seed
+        self.share = share
+        self.defended = 0
+        """Samples defended so far (for the run's facts)."""
+        self.reset()
+
+    def reset(self) -> None:
+        import torch
+
+        # Its own stream, apart from the attack's: the attack's draws are unchanged by it.
+        self.generator = torch.Generator().manual_seed((self.seed * 1_000_003 + 25) % 2**63)
+        self.defended = 0
+
+    def redraw(self, draw: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        import torch
+
+        n = len(draw["t"])
+        defended = torch.rand(n, generator=self.generator) < self.share
+        which = torch.randint(len(self.timesteps), (n,), generator=self.generator)
+        xi = torch.randn(draw["latents"].shape, generator=self.generator)
+        at = torch.tensor(self.timesteps, dtype=draw["t"].dtype)[which]
+        self.defended += int(defended.sum())
+        return {**draw, "t": torch.where(defended, at, draw["t"]), "defended": defended,
+                "xi": xi}
+
+    def mask(self, noisy: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """IRECE's (B, 1, H, W) mask for training latents `noisy` (the model-input frame, what
+        `scale_model_input` gives IRECE) at timesteps `t`, as `IRECE.intervene` builds it."""
+        import torch
+
+        unet = self.standard_unet
+        batch, _, height, width = noisy.shape
+        embeds = self.concept_embeds.to(device=unet.device, dtype=unet.dtype)
+        capture = CrossAttentionCapture(unet, self.token_indices, (height, width),
+                                        resolutions=self.resolutions)
+        with torch.no_grad(), capture:
+            unet(noisy.detach().to(device=unet.device, dtype=unet.dtype), t.to(unet.device),
+                 encoder_hidden_states=embeds.expand(batch, -1, -1), return_dict=False)
+        if not capture.maps:
+            raise ErasureInputError(
+                "--irece-resolutions", f"{list(self.resolutions or ())} match no attn2 layer",
+                "choose among the map sizes of this model at this resolution or leave it unset")
+        return irece_mask(list(capture.maps.values()), (height, width), self.tau)
+
+    def __call__(self, noisy: torch.Tensor, latents: torch.Tensor, noise: torch.Tensor,
+                 t: torch.Tensor, draw: dict[str, torch.Tensor]
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        rows = draw["defended"].to(noisy.device)
+        if not bool(rows.any()):
+            return noisy, noise
+        index = rows.nonzero().flatten()
+        mask = torch.zeros((noisy.shape[0], 1, *noisy.shape[2:]), dtype=torch.bool,
+                           device=noisy.device)
+        mask[index] = self.mask(noisy[index], t[index]).to(noisy.device).bool()
+        xi = draw["xi"].to(device=latents.device, dtype=torch.float32)
+        a = self.alphas(t, latents.device)
+        consistent = (xi - a.sqrt() * latents.float()) / (1 - a).sqrt()
+        return (torch.where(mask, xi.to(noisy.dtype), noisy),
+                torch.where(mask, consistent.to(noise.dtype), noise))
+
+    def alphas(self, t: torch.Tensor, device: Any) -> torch.Tensor:
+        return self.alphas_cumprod.to(device)[t.to(device)].view(-1, 1, 1, 1).float()
+
+    def describe(self) -> dict[str, Any]:
+        return {"timesteps": list(self.timesteps), "share": self.share, "tau": self.tau,
+                "defended_samples": self.defended}
+
+
 # -- the registry entry ----------------------------------------------------------------------------
 
 class IreceDefense:
@@ -343,11 +494,15 @@ class IreceDefense:
 
     name = "irece"
     help = "wrap the erased model with the IRECE defense"
-    adaptive: str | None = None
-    """No adaptive form yet (`defenses.adaptive_form`): an attack through IRECE needs a
-    surrogate for its thresholded mask and its re-noising inside the attack's objective
-    (straight-through, averaged over the re-noise draws). Until it has one, its white-box cases
-    are transfer results, and under `--erasure-threat=adaptive` never a pass."""
+    adaptive: str | None = (
+        "textual inversion trained through IRECE (IreceSurrogate): half of each batch at "
+        "IRECE's intervention timesteps, the standard model's mask on the training latent "
+        "re-noised with a fresh N(0, I) draw per sample and step (expectation over the "
+        "re-noise), the target the noise consistent with the clean latent; the mask depends "
+        "on the training latent only, so it is constant in the token (no gradient through "
+        "its threshold); later timesteps keep the plain loss")
+    """How a white-box attack optimises through IRECE (`defenses.adaptive_form`), for reports;
+    `surrogate` builds it."""
     options: tuple[ScenarioOption, ...] = (
         ScenarioOption("irece-t-star", float, 0.2,
                        "IRECE intervention step: a fraction of the steps (<1) or a step index (>=1)"),
@@ -433,6 +588,34 @@ class IreceDefense:
             out.update({"mask_prompt": concept.texts()[0] if concept else None,
                         "standard": ctx.fingerprint("standard"), "solver_history": "reset"})
         return out
+
+    def adaptive_key(self, config: AuditConfig, ctx: AuditContext, concept: Concept
+                     ) -> dict[str, Any]:
+        """What an adaptive attack's result depends on beyond the undefended attack's key: the
+        defense's settings, mask prompt and standard model, the steps and sampler that place
+        the intervention timesteps, and the surrogate's own constants."""
+        return {"defense": self.name, **self.describe(config, ctx, concept),
+                "num_inference_steps": config.steps,
+                "sampler": ctx.model_facts("erased").scheduler_key(),
+                "surrogate": {"version": ADAPTIVE_VERSION, "share": ADAPTIVE_SHARE}}
+
+    def surrogate(self, site: Any, mask_concept: Concept, role: Role, seed: int
+                  ) -> IreceSurrogate:
+        """IRECE inside an attack's objective on `role`'s model (`IreceSurrogate`), built where
+        the attack runs (`site`: a context or a host's `DefenseSite`, its config and
+        pipelines): the mask from the standard pipeline and the mask concept's prompt, as the
+        generation's callback builds it; the intervention timesteps under the sampler
+        generation uses; the schedule the attacked model trains with."""
+        standard = site.pipeline("standard")
+        embeds, indices = concept_conditioning(standard, mask_concept.texts()[0],
+                                               mask_concept.term)
+        t_star, tau, n_steps, resolutions = self.settings(site.config)
+        attacked = site.pipeline(role)
+        timesteps = intervention_timesteps(attacked.scheduler, site.config.steps, t_star,
+                                           n_steps)
+        return IreceSurrogate(standard.unet, embeds, indices, timesteps,
+                              attacked.scheduler.alphas_cumprod, tau=tau,
+                              resolutions=resolutions, seed=seed)
 
     def callback_factory(self, ctx: AuditContext, mask_concept: Concept
                          ) -> Callable[[list[GenerationInput]], Any]:

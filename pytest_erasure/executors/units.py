@@ -86,19 +86,36 @@ def detect_images(host: Host, advance: Advance, *, spec: DetectorSpec, device: s
 
 
 def learn_embedding(host: Host, advance: Advance, *, role: Role, images: torch.Tensor,
-                    token: str, budget: dict[str, Any], seed: int
+                    token: str, budget: dict[str, Any], seed: int, defense: str | None = None,
+                    concept: Concept | None = None, config: AuditConfig | None = None
                     ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Textual inversion through `role`'s model: ({"embeds"}, {"losses", "precision"})."""
+    """Textual inversion through `role`'s model: ({"embeds"}, {"losses", "precision"}).
+
+    With `defense` named (and the audit's `concept` and `config`), the adaptive attack: the
+    token is trained through that defense's surrogate (`Defense.surrogate`), built here on this
+    host's pipelines, and the facts say how many samples it defended."""
     from pytest_erasure.attacks.textual_inversion import LossScaler, train_textual_inversion
 
     pipe = host.pipeline(role)
     scaler = LossScaler.for_dtype(pipe.unet.dtype)
+    surrogate = None
+    if defense is not None:
+        from pytest_erasure.defenses import registry
+        from pytest_erasure.executors.hosts import DefenseSite
+
+        if concept is None or config is None:
+            raise ValueError("an adaptive textual inversion needs the concept and the config")
+        site = DefenseSite(host, config)  # type: ignore[arg-type]
+        surrogate = registry()[defense].surrogate(site, concept, role, seed)  # type: ignore[attr-defined]
     embeds, losses = train_textual_inversion(
         pipe, images, token=token, init_token=budget["init_token"],
         num_vectors=budget["num_vectors"], steps=budget["steps"], lr=budget["lr"],
         batch_size=budget["batch_size"], accumulation=budget.get("accumulation", 1), seed=seed,
-        progress=advance, scaler=scaler)
-    return {"embeds": embeds}, {"losses": losses, "precision": scaler.describe()}
+        progress=advance, scaler=scaler, surrogate=surrogate)
+    facts: dict[str, Any] = {"losses": losses, "precision": scaler.describe()}
+    if surrogate is not None and hasattr(surrogate, "describe"):
+        facts["surrogate"] = surrogate.describe()
+    return {"embeds": embeds}, facts
 
 
 def encode_learned_token(host: Host, advance: Advance, *, role: Role, prompts: list[str],

@@ -7,6 +7,14 @@ token, e.g. "a {concept}" -> "a <circle>", conditioned through the audited model
 encoder. Training images are the concept's reference images or, for a concept without any,
 images the standard model draws for the concept's prompts (recorded in the plan's facts).
 
+With a defense on (`--irece`), the white-box token is the adaptive attacker's: it trains on the
+erased model *through* the defense's surrogate (`Defense.surrogate`, for IRECE
+`defenses.irece.IreceSurrogate`: the mask re-noised inside the loss at the intervention
+timesteps), its cache key extended by what the surrogate depends on, and its cases say
+"white-box adaptive". Under `--erasure-threat=transfer`, or with a defense that declares no
+adaptive form, the token is learned on the undefended model (a transfer attack). The black-box
+token is learned on the standard model either way.
+
 The learned embedding is cached by content and written as `learned_embeds.safetensors` so a
 failing case can be reproduced by hand:
 
@@ -207,6 +215,19 @@ class EmbeddingScenario(Scenario):
 
     def __init__(self, access: Literal["white-box", "black-box"]) -> None:
         self.access = access
+        self.adaptive = access == "white-box"
+        """The white-box token trains through an enabled defense's surrogate (`through`)."""
+
+    def through(self, ctx: AuditContext, role: Role) -> Any:
+        """The defense this scenario's token trains through on `role`'s model, or None: only
+        the white-box attack on the (defended) erased model, when the defense has an adaptive
+        form and the run gates the adaptive attacker (`defenses.attacked_through`). The
+        standard model is never defended, and the black-box token is learned on it."""
+        from pytest_erasure.defenses import attacked_through, registry
+
+        if not self.adaptive or role != "erased" or ctx.config.defense is None:
+            return None
+        return attacked_through(ctx.config, registry()[ctx.config.defense])
 
     def budget(self, ctx: AuditContext) -> dict[str, Any]:
         from pytest_erasure.attacks.textual_inversion import validate_budget
@@ -262,13 +283,21 @@ class EmbeddingScenario(Scenario):
         salt = f"textual-inversion/{concept.name}"
         seed = restart_seed(ctx, ctx.seeds(1, salt)[0], salt, restart)
         key = self.learn_key(ctx, role, images, budget, token, seed)
+        defense = self.through(ctx, role)
+        adaptive: dict[str, Any] = {}
+        if defense is not None:
+            # Only for the adaptive attack: the undefended keys stay what they were.
+            key["adaptive"] = defense.adaptive_key(ctx.config, ctx, concept)
+            adaptive = {"defense": defense.name, "concept": concept, "config": ctx.config}
 
         def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             run = f", restart {restart}" if restart else ""
+            behind = f" through {defense.name}" if defense is not None else ""
             return ctx.run(ctx.unit(  # type: ignore[no-any-return]
-                learn_embedding, title=f"textual inversion {concept.name} ({role} model{run})",
+                learn_embedding,
+                title=f"textual inversion {concept.name} ({role} model{behind}{run})",
                 total=budget["steps"], role=role, images=images, token=token, budget=budget,
-                seed=seed))
+                seed=seed, **adaptive))
 
         tensors, stored = ctx.cache.tensors("textual-inversion", key, compute)
         embeds = tensors["embeds"]
@@ -294,6 +323,11 @@ class EmbeddingScenario(Scenario):
         }
         if "precision" in stored:
             facts["precision"] = stored["precision"]
+        if defense is not None:
+            from pytest_erasure.defenses import adaptive_form
+
+            facts["adaptive"] = {"defense": defense.name, "surrogate": adaptive_form(defense),
+                                 **stored.get("surrogate", {})}
         return embeds, facts, file
 
     def encode_key(self, ctx: AuditContext, target: Role, prompts: list[str], token: str,

@@ -32,6 +32,21 @@ Only DDIM retraces a DDIM inversion: the other samplers integrate the same ODE w
 formulas (close, not exact) and Euler ancestral adds fresh noise at every step. Every plan says
 which in `facts["inversion_exact"]` (`samplers.INVERSION_EXACT`); benchmarks/results/samplers.json
 has the reconstruction each sampler reaches on the shapes world.
+
+Under a defense (`--irece`) these cases are **transfer** attacks and say so (`checks.
+threat_model`: "white-box transfer"; `Scenario.adaptive` is False here): the latents are
+inverted through the undefended model and only regenerated through the defense, so under the
+default `--erasure-threat=adaptive` a latent case can FAIL but never PASS. The adaptive form is
+not built, because the textual-inversion surrogate does not carry over: there the mask is a
+function of the training sample alone, here it is a function of the attacker's variable. IRECE
+re-noises its mask at t*, so whatever x_T carries inside the mask is lost whatever x_T is; the
+one thing the attacker controls is *where the mask falls*, through x_t* = the erased model's
+first k denoising steps from x_T. An adaptive inversion would optimise x_T to keep the
+standard model's attention to the concept under tau at t* (a soft, sigmoid-of-(map - tau)
+surrogate of the thresholded mask, gradients through the k unrolled erased-UNet steps and the
+standard UNet's attention) while its regeneration still reconstructs the reference, averaged
+over the re-noise draws for the part of the mask that remains. That is k + 1 UNet passes with
+gradients per optimisation step: the next piece of work for issue 25.
 """
 
 from __future__ import annotations
