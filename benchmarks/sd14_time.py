@@ -123,7 +123,13 @@ def rows(samples: int) -> list[tuple[str, str, float, float]]:
     out.append(("latent-black-null", black, s * INVERT_S + gen(2 * s), gen(s)))
     out.append(("latent-black-prompt", black, s * INVERT_S + gen(2 * s), gen(s)))
     for scenario in registry().values():  # run only when --scenarios names them
-        if getattr(scenario, "opt_in", False):
+        if getattr(scenario, "opt_in", False) and scenario.modality == "finetune":
+            out.append((f"{scenario.id} (opt-in, not in the total)",
+                        f"{r} LoRA trainings per model (not counted here: "
+                        "benchmarks/finetune_cost.py); "
+                        f"{r} x {s} erased + {r} x {s} standard images",
+                        gen(2 * r * s), gen(r * s)))
+        elif getattr(scenario, "opt_in", False):
             out.append((f"{scenario.id} (opt-in, not in the total)",
                         f"{s} erased + {s} standard images, both models under the same "
                         "overlay (the standard side cached for a further model)",

@@ -31,6 +31,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pytest_erasure.cache import Cache, digest, tensor_digest
@@ -405,17 +406,25 @@ class Context:
         def compute_missing(missing: list[int]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
             chosen = [rest[j] for j in missing]
             label = f"generate {role}{f' +{defense.name}' if defense is not None else ''}"
-            images, flags = self.run(self.unit(
-                generate_images, title=label, total=len(chosen), role=role,
-                overlays=tuple((role, o) for o in overlays),
-                inputs=[inputs[i] for i in chosen], sampling=sampling,
-                batch_size=self.config.batch_size,
-                defense=defense.name if defense is not None else None, concept=concept,
-                config=self.config if defense is not None else None))
+            # One unit per set of per-input overlays (an attack run's LoRA): a unit runs under
+            # one set of overlays. Without per-input overlays this is the one unit it was.
+            groups: dict[tuple[Overlay, ...], list[int]] = {}
+            for i in chosen:
+                groups.setdefault(inputs[i].overlays, []).append(i)
+            done: dict[int, tuple[torch.Tensor, bool]] = {}
+            for own, members in groups.items():
+                images, flags = self.run(self.unit(
+                    generate_images, title=label, total=len(members), role=role,
+                    overlays=tuple((role, o) for o in (*overlays, *own)),
+                    inputs=[replace(inputs[i], overlays=()) if own else inputs[i]
+                            for i in members], sampling=sampling,
+                    batch_size=self.config.batch_size,
+                    defense=defense.name if defense is not None else None, concept=concept,
+                    config=self.config if defense is not None else None))
+                done.update({i: (images[j], flags[j]) for j, i in enumerate(members)})
             with self._lock:
                 self.generated += len(chosen)
-            return [({"image": images[j].clone()}, {"degenerate": flags[j]})
-                    for j in range(len(chosen))]
+            return [({"image": done[i][0].clone()}, {"degenerate": done[i][1]}) for i in chosen]
 
         if rest:
             computed = self.cache.get_or_compute_many("image", [keys[i] for i in rest],
@@ -497,7 +506,7 @@ def _ignore(n: int) -> None:
 
 
 def _input_key(item: GenerationInput) -> dict[str, Any]:
-    return {
+    key = {
         "seed": item.seed,
         "prompt": item.prompt,
         "prompt_embeds": tensor_digest({"e": item.prompt_embeds})
@@ -505,6 +514,9 @@ def _input_key(item: GenerationInput) -> dict[str, Any]:
         "latents": tensor_digest({"l": item.latents}) if item.latents is not None else None,
         "guidance": item.guidance,
     }
+    if item.overlays:  # only when set: every plain input's key is what it always was
+        key["overlays"] = [o.key for o in item.overlays]
+    return key
 
 
 def image_sha256(images: torch.Tensor) -> str:

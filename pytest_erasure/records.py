@@ -63,6 +63,10 @@ class GenerationInput:
     """The fixed item of a list the case's claim is about: a prompt the concepts file declares,
     a prompt a restart's run found. Strata are not sampled, so they do not widen the interval
     (`design.case_rate`); they are recorded so every prompt's share is known."""
+    overlays: tuple[Overlay, ...] = ()
+    """Weights run on top of the model for this input alone, after the plan's own
+    (`Plan.overlays`): the LoRA one attack run learnt, when each restart (cluster) of a case
+    brings its own. Part of the image's key only when set, so plain inputs keep their keys."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -118,6 +118,21 @@ def learn_embedding(host: Host, advance: Advance, *, role: Role, images: torch.T
     return {"embeds": embeds}, facts
 
 
+def finetune_lora(host: Host, advance: Advance, *, role: Role, images: torch.Tensor,
+                  captions: list[str], budget: dict[str, Any], seed: int
+                  ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A LoRA of `role`'s UNet trained on captioned images (`attacks.finetune.train_lora`):
+    (its peft state dict, {"losses"}). The pipeline is the host's, overlays included: under a
+    unit's overlays the LoRA is trained on top of them."""
+    from pytest_erasure.attacks.finetune import train_lora
+
+    state, losses = train_lora(
+        host.pipeline(role), images, captions, rank=budget["rank"], steps=budget["steps"],
+        lr=budget["lr"], batch_size=budget["batch_size"], accumulation=budget["accumulation"],
+        seed=seed, progress=advance)
+    return state, {"losses": losses}
+
+
 def encode_learned_token(host: Host, advance: Advance, *, role: Role, prompts: list[str],
                          token: str, embeds: torch.Tensor) -> dict[str, torch.Tensor]:
     """{str(i): prompt i through `role`'s text encoder with the learned token, (77, D) float32}."""

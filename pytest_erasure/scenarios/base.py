@@ -288,6 +288,7 @@ _BUILTIN_MODULES = (
     "pytest_erasure.scenarios.adversarial",
     "pytest_erasure.scenarios.fuzz",
     "pytest_erasure.scenarios.quantized",
+    "pytest_erasure.scenarios.finetune",
 )
 
 

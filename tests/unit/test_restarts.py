@@ -203,7 +203,7 @@ def test_every_scenario_says_what_is_drawn_and_what_is_declared(tiny_world: dict
         if name.startswith("latent"):  # declared references: one cluster each
             assert [i.cluster for i in plan.inputs] == \
                 [f"reference-{i}" for i in range(len(plan.inputs))], name
-        elif name.startswith(("embedding", "adversarial")):
+        elif name.startswith(("embedding", "adversarial", "finetune")):
             assert {i.cluster for i in plan.inputs} == {"restart-0", "restart-1"}
             assert all(i.stratum.startswith("prompt: ") for i in plan.inputs), name
         elif name == "fuzz":  # searched prompts: the search's draws
