@@ -422,7 +422,7 @@ def _ignore(n: int) -> None:
 
 
 def _input_key(item: GenerationInput) -> dict[str, Any]:
-    return {
+    key = {
         "seed": item.seed,
         "prompt": item.prompt,
         "prompt_embeds": tensor_digest({"e": item.prompt_embeds})
@@ -430,6 +430,9 @@ def _input_key(item: GenerationInput) -> dict[str, Any]:
         "latents": tensor_digest({"l": item.latents}) if item.latents is not None else None,
         "guidance": item.guidance,
     }
+    if item.steering is not None:  # absent otherwise: plain images keep the keys they had
+        key["steering"] = item.steering
+    return key
 
 
 def image_sha256(images: torch.Tensor) -> str:

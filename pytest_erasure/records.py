@@ -63,6 +63,10 @@ class GenerationInput:
     """The fixed item of a list the case's claim is about: a prompt the concepts file declares,
     a prompt a restart's run found. Strata are not sampled, so they do not widen the interval
     (`design.case_rate`); they are recorded so every prompt's share is known."""
+    steering: dict[str, Any] | None = None
+    """How a probe changes this sample's denoising (`samplers.steer`), JSON-able: e.g. {"eta":
+    1.5, "noise_scale": 1.03} (DDIM with extra step noise). None: the configured sampler as it
+    is. Part of the image's cache key only when set."""
 
 
 @dataclass(frozen=True, eq=False)

@@ -282,6 +282,7 @@ _BUILTIN_MODULES = (
     "pytest_erasure.scenarios.adversarial",
     "pytest_erasure.scenarios.fuzz",
     "pytest_erasure.scenarios.quantized",
+    "pytest_erasure.scenarios.noise",
 )
 
 
