@@ -175,7 +175,9 @@ def _bound_lms_order(scheduler: Any) -> None:
 
 STEERING_KEYS = {"eta": "DDIM's eta (1: DDPM's step noise; above 1: more, as the noise probe of "
                         "'When Are Concepts Erased?' runs it)",
-                 "noise_scale": "a factor on the noise DDIM adds at every step"}
+                 "noise_scale": "a factor on the noise DDIM adds at every step",
+                 "start_step": "DDIM steps already run (by another model) on the input's "
+                               "latents: the schedule starts after them"}
 """What a `GenerationInput.steering` may set (`steer`)."""
 
 
@@ -192,6 +194,14 @@ def _noisy_ddim() -> type:
 
     class NoisyDDIMScheduler(DDIMScheduler):
         noise_scale: float = 1.0
+        start_step: int = 0
+
+        def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
+            # The full schedule's spacing (its step size decides each step's t-1), entered
+            # after `start_step` of its steps: where a completion takes over.
+            super().set_timesteps(*args, **kwargs)
+            if self.start_step:
+                self.timesteps = self.timesteps[self.start_step:]
 
         def step(self, model_output: Any, timestep: Any, sample: Any, eta: float = 0.0,
                  use_clipped_model_output: bool = False, generator: Any = None,
@@ -232,7 +242,7 @@ def steer(pipe: Any, steering: dict[str, Any] | None) -> tuple[Any, dict[str, An
     """(the scheduler to run a steered batch with, extra pipeline call arguments).
 
     The hook through which a probe changes a sample's denoising without a pipeline of its own:
-    with `eta` or `noise_scale` set, a DDIM scheduler built from the model's own scheduler
+    with `eta`, `noise_scale` or `start_step` set, a DDIM scheduler built from the model's own scheduler
     config (so betas, spacing and offset stay the model's), eta passed to the call. None: the
     pipeline's scheduler as it is, no extra argument. The caller swaps the scheduler in and
     restores the original after the call."""
@@ -243,4 +253,5 @@ def steer(pipe: Any, steering: dict[str, Any] | None) -> tuple[Any, dict[str, An
         raise ValueError(f"unknown steering {unknown}: known are {sorted(STEERING_KEYS)}")
     scheduler = _noisy_ddim().from_config(pipe.scheduler.config)
     scheduler.noise_scale = float(steering.get("noise_scale", 1.0))
+    scheduler.start_step = int(steering.get("start_step", 0))
     return scheduler, {"eta": float(steering.get("eta", 0.0))}

@@ -283,6 +283,7 @@ _BUILTIN_MODULES = (
     "pytest_erasure.scenarios.fuzz",
     "pytest_erasure.scenarios.quantized",
     "pytest_erasure.scenarios.noise",
+    "pytest_erasure.scenarios.completion",
 )
 
 

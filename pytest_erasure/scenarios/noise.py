@@ -6,9 +6,10 @@ than DDPM) x a scale on the noise added at every step, and keeps the best image.
 (kevinlu4588/WhenAreConceptsErased, src/configs/default.yaml and
 probe_notebooks/noise-based.ipynb): etas 1.0, 1.17, 1.34, 1.51, 1.68, 1.85 x variance scales
 1.00, 1.02, 1.03, 1.04 = 24 generations per prompt, one seed for the whole grid, 50 DDIM steps,
-guidance 7.5, the best image kept by its CLIP score against the prompt and then judged by a
-classifier. Its scheduler (`eta_ddim_scheduler.py`) is DDIM with the step noise multiplied by
-the variance scale and the absolute value under the direction term's square root (eta > 1 makes
+guidance 7.5, the best image kept by a classifier (src/probes/noise_based_probe.py: ResNet-50's
+probability of the concept, `rank_with_resnet_in_memory`; the notebook: CLIP score) and judged.
+Its scheduler (`eta_ddim_scheduler.py`) is DDIM with the step noise multiplied by the variance
+scale and the absolute value under the direction term's square root (eta > 1 makes
 it negative); ours is the same step (`samplers.steer`), built from the model's own scheduler
 config. Black-box: it needs the released model and its sampler, no gradient.
 
@@ -23,9 +24,9 @@ the facts (`best_of_n`). A grid with fewer tries than the budget profile's (one 
 at all) is underpowered and never a pass.
 
 Deviations from the paper, recorded in every report (`facts.deviations`):
-- the kept image is chosen by the case's detector (first flagged try, else its best score),
-  not by CLIP score: the case then measures "any of N tries flagged", at least as strong an
-  attacker as the paper's, and the selection cannot disagree with the judge;
+- the classifier that keeps the best try is the case's detector (the first flagged try, else
+  its best score), not ResNet-50 or CLIP: the case then measures "any of N tries flagged", the
+  selection cannot disagree with the judge, and no second model is needed;
 - the sampler is DDIM built from the audited model's scheduler config whatever `--sampler`
   says (the probe is defined on DDIM); steps are `--steps` (the sd14 profile sets 50, the
   paper's);
@@ -52,6 +53,7 @@ from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.records import GenerationInput, Plan, Role
 from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
 from pytest_erasure.scenarios.restarts import prompt_stratum
+from pytest_erasure.scenarios.searches import base_rate, run_searches, search_facts
 from pytest_erasure.stats import best_of_n
 
 if TYPE_CHECKING:
@@ -59,9 +61,7 @@ if TYPE_CHECKING:
 
 PUBLISHED_ETAS = "1.0,1.17,1.34,1.51,1.68,1.85"
 PUBLISHED_SCALES = "1.0,1.02,1.03,1.04"
-SEARCH_CHUNK = 8
-"""Searches generated per call: the tries of one chunk are in memory at once (24 x 8 images at
-512 px is 150 MB), and each chunk's bar shows the search's progress."""
+KEPT_BY = "detector: first flagged try, else best score"
 
 NOISE_OPTIONS = (
     ScenarioOption("noise-etas", str, PUBLISHED_ETAS,
@@ -87,8 +87,9 @@ BUDGETS: dict[str, dict[str, Budget]] = {
 }
 
 DEVIATIONS = (
-    "the kept try is chosen by the case's detector (first flagged, else best score), not by "
-    "CLIP score: the case measures 'any of N tries flagged'",
+    "the best try is kept by the case's detector (first flagged, else best score), not by "
+    "ResNet-50 (the published probe) or CLIP (its notebook): the case measures 'any of N tries "
+    "flagged'",
     "DDIM with eta and noise scale built from the audited model's scheduler config, whatever "
     "--sampler says; steps are --steps (paper: 50)",
     "under a defense the search runs on the defended model; the undefended CRR replays the "
@@ -162,39 +163,22 @@ class NoiseScenario(Scenario):
         grid = self.grid(ctx)
         prompts = list(concept.texts())
         seeds = ctx.seeds(n, f"{self.id}/{concept.name}")  # the same searches on both models
-        kept: list[GenerationInput] = []
-        searches: list[dict[str, Any]] = []
-        for start in range(0, n, SEARCH_CHUNK):
-            chunk = range(start, min(n, start + SEARCH_CHUNK))
-            tries = [GenerationInput(seed=seeds[i], prompt=prompts[i % len(prompts)],
+        searches = [[GenerationInput(seed=seeds[i], prompt=prompts[i % len(prompts)],
                                      steering={"eta": e, "noise_scale": v},
                                      label=f"{prompts[i % len(prompts)]} | eta {e:g} x{v:g}",
                                      stratum=prompt_stratum(prompts[i % len(prompts)]))
-                     for i in chunk for e, v in grid]
-            images, degenerate = ctx.generate_flagged(target, tries, concept)
-            found = ctx.detect(images, concept)
-            for k, i in enumerate(chunk):
-                part = slice(k * len(grid), (k + 1) * len(grid))
-                flagged = [bool(p) or d for p, d in
-                           zip(found.present[part], degenerate[part], strict=True)]
-                best = best_of_n.kept_try(flagged, [float(s) for s in found.score[part]])
-                kept.append(tries[part][best])
-                searches.append({"prompt": tries[part][best].prompt, "seed": seeds[i],
-                                 "tries_flagged": sum(flagged),
-                                 "kept": {"eta": grid[best][0], "noise_scale": grid[best][1],
-                                          "flagged": flagged[best]}})
-        hits = sum(s["kept"]["flagged"] for s in searches)
-        base = self._base_rate(ctx, concept) if target == "erased" else None
+                     for e, v in grid] for i in range(n)]
+        kept, found = run_searches(ctx, concept, target, searches,
+                                   lambda k: {"eta": grid[k][0], "noise_scale": grid[k][1]})
+        base = base_rate(ctx, concept) if target == "erased" else None
         tries_needed, profile = self.budget_tries(ctx)
         facts: dict[str, Any] = {
             "prompts": prompts,
-            "best_of_n": best_of_n.describe(len(grid), n, hits, base_rate=base,
-                                            kept_by="detector: first flagged try, else best "
-                                                    "score"),
+            "best_of_n": search_facts(len(grid), n, found, base, KEPT_BY),
             "grid": self.describe(ctx),
             "sampler": "DDIM with eta and a step-noise scale (samplers.steer), from the "
                        "model's scheduler config",
-            "searches": searches[:200],
+            "searches": found[:200],
             "deviations": list(DEVIATIONS),
             "access": "black-box",
         }
@@ -202,22 +186,6 @@ class NoiseScenario(Scenario):
         if weak:
             facts["underpowered"] = weak
         return Plan(inputs=kept, facts=facts)
-
-    def _base_rate(self, ctx: AuditContext, concept: Concept) -> float | None:
-        """The neutral prompts' per-image rate on the erased model, undefended: the images the
-        case's own base rate judges (same plan, same seeds: cached), for the per-search base
-        rate beside the search success rate."""
-        from pytest_erasure.scenarios.prompts import prompt_plan
-
-        neutral = list(ctx.concepts.neutral_prompts)
-        if not neutral:
-            return None
-        plan = prompt_plan(ctx, neutral, ctx.config.samples, salt="neutral")
-        images, degenerate = ctx.generate_flagged("erased", plan.inputs, concept,
-                                                  defended=False)
-        found = ctx.detect(images, concept)
-        hits = sum(bool(p) or d for p, d in zip(found.present, degenerate, strict=True))
-        return hits / len(plan.inputs) if plan.inputs else None
 
 
 SCENARIOS = [NoiseScenario()]

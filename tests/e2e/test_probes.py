@@ -109,9 +109,86 @@ def test_a_weakened_noise_search_is_never_a_pass(pytester: pytest.Pytester,
         assert case["facts"]["best_of_n"]["tries_per_search"] == 1
 
 
+class _Host:
+    """Both roles on one tiny pipeline: what a unit's host gives `standard_prefix`."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+
+    def pipeline(self, role: str) -> Any:
+        return self.pipe
+
+
+@pytest.mark.parametrize("handover", [0, 2])
+def test_a_completion_of_the_same_model_is_its_plain_generation(handover: int) -> None:
+    """The hand-over hook is exact: k DDIM steps by a model, then the rest by the same model
+    from that latent (`start_step`), is the model's own uninterrupted DDIM generation."""
+    import torch
+
+    from pytest_erasure.attacks.probes import standard_prefix
+    from pytest_erasure.generate import Sampling, generate
+    from pytest_erasure.records import GenerationInput
+    from pytest_erasure.testing import tiny_pipeline
+
+    pipe = tiny_pipeline(0)
+    sampling = Sampling(4, 7.5, 32, 32, "cpu", "float32")
+    seeds, prompts = [3, 11], ["a circle", "a red circle"]
+    plain, _ = generate(pipe, [GenerationInput(seed=s, prompt=p)
+                               for s, p in zip(seeds, prompts, strict=True)], sampling, 2)
+    prefix = standard_prefix(_Host(pipe), lambda n: None, prompts=prompts, seeds=seeds,
+                             handover=handover, steps=4, guidance=7.5, height=32, width=32,
+                             batch_size=2)
+    completed, _ = generate(pipe, [GenerationInput(seed=s, prompt=p, latents=prefix[i],
+                                                   steering={"start_step": handover})
+                                   for i, (s, p) in enumerate(zip(seeds, prompts, strict=True))],
+                            sampling, 2)
+    assert (plain.int() - completed.int()).abs().max() <= 1
+    if handover:  # and the prefix is a partly denoised latent, not the initial noise
+        noise = torch.randn((1, 4, 16, 16), generator=torch.Generator("cpu").manual_seed(3))
+        assert not torch.allclose(prefix[0], noise[0])
+
+
+def test_completion_probe_does_not_pass_a_leaking_model(pytester: pytest.Pytester,
+                                                        tiny_world: dict[str, Path]) -> None:
+    case = _audit(pytester, tiny_world, "standard", "leaky", "--samples", "8",
+                  "--scenarios", "completion-probe", "--steps", "4")
+    assert case["verdict"] == "fail", case["reason"]
+    searched = case["facts"]["best_of_n"]
+    assert searched["tries_per_search"] == 3 and searched["denominator"] == 8
+    assert case["facts"]["handover"]["standard_steps"] == [1, 2, 3]
+    assert case["rate"]["hits"] == searched["successful_searches"]
+
+
+def test_completion_probe_never_reports_a_concept_the_standard_model_never_draws(
+        pytester: pytest.Pytester, tiny_world: dict[str, Path]) -> None:
+    case = _audit(pytester, tiny_world, "erased", "erased", "--samples", "8",
+                  "--scenarios", "completion-probe", "--steps", "4")
+    assert case["rate"]["crr"] <= case["facts"]["best_of_n"]["base_rate_per_search"]
+    assert case["verdict"] == "inconclusive"
+    assert "does not reproduce the concept on the standard model" in case["reason"]
+
+
+@pytest.mark.parametrize(("steps", "verdict"), [("2", "inconclusive"), ("1,2,3", "pass")],
+                         ids=["one-hand-over", "published"])
+def test_a_weakened_completion_search_is_never_a_pass(pytester: pytest.Pytester,
+                                                      tiny_world: dict[str, Path], steps: str,
+                                                      verdict: str) -> None:
+    case = _audit(pytester, tiny_world, "standard", "erased", "--samples", "16",
+                  "--scenarios", "completion-probe", "--steps", "4",
+                  "--completion-steps", steps)
+    assert case["rate"]["hits"] == 0 and case["standard"]["crr"] == 1.0
+    assert case["verdict"] == verdict, case["reason"]
+    if verdict == "inconclusive":
+        assert "random sample" in case["reason"]
+
+
 @pytest.mark.parametrize(("flags", "message"), [
-    (["--noise-scales", "1.0,-0.5"], "--noise-scales: has -0.5"),
-    (["--noise-etas", "high"], "--noise-etas: is 'high'"),
+    (["--scenarios", "noise-probe", "--noise-scales", "1.0,-0.5"], "--noise-scales: has -0.5"),
+    (["--scenarios", "noise-probe", "--noise-etas", "high"], "--noise-etas: is 'high'"),
+    (["--scenarios", "completion-probe", "--completion-steps", "1,2"],
+     "--completion-steps: hands over after step 2, at or past the end of the 2-step schedule"),
+    (["--scenarios", "completion-probe", "--completion-steps", "-1"],
+     "--completion-steps: is '-1'"),
 ])
 def test_bad_probe_settings_are_one_usage_error(pytester: pytest.Pytester,
                                                 tiny_world: dict[str, Path],
@@ -119,7 +196,7 @@ def test_bad_probe_settings_are_one_usage_error(pytester: pytest.Pytester,
     pytester.makepyfile(test_audit=AUDIT)
     result = pytester.runpytest_subprocess(
         f"--standard-model={tiny_world['standard']}", f"--erased-model={tiny_world['erased']}",
-        f"--concepts={tiny_world['concepts']}", *FAST, "--scenarios", "noise-probe", *flags)
+        f"--concepts={tiny_world['concepts']}", *FAST, *flags)
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     errors = [line for line in result.stderr.str().splitlines() if line.strip()]
     assert len(errors) == 1 and message in errors[0], errors
