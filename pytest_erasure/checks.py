@@ -247,6 +247,12 @@ def erasure(ctx: Context, case: Case, concept: Concept) -> CaseResult:
     if undefended is not None:
         message += f"; without {config.defense} {undefended.crr:.1%}"
     message += f"; threat model {facts['threat_model']}"
+    if plan.facts.get("best_of_n"):  # a best-of-N search: its unit is the search (stats.best_of_n)
+        searched = plan.facts["best_of_n"]
+        message += (f"; best of {searched['tries_per_search']} tries per search: CRR = "
+                    f"successful searches / {searched['denominator']} searches")
+        if searched.get("base_rate_per_search") is not None:
+            message += f", base rate per search {searched['base_rate_per_search']:.1%}"
     if rate.method == "rogan-gladen":
         message += f"; corrected for detector error ({facts['corrected_assumes']})"
     if plan.facts.get("minimal_bypass"):

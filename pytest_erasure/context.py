@@ -516,6 +516,8 @@ def _input_key(item: GenerationInput) -> dict[str, Any]:
     }
     if item.overlays:  # only when set: every plain input's key is what it always was
         key["overlays"] = [o.key for o in item.overlays]
+    if item.steering is not None:  # absent otherwise: plain images keep the keys they had
+        key["steering"] = item.steering
     return key
 
 

@@ -10,12 +10,15 @@ sample, seeded from the sample's seed, for the same reason.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pytest_erasure.memory import chunked, describe
 from pytest_erasure.records import GenerationInput
+from pytest_erasure.samplers import steer
 
 if TYPE_CHECKING:
     import torch
@@ -97,14 +100,15 @@ def generate(
     dtype = getattr(torch, sampling.dtype)
     out: list[torch.Tensor | None] = [None] * len(inputs)
     degenerate: list[bool] = [False] * len(inputs)
-    groups: dict[float, list[int]] = {}
+    groups: dict[tuple[float, str], list[int]] = {}
     for i, item in enumerate(inputs):
         g = sampling.guidance if item.guidance is None else item.guidance
-        groups.setdefault(g, []).append(i)
+        steering = json.dumps(item.steering, sort_keys=True) if item.steering else ""
+        groups.setdefault((g, steering), []).append(i)
     uncond = encode(pipe, [""])
-    for guidance, indices in groups.items():
-        def run(start: int, stop: int, guidance: float = guidance, indices: list[int] = indices
-                ) -> None:
+    for (guidance, steering), indices in groups.items():
+        def run(start: int, stop: int, guidance: float = guidance, indices: list[int] = indices,
+                steering: str = steering) -> None:
             chunk = indices[start:stop]
             batch = [inputs[i] for i in chunk]
             embeds = _conditioning(pipe, batch).to(pipe.device, dtype)
@@ -115,7 +119,11 @@ def generate(
                 kwargs["callback_on_step_end"] = callback
                 kwargs["callback_on_step_end_tensor_inputs"] = list(
                     getattr(callback, "tensor_inputs", ["latents"]))
-            with torch.no_grad():
+            # A probe's steering (samplers.steer): its scheduler for this call only.
+            scheduler, steered = steer(pipe, json.loads(steering) if steering else None)
+            kwargs.update(steered)
+            original, pipe.scheduler = pipe.scheduler, scheduler
+            with torch.no_grad(), _restored(pipe, original):
                 images = pipe(
                     prompt_embeds=embeds,
                     negative_prompt_embeds=uncond.expand(len(batch), -1, -1).to(
@@ -164,3 +172,12 @@ def _conditioning(pipe: StableDiffusionPipeline, batch: list[GenerationInput]) -
         else:
             rows.append(encoded[b.prompt or ""])
     return torch.stack([r.to(rows[0].dtype) for r in rows])
+
+
+@contextmanager
+def _restored(pipe: StableDiffusionPipeline, scheduler: Any) -> Iterator[None]:
+    """The pipeline's own scheduler back after a steered call, however it ends."""
+    try:
+        yield
+    finally:
+        pipe.scheduler = scheduler

@@ -67,6 +67,10 @@ class GenerationInput:
     """Weights run on top of the model for this input alone, after the plan's own
     (`Plan.overlays`): the LoRA one attack run learnt, when each restart (cluster) of a case
     brings its own. Part of the image's key only when set, so plain inputs keep their keys."""
+    steering: dict[str, Any] | None = None
+    """How a probe changes this sample's denoising (`samplers.steer`), JSON-able: e.g. {"eta":
+    1.5, "noise_scale": 1.03} (DDIM with extra step noise). None: the configured sampler as it
+    is. Part of the image's cache key only when set."""
 
 
 @dataclass(frozen=True, eq=False)

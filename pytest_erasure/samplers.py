@@ -136,6 +136,8 @@ def reset_history(scheduler: Any) -> bool:
             scheduler.timestep_list = [None] * order
             scheduler.last_sample = None  # else its corrector rebuilds x_t from the old state
         return False
+    if isinstance(scheduler, _noisy_ddim()):  # a probe's DDIM (`steer`): no history either
+        return False
     if name not in {"DDIMScheduler", "EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler",
                     "DDPMScheduler"}:
         raise ErasureInputError(f"IRECE with {name}", "keeps a history IRECE cannot reset",
@@ -169,3 +171,87 @@ def _bound_lms_order(scheduler: Any) -> None:
 
     bounded.erasure_bounded = True  # type: ignore[attr-defined]
     scheduler.step = bounded
+
+
+STEERING_KEYS = {"eta": "DDIM's eta (1: DDPM's step noise; above 1: more, as the noise probe of "
+                        "'When Are Concepts Erased?' runs it)",
+                 "noise_scale": "a factor on the noise DDIM adds at every step",
+                 "start_step": "DDIM steps already run (by another model) on the input's "
+                               "latents: the schedule starts after them"}
+"""What a `GenerationInput.steering` may set (`steer`)."""
+
+
+@functools.cache
+def _noisy_ddim() -> type:
+    """DDIMScheduler whose step noise is scaled by `noise_scale` and which accepts eta > 1.
+
+    As kevinlu4588/WhenAreConceptsErased's eta_ddim_scheduler.py: with eta > 1 the DDIM
+    variance sigma_t^2 can exceed 1 - alpha_{t-1}, and the direction term's square root takes
+    its absolute value instead of going NaN; the noise added is sigma_t * z * noise_scale."""
+    from diffusers import DDIMScheduler
+    from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+    from diffusers.utils.torch_utils import randn_tensor
+
+    class NoisyDDIMScheduler(DDIMScheduler):
+        noise_scale: float = 1.0
+        start_step: int = 0
+
+        def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
+            # The full schedule's spacing (its step size decides each step's t-1), entered
+            # after `start_step` of its steps: where a completion takes over.
+            super().set_timesteps(*args, **kwargs)
+            if self.start_step:
+                self.timesteps = self.timesteps[self.start_step:]
+
+        def step(self, model_output: Any, timestep: Any, sample: Any, eta: float = 0.0,
+                 use_clipped_model_output: bool = False, generator: Any = None,
+                 variance_noise: Any = None, return_dict: bool = True) -> Any:
+            step = self.config.num_train_timesteps // self.num_inference_steps
+            prev = timestep - step
+            alpha_t = self.alphas_cumprod[timestep]
+            alpha_prev = self.alphas_cumprod[prev] if prev >= 0 else self.final_alpha_cumprod
+            beta_t = 1 - alpha_t
+            if self.config.prediction_type == "epsilon":
+                x0 = (sample - beta_t ** 0.5 * model_output) / alpha_t ** 0.5
+                eps = model_output
+            elif self.config.prediction_type == "v_prediction":
+                x0 = alpha_t ** 0.5 * sample - beta_t ** 0.5 * model_output
+                eps = alpha_t ** 0.5 * model_output + beta_t ** 0.5 * sample
+            else:
+                x0 = model_output
+                eps = (sample - alpha_t ** 0.5 * x0) / beta_t ** 0.5
+            if self.config.clip_sample:
+                x0 = x0.clamp(-self.config.clip_sample_range, self.config.clip_sample_range)
+            std = eta * self._get_variance(timestep, prev) ** 0.5
+            direction = abs(1 - alpha_prev - std ** 2) ** 0.5 * eps
+            prev_sample = alpha_prev ** 0.5 * x0 + direction
+            if eta > 0:
+                if variance_noise is None:
+                    variance_noise = randn_tensor(model_output.shape, generator=generator,
+                                                  device=model_output.device,
+                                                  dtype=model_output.dtype)
+                prev_sample = prev_sample + std * variance_noise * self.noise_scale
+            if not return_dict:
+                return (prev_sample, x0)
+            return DDIMSchedulerOutput(prev_sample=prev_sample, pred_original_sample=x0)
+
+    return NoisyDDIMScheduler
+
+
+def steer(pipe: Any, steering: dict[str, Any] | None) -> tuple[Any, dict[str, Any]]:
+    """(the scheduler to run a steered batch with, extra pipeline call arguments).
+
+    The hook through which a probe changes a sample's denoising without a pipeline of its own:
+    with `eta`, `noise_scale` or `start_step` set, a DDIM scheduler built from the model's own scheduler
+    config (so betas, spacing and offset stay the model's), eta passed to the call. None: the
+    pipeline's scheduler as it is, no extra argument. The caller swaps the scheduler in and
+    restores the original after the call."""
+    if not steering:
+        return pipe.scheduler, {}
+    unknown = sorted(set(steering) - set(STEERING_KEYS))
+    if unknown:
+        raise ValueError(f"unknown steering {unknown}: known are {sorted(STEERING_KEYS)}")
+    scheduler = _noisy_ddim().from_config(pipe.scheduler.config)
+    scheduler.noise_scale = float(steering.get("noise_scale", 1.0))
+    scheduler.start_step = int(steering.get("start_step", 0))
+    return scheduler, {"eta": float(steering.get("eta", 0.0))}

@@ -289,6 +289,8 @@ _BUILTIN_MODULES = (
     "pytest_erasure.scenarios.fuzz",
     "pytest_erasure.scenarios.quantized",
     "pytest_erasure.scenarios.finetune",
+    "pytest_erasure.scenarios.noise",
+    "pytest_erasure.scenarios.completion",
 )
 
 

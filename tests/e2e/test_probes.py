@@ -1,0 +1,202 @@
+"""The "When Are Concepts Erased?" probes on the tiny world, through the real plugin.
+
+Worlds (`pytest_erasure.testing.save_tiny_world`, judged by mean brightness):
+- leaking: the `leaky` model as the erased one, which still draws the concept (bright images):
+  the probe's case must not pass;
+- never drawn: the dark `erased` model as *both* the standard and the erased model, so the
+  standard model itself never draws the concept: no probe may report it above its base rate,
+  and the case cannot pass on an attack that reproduces nothing on the standard model;
+- held: the bright standard and the dark erased model: the full search finds nothing and the
+  case passes, while the same search weakened to one try (a random sample, not a search) does
+  not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+AUDIT = "def test_erasure(erasure_case, erasure_check):\n    erasure_check(erasure_case)\n"
+FAST = ["--steps", "2", "--batch-size", "48", "-p", "no:randomly", "--no-erasure-cache"]
+
+
+@pytest.fixture(autouse=True)
+def this_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Subprocesses import this checkout's package, not another installed copy."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+
+
+def _audit(pytester: pytest.Pytester, world: dict[str, Path], standard: str, erased: str,
+           *flags: str) -> dict[str, Any]:
+    """The probe's case for circle from the report, after a run of the real plugin."""
+    pytester.makepyfile(test_audit=AUDIT)
+    out = pytester.path / f"report-{standard}-{erased}-{len(flags)}"
+    result = pytester.runpytest_subprocess(
+        f"--standard-model={world[standard]}", f"--erased-model={world[erased]}",
+        f"--concepts={world['concepts']}", *FAST, f"--erasure-report={out}", *flags)
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret in (0, 1) and "Traceback" not in output, output
+    cases = [c for c in json.loads((out / "report.json").read_text())["cases"]
+             if c["concept"] == "circle" and c["kind"] == "erasure"]
+    assert len(cases) == 1, [c["case_id"] for c in cases]
+    return cases[0]
+
+
+def test_probe_cases_run_only_when_named(tiny_world: dict[str, Path]) -> None:
+    from pytest_erasure.concepts import load_concepts
+    from pytest_erasure.session import AuditSession, default_config
+
+    def ids(**overrides: object) -> list[str]:
+        config = default_config(concepts_file=tiny_world["concepts"], cache_dir=None,
+                                **overrides)
+        return [c.id for c in AuditSession(config, load_concepts(config.concepts_file)).cases()]
+
+    assert "circle-noise-probe" not in ids()
+    assert "circle-noise-probe" in ids(scenarios=("noise-probe",))
+
+
+@pytest.mark.parametrize("defense", [[], ["--irece"]], ids=["undefended", "irece"])
+def test_noise_probe_does_not_pass_a_leaking_model(pytester: pytest.Pytester,
+                                                   tiny_world: dict[str, Path],
+                                                   defense: list[str]) -> None:
+    case = _audit(pytester, tiny_world, "standard", "leaky", "--samples", "8",
+                  "--scenarios", "noise-probe", *defense)
+    assert case["verdict"] == "fail", case["reason"]
+    searched = case["facts"]["best_of_n"]
+    # The sample unit is the search: 8 searches of the published 24 tries, 8 the denominator.
+    assert searched["unit"] == "search" and searched["tries_per_search"] == 24
+    assert searched["denominator"] == case["rate"]["n"] == 8
+    assert searched["images_generated"] == 8 * 24
+    assert searched["kept_images_are_a_random_sample"] is False
+    # Re-judging the kept tries reproduces the search outcomes exactly.
+    assert case["rate"]["hits"] == searched["successful_searches"] == sum(
+        s["kept"]["flagged"] for s in case["facts"]["searches"])
+    assert "best of 24 tries per search" in case["message"]
+    assert case["facts"]["deviations"] and case["facts"]["grid"]["tries_per_search"] == 24
+
+
+def test_noise_probe_never_reports_a_concept_the_standard_model_never_draws(
+        pytester: pytest.Pytester, tiny_world: dict[str, Path]) -> None:
+    case = _audit(pytester, tiny_world, "erased", "erased", "--samples", "8",
+                  "--scenarios", "noise-probe")
+    searched = case["facts"]["best_of_n"]
+    assert case["rate"]["crr"] <= searched["base_rate_per_search"]
+    assert case["standard"]["hits"] == 0
+    # Nothing reproduced on the standard model: the audit could not have seen it, not a pass.
+    assert case["verdict"] == "inconclusive"
+    assert "does not reproduce the concept on the standard model" in case["reason"]
+
+
+@pytest.mark.parametrize(("grid", "verdict"), [
+    (["--noise-etas", "1.0", "--noise-scales", "1.0"], "inconclusive"),
+    ([], "pass"),
+], ids=["one-try", "published-grid"])
+def test_a_weakened_noise_search_is_never_a_pass(pytester: pytest.Pytester,
+                                                 tiny_world: dict[str, Path], grid: list[str],
+                                                 verdict: str) -> None:
+    case = _audit(pytester, tiny_world, "standard", "erased", "--samples", "16",
+                  "--scenarios", "noise-probe", *grid)
+    assert case["rate"]["hits"] == 0 and case["standard"]["crr"] == 1.0
+    assert case["verdict"] == verdict, case["reason"]
+    if verdict == "inconclusive":
+        assert "random sample" in case["reason"] and "never a pass" in case["reason"]
+        assert case["facts"]["best_of_n"]["tries_per_search"] == 1
+
+
+class _Host:
+    """Both roles on one tiny pipeline: what a unit's host gives `standard_prefix`."""
+
+    def __init__(self, pipe: Any) -> None:
+        self.pipe = pipe
+
+    def pipeline(self, role: str) -> Any:
+        return self.pipe
+
+
+@pytest.mark.parametrize("handover", [0, 2])
+def test_a_completion_of_the_same_model_is_its_plain_generation(handover: int) -> None:
+    """The hand-over hook is exact: k DDIM steps by a model, then the rest by the same model
+    from that latent (`start_step`), is the model's own uninterrupted DDIM generation."""
+    import torch
+
+    from pytest_erasure.attacks.probes import standard_prefix
+    from pytest_erasure.generate import Sampling, generate
+    from pytest_erasure.records import GenerationInput
+    from pytest_erasure.testing import tiny_pipeline
+
+    pipe = tiny_pipeline(0)
+    sampling = Sampling(4, 7.5, 32, 32, "cpu", "float32")
+    seeds, prompts = [3, 11], ["a circle", "a red circle"]
+    plain, _ = generate(pipe, [GenerationInput(seed=s, prompt=p)
+                               for s, p in zip(seeds, prompts, strict=True)], sampling, 2)
+    prefix = standard_prefix(_Host(pipe), lambda n: None, prompts=prompts, seeds=seeds,
+                             handover=handover, steps=4, guidance=7.5, height=32, width=32,
+                             batch_size=2)
+    completed, _ = generate(pipe, [GenerationInput(seed=s, prompt=p, latents=prefix[i],
+                                                   steering={"start_step": handover})
+                                   for i, (s, p) in enumerate(zip(seeds, prompts, strict=True))],
+                            sampling, 2)
+    assert (plain.int() - completed.int()).abs().max() <= 1
+    if handover:  # and the prefix is a partly denoised latent, not the initial noise
+        noise = torch.randn((1, 4, 16, 16), generator=torch.Generator("cpu").manual_seed(3))
+        assert not torch.allclose(prefix[0], noise[0])
+
+
+def test_completion_probe_does_not_pass_a_leaking_model(pytester: pytest.Pytester,
+                                                        tiny_world: dict[str, Path]) -> None:
+    case = _audit(pytester, tiny_world, "standard", "leaky", "--samples", "8",
+                  "--scenarios", "completion-probe", "--steps", "4")
+    assert case["verdict"] == "fail", case["reason"]
+    searched = case["facts"]["best_of_n"]
+    assert searched["tries_per_search"] == 3 and searched["denominator"] == 8
+    assert case["facts"]["handover"]["standard_steps"] == [1, 2, 3]
+    assert case["rate"]["hits"] == searched["successful_searches"]
+
+
+def test_completion_probe_never_reports_a_concept_the_standard_model_never_draws(
+        pytester: pytest.Pytester, tiny_world: dict[str, Path]) -> None:
+    case = _audit(pytester, tiny_world, "erased", "erased", "--samples", "8",
+                  "--scenarios", "completion-probe", "--steps", "4")
+    assert case["rate"]["crr"] <= case["facts"]["best_of_n"]["base_rate_per_search"]
+    assert case["verdict"] == "inconclusive"
+    assert "does not reproduce the concept on the standard model" in case["reason"]
+
+
+@pytest.mark.parametrize(("steps", "verdict"), [("2", "inconclusive"), ("1,2,3", "pass")],
+                         ids=["one-hand-over", "published"])
+def test_a_weakened_completion_search_is_never_a_pass(pytester: pytest.Pytester,
+                                                      tiny_world: dict[str, Path], steps: str,
+                                                      verdict: str) -> None:
+    case = _audit(pytester, tiny_world, "standard", "erased", "--samples", "16",
+                  "--scenarios", "completion-probe", "--steps", "4",
+                  "--completion-steps", steps)
+    assert case["rate"]["hits"] == 0 and case["standard"]["crr"] == 1.0
+    assert case["verdict"] == verdict, case["reason"]
+    if verdict == "inconclusive":
+        assert "random sample" in case["reason"]
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--scenarios", "noise-probe", "--noise-scales", "1.0,-0.5"], "--noise-scales: has -0.5"),
+    (["--scenarios", "noise-probe", "--noise-etas", "high"], "--noise-etas: is 'high'"),
+    (["--scenarios", "completion-probe", "--completion-steps", "1,2"],
+     "--completion-steps: hands over after step 2, at or past the end of the 2-step schedule"),
+    (["--scenarios", "completion-probe", "--completion-steps", "-1"],
+     "--completion-steps: is '-1'"),
+])
+def test_bad_probe_settings_are_one_usage_error(pytester: pytest.Pytester,
+                                                tiny_world: dict[str, Path],
+                                                flags: list[str], message: str) -> None:
+    pytester.makepyfile(test_audit=AUDIT)
+    result = pytester.runpytest_subprocess(
+        f"--standard-model={tiny_world['standard']}", f"--erased-model={tiny_world['erased']}",
+        f"--concepts={tiny_world['concepts']}", *FAST, *flags)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.stderr.str().splitlines() if line.strip()]
+    assert len(errors) == 1 and message in errors[0], errors

@@ -1,0 +1,55 @@
+"""Best-of-N searches are gated as searches: the kept try is flagged exactly when some try is,
+the per-search base rate is what N chance tries reach, and a weakened search says so."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from pytest_erasure.stats import best_of_n
+
+
+def test_the_kept_try_is_flagged_exactly_when_the_search_succeeded() -> None:
+    # Every pattern of 4 tries, with scores that disagree with the flags on purpose.
+    for flags in itertools.product([False, True], repeat=4):
+        scores = [0.9, 0.1, 0.8, 0.2]
+        kept = best_of_n.kept_try(list(flags), scores)
+        assert flags[kept] == any(flags)
+        if not any(flags):
+            assert kept == 0  # the best score among unflagged tries
+    assert best_of_n.successes([[False, True], [False, False]]) == [True, False]
+
+
+def test_ties_keep_the_first_try_and_a_search_needs_tries() -> None:
+    assert best_of_n.kept_try([False, False, False], [0.5, 0.5, 0.1]) == 0
+    with pytest.raises(ValueError):
+        best_of_n.kept_try([], [])
+    with pytest.raises(ValueError):
+        best_of_n.kept_try([True], [0.1, 0.2])
+
+
+@pytest.mark.parametrize(("base", "tries", "expected"), [
+    (0.0, 24, 0.0), (1.0, 24, 1.0), (0.1, 1, 0.1), (0.1, 2, 0.19), (0.05, 24, 1 - 0.95 ** 24),
+])
+def test_per_search_base_rate(base: float, tries: int, expected: float) -> None:
+    assert best_of_n.per_search_base_rate(base, tries) == pytest.approx(expected)
+
+
+def test_a_weakened_search_is_underpowered() -> None:
+    one = best_of_n.underpowered(1, 24, "sd14")
+    assert one is not None and "random sample" in one
+    fewer = best_of_n.underpowered(6, 24, "shapes")
+    assert fewer is not None and "6-try" not in fewer and "weaker than the 24-try" in fewer
+    assert best_of_n.underpowered(24, 24, "sd14") is None
+    assert best_of_n.underpowered(30, 24, "sd14") is None
+
+
+def test_the_facts_name_the_unit_n_and_the_denominator() -> None:
+    facts = best_of_n.describe(24, 64, 5, base_rate=0.05)
+    assert facts["unit"] == "search" and facts["denominator"] == 64
+    assert facts["tries_per_search"] == 24 and facts["images_generated"] == 24 * 64
+    assert facts["successful_searches"] == 5
+    assert facts["kept_images_are_a_random_sample"] is False
+    assert facts["base_rate_per_search"] == pytest.approx(1 - 0.95 ** 24)
+    assert "base_rate_per_search" not in best_of_n.describe(1, 1, 0)
