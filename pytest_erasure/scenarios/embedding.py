@@ -207,6 +207,9 @@ class EmbeddingScenario(Scenario):
 
     def __init__(self, access: Literal["white-box", "black-box"]) -> None:
         self.access = access
+        # white-box: each model's plan trains its own tokens; black-box: both plans train
+        # the same tokens on the standard model, which one of them must make first
+        self.independent_plans = access == "white-box"
 
     def budget(self, ctx: AuditContext) -> dict[str, Any]:
         from pytest_erasure.attacks.textual_inversion import validate_budget
