@@ -19,6 +19,9 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--freeze", action="store_true",
+                        help="collect and freeze the heap after loading, as the audit does "
+                             "(models.loading.settle_heap)")
     args = parser.parse_args()
 
     import torch
@@ -34,6 +37,11 @@ def main() -> None:
 
     erased, standard = load(SHAPES / "erased" / "uce-circle"), load(SHAPES / "standard")
     detector = build_detector(DetectorSpec("shapes", SHAPES / "detector"), "cpu")
+    if args.freeze:
+        import gc
+
+        gc.collect()
+        gc.freeze()
     concept = ["a circle", "an image of a circle", "a red circle", "a blue circle"]
     neutral = ["a shape", ""]
     hits = 0

@@ -1,6 +1,7 @@
 """The default audit with `local`, `process`, and `ray` on 1 worker and on 2: time and JSON.
 
-    python benchmarks/ray_audit.py [--reps 1] [--keep DIR] [-- EXTRA PYTEST ARGS]
+    python benchmarks/ray_audit.py [--reps 1] [--keep DIR] [--runs ray-1,ray-2 --against DIR]
+                                   [-- EXTRA PYTEST ARGS]
 
 Each run is `python -m pytest audits/` (the shapes world, every default) in a subprocess with an
 empty cache, one torch thread per worker: `local` and `process` under OMP_NUM_THREADS=1, `ray` with
@@ -56,32 +57,43 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--reps", type=int, default=1)
     parser.add_argument("--keep", type=Path, help="copy every run's report folder here")
+    parser.add_argument("--runs", default=",".join(RUNS),
+                        help="which of local, process, ray-1, ray-2 to run (comma-separated)")
+    parser.add_argument("--out", default="ray_audit.json", help="file in benchmarks/results")
+    parser.add_argument("--against", type=Path,
+                        help="without local in --runs: a kept local report folder to compare with")
     parser.add_argument("extra", nargs="*", help="more pytest arguments (after --)")
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from compare_reports import cases, compare
 
-    seconds: dict[str, list[float]] = {name: [] for name in RUNS}
-    exits: dict[str, list[int]] = {name: [] for name in RUNS}
+    runs = [name for name in args.runs.split(",") if name]
+    unknown = sorted(set(runs) - set(RUNS))
+    if unknown or ("local" not in runs and args.against is None):
+        sys.exit(f"--runs: unknown {unknown}" if unknown else "--runs without local needs "
+                 "--against, a kept local report folder")
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    exits: dict[str, list[int]] = {name: [] for name in runs}
     agree: dict[str, bool] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for rep in range(args.reps):
-            order = list(RUNS) if rep % 2 == 0 else list(reversed(RUNS))
+            order = list(runs) if rep % 2 == 0 else list(reversed(runs))
             for name in order:
                 folder = Path(tmp) / f"{name}-{rep}"
                 took, code = audit(name, folder, args.extra)
                 seconds[name].append(took)
                 exits[name].append(code)
                 print(f"{name} rep {rep}: {took:.1f} s, exit {code}", flush=True)
-        want = cases(Path(tmp) / "local-0" / "report" / "report.json")
-        for name in RUNS:
+        want = cases(Path(tmp) / "local-0" / "report" / "report.json" if "local" in runs
+                     else args.against / "report.json")
+        for name in runs:
             for rep in range(args.reps):
                 got = cases(Path(tmp) / f"{name}-{rep}" / "report" / "report.json")
                 agree[f"{name} rep {rep}"] = not compare(want, got)
         if args.keep:
             import shutil
 
-            for name in RUNS:
+            for name in runs:
                 for rep in range(args.reps):
                     shutil.copytree(Path(tmp) / f"{name}-{rep}" / "report",
                                     args.keep / f"{name}-{rep}", dirs_exist_ok=True)
@@ -91,9 +103,9 @@ def main() -> None:
                 "thread per worker, empty cache; median over reps",
         "seconds": seconds,
         "median_seconds": median,
-        "ratio_process_to_local": median["process"] / median["local"],
-        "ratio_ray1_to_local": median["ray-1"] / median["local"],
-        "ratio_ray2_to_ray1": median["ray-2"] / median["ray-1"],
+        **{f"ratio_{a.replace('-', '')}_to_{b.replace('-', '')}": median[a] / median[b]
+           for a, b in (("process", "local"), ("ray-1", "local"), ("ray-2", "ray-1"))
+           if a in median and b in median},
         "exit_codes": exits,
         "same_json_as_local": agree,
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
@@ -101,11 +113,9 @@ def main() -> None:
         "command": "python benchmarks/ray_audit.py " + " ".join(sys.argv[1:]),
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ray_audit.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("median_seconds", "ratio_process_to_local",
-                                              "ratio_ray1_to_local",
-                                              "ratio_ray2_to_ray1", "same_json_as_local")},
-                     indent=2))
+    (RESULTS / args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: v for k, v in result.items() if k.startswith(("median", "ratio"))
+                      or k == "same_json_as_local"}, indent=2))
 
 
 if __name__ == "__main__":

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 
     from pytest_erasure.concepts import Concept
     from pytest_erasure.context import Context
+    from pytest_erasure.scenarios.base import Scenario
 
 EVIDENCE_IMAGES = 16
 
@@ -175,6 +176,19 @@ def threat_model(ctx: Context, scenario: Any) -> tuple[str, str | None]:
         f"the transfer result")
 
 
+def plans(ctx: Context, scenario: Scenario, concept: Concept, n: int) -> tuple[Plan, Plan]:
+    """The erased and the standard model's plans, before either is measured (measurements
+    depend on nothing but the plans). Side by side where the executor runs units so
+    (`Context.map`) only for a scenario whose two plans share nothing (`Scenario.
+    independent_plans`: an attack on each model); otherwise the erased model's first, since a
+    plan may leave what the other reads (fuzzing's ledger of confirmed bypasses)."""
+    if scenario.independent_plans:
+        erased, standard = ctx.map(lambda role: scenario.plan(ctx, concept, role, n),
+                                   ("erased", "standard"))
+        return erased, standard
+    return scenario.plan(ctx, concept, "erased", n), scenario.plan(ctx, concept, "standard", n)
+
+
 def erasure(ctx: Context, case: Case, concept: Concept) -> CaseResult:
     config = ctx.config
     scenario = ctx.scenarios[case.scenario]
@@ -183,10 +197,7 @@ def erasure(ctx: Context, case: Case, concept: Concept) -> CaseResult:
                                            config.crr_threshold)
     floor = ctx.concepts.attack_floor_for(concept, scenario.id, scenario.modality,
                                           config.attack_floor)
-    # Both plans first (side by side where the executor runs units so: an attack on each
-    # model, `Context.map`), then the measurements, which depend on nothing but the plans.
-    plan, standard_plan = ctx.map(lambda role: scenario.plan(ctx, concept, role, n),
-                                  ("erased", "standard"))
+    plan, standard_plan = plans(ctx, scenario, concept, n)
     stop_at = threshold if config.sequential else None
     audited = measure(ctx, "erased", plan, concept, stop_at=stop_at)
     undefended = None

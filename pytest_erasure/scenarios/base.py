@@ -187,6 +187,12 @@ class Scenario:
     opt_in: bool = False
     """Its cases run (and a complete audit declares them) only when `--scenarios` names it
     (its id or modality): a new kind of case that must not change the default audit."""
+    independent_plans: bool = False
+    """Its plan on the erased model and its plan on the standard model share nothing (each
+    attacks its own model, from its own seeds and cache entries), so they may be made side by
+    side where the executor runs units so (`checks.plans`). False (the default): the erased
+    model's plan is made first, as a plan may leave what the other reads (fuzzing's ledger of
+    confirmed bypasses, which the standard model's plan replays)."""
 
     def images_cached(self, ctx: AuditContext, n: int, erased: int) -> int:
         """At most how many images one case of this scenario caches, with n = --samples and

@@ -217,6 +217,9 @@ class EmbeddingScenario(Scenario):
         self.access = access
         self.adaptive = access == "white-box"
         """The white-box token trains through an enabled defense's surrogate (`through`)."""
+        # white-box: each model's plan trains its own tokens; black-box: both plans train
+        # the same tokens on the standard model, which one of them must make first
+        self.independent_plans = access == "white-box"
 
     def through(self, ctx: AuditContext, role: Role) -> Any:
         """The defense this scenario's token trains through on `role`'s model, or None: only
