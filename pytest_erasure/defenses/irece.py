@@ -393,7 +393,14 @@ class IreceSurrogate:
       plain loss, which is the objective for every later step once x*_t is denoised towards
       the concept. We do not unroll the sampler from t* to 0 through the token (the exact
       objective, at the cost of N - k UNet passes per sample): the denoising loss at each
-      later timestep is its one-step surrogate, as in textual inversion itself.
+      later timestep is its one-step surrogate, as in textual inversion itself. That holds
+      while enough steps remain after t* to regrow the masked region: at a late t* (0.8 of
+      25 steps on the shapes world, README "Adaptive attacks through IRECE") the one step the
+      loss looks at cannot recover the clean latent from the re-noised mask, those samples
+      pull the token off, and the adaptive token does worse than the transfer one (t* = 0.6:
+      47% vs 75%); an attack there must unroll the steps after t*. Meanwhile the embedding
+      case gates the adaptive and the transfer restarts together (`EmbeddingScenario.plan`),
+      so a weak surrogate cannot make a case pass that the transfer attack fails.
     * **Solver history.** IRECE resets a multistep solver at each intervention; the training
       loss has no solver, so nothing to model.
 

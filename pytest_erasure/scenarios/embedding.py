@@ -270,12 +270,14 @@ class EmbeddingScenario(Scenario):
             raise ErasureInputError("--ti-train-images", f"is {count}",
                                     "give a number of generated training images >= 1")
 
-    def learn(self, ctx: AuditContext, concept: Concept, role: Role, restart: int = 0
-              ) -> tuple[torch.Tensor, dict[str, Any], Path]:
+    def learn(self, ctx: AuditContext, concept: Concept, role: Role, restart: int = 0,
+              transfer: bool = False) -> tuple[torch.Tensor, dict[str, Any], Path]:
         """(embeds (num_vectors, D), facts, saved file): trained through `role`'s model, or
         read from the cache when the same model, images, budget and seed were seen before.
         `restart` r > 0 trains from its own seed (`restarts.restart_seed`); restart 0 is the
-        run made before restarts existed, under the same key."""
+        run made before restarts existed, under the same key. Through the enabled defense's
+        surrogate when `through` says so, unless `transfer` (the transfer attacker's run on the
+        undefended model, which the adaptive attacker may run too)."""
         from pytest_erasure.attacks.textual_inversion import WEIGHTS_NAME, save_learned_embeds
         from pytest_erasure.cache import digest
         from pytest_erasure.executors.units import learn_embedding
@@ -286,7 +288,7 @@ class EmbeddingScenario(Scenario):
         salt = f"textual-inversion/{concept.name}"
         seed = restart_seed(ctx, ctx.seeds(1, salt)[0], salt, restart)
         key = self.learn_key(ctx, role, images, budget, token, seed)
-        defense = self.through(ctx, role)
+        defense = None if transfer else self.through(ctx, role)
         adaptive: dict[str, Any] = {}
         if defense is not None:
             # Only for the adaptive attack: the undefended keys stay what they were.
@@ -361,10 +363,23 @@ class EmbeddingScenario(Scenario):
         """n inputs per restart, round-robin over --attack-restarts learned tokens, each cycling the
         concept's prompts. The top-level facts and artifacts["embedding"] are restart 0's (as
         with one run); facts["attack_runs"] holds every restart's (facts["restarts"] is the
-        session's per-restart CRRs), facts["input_restarts"] each input's restart."""
+        session's per-restart CRRs), facts["input_restarts"] each input's restart. The adaptive
+        attacker's plan (`through`) holds its own restarts and then the transfer attacker's
+        (facts["attack_runs"][i]["attack"]): 2 x --attack-restarts runs."""
         role: Role = target if self.access == "white-box" else "standard"
         count = restart_count(ctx)
-        runs = ctx.map(lambda r: self.learn(ctx, concept, role, r), range(count))
+        attacks = ["adaptive" if self.through(ctx, role) is not None else None] * count
+        jobs = [(r, False) for r in range(count)]
+        if attacks[0] is not None:
+            # Whoever knows the defense may also run the transfer attack, and keeps whichever
+            # run works best: its restarts join the adaptive ones, and the verdict gates the
+            # worst restart of all (the one-step surrogate can be the weaker of the two,
+            # README "Adaptive attacks through IRECE").
+            jobs += [(r, True) for r in range(count)]
+            attacks += ["transfer"] * count
+        runs = ctx.map(lambda job: self.learn(ctx, concept, role, job[0], transfer=job[1]),
+                       jobs)
+        count = len(runs)
         embeds, facts, file = runs[0]
         token = facts["token"]
         prompts = [p.replace(PLACEHOLDER, token) for p in concept.prompts]
@@ -375,7 +390,7 @@ class EmbeddingScenario(Scenario):
         for i, s in enumerate(seeds):
             r = restart_of(i, count)
             prompt = prompts[slot_in_restart(i, count) % len(prompts)]
-            run = f" (restart {r})" if count > 1 else ""
+            run = f" (restart {r}{f', {attacks[r]}' if attacks[r] else ''})" if count > 1 else ""
             inputs.append(GenerationInput(seed=s, prompt_embeds=encoded[r][prompt],
                                           label=f"learned token{run}: {prompt}",
                                           cluster=cluster_id(r),
@@ -383,6 +398,9 @@ class EmbeddingScenario(Scenario):
         facts["prompts"] = prompts
         facts["generated_by"] = target
         facts["attack_runs"] = [self._restart_facts(r, f, p) for r, (_e, f, p) in enumerate(runs)]
+        if attacks[0] is not None:
+            for run, attack in zip(facts["attack_runs"], attacks, strict=True):
+                run["attack"] = attack
         facts["attack_restarts"] = count
         facts["input_restarts"] = [restart_of(i, count) for i in range(len(inputs))]
         artifacts = {"embedding": str(file)}

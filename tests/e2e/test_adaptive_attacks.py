@@ -3,8 +3,8 @@
 The adaptive textual inversion trains its token through IRECE's surrogate
 (`defenses.irece.IreceSurrogate`); these tests hold that (a) its machinery leaves the
 undefended attack bit for bit what it was, (b) it is IRECE's own mask and re-noise that enter
-the objective, and (c) an audit with `--irece` names the adaptive threat model and a leaking
-model still does not pass.
+the objective, and (c) an audit with `--irece` names the adaptive threat model, gates the
+adaptive and the transfer attacker's restarts together, and a leaking model still does not pass.
 """
 
 from __future__ import annotations
@@ -152,6 +152,11 @@ def test_with_irece_the_white_box_token_is_the_adaptive_attacker_s(audits) -> No
     assert adaptive["defense"] == "irece" and adaptive["defended_samples"] > 0
     assert adaptive["timesteps"] == [501]  # t* = 0.2 of 4 DDIM steps: step 1's timestep
     assert leaky["verdict"] == "fail" and not leaky["passed"], leaky["message"]
+    # The adaptive attacker also runs the transfer attack and keeps the stronger: its 3 restarts
+    # and then the transfer attacker's 3, every one gated.
+    runs = leaky["facts"]["attack_runs"]
+    assert [r["attack"] for r in runs] == ["adaptive"] * 3 + ["transfer"] * 3
+    assert set(leaky["facts"]["restarts"]["per_restart"]) == {f"restart-{r}" for r in range(6)}
 
 
 def test_transfer_threat_learns_on_the_undefended_model(audits) -> None:
@@ -163,6 +168,8 @@ def test_transfer_threat_learns_on_the_undefended_model(audits) -> None:
     assert transfer["verdict"] == "fail"
     adaptive = embedding_case(audits["leaky"])
     assert transfer["artifacts"]["embedding"] != adaptive["artifacts"]["embedding"]
+    # ... and the adaptive case's transfer restarts are these very tokens (one cache entry).
+    assert adaptive["artifacts"]["embedding-restart-3"] == transfer["artifacts"]["embedding"]
 
 
 def test_an_adaptive_case_is_not_held_back_as_a_transfer_result(audits) -> None:
