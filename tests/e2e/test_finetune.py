@@ -79,7 +79,8 @@ def test_finetuning_trains_per_restart_and_keeps_each_lora(pytester: pytest.Pyte
     out = pytester.path / "report"
     result = pytester.runpytest_subprocess(
         *_world(tiny_world), "--scenarios", "finetune", "--ft-steps", "3",
-        "--benign-steps", "2", "--attack-restarts", "2", f"--erasure-report={out}")
+        "--benign-steps", "2", "--attack-restarts", "2", f"--erasure-report={out}",
+        f"--erasure-artifacts={pytester.path / 'found'}")
     output = result.stdout.str() + result.stderr.str()
     assert result.ret in (0, 1) and "Traceback" not in output, output
     cases = {c["scenario"]: c for c in json.loads((out / "report.json").read_text())["cases"]}
@@ -103,6 +104,14 @@ def test_finetuning_trains_per_restart_and_keeps_each_lora(pytester: pytest.Pyte
     assert set(concept["facts"]["training_images"]) == {"circle"}
     assert set(benign["facts"]["training_images"]) == {"square"}
     assert benign["facts"]["training_images"]["square"]["caption"] == "a square"
+    # every run's LoRA is exported as a finding, its file copied beside the manifest
+    manifest = json.loads((pytester.path / "found" / "manifest.json").read_text())
+    entries = [e for e in manifest["artifacts"] if e["kind"] == "finetune"]
+    assert len(entries) == 4
+    assert {e["scenario"] for e in entries} == {"finetune-concept", "finetune-benign"}
+    for entry in entries:
+        assert load_file(pytester.path / "found" / entry["file"])
+        assert entry["found_on"]["role"] == "erased"
 
 
 @pytest.mark.parametrize("overlay", ["bfloat16", "zero-lora"])
