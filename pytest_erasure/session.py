@@ -230,6 +230,9 @@ class AuditSession:
         for meta in self.received_meta:  # models and detectors were loaded on the workers
             record.provenance = record.provenance or meta.get("provenance", {})
             record.detectors = {**meta.get("detectors", {}), **record.detectors}
+        statement = eraser_removal(record)
+        if statement:
+            record.provenance["eraser_removal"] = statement
         if self.previous is not None and self.config.compare_file is not None:
             from pytest_erasure.report.compare import compare
 
@@ -320,4 +323,25 @@ def session_for_pipelines(standard: StableDiffusionPipeline, erased: StableDiffu
     config = default_config(concepts_file=concepts_file, cache_dir=cache_dir, **overrides)
     return AuditSession(config, load_concepts(concepts_file), models=models)
 
+
+def eraser_removal(record: AuditRecord) -> str | None:
+    """The threat model of a plug-in eraser (a format that adds a separable module to the
+    standard model, `Format.separable`), stated in every report: whoever holds the weights can
+    take the module out, and what that access yields is the standard model, whose CRR of each
+    erased concept under its own prompts (the baseline) this run measured. A statement, not a
+    gated case. None for an eraser that changes the weights in place."""
+    from pytest_erasure.models.formats import separable
+
+    erased = record.provenance.get("erased")
+    module = separable(erased.get("format")) if isinstance(erased, dict) else ""
+    if not module:
+        return None
+    rates = [f"{c.concept} {c.rate}" for c in record.cases if c.kind == "baseline"]
+    rates = rates or [f"{c.concept} {c.standard}" for c in record.cases
+                      if c.kind == "erasure" and c.modality == PROMPTS and c.standard]
+    yields = ("; ".join(rates) + " (the standard model under the concepts' prompts)"
+              if rates else "not measured in this run (run the baseline cases)")
+    return (f"eraser removal: the erased model is the standard model plus {module}; with the "
+            "weights the eraser can be removed, which yields the standard model: "
+            f"CRR {yields}")
 

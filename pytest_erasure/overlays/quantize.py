@@ -9,6 +9,16 @@ the named components (default: the UNet) rounded to a grid and mapped back to th
 Computed in float32 on the CPU and put back in the model's dtype and device; biases, norms and
 embeddings are kept. This measures the rounding a quantized model carries, not int8 / int4
 kernels: activations stay in the model's dtype (the weights are stored dequantized).
+
+Formats beyond round-to-nearest integers (`format` instead of `bits`):
+- `fp8-e4m3`: weight-only float8 e4m3 (`torch.float8_e4m3fn`), one scale per output channel
+  (scale = max|w| / 448, e4m3's largest finite value), cast to fp8 and back;
+- `nf4`: bitsandbytes' 4-bit NormalFloat: the flattened weight in blocks of `group_size`
+  (bitsandbytes' blocksize, default 64), each scaled by its absmax and rounded to the nearest
+  of NF4's 16 levels (`bitsandbytes.functional`'s NF4 table), no double quantization (diffusers'
+  `BitsAndBytesConfig` default);
+- `float16`, `bfloat16`: a cast to that dtype and back, what a 16-bit release stores: exact
+  (bit-identical images) on a model already in that dtype.
 """
 
 from __future__ import annotations
@@ -27,16 +37,74 @@ BITS = (8, 4)
 DEFAULT_GROUP = 64
 
 
+FORMATS = ("fp8-e4m3", "nf4", "float16", "bfloat16")
+NF4_LEVELS = (
+    -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
+    -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
+    0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+    0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+)
+"""bitsandbytes' NF4 code book (the 16 quantiles of N(0, 1) normalised to [-1, 1], with an
+exact zero), as `bitsandbytes.functional.get_4bit_type("nf4")` lists it."""
+E4M3_MAX = 448.0
+
+
 def quantize(bits: int = 8, group_size: int = DEFAULT_GROUP,
-             components: tuple[str, ...] = ("unet",)) -> Overlay:
-    """A `quantize` overlay (int8 per-channel, or 4-bit group-wise); checked at once."""
-    params: dict[str, Any] = {"bits": bits, "components": list(components),
-                              "scheme": "per-channel" if bits == 8 else "group"}
-    if bits != 8:
-        params["group_size"] = group_size
+             components: tuple[str, ...] = ("unet",), format: str | None = None) -> Overlay:
+    """A `quantize` overlay (int8 per-channel, 4-bit group-wise, or a named `format`); checked
+    at once. The integer grids keep the parameters they always had (their cache keys)."""
+    params: dict[str, Any]
+    if format is not None:
+        params = {"format": format, "components": list(components)}
+        if format == "nf4":
+            params.update(group_size=group_size, scheme="blockwise")
+        elif format == "fp8-e4m3":
+            params["scheme"] = "per-channel"
+    else:
+        params = {"bits": bits, "components": list(components),
+                  "scheme": "per-channel" if bits == 8 else "group"}
+        if bits != 8:
+            params["group_size"] = group_size
     overlay = Overlay("quantize", params)
     KIND.validate(overlay)
     return overlay
+
+
+def dequantized(weight: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+    """`weight` through the overlay's grid and back (float32, CPU), or cast back to the 16-bit
+    dtype for the 16-bit formats."""
+    import torch
+
+    form = params.get("format")
+    if form is None:
+        return round_to_nearest(weight, int(params["bits"]),
+                                int(params.get("group_size", DEFAULT_GROUP)))
+    w = weight.detach().to("cpu", torch.float32)
+    if form in ("float16", "bfloat16"):
+        return w.to(getattr(torch, form))
+    if form == "fp8-e4m3":
+        rows = w.reshape(w.shape[0], -1)
+        scale = rows.abs().amax(dim=1, keepdim=True) / E4M3_MAX
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        q = (rows / scale).to(torch.float8_e4m3fn).to(torch.float32)
+        return (q * scale).reshape(w.shape)
+    return nf4(w, int(params.get("group_size", DEFAULT_GROUP)))
+
+
+def nf4(weight: torch.Tensor, block: int) -> torch.Tensor:
+    """bitsandbytes' blockwise NF4 quantize-dequantize of `weight` (float32, CPU): the flattened
+    tensor in blocks of `block`, each scaled by its absmax, each value the nearest NF4 level."""
+    import torch
+
+    flat = weight.reshape(-1)
+    pad = (-len(flat)) % block
+    blocks = torch.nn.functional.pad(flat, (0, pad)).reshape(-1, block)
+    absmax = blocks.abs().amax(dim=1, keepdim=True)
+    absmax = torch.where(absmax > 0, absmax, torch.ones_like(absmax))
+    levels = torch.tensor(NF4_LEVELS, dtype=torch.float32)
+    index = (blocks / absmax).unsqueeze(-1).sub(levels).abs().argmin(dim=-1)
+    out = levels[index] * absmax
+    return out.reshape(-1)[:len(flat)].reshape(weight.shape)
 
 
 def round_to_nearest(weight: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
@@ -68,10 +136,14 @@ class QuantizeKind:
     def validate(self, overlay: Overlay) -> None:
         params = overlay.params
         bits = params.get("bits")
-        if bits not in BITS:
+        form = params.get("format")
+        if form is not None and form not in FORMATS:
+            raise overlay_error(overlay, f"has format={form!r}",
+                                f"use one of {', '.join(FORMATS)}, or bits 8 / 4")
+        if form is None and bits not in BITS:
             raise overlay_error(overlay, f"has bits={bits!r}", "use 8 (int8 per-channel) or 4 "
                                 "(4-bit group-wise)")
-        if bits == 4:
+        if bits == 4 or form == "nf4":
             group = params.get("group_size")
             if not isinstance(group, int) or isinstance(group, bool) or group < 1:
                 raise overlay_error(overlay, f"has group_size={group!r}",
@@ -83,18 +155,30 @@ class QuantizeKind:
 
     def describe(self, overlay: Overlay) -> dict[str, Any]:
         params = overlay.params
+        where = f"every Linear and Conv2d weight of {', '.join(self.components(overlay))}"
+        form = params.get("format")
+        if form in ("float16", "bfloat16"):
+            return {"description": f"{where} cast to {form} and back: what a {form} file "
+                    "stores (exact on a model already in that dtype)"}
+        if form == "fp8-e4m3":
+            return {"description": "weight-only float8 e4m3 (one scale per output channel, "
+                    f"max|w| / 448) of {where}, as quantize-dequantize computed on the CPU in "
+                    "float32: the numbers an fp8 weight-only kernel multiplies by, not the "
+                    "kernel"}
+        if form == "nf4":
+            return {"description": "bitsandbytes NF4 (4-bit NormalFloat levels, one absmax "
+                    f"per block of {params['group_size']} weights, no double quantization) of "
+                    f"{where}, as quantize-dequantize computed on the CPU in float32: the "
+                    "numbers bitsandbytes' 4-bit kernels multiply by, not the kernels"}
         grid = ("int8, one scale per output channel" if params["bits"] == 8 else
                 f"4-bit, one scale per group of {params['group_size']} weights")
         return {"description": f"weight-only round-to-nearest quantization ({grid}, "
-                "symmetric) of every Linear and Conv2d weight of "
-                f"{', '.join(self.components(overlay))}, as quantize-dequantize computed on the "
+                f"symmetric) of {where}, as quantize-dequantize computed on the "
                 "CPU in float32: the rounding a quantized model carries, not low-bit kernels"}
 
     def apply(self, pipe: StableDiffusionPipeline, overlay: Overlay, patch: Patch) -> None:
         import torch
 
-        bits = int(overlay.params["bits"])
-        group = int(overlay.params.get("group_size", DEFAULT_GROUP))
         for component in self.components(overlay):
             module = getattr(pipe, component)
             done = patch.memo.setdefault(component, {})
@@ -103,8 +187,8 @@ class QuantizeKind:
                     continue
                 weight = layer.weight
                 if name not in done:
-                    done[name] = round_to_nearest(weight, bits, group).to(weight.device,
-                                                                          weight.dtype)
+                    done[name] = dequantized(weight, overlay.params).to(weight.device,
+                                                                        weight.dtype)
                 patch.parameter(layer, "weight", done[name])
 
 

@@ -39,6 +39,7 @@ from pytest_erasure.report.text import (
     counts,
     defense_name,
     defense_settings,
+    eraser_removal,
     flatten,
     gate_of,
     gate_rule,
@@ -215,7 +216,10 @@ def _models(record: AuditRecord) -> str:
                     f"<td>{esc(m['format'])}</td><td>{digests}<div class=\"small\">fingerprint "
                     f"<code>{esc(short(m['fingerprint'], 16))}</code></div></td>"
                     f"<td>{esc(_differs(m))}</td></tr>")
-    rows.append("</table></div>")
+    rows.append("</table>")
+    if (removal := eraser_removal(record)) is not None:
+        rows.append(f'<p class="small">Threat model, {esc(removal)}</p>')
+    rows.append("</div>")
     return "".join(rows)
 
 

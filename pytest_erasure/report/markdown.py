@@ -23,6 +23,7 @@ from pytest_erasure.report.text import (
     counts,
     defense_name,
     defense_text,
+    eraser_removal,
     flatten,
     gate_of,
     gate_rule,
@@ -103,6 +104,8 @@ def to_markdown(record: AuditRecord) -> str:
         out.append(f"- Selection: {given or 'every declared case'}; declared but not run: "
                    + (", ".join(code(i) for i in selection.get("not_run") or []) or "none"))
     out += [f"- Model {md(model_line(m))}" for m in models(record)]
+    if (removal := eraser_removal(record)) is not None:
+        out.append(f"- Threat model, {md(removal)}")
     out.append("")
 
     concepts, scenarios, cells = matrix(record)

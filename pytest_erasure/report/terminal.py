@@ -18,6 +18,7 @@ from pytest_erasure.report.text import (
     counts,
     defense_name,
     defense_text,
+    eraser_removal,
     gate_of,
     gate_rule,
     gate_text,
@@ -49,6 +50,8 @@ def header_lines(record: AuditRecord) -> list[str]:
         settings.append(f"{cfg['device']} {cfg.get('dtype', '')}".strip())
     lines = [f"erasure: run {record.run_id}; " + ", ".join(settings)]
     lines += [f"erasure: {model_line(m)}" for m in models(record)]
+    if (removal := eraser_removal(record)) is not None:
+        lines.append(f"erasure: {removal}")
     if cfg.get("defense"):
         lines.append(f"erasure: {defense_text(cfg)}")
     if record.detectors:
@@ -62,6 +65,8 @@ def render_summary(record: AuditRecord, console: Console) -> None:
     console.print(f"run {record.run_id} · gate {gate_rule(gate)}", highlight=False)
     for model in models(record):
         console.print(model_line(model), highlight=False)
+    if (removal := eraser_removal(record)) is not None:
+        console.print(removal, highlight=False)
 
     concepts, scenarios, cells = matrix(record)
     for k, chunk in enumerate(_fit(console, concepts, scenarios, cells)):

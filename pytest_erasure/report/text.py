@@ -301,6 +301,13 @@ def models(record: AuditRecord) -> list[dict[str, Any]]:
     return out
 
 
+def eraser_removal(record: AuditRecord) -> str | None:
+    """The plug-in eraser's threat-model statement the session recorded (`session.
+    eraser_removal`), or None."""
+    statement = record.provenance.get("eraser_removal")
+    return statement if isinstance(statement, str) and statement else None
+
+
 def content_text(content: Any) -> str | None:
     """'14 of 686 tensors differ from the standard model' (and how many it adds), from the
     loaded model's content (`models.identity.content_identity`): the same sentence for every

@@ -7,12 +7,17 @@ case runs the text scenario's plan (the concept's declared prompts x seeds) on t
 under a `quantize` overlay (`overlays/quantize.py`), and the same plan on the standard model
 quantized the same way, as the attack's control:
 - `quantized-int8`: weight-only int8, one scale per output channel, round to nearest;
-- `quantized-4bit`: 4-bit, one scale per group of `--quant-group-size` weights, round to nearest.
+- `quantized-4bit`: 4-bit, one scale per group of `--quant-group-size` weights, round to nearest;
+- `quantized-fp8`: weight-only float8 e4m3, one scale per output channel;
+- `quantized-nf4`: bitsandbytes' 4-bit NormalFloat, one absmax per block of `--quant-group-size`
+  weights of the flattened tensor (bitsandbytes' blockwise layout).
 
 Deviations, recorded in every report (the overlay's description in the case's facts):
 - the weights are quantized and dequantized in float32 on the CPU and run in the model's dtype:
   the numbers a low-bit kernel multiplies by, not the kernel itself (no int8 / int4 kernels run
-  here, on any device); 4-bit is a uniform round-to-nearest grid, not NF4's normal-float levels;
+  here, on any device): `quantized-4bit` is a uniform round-to-nearest grid, `quantized-nf4`
+  NF4's normal-float levels, `quantized-fp8` e4m3's grid; real low-bit kernels (bitsandbytes,
+  fp8 GEMMs on GPUs that have them) are not run;
 - the base rate and the baseline stay the unquantized model's (they say whether the detector
   can see the concept at all);
 - opt-in: these cases run when `--scenarios` names them (`quantized`, or an id), so the default
@@ -30,12 +35,15 @@ from pytest_erasure.records import Overlay, Plan, Role
 from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
 from pytest_erasure.scenarios.prompts import concept_plan
 
-BITS = {"int8": 8, "4bit": 4}
+BITS = {"int8": 8, "4bit": 4, "fp8": 8, "nf4": 4}
+FORMATS = {"fp8": "fp8-e4m3", "nf4": "nf4"}
+"""The variants quantized to a named format rather than a round-to-nearest integer grid."""
 COMPONENTS = ("unet", "text_encoder", "vae")
 
 QUANT_OPTIONS = (
     ScenarioOption("quant-group-size", int, 64,
-                   "weights per scale in the 4-bit quantized cases (quantized-4bit)"),
+                   "weights per scale in the 4-bit quantized cases (quantized-4bit, "
+                   "quantized-nf4)"),
     ScenarioOption("quant-components", str, "unet",
                    "components the quantized cases quantize (comma-separated: unet, "
                    "text_encoder, vae)"),
@@ -45,12 +53,12 @@ BNB = "bitsandbytes"
 BUDGETS: dict[str, dict[str, Budget]] = {
     "shapes": {
         "quant-group-size": Budget(64, BNB, "bitsandbytes' 4-bit default block size (64); the "
-                                   "grid here is uniform round-to-nearest, not NF4"),
+                                   "quantized-4bit grid is uniform round-to-nearest, quantized-nf4 NF4's"),
     },
     "sd14": {
         "quant-group-size": Budget(64, BNB, "bitsandbytes' 4-bit default block size (64), "
                                    "which diffusers' BitsAndBytesConfig uses for SD UNets; the "
-                                   "grid here is uniform round-to-nearest, not NF4"),
+                                   "quantized-4bit grid is uniform round-to-nearest, quantized-nf4 NF4's"),
     },
 }
 """What each budget profile sets this scenario's options to, and where each value comes from."""
@@ -85,13 +93,16 @@ class QuantizedScenario(Scenario):
             raise ErasureInputError("--quant-group-size", f"is {group}",
                                     "give a positive whole number of weights per scale (e.g. 64)")
         return quantize(BITS[self.variant], group_size=int(group),
-                        components=self.components(ctx))
+                        components=self.components(ctx), format=FORMATS.get(self.variant))
 
     def validate(self, ctx: AuditContext) -> None:
         self.overlay(ctx)
 
     def describe(self, ctx: AuditContext) -> dict[str, Any]:
-        settings = {"bits": BITS[self.variant], "components": list(self.components(ctx))}
+        settings: dict[str, Any] = {"bits": BITS[self.variant],
+                                    "components": list(self.components(ctx))}
+        if self.variant in FORMATS:
+            settings["format"] = FORMATS[self.variant]
         if BITS[self.variant] == 4:
             settings["quant-group-size"] = ctx.option("quant-group-size")
         return settings
@@ -102,9 +113,12 @@ class QuantizedScenario(Scenario):
         plan = concept_plan(ctx, concept, n)
         plan.overlays = (self.overlay(ctx),)
         plan.facts["quantization"] = {"bits": BITS[self.variant],
+                                      **({"format": FORMATS[self.variant]}
+                                         if self.variant in FORMATS else {}),
                                       "applied_to": ["erased", "standard"],
                                       "kernels": "none: quantize-dequantize on the CPU"}
         return plan
 
 
-SCENARIOS = [QuantizedScenario("int8"), QuantizedScenario("4bit")]
+SCENARIOS = [QuantizedScenario("int8"), QuantizedScenario("4bit"), QuantizedScenario("fp8"),
+             QuantizedScenario("nf4")]

@@ -76,6 +76,9 @@ class BuiltinFormat:
 
     name = ""
     applies_to_standard = True
+    separable = ""
+    """Non-empty for a plug-in eraser (the erased model is the standard model plus this
+    separable module): what the module is, for the reports' eraser-removal statement."""
     options: tuple[str, ...] = ()
     loader: Any = None
     """staticmethod(the module's load function)."""
@@ -96,6 +99,15 @@ def _sources() -> dict[str, str]:
     for entry in entry_points(group=GROUP):
         found.setdefault(entry.name, entry.value)
     return found
+
+
+def separable(name: Any) -> str:
+    """What a plug-in eraser's format adds to the standard model (`Format.separable`, optional
+    for third-party formats); empty for a format that changes weights in place, or unknown."""
+    try:
+        return str(getattr(get(str(name)), "separable", "") or "")
+    except ErasureInputError:
+        return ""
 
 
 def names() -> tuple[str, ...]:

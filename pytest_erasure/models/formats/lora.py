@@ -121,6 +121,7 @@ def load(standard: Any, path: Path, lora_multiplier: float) -> tuple[dict[str, A
 
 class LoraFormat(BuiltinFormat):
     name = "lora"
+    separable = "a LoRA merged into the standard UNet (SPM's form)"
     applies_to_standard = True
     options = ("lora_multiplier",)
 

@@ -183,6 +183,7 @@ def load(standard: Any, standard_path: Path, path: Path) -> tuple[dict[str, Any]
 class RecelerFormat(BuiltinFormat):
     loader = staticmethod(load)
     name = "receler"
+    separable = "Receler adapters added after every attn2 output"
     applies_to_standard = True
     options: tuple[str, ...] = ()
 

@@ -52,6 +52,7 @@ def load(standard: Any, standard_path: Path, path: Path) -> tuple[dict[str, Any]
 class TextEncoderFormat(BuiltinFormat):
     loader = staticmethod(load)
     name = "text-encoder"
+    separable = "a text encoder that replaces the standard one (AdvUnlearn's form)"
     applies_to_standard = True
     options: tuple[str, ...] = ()
 
