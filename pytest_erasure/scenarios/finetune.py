@@ -174,6 +174,10 @@ class FinetuneScenario(Scenario):
     table_column = 6
     opt_in = True
     adaptive = False
+    independent_plans = True
+    """Each model's plan trains its own LoRAs on that model (the training images are the
+    concepts' references or the standard model's cached draws): the two are made side by side
+    where the executor runs units so."""
     """The LoRA is trained on the undefended model: with a defense on, a transfer attack."""
 
     def __init__(self, variant: str) -> None:
@@ -336,7 +340,7 @@ class FinetuneScenario(Scenario):
         from pytest_erasure.overlays.lora import lora
 
         count = restart_count(ctx)
-        runs = [self.learn(ctx, concept, target, r) for r in range(count)]
+        runs = ctx.map(lambda r: self.learn(ctx, concept, target, r), range(count))
         overlays = [lora(state) for state, _facts in runs]
         prompts = concept.texts()
         seeds = ctx.seeds(restart_samples(n, count), f"{self.id}/{concept.name}")
