@@ -174,11 +174,11 @@ class FinetuneScenario(Scenario):
     table_column = 6
     opt_in = True
     adaptive = False
+    """The LoRA is trained on the undefended model: with a defense on, a transfer attack."""
     independent_plans = True
     """Each model's plan trains its own LoRAs on that model (the training images are the
     concepts' references or the standard model's cached draws): the two are made side by side
     where the executor runs units so."""
-    """The LoRA is trained on the undefended model: with a defense on, a transfer attack."""
 
     def __init__(self, variant: str) -> None:
         self.variant = variant
