@@ -284,6 +284,7 @@ _BUILTIN_MODULES = (
     "pytest_erasure.scenarios.quantized",
     "pytest_erasure.scenarios.noise",
     "pytest_erasure.scenarios.completion",
+    "pytest_erasure.scenarios.inpainting",
 )
 
 
