@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from pytest_erasure.memory import chunked, describe
 from pytest_erasure.records import GenerationInput
-from pytest_erasure.samplers import steer
+from pytest_erasure.samplers import blend, steer
 
 if TYPE_CHECKING:
     import torch
@@ -112,15 +112,23 @@ def generate(
             chunk = indices[start:stop]
             batch = [inputs[i] for i in chunk]
             embeds = _conditioning(pipe, batch).to(pipe.device, dtype)
-            latents = torch.cat([initial_latents(pipe, b, sampling) for b in batch])
+            spec = json.loads(steering) if steering else {}
+            box = spec.get("inpaint_box")
+            # Inpainting: the input's latents are the known image's; it starts from its noise.
+            latents = torch.cat([initial_latents(pipe, replace(b, latents=None)
+                                                 if box else b, sampling) for b in batch])
             kwargs: dict[str, Any] = {}
             callback = callback_factory(batch) if callback_factory else None
+            if box:
+                known = torch.cat([initial_latents(pipe, b, sampling) for b in batch])
+                callback = blend(known.to(pipe.device, dtype), latents.to(pipe.device, dtype),
+                                 box, callback)
             if callback is not None:
                 kwargs["callback_on_step_end"] = callback
                 kwargs["callback_on_step_end_tensor_inputs"] = list(
                     getattr(callback, "tensor_inputs", ["latents"]))
             # A probe's steering (samplers.steer): its scheduler for this call only.
-            scheduler, steered = steer(pipe, json.loads(steering) if steering else None)
+            scheduler, steered = steer(pipe, spec or None)
             kwargs.update(steered)
             original, pipe.scheduler = pipe.scheduler, scheduler
             with torch.no_grad(), _restored(pipe, original):

@@ -177,7 +177,12 @@ STEERING_KEYS = {"eta": "DDIM's eta (1: DDPM's step noise; above 1: more, as the
                         "'When Are Concepts Erased?' runs it)",
                  "noise_scale": "a factor on the noise DDIM adds at every step",
                  "start_step": "DDIM steps already run (by another model) on the input's "
-                               "latents: the schedule starts after them"}
+                               "latents: the schedule starts after them",
+                 "inpaint_box": "[top, left, bottom, right] in latent cells: the input's latents "
+                                "are the known image's, pasted back (noised to the step's level) "
+                                "outside the box after every step (`blend`)"}
+SCHEDULER_KEYS = ("eta", "noise_scale", "start_step")
+"""The steering keys that call for `steer`'s DDIM; the others keep the model's sampler."""
 """What a `GenerationInput.steering` may set (`steer`)."""
 
 
@@ -251,7 +256,34 @@ def steer(pipe: Any, steering: dict[str, Any] | None) -> tuple[Any, dict[str, An
     unknown = sorted(set(steering) - set(STEERING_KEYS))
     if unknown:
         raise ValueError(f"unknown steering {unknown}: known are {sorted(STEERING_KEYS)}")
+    if not any(k in steering for k in SCHEDULER_KEYS):
+        return pipe.scheduler, {}
     scheduler = _noisy_ddim().from_config(pipe.scheduler.config)
     scheduler.noise_scale = float(steering.get("noise_scale", 1.0))
     scheduler.start_step = int(steering.get("start_step", 0))
     return scheduler, {"eta": float(steering.get("eta", 0.0))}
+
+
+def blend(known: Any, noise: Any, box: list[int], inner: Any = None) -> Any:
+    """A `callback_on_step_end` that inpaints by latent blending, as diffusers'
+    StableDiffusionInpaintPipeline does for a 4-channel UNet (SD v1.4's): after every step the
+    latent outside `box` ([top, left, bottom, right], latent cells) is replaced by the known
+    image's latent `known` noised with the sample's own initial `noise` to the next step's
+    level (the known latent itself after the last step), so the model only fills the box.
+    `inner` (a defense's callback) runs after the blend, on the blended latent."""
+    import torch
+
+    top, left, bottom, right = box
+    fill = torch.zeros_like(known[:, :1])
+    fill[..., top:bottom, left:right] = 1
+
+    def callback(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        latents = kwargs["latents"]
+        steps = pipe.scheduler.timesteps
+        proper = (pipe.scheduler.add_noise(known, noise, steps[i + 1:i + 2])
+                  if i < len(steps) - 1 else known)
+        kwargs["latents"] = (1 - fill) * proper.to(latents.dtype) + fill * latents
+        return inner(pipe, i, t, kwargs) if inner is not None else kwargs
+
+    callback.tensor_inputs = sorted({"latents", *getattr(inner, "tensor_inputs", ["latents"])})
+    return callback

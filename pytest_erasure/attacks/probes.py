@@ -67,3 +67,17 @@ def standard_prefix(host: Any, advance: Callable[[int], None], *, prompts: list[
     finally:
         pipe.scheduler = original
     return torch.cat(out)
+
+
+def encode_images(host: Any, advance: Callable[[int], None], *, role: str,
+                  images: torch.Tensor, batch_size: int) -> torch.Tensor:
+    """Scaled VAE latents (N, 4, h, w) float32 on the CPU of images (N, 3, H, W) in [0, 1]
+    through `role`'s VAE: the known part of an inpainting probe's image."""
+    import torch
+
+    from pytest_erasure.attacks.inversion import encode
+
+    with torch.no_grad():
+        latents = encode(host.pipeline(role), images, batch_size).float().cpu()
+    advance(len(images))
+    return latents

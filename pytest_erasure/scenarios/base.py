@@ -297,6 +297,7 @@ _BUILTIN_MODULES = (
     "pytest_erasure.scenarios.finetune",
     "pytest_erasure.scenarios.noise",
     "pytest_erasure.scenarios.completion",
+    "pytest_erasure.scenarios.inpainting",
 )
 
 

@@ -1,4 +1,5 @@
-"""The "When Are Concepts Erased?" probes on the tiny world, through the real plugin.
+"""The "When Are Concepts Erased?" probes on the tiny world, through the real plugin, and their
+generation hooks (hand-over, latent blending) checked exactly against plain generation.
 
 Worlds (`pytest_erasure.testing.save_tiny_world`, judged by mean brightness):
 - leaking: the `leaky` model as the erased one, which still draws the concept (bright images):
@@ -182,6 +183,55 @@ def test_a_weakened_completion_search_is_never_a_pass(pytester: pytest.Pytester,
         assert "random sample" in case["reason"]
 
 
+@pytest.mark.parametrize("box", ["all", "none"])
+def test_latent_blending_fills_only_the_hole(box: str) -> None:
+    """A hole over the whole latent pastes nothing back: the plain generation from the seed. A
+    hole of no cells pastes everything back: the known image, whatever the seed."""
+    import torch
+
+    from pytest_erasure.generate import Sampling, generate
+    from pytest_erasure.records import GenerationInput
+    from pytest_erasure.testing import tiny_pipeline
+
+    pipe = tiny_pipeline(0)
+    sampling = Sampling(4, 7.5, 32, 32, "cpu", "float32")
+    known = torch.randn((4, 16, 16), generator=torch.Generator("cpu").manual_seed(99))
+    cells = [0, 0, 16, 16] if box == "all" else [0, 0, 0, 0]
+    filled, _ = generate(pipe, [GenerationInput(seed=s, prompt="a circle", latents=known,
+                                                steering={"inpaint_box": cells})
+                                for s in (3, 4)], sampling, 2)
+    if box == "all":
+        plain, _ = generate(pipe, [GenerationInput(seed=s, prompt="a circle") for s in (3, 4)],
+                            sampling, 2)
+        assert (plain.int() - filled.int()).abs().max() <= 1
+    else:
+        with torch.no_grad():
+            decoded = pipe.vae.decode(known[None] / pipe.vae.config.scaling_factor).sample
+        expected = ((decoded[0].clamp(-1, 1) + 1) / 2 * 255).round()
+        assert torch.equal(filled[0], filled[1])
+        assert (filled[0].float() - expected).abs().max() <= 1
+
+
+def test_inpainting_probe_does_not_pass_a_leaking_model(pytester: pytest.Pytester,
+                                                        tiny_world: dict[str, Path]) -> None:
+    case = _audit(pytester, tiny_world, "standard", "leaky", "--samples", "16",
+                  "--scenarios", "inpainting-probe", "--inpaint-masks", "16,24")
+    assert case["verdict"] == "fail", case["reason"]
+    painted = case["facts"]["inpainting"]
+    assert painted["masks_px"] == [16, 24] and painted["references"] == 4
+    assert painted["boxes_latent"] == {"16": [4, 4, 12, 12], "24": [2, 2, 14, 14]}
+    assert case["rate"]["clusters"] == 4  # each reference image a cluster of its samples
+
+
+def test_inpainting_probe_never_reports_a_concept_the_standard_model_never_draws(
+        pytester: pytest.Pytester, tiny_world: dict[str, Path]) -> None:
+    case = _audit(pytester, tiny_world, "erased", "erased", "--samples", "16",
+                  "--scenarios", "inpainting-probe", "--inpaint-masks", "16")
+    assert case["rate"]["crr"] <= case["base_rate"]["crr"]
+    assert case["verdict"] == "inconclusive"
+    assert "does not reproduce the concept on the standard model" in case["reason"]
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (["--scenarios", "noise-probe", "--noise-scales", "1.0,-0.5"], "--noise-scales: has -0.5"),
     (["--scenarios", "noise-probe", "--noise-etas", "high"], "--noise-etas: is 'high'"),
@@ -189,6 +239,9 @@ def test_a_weakened_completion_search_is_never_a_pass(pytester: pytest.Pytester,
      "--completion-steps: hands over after step 2, at or past the end of the 2-step schedule"),
     (["--scenarios", "completion-probe", "--completion-steps", "-1"],
      "--completion-steps: is '-1'"),
+    (["--scenarios", "inpainting-probe", "--inpaint-masks", "40"],
+     "--inpaint-masks: a 40 px hole lies outside the 32 x 32 image"),
+    (["--scenarios", "inpainting-probe", "--inpaint-masks", "0"], "--inpaint-masks: is '0'"),
 ])
 def test_bad_probe_settings_are_one_usage_error(pytester: pytest.Pytester,
                                                 tiny_world: dict[str, Path],
