@@ -51,6 +51,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # probes_cost
 
 GENERATE_S = 1.0
 DETECT_S = 0.1
@@ -122,8 +123,20 @@ def rows(samples: int) -> list[tuple[str, str, float, float]]:
              f"{s} erased + {s} standard images")
     out.append(("latent-black-null", black, s * INVERT_S + gen(2 * s), gen(s)))
     out.append(("latent-black-prompt", black, s * INVERT_S + gen(2 * s), gen(s)))
+    from probes_cost import projected
+
+    # the probes' own count (benchmarks/probes_cost.py), less the base rate and baseline images
+    # it includes, which rows above count once per concept
+    probes = {name: (images - 2 * s, seconds - gen(2 * s))
+              for name, images, seconds in projected(s)}
     for scenario in registry().values():  # run only when --scenarios names them
-        if getattr(scenario, "opt_in", False) and scenario.modality == "finetune":
+        if getattr(scenario, "opt_in", False) and scenario.id in probes:
+            images, seconds = probes[scenario.id]
+            out.append((f"{scenario.id} (opt-in, not in the total)",
+                        f"{images} images on the two models, half on each (counted in "
+                        "benchmarks/probes_cost.py); a further model: its own half",
+                        seconds, seconds / 2))
+        elif getattr(scenario, "opt_in", False) and scenario.modality == "finetune":
             out.append((f"{scenario.id} (opt-in, not in the total)",
                         f"{r} LoRA trainings per model (not counted here: "
                         "benchmarks/finetune_cost.py); "
