@@ -151,7 +151,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("--no-erasure-cache", "no_cache", bool, False, "compute everything afresh; store nothing",
            action="store_true"),
     Option("--erasure-sequential", "sequential", bool, False,
-           "sample in rounds; stop a case once its interval is wholly on one side of the threshold",
+           "sample in rounds; stop a case once its interval is wholly on one side of the "
+           "threshold (plans whose samples share a prompt, reference or restart run in full)",
            action="store_true"),
     Option("--lora-multiplier", "lora_multiplier", float, 1.0,
            "fixed multiplier for LoRA (SPM) erased models"),
