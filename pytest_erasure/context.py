@@ -237,6 +237,18 @@ class Context:
             finally:
                 self._bar = None
 
+    def attacked_through(self) -> Defense | None:
+        from pytest_erasure.defenses import attacked_through
+
+        return attacked_through(self.config, self.defense)
+
+    def defense_surrogate(self, name: str, concept: Concept, config: AuditConfig, role: Role,
+                          seed: int) -> Any:
+        """Host side of the local executor: the enabled defense's surrogate on this context."""
+        defense = self.defense
+        assert defense is not None and defense.name == name
+        return defense.surrogate(self, concept, role, seed)  # type: ignore[attr-defined]
+
     def detector_for(self, spec: DetectorSpec, device: str) -> Detector:
         """Host side of the local executor: the run's one detector for `spec`."""
         key = _spec_key(spec)

@@ -68,6 +68,12 @@ class Host(Protocol):
         host's pipelines (`Defense.callback_factory`)."""
         ...
 
+    def defense_surrogate(self, name: str, concept: Concept, config: AuditConfig, role: Role,
+                          seed: int) -> Any:
+        """The enabled defense's differentiable stand-in for an adaptive attack on `role`'s
+        model (`IreceDefense.surrogate`), built on this host's pipelines."""
+        ...
+
     def overlaid(self, overlays: tuple[tuple[Role, Overlay], ...]
                  ) -> AbstractContextManager[None]:
         """Within: `pipeline(role)` is the role's model with its overlays applied (on copies of

@@ -74,6 +74,15 @@ class HandleHost:
         return registry()[name].callback_factory(site, concept)  # type: ignore[arg-type]
 
 
+    def defense_surrogate(self, name: str, concept: Concept, config: AuditConfig, role: Role,
+                          seed: int) -> Any:
+        from pytest_erasure.defenses import registry
+
+        key = json.dumps(config.describe(), sort_keys=True, default=str)
+        site = self._sites.setdefault(key, DefenseSite(self, config))
+        return registry()[name].surrogate(site, concept, role, seed)  # type: ignore[attr-defined]
+
+
 class DefenseSite:
     """What a defense's `callback_factory` reads of a context (the config and the pipelines),
     on a host that is not the driver's context."""

@@ -100,13 +100,9 @@ def learn_embedding(host: Host, advance: Advance, *, role: Role, images: torch.T
     scaler = LossScaler.for_dtype(pipe.unet.dtype)
     surrogate = None
     if defense is not None:
-        from pytest_erasure.defenses import registry
-        from pytest_erasure.executors.hosts import DefenseSite
-
         if concept is None or config is None:
             raise ValueError("an adaptive textual inversion needs the concept and the config")
-        site = DefenseSite(host, config)  # type: ignore[arg-type]
-        surrogate = registry()[defense].surrogate(site, concept, role, seed)  # type: ignore[attr-defined]
+        surrogate = host.defense_surrogate(defense, concept, config, role, seed)
     embeds, losses = train_textual_inversion(
         pipe, images, token=token, init_token=budget["init_token"],
         num_vectors=budget["num_vectors"], steps=budget["steps"], lr=budget["lr"],

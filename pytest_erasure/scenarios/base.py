@@ -132,6 +132,12 @@ class AuditContext(Protocol):
         scenario runs heavy work on a model (never `pipeline` directly)."""
         ...
 
+    def attacked_through(self) -> Any:
+        """The enabled defense a white-box attack on the erased model optimises through (it
+        declares an adaptive form and the run gates the adaptive attacker), or None
+        (`defenses.attacked_through`)."""
+        ...
+
     def map(self, fn: Callable[[Any], Any], items: Iterable[Any]) -> list[Any]:
         """[fn(item) for item in items] for independent items (an attack's restarts), run side
         by side where the executor runs units side by side; results in the items' order.

@@ -224,13 +224,11 @@ class EmbeddingScenario(Scenario):
     def through(self, ctx: AuditContext, role: Role) -> Any:
         """The defense this scenario's token trains through on `role`'s model, or None: only
         the white-box attack on the (defended) erased model, when the defense has an adaptive
-        form and the run gates the adaptive attacker (`defenses.attacked_through`). The
+        form and the run gates the adaptive attacker (`AuditContext.attacked_through`). The
         standard model is never defended, and the black-box token is learned on it."""
-        from pytest_erasure.defenses import attacked_through, registry
-
         if not self.adaptive or role != "erased" or ctx.config.defense is None:
             return None
-        return attacked_through(ctx.config, registry()[ctx.config.defense])
+        return ctx.attacked_through()
 
     def budget(self, ctx: AuditContext) -> dict[str, Any]:
         from pytest_erasure.attacks.textual_inversion import validate_budget
@@ -329,9 +327,7 @@ class EmbeddingScenario(Scenario):
         if "precision" in stored:
             facts["precision"] = stored["precision"]
         if defense is not None:
-            from pytest_erasure.defenses import adaptive_form
-
-            facts["adaptive"] = {"defense": defense.name, "surrogate": adaptive_form(defense),
+            facts["adaptive"] = {"defense": defense.name, "surrogate": defense.adaptive,
                                  **stored.get("surrogate", {})}
         return embeds, facts, file
 

@@ -191,7 +191,8 @@ def test_every_scenario_says_what_is_drawn_and_what_is_declared(tiny_world: dict
 
     ctx = context(tiny_world, tmp_path / "cache", **{"attack-restarts": 2, "fuzz-examples": 2,
                                                      "fuzz-seeds-per-prompt": 2,
-                                                     "fuzz-max-prompts": 3})
+                                                     "fuzz-max-prompts": 3,
+                                                     "completion-steps": "1"})  # 2-step world
     circle = ctx.concepts.concepts["circle"]
     planned = registry()
     assert {"text", "embedding-white", "embedding-black", "adversarial-black", "fuzz"} <= \
@@ -203,6 +204,8 @@ def test_every_scenario_says_what_is_drawn_and_what_is_declared(tiny_world: dict
         if name.startswith("latent"):  # declared references: one cluster each
             assert [i.cluster for i in plan.inputs] == \
                 [f"reference-{i}" for i in range(len(plan.inputs))], name
+        elif name == "inpainting-probe":  # a reference per image, cycling the references
+            assert all(i.cluster.startswith("reference-") and i.stratum for i in plan.inputs)
         elif name.startswith(("embedding", "adversarial", "finetune")):
             assert {i.cluster for i in plan.inputs} == {"restart-0", "restart-1"}
             assert all(i.stratum.startswith("prompt: ") for i in plan.inputs), name
