@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,31 @@ def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     from pytest_erasure.testing import save_tiny_world
 
     return save_tiny_world(tmp_path_factory.mktemp("tiny-world"))
+
+
+@pytest.fixture
+def this_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Subprocesses import this checkout's package, not another installed copy (use with
+    `pytestmark = pytest.mark.usefixtures("this_checkout")`)."""
+    import os
+
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p))
+
+
+@pytest.fixture
+def case_ids(tiny_world: dict[str, Path]) -> Callable[..., list[str]]:
+    """`ids(**overrides)`: the case ids an audit of the tiny world declares with those config
+    overrides (e.g. scenarios=("finetune",)), no model loaded: how opt-in cases are checked."""
+    from pytest_erasure.concepts import load_concepts
+    from pytest_erasure.session import AuditSession, default_config
+
+    def ids(**overrides: object) -> list[str]:
+        config = default_config(concepts_file=tiny_world["concepts"], cache_dir=None,
+                                **overrides)
+        return [c.id for c in AuditSession(config, load_concepts(config.concepts_file)).cases()]
+
+    return ids
 
 
 def pytest_configure(config: pytest.Config) -> None:

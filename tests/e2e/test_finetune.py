@@ -16,7 +16,7 @@ so what the budget finds in the erased model was recovered, not taught.
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -29,11 +29,7 @@ FAST = ["--samples", "4", "--steps", "2", "--batch-size", "4", "-p", "no:randoml
         "--erasure-gate=point", "--no-erasure-cache"]
 
 
-@pytest.fixture(autouse=True)
-def this_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Subprocesses import this checkout's package, not another installed copy."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+pytestmark = pytest.mark.usefixtures("this_checkout")
 
 
 def _world(world: dict[str, Path]) -> list[str]:
@@ -41,19 +37,11 @@ def _world(world: dict[str, Path]) -> list[str]:
             f"--concepts={world['concepts']}", *FAST]
 
 
-def test_finetune_cases_run_only_when_named(tiny_world: dict[str, Path]) -> None:
-    from pytest_erasure.concepts import load_concepts
-    from pytest_erasure.session import AuditSession, default_config
-
-    def ids(**overrides: object) -> list[str]:
-        config = default_config(concepts_file=tiny_world["concepts"], cache_dir=None,
-                                **overrides)
-        return [c.id for c in AuditSession(config, load_concepts(config.concepts_file)).cases()]
-
-    assert not any("finetune" in i for i in ids())
+def test_finetune_cases_run_only_when_named(case_ids: Callable[..., list[str]]) -> None:
+    assert not any("finetune" in i for i in case_ids())
     assert {"circle-finetune-concept", "circle-finetune-benign"} <= \
-        set(ids(scenarios=("finetune",)))
-    assert [i for i in ids(scenarios=("finetune-benign",)) if "finetune" in i] == \
+        set(case_ids(scenarios=("finetune",)))
+    assert [i for i in case_ids(scenarios=("finetune-benign",)) if "finetune" in i] == \
         ["circle-finetune-benign"]
 
 

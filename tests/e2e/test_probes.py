@@ -15,7 +15,7 @@ Worlds (`pytest_erasure.testing.save_tiny_world`, judged by mean brightness):
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +26,7 @@ AUDIT = "def test_erasure(erasure_case, erasure_check):\n    erasure_check(erasu
 FAST = ["--steps", "2", "--batch-size", "48", "-p", "no:randomly", "--no-erasure-cache"]
 
 
-@pytest.fixture(autouse=True)
-def this_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Subprocesses import this checkout's package, not another installed copy."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+pytestmark = pytest.mark.usefixtures("this_checkout")
 
 
 def _audit(pytester: pytest.Pytester, world: dict[str, Path], standard: str, erased: str,
@@ -49,17 +45,9 @@ def _audit(pytester: pytest.Pytester, world: dict[str, Path], standard: str, era
     return cases[0]
 
 
-def test_probe_cases_run_only_when_named(tiny_world: dict[str, Path]) -> None:
-    from pytest_erasure.concepts import load_concepts
-    from pytest_erasure.session import AuditSession, default_config
-
-    def ids(**overrides: object) -> list[str]:
-        config = default_config(concepts_file=tiny_world["concepts"], cache_dir=None,
-                                **overrides)
-        return [c.id for c in AuditSession(config, load_concepts(config.concepts_file)).cases()]
-
-    assert "circle-noise-probe" not in ids()
-    assert "circle-noise-probe" in ids(scenarios=("noise-probe",))
+def test_probe_cases_run_only_when_named(case_ids: Callable[..., list[str]]) -> None:
+    assert "circle-noise-probe" not in case_ids()
+    assert "circle-noise-probe" in case_ids(scenarios=("noise-probe",))
 
 
 @pytest.mark.parametrize("defense", [[], ["--irece"]], ids=["undefended", "irece"])

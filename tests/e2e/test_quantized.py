@@ -9,7 +9,7 @@ usage-error line before any model loads.
 from __future__ import annotations
 
 import json
-import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,11 +20,7 @@ FAST = ["--samples", "4", "--steps", "2", "--batch-size", "4", "-p", "no:randoml
         "--erasure-gate=point", "--no-erasure-cache"]
 
 
-@pytest.fixture(autouse=True)
-def this_checkout(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Subprocesses import this checkout's package, not another installed copy."""
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+pytestmark = pytest.mark.usefixtures("this_checkout")
 
 
 def _world(world: dict[str, Path]) -> list[str]:
@@ -32,19 +28,11 @@ def _world(world: dict[str, Path]) -> list[str]:
             f"--concepts={world['concepts']}", *FAST]
 
 
-def test_quantized_cases_run_only_when_named(tiny_world: dict[str, Path]) -> None:
-    from pytest_erasure.concepts import load_concepts
-    from pytest_erasure.session import AuditSession, default_config
-
-    def ids(**overrides: object) -> list[str]:
-        config = default_config(concepts_file=tiny_world["concepts"], cache_dir=None,
-                                **overrides)
-        return [c.id for c in AuditSession(config, load_concepts(config.concepts_file)).cases()]
-
-    assert not any("quantized" in i for i in ids())
-    named = ids(scenarios=("quantized", "text"))
+def test_quantized_cases_run_only_when_named(case_ids: Callable[..., list[str]]) -> None:
+    assert not any("quantized" in i for i in case_ids())
+    named = case_ids(scenarios=("quantized", "text"))
     assert {"circle-quantized-int8", "circle-quantized-4bit", "circle-text"} <= set(named)
-    assert [i for i in ids(scenarios=("quantized-4bit",)) if "quantized" in i] == \
+    assert [i for i in case_ids(scenarios=("quantized-4bit",)) if "quantized" in i] == \
         ["circle-quantized-4bit"]
 
 
