@@ -222,6 +222,7 @@ class Context:
 
     @contextmanager
     def _shared_bar(self) -> Iterator[None]:
+        """The one live progress display, opened here unless one is open already."""
         if self.console is None or self._bar is not None:
             yield
             return
@@ -351,25 +352,18 @@ class Context:
 
     @contextmanager
     def progress(self, description: str, total: int) -> Iterator[Callable[[int], None]]:
+        """A bar row for `description` while within; rows of units side by side (`map`) or
+        nested (a search's units) share one display."""
         if self.console is None:
             yield lambda n: None
             return
-        shared = self._bar
-        if shared is not None:  # units side by side (`map`): one row each on the shared bar
-            task = shared.add_task(description, total=total)
-            try:
-                yield lambda n: shared.advance(task, n)
-            finally:
-                shared.remove_task(task)
-            return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-        with self.uncaptured(), Progress(
-            "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=self.console, transient=True,
-        ) as bar:
+        with self._shared_bar():
+            bar = self._bar
             task = bar.add_task(description, total=total)
-            yield lambda n: bar.advance(task, n)
+            try:
+                yield lambda n: bar.advance(task, n)
+            finally:
+                bar.remove_task(task)
 
     def generate(self, role: Role, inputs: list[GenerationInput],
                  concept: Concept | None = None, defended: bool | None = None,

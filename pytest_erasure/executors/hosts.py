@@ -67,20 +67,21 @@ class HandleHost:
                           ) -> Callable[[list[Any]], Any]:
         from pytest_erasure.defenses import registry
 
-        # One site per audit configuration: a defense may memoise per context (IRECE encodes
-        # each concept's mask conditioning once per context).
-        key = json.dumps(config.describe(), sort_keys=True, default=str)
-        site = self._sites.setdefault(key, DefenseSite(self, config))
-        return registry()[name].callback_factory(site, concept)  # type: ignore[arg-type]
-
+        return registry()[name].callback_factory(  # type: ignore[arg-type]
+            self._site(config), concept)
 
     def defense_surrogate(self, name: str, concept: Concept, config: AuditConfig, role: Role,
                           seed: int) -> Any:
         from pytest_erasure.defenses import registry
 
+        return registry()[name].surrogate(  # type: ignore[attr-defined]
+            self._site(config), concept, role, seed)
+
+    def _site(self, config: AuditConfig) -> DefenseSite:
+        """One site per audit configuration: a defense may memoise per context (IRECE encodes
+        each concept's mask conditioning once per context)."""
         key = json.dumps(config.describe(), sort_keys=True, default=str)
-        site = self._sites.setdefault(key, DefenseSite(self, config))
-        return registry()[name].surrogate(site, concept, role, seed)  # type: ignore[attr-defined]
+        return self._sites.setdefault(key, DefenseSite(self, config))
 
 
 class DefenseSite:
