@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     import torch
     from diffusers import StableDiffusionPipeline
 
+    from pytest_erasure.attacks.textual_inversion import DefenseSurrogate
+
 TARGETS = re.compile(r"(^|\.)attn[12]\.(to_q|to_k|to_v|to_out\.0)$")
 """The modules diffusers' LoRA example adapts (`target_modules=["to_k", "to_q", "to_v",
 "to_out.0"]`), in every attention block of the UNet."""
@@ -88,6 +90,7 @@ def train_lora(
     seed: int = 0,
     flip: bool = True,
     progress: Callable[[int], None] | None = None,
+    surrogate: DefenseSurrogate | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[float]]:
     """A rank-`rank` LoRA of `pipe`'s UNet trained on images (N, 3, H, W) in [0, 1], image i
     captioned `captions[i]`. Returns (peft state dict, float32 on the CPU; per-step losses).
@@ -96,7 +99,16 @@ def train_lora(
     train_batch_size x gradient_accumulation_steps). All draws (images, flips, posterior
     samples, noise, timesteps) come from one CPU generator seeded with `seed`, so a seed gives
     the same run on any device. The adapters are float32 whatever the model's dtype (the
-    example's fp16 mixed precision keeps trainable weights in float32 too)."""
+    example's fp16 mixed precision keeps trainable weights in float32 too).
+
+    `surrogate`: the defense the LoRA must beat, inside the objective (the adaptive attack,
+    `attacks.textual_inversion.DefenseSurrogate`, e.g. `defenses.irece.IreceSurrogate`): each
+    micro-batch's draw goes through its `redraw` (the defended samples moved to the defense's
+    timesteps) and each noisy latent through it (the defense's re-noise, the target the noise
+    consistent with the clean latent), as the adaptive textual inversion does. It draws from
+    its own generator only, so a surrogate that defends nothing leaves the run bit for bit the
+    undefended one. The adapters are live only in the trained UNet's own pass: a surrogate that
+    runs the standard UNet (IRECE's mask) sees it unadapted even where the two share modules."""
     import torch
     from torch.nn import functional as F
 
@@ -133,10 +145,16 @@ def train_lora(
                              return_tensors="pt").input_ids
         conds = pipe.text_encoder(ids.to(pipe.text_encoder.device))[0].to(device, dtype)
 
+    live = [False]
+    """Whether the adapters act: only during the trained UNet's pass (`surrogate` may run a
+    UNet sharing these modules, the standard one, and must see it as it is)."""
+
     def hook_for(name: str) -> Callable[..., Any]:
         down, up = adapters[name]
 
         def hook(module: Any, inputs: tuple[Any, ...], output: Any) -> Any:  # noqa: ARG001
+            if not live[0]:
+                return output
             x = inputs[0]
             return output + ((x.float() @ down.t()) @ up.t()).to(output.dtype)
         return hook
@@ -145,6 +163,8 @@ def train_lora(
     losses: list[float] = []
     prediction = scheduler.config.prediction_type
     alphas = scheduler.alphas_cumprod.to(device)
+    if surrogate is not None:
+        surrogate.reset()
     try:
         for step in range(steps):
             for group in optimizer.param_groups:
@@ -161,16 +181,29 @@ def train_lora(
                 noise = torch.randn(latents.shape, generator=generator)
                 t = torch.randint(scheduler.config.num_train_timesteps, (batch_size,),
                                   generator=generator)
+                draw = None
+                if surrogate is not None:  # the defended samples at the defense's timesteps
+                    draw = surrogate.redraw({"latents": latents, "noise": noise, "t": t})
+                    t = draw["t"]
                 latents, noise, t = latents.to(device), noise.to(device), t.to(device)
                 a = alphas[t].view(-1, 1, 1, 1)
                 noisy = (a.sqrt() * latents + (1 - a).sqrt() * noise).to(dtype)
+                if surrogate is not None and draw is not None:
+                    # the defended sample: its input, and the noise consistent with it and
+                    # the clean latent (the target below is derived from it)
+                    noisy, noise = surrogate(noisy, latents, noise, t, draw)
                 if prediction == "epsilon":
                     target = noise
                 elif prediction == "v_prediction":
                     target = a.sqrt() * noise - (1 - a).sqrt() * latents
                 else:
                     raise ValueError(f"unsupported prediction_type {prediction!r}")
-                pred = unet(noisy, t, encoder_hidden_states=conds[index.to(conds.device)]).sample
+                live[0] = True
+                try:
+                    pred = unet(noisy, t,
+                                encoder_hidden_states=conds[index.to(conds.device)]).sample
+                finally:
+                    live[0] = False
                 loss = F.mse_loss(pred.float(), target.float())
                 for total, g in zip(grads, torch.autograd.grad(loss, params), strict=True):
                     total.add_(g / accumulation)

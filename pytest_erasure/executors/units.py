@@ -115,18 +115,30 @@ def learn_embedding(host: Host, advance: Advance, *, role: Role, images: torch.T
 
 
 def finetune_lora(host: Host, advance: Advance, *, role: Role, images: torch.Tensor,
-                  captions: list[str], budget: dict[str, Any], seed: int
+                  captions: list[str], budget: dict[str, Any], seed: int,
+                  defense: str | None = None, concept: Concept | None = None,
+                  config: AuditConfig | None = None
                   ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """A LoRA of `role`'s UNet trained on captioned images (`attacks.finetune.train_lora`):
     (its peft state dict, {"losses"}). The pipeline is the host's, overlays included: under a
-    unit's overlays the LoRA is trained on top of them."""
+    unit's overlays the LoRA is trained on top of them. With `defense` named (and the audit's
+    `concept` and `config`), the adaptive attack: trained through that defense's surrogate,
+    built here as `learn_embedding` builds it."""
     from pytest_erasure.attacks.finetune import train_lora
 
+    surrogate = None
+    if defense is not None:
+        if concept is None or config is None:
+            raise ValueError("an adaptive fine-tuning needs the concept and the config")
+        surrogate = host.defense_surrogate(defense, concept, config, role, seed)
     state, losses = train_lora(
         host.pipeline(role), images, captions, rank=budget["rank"], steps=budget["steps"],
         lr=budget["lr"], batch_size=budget["batch_size"], accumulation=budget["accumulation"],
-        seed=seed, progress=advance)
-    return state, {"losses": losses}
+        seed=seed, progress=advance, surrogate=surrogate)
+    facts: dict[str, Any] = {"losses": losses}
+    if surrogate is not None and hasattr(surrogate, "describe"):
+        facts["surrogate"] = surrogate.describe()
+    return state, facts
 
 
 def encode_learned_token(host: Host, advance: Advance, *, role: Role, prompts: list[str],

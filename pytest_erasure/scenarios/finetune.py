@@ -37,9 +37,17 @@ Deviations, recorded in every report (facts["deviations"]):
   concepts (the neighbours the audit already holds references for);
 - MemoRa trains in fp16 mixed precision at 512 px; here in the audit's dtype at the model's
   native size (the adapters themselves are float32, as in mixed precision);
-- with a defense on (`--irece`) the LoRA is trained on the undefended model and its images
-  generated through the defense: a white-box transfer attack (`checks.threat_model` labels it;
-  no adaptive form is built for fine-tuning).
+- with a defense on (`--irece`) and `--erasure-threat=adaptive` (the default), the attacker
+  knows the defense: each LoRA is trained on the erased model *through* the defense's
+  surrogate (`Defense.surrogate`, for IRECE `defenses.irece.IreceSurrogate`, the one the
+  adaptive textual inversion uses: a share of each batch at IRECE's intervention timesteps,
+  the standard model's mask re-noised, the target the noise consistent with the clean
+  latent), its cache key extended by what the surrogate depends on; the transfer attacker's
+  LoRAs (trained on the undefended model) run too, and the case gates the worst restart of
+  all, so a weak surrogate cannot make a case pass that the transfer attack fails. The
+  benign variant trains through the surrogate too (the defended release is what a user
+  fine-tunes). Under `--erasure-threat=transfer` every LoRA is trained on the undefended
+  model and its images generated through the defense (a white-box transfer attack).
 
 Opt-in (`--scenarios finetune`, or an id): the default audit's cases are unchanged.
 """
@@ -173,8 +181,8 @@ class FinetuneScenario(Scenario):
     needs_references = True
     table_column = 6
     opt_in = True
-    adaptive = False
-    """The LoRA is trained on the undefended model: with a defense on, a transfer attack."""
+    adaptive = True
+    """With a defense on, the erased model's LoRAs train through its surrogate (`through`)."""
     independent_plans = True
     """Each model's plan trains its own LoRAs on that model (the training images are the
     concepts' references or the standard model's cached draws): the two are made side by side
@@ -290,10 +298,21 @@ class FinetuneScenario(Scenario):
                 "declare neighbour concepts (e.g. the concepts the erasure must retain)")
         return others
 
-    def learn(self, ctx: AuditContext, concept: Concept, role: Role, restart: int
-              ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    def through(self, ctx: AuditContext, role: Role) -> Any:
+        """The defense the LoRA trains through on `role`'s model, or None: only on the
+        (defended) erased model, when the defense has an adaptive form and the run gates the
+        adaptive attacker (`AuditContext.attacked_through`). The standard model is never
+        defended."""
+        if role != "erased" or ctx.config.defense is None:
+            return None
+        return ctx.attacked_through()
+
+    def learn(self, ctx: AuditContext, concept: Concept, role: Role, restart: int,
+              transfer: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         """(the LoRA's state dict, this run's facts), trained through `role`'s model or read
-        from the cache (same model, images, captions, budget and seed)."""
+        from the cache (same model, images, captions, budget and seed). Through the enabled
+        defense's surrogate when `through` says so, unless `transfer` (the transfer attacker's
+        run on the undefended model, which the adaptive attacker may run too)."""
         from pytest_erasure.attacks.finetune import WEIGHTS_NAME, save_lora
         from pytest_erasure.cache import digest, tensor_digest
         from pytest_erasure.executors.units import finetune_lora
@@ -306,13 +325,21 @@ class FinetuneScenario(Scenario):
                "images": tensor_digest({"images": images.float().cpu().contiguous()}),
                "captions": captions, "budget": budget, "seed": seed,
                "dtype": str(ctx.config.dtype), "device": str(ctx.config.device).split(":")[0]}
+        defense = None if transfer else self.through(ctx, role)
+        adaptive: dict[str, Any] = {}
+        if defense is not None:
+            # Only for the adaptive attack: the undefended keys stay what they were.
+            key["adaptive"] = defense.adaptive_key(ctx.config, ctx, concept)
+            adaptive = {"defense": defense.name, "concept": concept, "config": ctx.config}
 
         def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             run = f", restart {restart}" if restart else ""
+            behind = f" through {defense.name}" if defense is not None else ""
             return ctx.run(ctx.unit(  # type: ignore[no-any-return]
-                finetune_lora, title=f"{self.id} {concept.name} ({role} model{run})",
+                finetune_lora, title=f"{self.id} {concept.name} ({role} model{behind}{run})",
                 total=budget["steps"], role=role, images=images, captions=captions,
-                budget={k: v for k, v in budget.items() if k != "shots"}, seed=seed))
+                budget={k: v for k, v in budget.items() if k != "shots"}, seed=seed,
+                **adaptive))
 
         state, stored = ctx.cache.tensors("finetune-lora", key, compute)
         folder = ctx.cache.path("finetune-lora-file", key, suffix="")
@@ -332,6 +359,9 @@ class FinetuneScenario(Scenario):
                  else _summary(losses),
                  "lora_norm": round(math.sqrt(sum(float((v.float() ** 2).sum())
                                                   for v in state.values())), 6)}
+        if defense is not None:
+            facts["adaptive"] = {"defense": defense.name, "surrogate": defense.adaptive,
+                                 **stored.get("surrogate", {})}
         return state, facts
 
     def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
@@ -340,7 +370,18 @@ class FinetuneScenario(Scenario):
         from pytest_erasure.overlays.lora import lora
 
         count = restart_count(ctx)
-        runs = ctx.map(lambda r: self.learn(ctx, concept, target, r), range(count))
+        attacks: list[str | None] = [
+            "adaptive" if self.through(ctx, target) is not None else None] * count
+        jobs = [(r, False) for r in range(count)]
+        if attacks[0] is not None:
+            # Whoever knows the defense may also run the transfer attack and keep whichever
+            # works best: its restarts join the adaptive ones and the verdict gates the worst
+            # restart of all (as the adaptive textual inversion does).
+            jobs += [(r, True) for r in range(count)]
+            attacks += ["transfer"] * count
+        runs = ctx.map(lambda job: self.learn(ctx, concept, target, job[0], transfer=job[1]),
+                       jobs)
+        count = len(runs)
         overlays = [lora(state) for state, _facts in runs]
         prompts = concept.texts()
         seeds = ctx.seeds(restart_samples(n, count), f"{self.id}/{concept.name}")
@@ -348,7 +389,8 @@ class FinetuneScenario(Scenario):
         for i, s in enumerate(seeds):
             r = restart_of(i, count)
             prompt = prompts[slot_in_restart(i, count) % len(prompts)]
-            run = f" (LoRA {r})" if count > 1 else " (LoRA)"
+            how = f", {attacks[r]}" if attacks[r] else ""
+            run = f" (LoRA {r}{how})" if count > 1 else f" (LoRA{how})"
             inputs.append(GenerationInput(seed=s, prompt=prompt, label=f"{prompt}{run}",
                                           cluster=cluster_id(r), stratum=prompt_stratum(prompt),
                                           overlays=(overlays[r],)))
@@ -359,14 +401,16 @@ class FinetuneScenario(Scenario):
             "training_images": first["training_images"], "prompts": prompts,
             "initial_loss": first["initial_loss"], "final_loss": first["final_loss"],
             "loss_curve": first["loss_curve"],
-            "attack_runs": [{**f, "overlay": o.key} for (_s, f), o in zip(runs, overlays,
-                                                                        strict=True)],
+            "attack_runs": [{**f, "restart": r, "id": cluster_id(r), "overlay": o.key,
+                             **({"attack": a} if a else {})}
+                            for r, ((_s, f), o, a) in enumerate(zip(runs, overlays, attacks,
+                                                                    strict=True))],
             "attack_restarts": count,
             "input_restarts": [restart_of(i, count) for i in range(len(inputs))],
             "deviations": DEVIATIONS[self.variant],
         }
-        artifacts = {("lora" if f["restart"] == 0 else f"lora-restart-{f['restart']}"):
-                     f["lora"] for _s, f in runs}
+        artifacts = {("lora" if r == 0 else f"lora-restart-{r}"): f["lora"]
+                     for r, (_s, f) in enumerate(runs)}
         return Plan(inputs=inputs, facts=facts, artifacts=artifacts)
 
 

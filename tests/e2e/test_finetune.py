@@ -134,6 +134,78 @@ def test_a_16_bit_overlay_on_a_16_bit_model_changes_no_bit(overlay: str) -> None
     assert torch.equal(plain, again)
 
 
+def _squares(n: int = 4) -> torch.Tensor:
+    """Dark images with a red square: something for a LoRA to learn."""
+    images = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 0.2
+    images[:, :, 8:24, 8:24] = torch.tensor([1.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    return images
+
+
+def _irece_surrogate(pipe, share: float):
+    from pytest_erasure.defenses.irece import (
+        IreceSurrogate,
+        concept_conditioning,
+        intervention_timesteps,
+    )
+
+    embeds, indices = concept_conditioning(pipe, "a circle", "circle")
+    return IreceSurrogate(pipe.unet, embeds, indices,
+                          intervention_timesteps(pipe.scheduler, 4, 0.2, 1),
+                          pipe.scheduler.alphas_cumprod, tau=0.4, resolutions=None, seed=3,
+                          share=share)
+
+
+def test_an_idle_surrogate_is_the_plain_finetuning_bit_for_bit() -> None:
+    """The adaptive hook costs the undefended fine-tuning nothing: a surrogate that defends no
+    sample (IRECE's, share 0) draws from its own generator only, so every adapter weight and
+    every loss are the plain run's; one that defends every sample changes what is learned."""
+    from pytest_erasure.attacks.finetune import train_lora
+    from pytest_erasure.testing import tiny_pipeline
+
+    pipe = tiny_pipeline(0)
+
+    def run(surrogate=None):
+        return train_lora(pipe, _squares(), ["a circle"] * 4, rank=2, steps=3, lr=1e-2,
+                          batch_size=2, accumulation=2, seed=5, surrogate=surrogate)
+
+    plain, plain_losses = run()
+    idle = _irece_surrogate(pipe, 0.0)
+    same, same_losses = run(idle)
+    assert idle.defended == 0
+    assert plain.keys() == same.keys() and all(torch.equal(plain[k], same[k]) for k in plain)
+    assert plain_losses == same_losses
+    busy = _irece_surrogate(pipe, 1.0)
+    defended, _ = run(busy)
+    assert busy.defended == 3 * 2 * 2  # every sample of every micro-batch of every step
+    assert any(not torch.equal(plain[k], defended[k]) for k in plain)
+
+
+def test_with_irece_the_lora_trains_through_the_defense(pytester: pytest.Pytester,
+                                                        tiny_world: dict[str, Path]) -> None:
+    """--irece under the default (adaptive) threat: the erased model's LoRAs train through
+    IRECE's surrogate, the transfer attacker's run beside them (one cluster each), the case
+    says "white-box adaptive"; the standard model's control trains plainly."""
+    pytester.makepyfile(test_audit=AUDIT)
+    out = pytester.path / "report"
+    result = pytester.runpytest_subprocess(
+        *_world(tiny_world), "--irece", "--scenarios", "finetune-concept", "--ft-steps", "2",
+        "--attack-restarts", "1",
+        f"--erasure-report={out}")
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret in (0, 1) and "Traceback" not in output, output
+    case = next(c for c in json.loads((out / "report.json").read_text())["cases"]
+                if c["scenario"] == "finetune-concept")
+    facts = case["facts"]
+    assert facts["threat_model"] == "white-box adaptive", case["message"]
+    runs = facts["attack_runs"]
+    assert [r.get("attack") for r in runs] == ["adaptive", "transfer"]
+    assert runs[0]["adaptive"]["defense"] == "irece"
+    assert runs[0]["adaptive"]["defended_samples"] > 0
+    assert "adaptive" not in runs[1] and runs[0]["lora"] != runs[1]["lora"]
+    assert facts["structure"]["clusters"] == 2
+    assert all("attack" not in r for r in facts["standard_plan"]["attack_runs"])
+
+
 @pytest.mark.parametrize(("flags", "message"), [
     (["--ft-rank", "0"], "--ft-rank: is 0"),
     (["--ft-steps", "0"], "--ft-steps: is 0"),
