@@ -49,6 +49,11 @@ def validate_inputs(session: AuditSession) -> None:
         check = getattr(session.context.scenarios[scenario_id], "validate", None)
         if callable(check):
             check(session.context)  # every budget's range, before the first case needs it
+        declared = getattr(session.context.scenarios[scenario_id], "declared_overlays", None)
+        if callable(declared):  # an overlay made for another architecture, from its files
+            from pytest_erasure.overlays import check_fit
+
+            check_fit(declared(session.context), config.standard_model)
     # Every detector a case will ask for, with the labels it will be asked about: the module
     # imports, the factory exists, its folder holds what it needs (no weights are read).
     judged: dict[str, tuple[DetectorSpec, set[str]]] = {}

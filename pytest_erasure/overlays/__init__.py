@@ -18,7 +18,9 @@ models is ever written. The copies are kept per host, so a unit costs the weight
 Built-ins: `lora` (`lora.py`) and `quantize` (`quantize.py`). A third party adds a kind as
 `name = "module:attribute"` under the entry-point group `pytest_erasure.overlays`, or at run
 time with `add(kind)`; a kind is an object with `name`, `components(overlay)`,
-`apply(pipe, overlay, patch)`, `describe(overlay)` and `validate(overlay)` (`OverlayKind`).
+`apply(pipe, overlay, patch)`, `describe(overlay)` and `validate(overlay)` (`OverlayKind`), and
+optionally `fits(overlay, standard_model)`: whether it was made for this architecture, checked
+before any model loads (`check_fit`).
 
 This module imports torch only inside functions.
 """
@@ -29,6 +31,7 @@ import importlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pytest_erasure.errors import ErasureInputError
@@ -108,6 +111,18 @@ def describe(overlays: tuple[Overlay, ...] | list[Overlay]) -> list[dict[str, An
 def validate(overlays: tuple[Overlay, ...] | list[Overlay]) -> None:
     for overlay in overlays:
         kind(overlay.kind).validate(overlay)
+
+
+def check_fit(overlays: tuple[Overlay, ...] | list[Overlay], standard_model: Path) -> None:
+    """Each overlay's parameters, and (for a kind that can tell, its optional `fits(overlay,
+    standard_model)`: a LoRA's module names and shapes against the model folder's UNet config)
+    whether it was made for this model's architecture: run before any model loads, so an
+    overlay for another model is a usage error, not a crash at its first unit."""
+    validate(overlays)
+    for overlay in overlays:
+        fits = getattr(kind(overlay.kind), "fits", None)
+        if callable(fits):
+            fits(overlay, standard_model)
 
 
 class Patch:

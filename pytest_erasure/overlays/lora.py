@@ -84,8 +84,84 @@ def modules(tensors: Mapping[str, Any], overlay: Overlay) -> dict[str, dict[str,
     return found
 
 
+def stored_shapes(overlay: Overlay) -> dict[str, tuple[int, ...]] | None:
+    """{key: shape} of the LoRA's tensors without reading them: the state dict's, or a
+    .safetensors file's header (8-byte length, then JSON); None for a file format whose shapes
+    cannot be read without loading it (.pt)."""
+    import json
+    import struct
+
+    if overlay.tensors is not None:
+        return {k: tuple(v.shape) for k, v in overlay.tensors.items()}
+    assert overlay.path is not None
+    path = Path(overlay.path)
+    if path.suffix != ".safetensors":
+        return None
+    try:
+        with path.open("rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            header = json.loads(handle.read(length))
+    except (OSError, struct.error, ValueError) as error:
+        raise overlay_error(overlay, f"file {path} is not a readable .safetensors file "
+                            f"({error})", "give a LoRA saved with safetensors") from None
+    return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+
+
+_PROJECTIONS: dict[tuple[str, float], dict[str, tuple[int, int]]] = {}
+
+
+def projections(unet_config: Path) -> dict[str, tuple[int, int]]:
+    """{module path: (out, in)} of every attention projection of the UNet `unet_config`
+    describes: the UNet built on torch's meta device (its structure, no weights read or
+    allocated), so a LoRA is checked against the model before the model loads."""
+    import json
+
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    memo = (str(unet_config), unet_config.stat().st_mtime)
+    if memo not in _PROJECTIONS:
+        with torch.device("meta"):
+            unet = UNet2DConditionModel.from_config(json.loads(unet_config.read_text()))
+        _PROJECTIONS[memo] = {name: (m.out_features, m.in_features)
+                              for name, m in unet.named_modules()
+                              if PROJECTION.search(name) and isinstance(m, torch.nn.Linear)}
+    return _PROJECTIONS[memo]
+
+
+def check_fits(overlay: Overlay, unet_config: Path) -> None:
+    """Refuse a LoRA made for another architecture (ErasureInputError) before any model loads:
+    every module it targets must be an attention projection of this UNet, each with the shape
+    its up @ down product must have."""
+    shapes = stored_shapes(overlay)
+    if shapes is None:
+        return  # checked when it is merged (`apply`)
+    expected = projections(unet_config)
+    for path, parts in modules(shapes, overlay).items():
+        if path not in expected:
+            raise overlay_error(
+                overlay, f"targets {path}, which this model's UNet ({unet_config.parent}) "
+                "lacks: a LoRA for another architecture",
+                "give a LoRA trained on this model's UNet")
+        down, up = tuple(parts["down"]), tuple(parts["up"])
+        out, inp = expected[path]
+        if len(down) != 2 or len(up) != 2 or up[1] != down[0] or (up[0], down[1]) != (out, inp):
+            raise overlay_error(
+                overlay, f"module {path} (down {down}, up {up}) does not fit this model's "
+                f"weight ({out}, {inp}): a LoRA for another architecture",
+                "give a LoRA trained on this model's UNet")
+
+
 class LoraKind:
     name = "lora"
+
+    def fits(self, overlay: Overlay, standard_model: Path) -> None:
+        """Before any model loads: the LoRA against the standard model folder's UNet config
+        (the erased model shares its architecture); a model given otherwise (one file, a hub
+        id) is checked when the LoRA is merged."""
+        config = Path(standard_model) / "unet" / "config.json"
+        if config.is_file():
+            check_fits(overlay, config)
 
     def components(self, overlay: Overlay) -> tuple[str, ...]:
         return ("unet",)

@@ -48,6 +48,52 @@ NF4_LEVELS = (
 exact zero), as `bitsandbytes.functional.get_4bit_type("nf4")` lists it."""
 E4M3_MAX = 448.0
 
+NATIVE: dict[str, tuple[str, str]] = {
+    "int8": ("int8 weight-only GEMMs (bitsandbytes, torchao)", "cuda"),
+    "4bit": ("4-bit group-wise GEMMs (torchao int4 weight-only, GPTQ/AWQ kernels)", "cuda"),
+    "fp8-e4m3": ("fp8 GEMMs (compute capability 8.9 or newer)", "cuda"),
+    "nf4": ("bitsandbytes' 4-bit kernels", "cuda"),
+}
+"""Per format: the low-bit kernels users run it with, and the device type that has them. Where
+the audit's device has none (CPU for every format), quantize-dequantize is the honest fallback:
+the same weights those kernels multiply by (bitsandbytes' 4-bit matmul itself dequantizes its
+blocks to 16 bits before a batched GEMM). Reports say which (`kernel_note`)."""
+
+
+def form_of(params: dict[str, Any]) -> str:
+    """The overlay's format name as `NATIVE` keys it (the integer grids by their bits)."""
+    form = params.get("format")
+    if form is not None:
+        return str(form)
+    return "int8" if params.get("bits") == 8 else "4bit"
+
+
+def kernel_note(params: dict[str, Any], device: str) -> str:
+    """What the report says about kernels for this format on `device`."""
+    form = form_of(params)
+    if form in ("float16", "bfloat16"):
+        return f"none needed: {form} weights run as they are"
+    what, where = NATIVE[form]
+    kind = device.split(":")[0]
+    if kind != where:
+        return (f"none on {kind}: {what} run on {where} only, so the weights were quantized "
+                "and dequantized on the CPU in float32 (the numbers those kernels multiply by)")
+    return (f"{kind} may have {what}; this audit quantized and dequantized the weights on the "
+            "CPU in float32 (the numbers those kernels multiply by), it ran no low-bit kernel")
+
+
+def check_computable(overlay: Overlay, torch_module: Any = None) -> None:
+    """Refuse a format whose numbers this torch cannot compute (before any model loads): fp8
+    needs torch's float8_e4m3fn dtype (torch 2.1 or newer)."""
+    if overlay.params.get("format") != "fp8-e4m3":
+        return
+    if torch_module is None:
+        import torch as torch_module
+    if not hasattr(torch_module, "float8_e4m3fn"):
+        raise overlay_error(overlay, "needs torch's float8_e4m3fn dtype, which this torch "
+                            f"({getattr(torch_module, '__version__', '?')}) lacks",
+                            "install torch 2.1 or newer, or audit another format")
+
 
 def quantize(bits: int = 8, group_size: int = DEFAULT_GROUP,
              components: tuple[str, ...] = ("unet",), format: str | None = None) -> Overlay:
@@ -152,6 +198,7 @@ class QuantizeKind:
         if unknown or not params.get("components"):
             raise overlay_error(overlay, f"names components {params.get('components')!r}",
                                 f"name one or more of {', '.join(COMPONENTS)}")
+        check_computable(overlay)
 
     def describe(self, overlay: Overlay) -> dict[str, Any]:
         params = overlay.params

@@ -288,6 +288,12 @@ class Scenario:
         session calls it for every selected scenario, so a bad budget is a usage error in a
         second, not a failing case an hour in. It may read options and config only."""
 
+    def declared_overlays(self, ctx: AuditContext) -> tuple[Overlay, ...]:
+        """Overlays its cases will run that are known before any model loads (a LoRA file its
+        plans apply, a quantization): the run checks each against the models' architecture
+        up front (`overlays.check_fit`), so an overlay for another model is a usage error."""
+        return ()
+
     def describe(self, ctx: AuditContext) -> dict[str, Any]:
         """Settings recorded in every report (and in the cache key of every plan)."""
         return {o.name: ctx.option(o.name) for o in self.options}

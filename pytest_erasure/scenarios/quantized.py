@@ -98,6 +98,9 @@ class QuantizedScenario(Scenario):
     def validate(self, ctx: AuditContext) -> None:
         self.overlay(ctx)
 
+    def declared_overlays(self, ctx: AuditContext) -> tuple[Overlay, ...]:
+        return (self.overlay(ctx),)
+
     def describe(self, ctx: AuditContext) -> dict[str, Any]:
         settings: dict[str, Any] = {"bits": BITS[self.variant],
                                     "components": list(self.components(ctx))}
@@ -108,6 +111,8 @@ class QuantizedScenario(Scenario):
         return settings
 
     def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
+        from pytest_erasure.overlays.quantize import kernel_note
+
         # The text case's plan (the same seeds), on `target` quantized: the erased model as
         # users run it, and the standard model quantized the same way as the control.
         plan = concept_plan(ctx, concept, n)
@@ -116,7 +121,8 @@ class QuantizedScenario(Scenario):
                                       **({"format": FORMATS[self.variant]}
                                          if self.variant in FORMATS else {}),
                                       "applied_to": ["erased", "standard"],
-                                      "kernels": "none: quantize-dequantize on the CPU"}
+                                      "kernels": kernel_note(plan.overlays[0].params,
+                                                             str(ctx.config.device))}
         return plan
 
 
