@@ -411,7 +411,8 @@ class IreceSurrogate:
                  token_indices: Sequence[int], timesteps: Sequence[int],
                  alphas_cumprod: torch.Tensor, *, tau: float,
                  resolutions: tuple[int, ...] | None, seed: int,
-                 share: float = ADAPTIVE_SHARE) -> None:
+                 share: float = ADAPTIVE_SHARE,
+                 schedule: tuple[int, float | int, int] | None = None) -> None:
         if not timesteps:
             raise ValueError("IreceSurrogate needs IRECE's intervention timesteps")
         self.standard_unet = standard_unet
@@ -424,6 +425,9 @@ class IreceSurrogate:
         self.resolutions = resolutions
         self.seed = seed
         self.share = share
+        self.schedule = schedule
+        """(num_inference_steps, t*, intervention steps) as generation runs IRECE: what
+        `sampling` needs to place the intervention in an unrolled sampler."""
         self.defended = 0
         """Samples defended so far (for the run's facts)."""
         self.reset()
@@ -490,6 +494,68 @@ class IreceSurrogate:
     def describe(self) -> dict[str, Any]:
         return {"timesteps": list(self.timesteps), "share": self.share, "tau": self.tau,
                 "defended_samples": self.defended}
+
+    def sampling(self) -> IreceSampling:
+        """IRECE inside an unrolled, differentiable sampler (`attacks.inversion.
+        SamplingDefense`): the adaptive DDIM inversion's defense. Needs `schedule`."""
+        if self.schedule is None:
+            raise ValueError("IreceSurrogate.sampling needs the generation's schedule "
+                             "(num_inference_steps, t*, steps)")
+        steps, t_star, n_steps = self.schedule
+        return IreceSampling(self, steps, t_star, n_steps)
+
+
+class IreceSampling:
+    """IRECE as the defended sampler runs it, inside an unrolled denoising loop that carries
+    gradients (`attacks.inversion.defended_denoise`): the adaptive DDIM inversion optimises
+    the initial latent through it.
+
+    Forward, it *is* the generation's IRECE: an `IRECE` callback built per denoising run with
+    the same conditioning, token positions, layers, tau, t*, steps and noise scaling, called
+    after each sampler step exactly as the pipeline calls it (solver history included). What
+    the gradient assumes:
+
+    * **The mask is held constant in the backward pass.** It is recomputed in every forward
+      from the attacker's current latent (the standard UNet's attention at t*, thresholded),
+      so where it falls follows the latent from one optimisation step to the next, but no
+      gradient flows through the threshold or the standard UNet: d x*_t / d x_t = 1 - M. The
+      threshold's true derivative is zero almost everywhere, so this is the exact gradient
+      wherever the mask does not change under a small step; a straight-through estimate
+      (passing the gradient through the threshold as if it were the identity on the
+      normalised map) would also steer *where* the mask falls, at the price of a backward
+      pass through the standard UNet's attention, and is not built.
+    * **Expectation over the re-noise.** Each optimisation step draws IRECE's noise anew
+      (`draw` seeds it, apart from the audit's generation seeds, which the attacker is not
+      assumed to know): the latent is optimised against the distribution of re-noise draws.
+    * **Nothing else is approximated.** The denoising before and after t* is unrolled step by
+      step through the erased UNet (the sampler's own update), not a one-step surrogate.
+    """
+
+    def __init__(self, surrogate: IreceSurrogate, num_inference_steps: int,
+                 t_star: float | int, n_steps: int) -> None:
+        self.surrogate = surrogate
+        self.num_inference_steps = num_inference_steps
+        self.t_star = t_star
+        self.n_steps = n_steps
+        self._run: tuple[int, IRECE] | None = None
+
+    def callback(self, draw: int) -> IRECE:
+        s = self.surrogate
+        seed = (s.seed * 1_000_003 + 7 * draw + 11) % 2**62
+        return IRECE(s.standard_unet, s.concept_embeds, s.token_indices,
+                     num_inference_steps=self.num_inference_steps, t_star=self.t_star,
+                     tau=s.tau, n_steps=self.n_steps, resolutions=s.resolutions, seed=seed)
+
+    def __call__(self, scheduler: Any, step_index: int, timestep: Any, latents: torch.Tensor,
+                 draw: int) -> torch.Tensor:
+        from types import SimpleNamespace
+
+        if step_index == 0 or self._run is None or self._run[0] != draw:
+            self._run = (draw, self.callback(draw))  # a fresh callback per denoising run
+        irece = self._run[1]
+        out = irece(SimpleNamespace(scheduler=scheduler), step_index, timestep,
+                    {"latents": latents})
+        return out["latents"]  # type: ignore[no-any-return]
 
 
 # -- the registry entry ----------------------------------------------------------------------------
@@ -622,7 +688,8 @@ class IreceDefense:
                                            n_steps)
         return IreceSurrogate(standard.unet, embeds, indices, timesteps,
                               attacked.scheduler.alphas_cumprod, tau=tau,
-                              resolutions=resolutions, seed=seed)
+                              resolutions=resolutions, seed=seed,
+                              schedule=(site.config.steps, t_star, n_steps))
 
     def callback_factory(self, ctx: AuditContext, mask_concept: Concept
                          ) -> Callable[[list[GenerationInput]], Any]:

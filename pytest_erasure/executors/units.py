@@ -161,6 +161,27 @@ def invert_latents(host: Host, advance: Advance, *, role: Role, images: torch.Te
                        batch_size=batch_size, progress=advance)
 
 
+def refine_latents(host: Host, advance: Advance, *, role: Role, latents: torch.Tensor,
+                   images: torch.Tensor, regeneration: dict[str, Any], budget: dict[str, Any],
+                   batch_size: int, seed: int, defense: str, concept: Concept,
+                   config: AuditConfig) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The adaptive DDIM inversion (`inversion.adaptive_invert`): inverted `latents` refined
+    through the enabled defense's sampling surrogate (`Defense.surrogate(...).sampling()`,
+    built on this host's pipelines) so that the defended regeneration lands on `images`'
+    latents: ({"latents"}, facts)."""
+    from pytest_erasure.attacks.inversion import adaptive_invert, encode
+
+    pipe = host.pipeline(role)
+    surrogate = host.defense_surrogate(defense, concept, config, role, seed)
+    targets = encode(pipe, images, batch_size).float()
+    refined, facts = adaptive_invert(
+        pipe, latents, targets, surrogate.sampling(), prompt=regeneration["prompt"],
+        steps=regeneration["steps"], guidance=regeneration["guidance"],
+        iterations=budget["iterations"], lr=budget["lr"], evaluations=budget["evaluations"],
+        seed=seed, batch_size=batch_size, progress=advance)
+    return {"latents": refined}, facts
+
+
 def reconstruct(host: Host, advance: Advance, *, role: Role, latents: torch.Tensor,
                 images: torch.Tensor, settings: dict[str, Any], batch_size: int, seed: int
                 ) -> dict[str, Any]:

@@ -428,6 +428,10 @@ STATUS_ORDER = {"failed": 0, "error": 0, "inconclusive": 1, "passed": 2}
 THREAT_MODELS = {
     "white-box": "white-box: the attacker has the model's weights",
     "black-box": "black-box: the attacker can only send prompts",
+    "white-box transfer": "white-box transfer: the attack optimised on the undefended model, "
+                          "its findings generated through the defense",
+    "white-box adaptive": "white-box adaptive: the attack optimised through the defense "
+                          "as well as the weights",
 }
 
 
@@ -448,7 +452,11 @@ def neighbour_of(case: CaseResult) -> str | None:
 
 
 def threat_model(case: CaseResult) -> str:
-    """The access the attack assumed, as recorded, in words."""
+    """The access the attack assumed, as recorded, in words: the case's threat model
+    (`checks.threat_model`, which says transfer or adaptive under a defense) where it has one."""
+    recorded = case.facts.get("threat_model") if isinstance(case.facts, dict) else None
+    if recorded:
+        return THREAT_MODELS.get(recorded, recorded)
     if case.access:
         return THREAT_MODELS.get(case.access, case.access)
     return "none: the concept's own prompts, no attacker"

@@ -33,20 +33,24 @@ formulas (close, not exact) and Euler ancestral adds fresh noise at every step. 
 which in `facts["inversion_exact"]` (`samplers.INVERSION_EXACT`); benchmarks/results/samplers.json
 has the reconstruction each sampler reaches on the shapes world.
 
-Under a defense (`--irece`) these cases are **transfer** attacks and say so (`checks.
-threat_model`: "white-box transfer"; `Scenario.adaptive` is False here): the latents are
-inverted through the undefended model and only regenerated through the defense, so under the
-default `--erasure-threat=adaptive` a latent case can FAIL but never PASS. The adaptive form is
-not built, because the textual-inversion surrogate does not carry over: there the mask is a
-function of the training sample alone, here it is a function of the attacker's variable. IRECE
-re-noises its mask at t*, so whatever x_T carries inside the mask is lost whatever x_T is; the
-one thing the attacker controls is *where the mask falls*, through x_t* = the erased model's
-first k denoising steps from x_T. An adaptive inversion would optimise x_T to keep the
-standard model's attention to the concept under tau at t* (a soft, sigmoid-of-(map - tau)
-surrogate of the thresholded mask, gradients through the k unrolled erased-UNet steps and the
-standard UNet's attention) while its regeneration still reconstructs the reference, averaged
-over the re-noise draws for the part of the mask that remains. That is k + 1 UNet passes with
-gradients per optimisation step: the next piece of work for issue 25.
+Under a defense (`--irece`) and the default `--erasure-threat=adaptive`, the white-box cases
+are the **adaptive** attacker's (`checks.threat_model`: "white-box adaptive"): the references
+are DDIM-inverted through the erased model as before, and the inverted latents then refined
+through the *defended* sampler (`inversion.adaptive_invert`, `--inversion-adaptive-steps`
+Adam steps): the erased model's denoising unrolled step by step with gradients, the defense
+applied after each step as generation applies it, the loss the distance of the final latent to
+the reference's VAE latent, averaged over the defense's randomness (a fresh re-noise draw per
+step). IRECE's mask is a function of the attacker's latent; it is recomputed in every forward
+and held constant in the backward pass (`defenses.irece.IreceSampling` says why and what that
+gives up). Per reference the attacker keeps whichever of the inverted (transfer) and the
+refined latent reaches the lower objective on held-out re-noise draws, so the case is never
+weaker than the transfer attack by the attacker's own measure; `facts["adaptive"]` says which
+was kept for each. The reconstruction the case is gated on (`facts["reconstruction"]`) is the
+inversion's own, of the inverted latents (a failed inversion is still not a pass); the refined
+latents' undefended round trip is `facts["case_reconstruction"]`. Under
+`--erasure-threat=transfer`, or with a defense that declares no adaptive form, the latents are
+only inverted (a transfer attack, which can FAIL but never PASS under the adaptive threat).
+The black-box cases never see the audited model and are never refined.
 """
 
 from __future__ import annotations
@@ -95,9 +99,19 @@ LATENT_OPTIONS: tuple[ScenarioOption, ...] = (
         "what the black-box attacker's copies of the references went through, applied in "
         "order: comma-separated name:strength with noise:<std>, blur:<sigma px>, "
         "jpeg:<quality>, resize:<factor>; 'none' for clean copies"),
+    ScenarioOption(
+        "inversion-adaptive-steps", int, 20,
+        "with a defense on and --erasure-threat=adaptive: optimisation steps that refine the "
+        "white-box inverted latents through the defended sampler (0: keep the inversion)"),
+    ScenarioOption(
+        "inversion-adaptive-lr", float, 0.05,
+        "Adam learning rate of the adaptive inversion's refinement (latent units)"),
 )
 
 LATENT_CACHE_VERSION = 1
+ADAPTIVE_EVALUATIONS = 4
+"""Held-out re-noise draws on which the adaptive attacker compares its refined latent with the
+inverted one (`inversion.adaptive_invert`)."""
 REPORTED = ("mse", "psnr", "vae_psnr", "inversion_psnr", "latent_mse", "latent_variance")
 """Reconstruction facts in every report (see `inversion.reconstruction_error`)."""
 
@@ -130,6 +144,9 @@ BUDGETS: dict[str, dict[str, Budget]] = {
         "latent-prompt-guidance": Budget(1.0, "ours", "guidance 1 keeps the round trip exact"),
         "latent-perturbations": Budget("noise:0.05,blur:0.5,jpeg:75,resize:0.75", "ours",
                                        "M-ErasureBench published no perturbations"),
+        "inversion-adaptive-steps": Budget(20, "ours", "enough for the refinement's objective "
+                                           "to level off on the shapes world"),
+        "inversion-adaptive-lr": Budget(0.05, "ours", "a step of 5% of the latent's unit scale"),
     },
     "sd14": {
         "inversion-steps": Budget(50, MOFC, f"{MOFC_REPO}: DDIM, 50 steps (regenerate with "
@@ -140,6 +157,9 @@ BUDGETS: dict[str, dict[str, Budget]] = {
         "latent-prompt-guidance": Budget(1.0, MOFC, f"{MOFC_REPO}: reconstruct at guidance 1"),
         "latent-perturbations": Budget("noise:0.05,blur:0.5,jpeg:75,resize:0.75", "ours",
                                        "M-ErasureBench published no perturbations"),
+        "inversion-adaptive-steps": Budget(20, "ours", "no published adaptive attack on an "
+                                           "inference-time erasure defense to take it from"),
+        "inversion-adaptive-lr": Budget(0.05, "ours", "as on the shapes world"),
     },
 }
 """What each budget profile (`--erasure-budget`, `budgets.py`) sets this scenario's options to,
@@ -200,6 +220,61 @@ class LatentScenario(Scenario):
                  variant: Literal["null", "prompt"]) -> None:
         self.access = access
         self.variant = variant
+        self.adaptive = access == "white-box"
+        """The white-box inversion is refined through an enabled defense (`through`)."""
+
+    def through(self, ctx: AuditContext, role: Role) -> Any:
+        """The defense the white-box latents are refined through on `role`'s model, or None:
+        only the erased model's (the defended one), when the defense has an adaptive form and
+        the run gates the adaptive attacker (`AuditContext.attacked_through`)."""
+        if not self.adaptive or role != "erased" or ctx.config.defense is None:
+            return None
+        return ctx.attacked_through()
+
+    def adaptive_budget(self, ctx: AuditContext) -> dict[str, Any]:
+        iterations = int(ctx.option("inversion-adaptive-steps"))
+        lr = float(ctx.option("inversion-adaptive-lr"))
+        if iterations < 0:
+            raise ErasureInputError("--inversion-adaptive-steps", f"is {iterations}",
+                                    "give a number of optimisation steps >= 0")
+        if not lr > 0:
+            raise ErasureInputError("--inversion-adaptive-lr", f"is {lr}",
+                                    "give a positive learning rate")
+        return {"iterations": iterations, "lr": lr, "evaluations": ADAPTIVE_EVALUATIONS}
+
+    def refine(self, ctx: AuditContext, concept: Concept, role: Role, defense: Any,
+               latents: torch.Tensor, images: torch.Tensor, regeneration: dict[str, Any]
+               ) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The adaptive attacker's latents: the inverted ones refined through `defense`
+        (`units.refine_latents`), cached by the inverted latents, the references, the
+        regeneration, the budget and the defense's adaptive key."""
+        from pytest_erasure.attacks.inversion import ADAPTIVE_INVERSION_VERSION
+        from pytest_erasure.executors.units import refine_latents
+
+        budget = self.adaptive_budget(ctx)
+        seed = ctx.seeds(1, f"adaptive-inversion/{concept.name}")[0]
+        key = {"version": LATENT_CACHE_VERSION, "adaptive_version": ADAPTIVE_INVERSION_VERSION,
+               "model": ctx.fingerprint(role), "latents": images_digest(latents),
+               "images": images_digest(images), "regeneration": regeneration,
+               "budget": budget, "seed": seed,
+               "scheduler": ctx.model_facts(role).scheduler_key(),
+               "adaptive": defense.adaptive_key(ctx.config, ctx, concept), **numerics(ctx.config)}
+        batch = ctx.config.batch_size
+
+        def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+            return ctx.run(ctx.unit(  # type: ignore[no-any-return]
+                refine_latents, title=f"adaptive inversion {concept.name} ({role} model "
+                f"through {defense.name})", total=budget["iterations"] * math.ceil(
+                    len(latents) / batch), role=role, latents=latents, images=images,
+                regeneration=regeneration, budget=budget, batch_size=batch, seed=seed,
+                defense=defense.name, concept=concept, config=ctx.config))
+
+        tensors, stored = ctx.cache.tensors("adaptive-inversion", key, compute)
+        facts = {"defense": defense.name, "surrogate": defense.adaptive, **budget, "seed": seed,
+                 "kept": stored["kept"], "refined": stored["kept"].count("refined"),
+                 "objective_inverted": stored["objective_inverted"],
+                 "objective_kept": stored["objective_kept"]}
+        return tensors["latents"], facts
 
     # -- settings ------------------------------------------------------------------------------
 
@@ -215,6 +290,8 @@ class LatentScenario(Scenario):
         if self.variant == "prompt":
             self._prompt_guidance(ctx)
         self.perturbations(ctx)
+        if self.adaptive:
+            self.adaptive_budget(ctx)
 
     def _inversion_numbers(self, ctx: AuditContext) -> tuple[int, float]:
         steps = int(ctx.option("inversion-steps")) or int(ctx.config.steps)
@@ -386,7 +463,12 @@ class LatentScenario(Scenario):
         perturbation_seed = ctx.seeds(1, f"perturbations/{concept.name}")[0]
         inverted_from = perturb(references, transforms, perturbation_seed) if transforms \
             else references
-        latents = self.invert(ctx, role, inverted_from, inversion, concept.name)
+        inverted = latents = self.invert(ctx, role, inverted_from, inversion, concept.name)
+        defense = self.through(ctx, role)
+        adaptive: dict[str, Any] | None = None
+        if defense is not None:
+            latents, adaptive = self.refine(ctx, concept, role, defense, inverted, references,
+                                            self.regeneration(ctx, concept))
         seeds = ctx.seeds(unique, f"latent/{concept.name}")
         draws = reference_draws(source, unique)
         inputs = [GenerationInput(seed=s, prompt=regeneration["prompt"],
@@ -400,15 +482,16 @@ class LatentScenario(Scenario):
             # its prompt. When that is the case's own trajectory (white-box, same prompt and
             # guidance) it is the same images; otherwise the context's memo and cache still
             # share it with whichever plan generates it (the standard plan, black-box).
-            own_inputs = [GenerationInput(seed=s, prompt=inversion["prompt"], latents=latents[i],
+            own_inputs = [GenerationInput(seed=s, prompt=inversion["prompt"], latents=inverted[i],
                                           guidance=inversion["guidance"], **draws[i])
                           for i, s in enumerate(seeds)]
-            same = (role == target and not transforms
+            same = (role == target and not transforms and adaptive is None
                     and inversion["prompt"] == regeneration["prompt"]
                     and inversion["guidance"] == regeneration["guidance"])
             own = case if same else self.check(ctx, role, own_inputs, inverted_from, concept)
         else:  # another step count than the case generates with: denoised here
-            own = self.reconstruction(ctx, role, latents, inverted_from, inversion, concept.name)
+            own = self.reconstruction(ctx, role, inverted, inverted_from, inversion,
+                                      concept.name)
         facts: dict[str, Any] = {
             "reference_images": source,
             "unique_references": unique,
@@ -423,6 +506,8 @@ class LatentScenario(Scenario):
             "case_reconstruction": case,
             "inversion_exact": inversion_exactness(ctx.model_facts(target).scheduler_class),
         }
+        if adaptive is not None:
+            facts["adaptive"] = adaptive
         if inversion["steps"] != regeneration["steps"]:
             facts["warning"] = (f"inverted with {inversion['steps']} DDIM steps but regenerated "
                                 f"with {regeneration['steps']}: the round trip is not exact")

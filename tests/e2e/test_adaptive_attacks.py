@@ -179,3 +179,78 @@ def test_an_adaptive_case_is_not_held_back_as_a_transfer_result(audits) -> None:
     assert erased["facts"]["threat_model"] == "white-box adaptive"
     assert "transfer attack" not in (erased["reason"] or "")
     assert erased["verdict"] == "pass", erased["message"]
+
+
+# -- the adaptive DDIM inversion -------------------------------------------------------------------
+
+def latent_case(report: dict) -> dict:
+    return next(c for c in report["cases"] if c["kind"] == "erasure"
+                and c["scenario"] == "latent-white-null")
+
+
+@pytest.fixture(scope="module")
+def latent_audits(tiny_world, tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict]:
+    """The white-box null-prompt latent case of the leaky model: with --irece under the
+    default (adaptive) threat, under --erasure-threat=transfer, and without a defense."""
+    import os
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("adaptive-latent-audits")
+    (root / "test_audit.py").write_text(AUDIT)
+    (root / "pytest.ini").write_text("[pytest]\n")
+    reports = {}
+    for name, extra in (("adaptive", ["--irece"]),
+                        ("transfer", ["--irece", "--erasure-threat=transfer"]),
+                        ("undefended", [])):
+        out = root / name
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", str(root / "test_audit.py"), "-q", "-p",
+             "no:randomly", "-p", "no:cacheprovider", *world(tiny_world, "leaky"),
+             "--samples=4", "--steps=4", "--batch-size=4", "--scenarios=latent-white-null",
+             "--erasure-gate=point", "--inversion-adaptive-steps=2",
+             f"--erasure-cache={root / 'cache'}", f"--erasure-report={out}", *extra],
+            cwd=root, capture_output=True, text=True, timeout=900,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+        assert result.returncode in (0, 1), result.stdout + result.stderr
+        reports[name] = json.loads((out / "report.json").read_text())
+    return reports
+
+
+def saved_latents(case: dict) -> torch.Tensor:
+    from safetensors.torch import load_file
+
+    return load_file(case["artifacts"]["latents"])["latents"]
+
+
+def test_with_irece_the_white_box_inversion_is_refined_through_it(latent_audits) -> None:
+    """Under the default threat the latent case is the adaptive attacker's: its latents were
+    refined through IRECE's sampling surrogate (facts say how and which were kept), and the
+    leaking model does not pass."""
+    case = latent_case(latent_audits["adaptive"])
+    assert case["facts"]["threat_model"] == "white-box adaptive"
+    assert "threat model white-box adaptive" in case["message"]
+    adaptive = case["facts"]["adaptive"]
+    assert adaptive["defense"] == "irece" and adaptive["iterations"] == 2
+    assert len(adaptive["kept"]) == 4 and set(adaptive["kept"]) <= {"inverted", "refined"}
+    assert "transfer attack" not in (case["reason"] or "")
+    assert case["verdict"] == "fail" and not case["passed"], case["message"]
+
+
+def test_without_the_adaptive_attacker_the_inversion_is_the_plain_one_bit_for_bit(
+        latent_audits) -> None:
+    """No defense, or --erasure-threat=transfer: the latents are the plain DDIM inversion, the
+    same bits; the adaptive case's latents equal them wherever the attacker kept the inverted
+    one, and the transfer case is labelled so."""
+    plain = saved_latents(latent_case(latent_audits["undefended"]))
+    transfer_case = latent_case(latent_audits["transfer"])
+    assert torch.equal(saved_latents(transfer_case), plain)
+    assert transfer_case["facts"]["threat_model"] == "white-box transfer"
+    assert "adaptive" not in transfer_case["facts"]
+    assert latent_case(latent_audits["undefended"])["facts"]["threat_model"] == "white-box"
+    adaptive_case = latent_case(latent_audits["adaptive"])
+    adaptive = saved_latents(adaptive_case)
+    for i, kept in enumerate(adaptive_case["facts"]["adaptive"]["kept"]):
+        assert torch.equal(adaptive[i], plain[i]) == (kept == "inverted")
+    # The reconstruction the case is gated on is the inversion's own, the same in all three.
+    assert adaptive_case["facts"]["reconstruction"] == transfer_case["facts"]["reconstruction"]
