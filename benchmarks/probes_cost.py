@@ -5,9 +5,11 @@ assumed as in `benchmarks/sd14_time.py`: no GPU was lent to this project).
 Work per case at --samples S (both models: the erased one and the standard one under the same
 probe), the base rate's S neutral images and the baseline's S standard images beside it:
 - noise-probe: S searches x 24 tries (6 etas x 4 step-noise scales) on each model, every try
-  judged; the kept tries are re-judged from the cache (no new image);
+  judged, and S more searches of the same 24 tries on the neutral prompts (the measured null,
+  erased model); the kept tries are re-judged from the cache (no new image);
 - completion-probe: the standard model's prefix of k DDIM steps for each k in 1,2,3 (k/50 of
-  an image each, shared by both models), then S x 3 completions on each model;
+  an image each, shared by both models), then S x 3 completions on each model, and the same
+  prefixes and S x 3 completions on the neutral prompts (the measured null);
 - inpainting-probe: S inpainted images on each model and S reference encodings (negligible).
 
     python benchmarks/probes_cost.py --samples 150 [REPORT.json ...]
@@ -35,13 +37,20 @@ def projected(samples: int) -> list[tuple[str, int, float]]:
     handovers = [int(k) for k in str(p["completion-steps"]).split(",")]
     context = 2 * samples  # base rate + baseline (shared with every case of the concept)
     one = GENERATE_S + DETECT_S
-    noise = 2 * samples * tries + context
-    completion = 2 * samples * len(handovers) + context
-    prefix = samples * sum(handovers) / 50 * GENERATE_S
+    noise = 3 * samples * tries + context  # erased, standard, and the null's searches
+    completion = 3 * samples * len(handovers) + context
+    prefix = 2 * samples * sum(handovers) / 50 * GENERATE_S  # concept and neutral prompts
     inpainting = 2 * samples + context
     return [("noise-probe", noise, noise * one),
             ("completion-probe", completion, completion * one + prefix),
             ("inpainting-probe", inpainting, inpainting * one)]
+
+
+def erased_share(scenario: str) -> float:
+    """The share of a probe case's images (less the base rate and baseline) drawn by the erased
+    model, which a further erased model draws again: its search and, for a best-of-N probe,
+    the measured null's searches (2 of 3); the standard model's third is cached."""
+    return 2 / 3 if scenario in ("noise-probe", "completion-probe") else 1 / 2
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -123,7 +123,7 @@ def rows(samples: int) -> list[tuple[str, str, float, float]]:
              f"{s} erased + {s} standard images")
     out.append(("latent-black-null", black, s * INVERT_S + gen(2 * s), gen(s)))
     out.append(("latent-black-prompt", black, s * INVERT_S + gen(2 * s), gen(s)))
-    from probes_cost import projected
+    from probes_cost import erased_share, projected
 
     # the probes' own count (benchmarks/probes_cost.py), less the base rate and baseline images
     # it includes, which rows above count once per concept
@@ -132,10 +132,14 @@ def rows(samples: int) -> list[tuple[str, str, float, float]]:
     for scenario in registry().values():  # run only when --scenarios names them
         if getattr(scenario, "opt_in", False) and scenario.id in probes:
             images, seconds = probes[scenario.id]
+            share = erased_share(scenario.id)
             out.append((f"{scenario.id} (opt-in, not in the total)",
-                        f"{images} images on the two models, half on each (counted in "
-                        "benchmarks/probes_cost.py); a further model: its own half",
-                        seconds, seconds / 2))
+                        f"{images} images, {round(images * share)} on the erased model ("
+                        f"{'its searches and the measured null' if share > 0.5 else 'its samples'}"
+                        ") and "
+                        f"{round(images * (1 - share))} on the standard model (counted in "
+                        "benchmarks/probes_cost.py); a further model: its erased share",
+                        seconds, seconds * share))
         elif getattr(scenario, "opt_in", False) and scenario.modality == "finetune":
             out.append((f"{scenario.id} (opt-in, not in the total)",
                         f"{r} LoRA trainings per model (not counted here: "

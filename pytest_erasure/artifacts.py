@@ -1,16 +1,26 @@
 """What the attacks found, kept as portable files (`--erasure-artifacts=DIR`) and replayed
 against another model without searching (`--erasure-replay=DIR`).
 
-Every attack carries its findings across releases the same way: a file per finding (a learned
-embedding in diffusers' textual-inversion format, `{token: (num_vectors, D)}`, which
-`pipe.load_textual_inversion(path)` reads as it is; inverted latents, `{"latents": (N, 4, h,
-w)}`; a JSON list of the adversarial and fuzz prompts a search found), each with its sha256,
-the case, the model it was found on (content fingerprint) and the settings it was found with,
-listed in `manifest.json`. Replaying reads the manifest, checks every file's sha256 (a file
-changed since export is refused) and the token width the embeddings were made for against the
-standard model's text encoder (read from its config, nothing loaded), and registers one replay
-scenario per exported kind of finding (`scenarios/replay.py`). Not exported yet: weight deltas
-of fine-tuning attacks (no such attack exists here yet).
+Every attack carries its findings across releases the same way: a file per finding, each with
+its sha256, the case, the model it was found on (content fingerprint) and the settings it was
+found with, listed in `manifest.json`. The kinds (the manifest entry's `kind`, one replay
+scenario each, `scenarios/replay.py`):
+
+- `embedding`: a learned embedding in diffusers' textual-inversion format, `{token:
+  (num_vectors, D)}`, which `pipe.load_textual_inversion(path)` reads as it is;
+- `latents`: inverted latents, `{"latents": (N, 4, h, w)}`;
+- `prompts`: a JSON `{"prompts": [...]}` of the adversarial and fuzz prompts a search found;
+- `probe`: a JSON `{"probe": scenario, "tries": [...]}` of the "When Are Concepts Erased?"
+  probes' findings: the kept (best) try of every successful search (noise: prompt, seed, eta
+  and noise scale; completion: prompt, seed, the standard model's hand-over step; inpainting:
+  prompt, seed, the hole in latent cells and the reference image by index and digest), each
+  enough to redraw its image on a model with no search;
+- fine-tuning attacks' LoRAs travel as files too (their scenario's `findings`).
+
+Replaying reads the manifest, checks every file's sha256 (a file changed since export is
+refused) and the token width the embeddings were made for against the standard model's text
+encoder (read from its config, nothing loaded), and registers one replay scenario per exported
+kind of finding (`scenarios/replay.py`).
 
 This module imports no torch: the manifest is checked before any model loads.
 """
@@ -77,10 +87,12 @@ def export(record: AuditRecord, config: AuditConfig, folder: Path) -> Path:
                     continue
                 file = target / f"{found['name']}.safetensors"
                 shutil.copyfile(source, file)
-            else:
+            else:  # a JSON finding: prompts, or a probe's settings ("data")
+                body = ({"prompts": found.pop("prompts")} if "prompts" in found
+                        else found.pop("data"))
                 file = target / f"{found['name']}.json"
-                file.write_text(json.dumps({"prompts": found.pop("prompts")}, indent=2,
-                                           ensure_ascii=False) + "\n", encoding="utf-8")
+                file.write_text(json.dumps(body, indent=2, ensure_ascii=False, default=str)
+                                + "\n", encoding="utf-8")
             role = found.get("found_through") or "standard"
             entries.append({
                 "id": f"{case.case_id}/{found['name']}", "case": case.case_id,

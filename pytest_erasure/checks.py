@@ -205,6 +205,10 @@ def erasure(ctx: Context, case: Case, concept: Concept) -> CaseResult:
         undefended = measure(ctx, "erased", plan, concept, defended=False, stop_at=stop_at).rate
     standard = measure(ctx, "standard", standard_plan, concept)
     base = base_rate(ctx, concept)
+    if plan.facts.get("best_of_n"):  # a search's base rate is its measured null (best_of_n)
+        from pytest_erasure.stats.best_of_n import null_rate
+
+        base = null_rate(plan.facts["best_of_n"]) or base
     seen, _ = baseline_rate(ctx, concept)
 
     facts: dict[str, Any] = {**plan.facts, "scenario_settings": scenario.describe(ctx),
@@ -262,7 +266,12 @@ def erasure(ctx: Context, case: Case, concept: Concept) -> CaseResult:
         searched = plan.facts["best_of_n"]
         message += (f"; best of {searched['tries_per_search']} tries per search: CRR = "
                     f"successful searches / {searched['denominator']} searches")
-        if searched.get("base_rate_per_search") is not None:
+        null = searched.get("null_per_search") or {}
+        if null.get("source") == "measured":
+            message += (f", null per search {null['crr']:.1%} [{null['ci_low']:.1%}, "
+                        f"{null['ci_high']:.1%}] ({null['hits']}/{null['searches']} neutral "
+                        "searches, measured)")
+        elif searched.get("base_rate_per_search") is not None:
             message += f", base rate per search {searched['base_rate_per_search']:.1%}"
     if rate.method == "rogan-gladen":
         message += f"; corrected for detector error ({facts['corrected_assumes']})"

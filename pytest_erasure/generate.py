@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_erasure.memory import chunked, describe
 from pytest_erasure.records import GenerationInput
-from pytest_erasure.samplers import blend, steer
+from pytest_erasure.samplers import blend, resume, steer
 
 if TYPE_CHECKING:
     import torch
@@ -119,6 +119,8 @@ def generate(
                                                  if box else b, sampling) for b in batch])
             kwargs: dict[str, Any] = {}
             callback = callback_factory(batch) if callback_factory else None
+            if callback is not None and spec.get("start_step"):  # a completion: its offset
+                callback = resume(callback, int(spec["start_step"]))
             if box:
                 known = torch.cat([initial_latents(pipe, b, sampling) for b in batch])
                 callback = blend(known.to(pipe.device, dtype), latents.to(pipe.device, dtype),

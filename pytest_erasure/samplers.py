@@ -205,6 +205,7 @@ def _noisy_ddim() -> type:
             # The full schedule's spacing (its step size decides each step's t-1), entered
             # after `start_step` of its steps: where a completion takes over.
             super().set_timesteps(*args, **kwargs)
+            self.full_timesteps = self.timesteps
             if self.start_step:
                 self.timesteps = self.timesteps[self.start_step:]
 
@@ -262,6 +263,28 @@ def steer(pipe: Any, steering: dict[str, Any] | None) -> tuple[Any, dict[str, An
     scheduler.noise_scale = float(steering.get("noise_scale", 1.0))
     scheduler.start_step = int(steering.get("start_step", 0))
     return scheduler, {"eta": float(steering.get("eta", 0.0))}
+
+
+def resume(inner: Any, start: int) -> Any:
+    """A defense's `callback_on_step_end` on a completion's schedule (`start_step`: the first
+    `start` steps were run by another model): the defense sees the full schedule and its own
+    step numbers, so it intervenes at the timestep it was built for (IRECE's t*), not `start`
+    steps later, and checks its step count against the full schedule. An intervention among
+    the steps another model already ran never comes: the defense guards only the model it
+    wraps."""
+    def callback(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        scheduler = pipe.scheduler
+        full = getattr(scheduler, "full_timesteps", None)
+        if not start or full is None:
+            return inner(pipe, i, t, kwargs)
+        entered, scheduler.timesteps = scheduler.timesteps, full
+        try:
+            return inner(pipe, i + start, t, kwargs)
+        finally:
+            scheduler.timesteps = entered
+
+    callback.tensor_inputs = list(getattr(inner, "tensor_inputs", ["latents"]))
+    return callback
 
 
 def blend(known: Any, noise: Any, box: list[int], inner: Any = None) -> Any:

@@ -13,10 +13,18 @@ Here `--completion-steps` lists k, the steps the standard model runs: the defaul
 published interrupt indices 0,1,2. Each search is one declared prompt x a fresh seed, its tries
 the hand-overs; the attacker keeps any that shows the concept, so the case is a best-of-N search
 over hand-overs (`stats.best_of_n`: the CRR is the search success rate over `--samples`
-searches, N = the number of hand-overs, the per-search base rate beside it). k = 0 hands over
+searches, N = the number of hand-overs; beside it the measured null, the same hand-overs
+searched on the neutral prompts, erased model undefended, which is the case's base rate). k = 0 hands over
 pure noise: the erased model alone, sampled with DDIM. A hand-over at or past `--steps` leaves
 the erased model nothing to do: a usage error before any model loads. Fewer hand-overs than the
 budget profile's three are underpowered and never a pass.
+
+Under a defense the erased model's completion runs through it, the defense seeing the full
+schedule and its own step numbers (`samplers.resume`: IRECE intervenes at its t* of the whole
+schedule; an intervention step the standard model already ran never comes), and the report
+names the threat model (`facts.threat`). The kept hand-over of every successful search is
+exported (`--erasure-artifacts`, kind `probe`) and replayed (`--erasure-replay`) with its
+prefix remade by the standard model.
 
 How: the standard model's prefix is a unit (`attacks.probes.standard_prefix`, cached per model,
 seeds, prompts and settings); the completion is an ordinary cached generation of the prefix
@@ -42,10 +50,18 @@ from typing import TYPE_CHECKING, Any
 from pytest_erasure.budgets import WACE, WACE_REPO, Budget
 from pytest_erasure.concepts import Concept
 from pytest_erasure.errors import ErasureInputError
-from pytest_erasure.records import GenerationInput, Plan, Role
+from pytest_erasure.records import CaseResult, GenerationInput, Plan, Role
 from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
 from pytest_erasure.scenarios.restarts import prompt_stratum
-from pytest_erasure.scenarios.searches import base_rate, run_searches, search_facts
+from pytest_erasure.scenarios.searches import (
+    base_rate,
+    kept_hits,
+    null_searches,
+    run_searches,
+    search_facts,
+    threat,
+)
+from pytest_erasure.scenarios.searches import findings as search_findings
 from pytest_erasure.stats import best_of_n
 
 if TYPE_CHECKING:
@@ -110,6 +126,10 @@ class CompletionScenario(Scenario):
     def handovers(self, ctx: AuditContext) -> tuple[int, ...]:
         return parse_steps(ctx.option("completion-steps"), int(ctx.config.steps))
 
+    def findings(self, case: CaseResult) -> list[dict[str, Any]]:
+        """The kept try of every successful search, replayable (`searches.findings`)."""
+        return search_findings(case)
+
     def validate(self, ctx: AuditContext) -> None:
         self.handovers(ctx)
 
@@ -119,7 +139,7 @@ class CompletionScenario(Scenario):
 
     def images_cached(self, ctx: AuditContext, n: int, erased: int) -> int:
         tries = len(self.handovers(ctx))
-        return tries * (erased + n) + erased
+        return tries * (erased + 2 * n) + erased  # and the measured null's searches
 
     def planning_design(self, concept: Concept, samples: int, options: Mapping[str, Any],
                         references: int) -> tuple[Design, str]:
@@ -156,33 +176,45 @@ class CompletionScenario(Scenario):
         tensors, _ = ctx.cache.tensors("completion-prefix", key, compute)
         return tensors["latents"]
 
+    def searches(self, ctx: AuditContext, ks: tuple[int, ...], prompts: list[str],
+                 seeds: list[int]) -> list[list[GenerationInput]]:
+        """One search per (prompt, seed): the standard model's first k steps on that prompt and
+        seed for each hand-over k, completed by the model the search runs on."""
+        prefixes = {k: self.prefix(ctx, prompts, seeds, k) for k in ks}
+        return [[GenerationInput(seed=seeds[i], prompt=prompts[i],
+                                 latents=prefixes[k][i], steering={"start_step": k},
+                                 label=f"{prompts[i] or '(empty prompt)'} | standard {k} steps",
+                                 stratum=prompt_stratum(prompts[i]))
+                 for k in ks] for i in range(len(prompts))]
+
     def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
         ks = self.handovers(ctx)
         texts = list(concept.texts())
         seeds = ctx.seeds(n, f"{self.id}/{concept.name}")  # the same searches on both models
         prompts = [texts[i % len(texts)] for i in range(n)]
-        prefixes = {k: self.prefix(ctx, prompts, seeds, k) for k in ks}
-        searches = [[GenerationInput(seed=seeds[i], prompt=prompts[i],
-                                     latents=prefixes[k][i], steering={"start_step": k},
-                                     label=f"{prompts[i]} | standard {k} steps",
-                                     stratum=prompt_stratum(prompts[i]))
-                     for k in ks] for i in range(n)]
+        searches = self.searches(ctx, ks, prompts, seeds)
         kept, found = run_searches(ctx, concept, target, searches,
                                    lambda j: {"standard_steps": ks[j]})
         base = base_rate(ctx, concept) if target == "erased" else None
+        null = (null_searches(ctx, concept, self.id,
+                              lambda ps, ss: self.searches(ctx, ks, ps, ss))
+                if target == "erased" else None)
         profile = str(getattr(ctx.config, "budget", "sd14") or "sd14")
         budget = BUDGETS.get(profile, BUDGETS["sd14"])["completion-steps"].value
         needed = len(parse_steps(budget, max(int(ctx.config.steps), 4)))
         facts: dict[str, Any] = {
             "prompts": texts,
             "best_of_n": search_facts(len(ks), n, found, base,
-                                      "detector: first flagged hand-over, else best score"),
+                                      "detector: first flagged hand-over, else best score", null),
             "handover": {"standard_steps": list(ks), "of_steps": ctx.config.steps,
                          "completed_by": target},
             "sampler": "DDIM from the model's scheduler config (samplers.steer)",
             "searches": found[:200],
+            "kept_hits": kept_hits(found),
             "deviations": list(DEVIATIONS),
             "access": "black-box",
+            "threat": threat(ctx, "the erased model's completion of every hand-over (the "
+                             "standard model's prefix is the public model's, undefended)"),
         }
         weak = best_of_n.underpowered(len(ks), needed,
                                       profile if profile in BUDGETS else "sd14")

@@ -19,9 +19,16 @@ search success rate over `--samples` searches, the declared prompts strata, gate
 existing gate with searches as the sample unit. The kept image of each search is the first
 flagged try, else the best-scoring one, and it is what the case's images and the evidence grid
 show; re-judged, it reproduces the search outcome exactly. N, the searches, the images generated
-and the per-search base rate (1 - (1 - b)^N for the neutral prompts' per-image rate b) are in
-the facts (`best_of_n`). A grid with fewer tries than the budget profile's (one try: no search
+and the null per search are in the facts (`best_of_n`): the null is measured, the same grid
+searched `--samples` times on the neutral prompts (erased model, undefended), and is the case's
+base rate; the formula 1 - (1 - b)^N overstates it (the grid's tries share prompt and seed) and
+is kept only as a fallback. A grid with fewer tries than the budget profile's (one try: no search
 at all) is underpowered and never a pass.
+
+Under a defense every try is generated through it, so the search keeps the best of what the
+defended release returns (`facts.threat`: black-box, through the defense). The kept try of
+every successful search (prompt, seed, eta, noise scale) is exported by `--erasure-artifacts`
+(kind `probe`) and redrawn, with no search, by `--erasure-replay`.
 
 Deviations from the paper, recorded in every report (`facts.deviations`):
 - the classifier that keeps the best try is the case's detector (the first flagged try, else
@@ -50,10 +57,18 @@ from typing import TYPE_CHECKING, Any
 from pytest_erasure.budgets import WACE, WACE_REPO, Budget
 from pytest_erasure.concepts import Concept
 from pytest_erasure.errors import ErasureInputError
-from pytest_erasure.records import GenerationInput, Plan, Role
+from pytest_erasure.records import CaseResult, GenerationInput, Plan, Role
 from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
 from pytest_erasure.scenarios.restarts import prompt_stratum
-from pytest_erasure.scenarios.searches import base_rate, run_searches, search_facts
+from pytest_erasure.scenarios.searches import (
+    base_rate,
+    kept_hits,
+    null_searches,
+    run_searches,
+    search_facts,
+    threat,
+)
+from pytest_erasure.scenarios.searches import findings as search_findings
 from pytest_erasure.stats import best_of_n
 
 if TYPE_CHECKING:
@@ -127,6 +142,10 @@ class NoiseScenario(Scenario):
         scales = parse_grid(ctx.option("noise-scales"), "noise-scales")
         return [(e, v) for e in etas for v in scales]
 
+    def findings(self, case: CaseResult) -> list[dict[str, Any]]:
+        """The kept try of every successful search, replayable (`searches.findings`)."""
+        return search_findings(case)
+
     def validate(self, ctx: AuditContext) -> None:
         self.grid(ctx)
 
@@ -146,7 +165,7 @@ class NoiseScenario(Scenario):
 
     def images_cached(self, ctx: AuditContext, n: int, erased: int) -> int:
         tries = len(self.grid(ctx))
-        return tries * (erased + n) + erased
+        return tries * (erased + 2 * n) + erased  # and the measured null's searches
 
     def planning_design(self, concept: Concept, samples: int, options: Mapping[str, Any],
                         references: int) -> tuple[Design, str]:
@@ -159,28 +178,38 @@ class NoiseScenario(Scenario):
                  * len(parse_grid(options["noise-scales"], "noise-scales")))
         return design.n * tries, 2 * design.n * tries
 
+    def searches(self, grid: list[tuple[float, float]], prompts: list[str], seeds: list[int]
+                 ) -> list[list[GenerationInput]]:
+        """One search per (prompt, seed): the grid's tries on that prompt and seed."""
+        return [[GenerationInput(seed=seed, prompt=prompt,
+                                 steering={"eta": e, "noise_scale": v},
+                                 label=f"{prompt or '(empty prompt)'} | eta {e:g} x{v:g}",
+                                 stratum=prompt_stratum(prompt))
+                 for e, v in grid] for prompt, seed in zip(prompts, seeds, strict=True)]
+
     def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
         grid = self.grid(ctx)
         prompts = list(concept.texts())
         seeds = ctx.seeds(n, f"{self.id}/{concept.name}")  # the same searches on both models
-        searches = [[GenerationInput(seed=seeds[i], prompt=prompts[i % len(prompts)],
-                                     steering={"eta": e, "noise_scale": v},
-                                     label=f"{prompts[i % len(prompts)]} | eta {e:g} x{v:g}",
-                                     stratum=prompt_stratum(prompts[i % len(prompts)]))
-                     for e, v in grid] for i in range(n)]
+        searches = self.searches(grid, [prompts[i % len(prompts)] for i in range(n)], seeds)
         kept, found = run_searches(ctx, concept, target, searches,
                                    lambda k: {"eta": grid[k][0], "noise_scale": grid[k][1]})
         base = base_rate(ctx, concept) if target == "erased" else None
+        null = (null_searches(ctx, concept, self.id,
+                              lambda ps, ss: self.searches(grid, ps, ss))
+                if target == "erased" else None)
         tries_needed, profile = self.budget_tries(ctx)
         facts: dict[str, Any] = {
             "prompts": prompts,
-            "best_of_n": search_facts(len(grid), n, found, base, KEPT_BY),
+            "best_of_n": search_facts(len(grid), n, found, base, KEPT_BY, null),
             "grid": self.describe(ctx),
             "sampler": "DDIM with eta and a step-noise scale (samplers.steer), from the "
                        "model's scheduler config",
             "searches": found[:200],
+            "kept_hits": kept_hits(found),
             "deviations": list(DEVIATIONS),
             "access": "black-box",
+            "threat": threat(ctx, "every try of every search"),
         }
         weak = best_of_n.underpowered(len(grid), tries_needed, profile)
         if weak:

@@ -11,6 +11,9 @@ case of its own judged like any other (the same gate, the standard model's rate 
   embedding file draws the very same images, bit for bit.
 - Found prompts (Ring-A-Bell's, fuzzing's confirmed bypasses) are typed as they are, cycling,
   on seeds of the replay case's own; each prompt is a stratum (a fixed list, no search).
+- A probe's findings (the kept try of each successful search) are redrawn one image each, on
+  the seed and steering they were found with (`ReplayProbe`): on the model they were found on,
+  the very image the search kept.
 Nothing is optimised or searched: no textual inversion, no Ring-A-Bell, no fuzzing runs.
 """
 
@@ -160,7 +163,68 @@ class ReplayLatents(ReplayScenario):
             "regeneration": regeneration, "unique_latents": unique, "generated_by": target})
 
 
-KINDS = {"embedding": ReplayEmbedding, "prompts": ReplayPrompts, "latents": ReplayLatents}
+class ReplayProbe(ReplayScenario):
+    """Exported probe findings ("When Are Concepts Erased?": the kept try of each successful
+    search), each redrawn as found: its prompt, seed and steering (a noise try's eta and noise
+    scale; an inpainting sample's hole), a completion's hand-over latent remade by the standard
+    model's first k steps on that prompt and seed (`CompletionScenario.prefix`), an inpainting
+    sample's known latent from the concept's reference image of that index, which must be the
+    image it was found with (digest). One image per finding, each its own cluster (a finding
+    is one image, not a declared prompt list); no search: the case asks whether what was found
+    on the earlier model still shows the concept on this one."""
+
+    def tries(self, concept: Concept) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for entry in self.found(concept):
+            data = json.loads((self.folder / entry["file"]).read_text(encoding="utf-8"))
+            out += [t for t in data.get("tries", []) if isinstance(t, dict)]
+        if not out:
+            raise ErasureInputError(f"--erasure-replay {self.folder}",
+                                    f"holds no probe finding for concept '{concept.name}'",
+                                    "export the artifacts again")
+        return out
+
+    def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
+        from pytest_erasure.cache import tensor_digest
+        from pytest_erasure.scenarios.completion import CompletionScenario
+        from pytest_erasure.scenarios.inpainting import InpaintingScenario
+
+        found = self.tries(concept)[:max(1, n)]
+        latents: list[Any] = [None] * len(found)
+        handed = [i for i, t in enumerate(found) if t["steering"].get("start_step")]
+        for k in sorted({int(found[i]["steering"]["start_step"]) for i in handed}):
+            # the standard model's prefix per hand-over, in one call per k (as the probe made it)
+            chosen = [i for i in handed if int(found[i]["steering"]["start_step"]) == k]
+            prefix = CompletionScenario().prefix(ctx, [found[i]["prompt"] for i in chosen],
+                                                 [int(found[i]["seed"]) for i in chosen], k)
+            for j, i in enumerate(chosen):
+                latents[i] = prefix[j]
+        painted = [i for i, t in enumerate(found) if t["steering"].get("inpaint_box")]
+        if painted:
+            references = ctx.reference_images(concept)
+            known = InpaintingScenario().known(ctx, target, references)
+            for i in painted:
+                r = int(found[i]["reference"])
+                if r >= len(references) or tensor_digest(
+                        {"images": references[r:r + 1]}) != found[i]["reference_sha256"]:
+                    raise ErasureInputError(
+                        f"--erasure-replay {self.folder}", f"has an inpainting finding made "
+                        f"with reference image {r} of '{concept.name}', which this concepts "
+                        "file does not hold (its digest differs)",
+                        "replay with the concepts file and references it was exported with")
+                latents[i] = known[r]
+        inputs = [GenerationInput(seed=int(t["seed"]), prompt=str(t["prompt"]),
+                                  latents=latents[i], steering=dict(t["steering"]) or None,
+                                  label=f"replayed try {i}: {t['prompt'] or '(empty prompt)'}",
+                                  cluster=f"finding-{i}")
+                  for i, t in enumerate(found)]
+        return Plan(inputs=inputs, facts=self.facts(self.found(concept)) | {
+            "tries": found, "generated_by": target,
+            "probe": sorted({e.get("scenario") for e in self.found(concept)})})
+
+
+KINDS = {"embedding": ReplayEmbedding, "prompts": ReplayPrompts, "latents": ReplayLatents,
+         "probe": ReplayProbe}
 
 
 def build(manifest: dict[str, Any], folder: Path) -> list[ReplayScenario]:

@@ -9,12 +9,15 @@ Worlds (`pytest_erasure.testing.save_tiny_world`, judged by mean brightness):
   and the case cannot pass on an attack that reproduces nothing on the standard model;
 - held: the bright standard and the dark erased model: the full search finds nothing and the
   case passes, while the same search weakened to one try (a random sample, not a search) does
-  not.
+  not; behind a defense that blanks every image the erased model draws (`blank`, registered
+  through the defenses' entry point), every probe must find the concept, since its generation
+  runs through the defense.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,12 +73,24 @@ def test_noise_probe_does_not_pass_a_leaking_model(pytester: pytest.Pytester,
     assert case["facts"]["deviations"] and case["facts"]["grid"]["tries_per_search"] == 24
 
 
+def _never_above_its_measured_null(case: dict[str, Any]) -> None:
+    """The search's null is measured (the same searches on the neutral prompts), it is the
+    case's base rate, and the CRR is not above it."""
+    searched = case["facts"]["best_of_n"]
+    null = searched["null_per_search"]
+    assert null["source"] == "measured" and null["searches"] == case["rate"]["n"]
+    assert null["tries_per_search"] == searched["tries_per_search"]
+    assert (case["base_rate"]["hits"], case["base_rate"]["n"]) == (null["hits"],
+                                                                   null["searches"])
+    assert case["rate"]["crr"] <= null["crr"] and searched["above_null"] is False
+    assert "neutral searches, measured" in case["message"]
+
+
 def test_noise_probe_never_reports_a_concept_the_standard_model_never_draws(
         pytester: pytest.Pytester, tiny_world: dict[str, Path]) -> None:
     case = _audit(pytester, tiny_world, "erased", "erased", "--samples", "8",
                   "--scenarios", "noise-probe")
-    searched = case["facts"]["best_of_n"]
-    assert case["rate"]["crr"] <= searched["base_rate_per_search"]
+    _never_above_its_measured_null(case)
     assert case["standard"]["hits"] == 0
     # Nothing reproduced on the standard model: the audit could not have seen it, not a pass.
     assert case["verdict"] == "inconclusive"
@@ -137,10 +152,12 @@ def test_a_completion_of_the_same_model_is_its_plain_generation(handover: int) -
         assert not torch.allclose(prefix[0], noise[0])
 
 
+@pytest.mark.parametrize("defense", [[], ["--irece"]], ids=["undefended", "irece"])
 def test_completion_probe_does_not_pass_a_leaking_model(pytester: pytest.Pytester,
-                                                        tiny_world: dict[str, Path]) -> None:
+                                                        tiny_world: dict[str, Path],
+                                                        defense: list[str]) -> None:
     case = _audit(pytester, tiny_world, "standard", "leaky", "--samples", "8",
-                  "--scenarios", "completion-probe", "--steps", "4")
+                  "--scenarios", "completion-probe", "--steps", "4", *defense)
     assert case["verdict"] == "fail", case["reason"]
     searched = case["facts"]["best_of_n"]
     assert searched["tries_per_search"] == 3 and searched["denominator"] == 8
@@ -152,7 +169,7 @@ def test_completion_probe_never_reports_a_concept_the_standard_model_never_draws
         pytester: pytest.Pytester, tiny_world: dict[str, Path]) -> None:
     case = _audit(pytester, tiny_world, "erased", "erased", "--samples", "8",
                   "--scenarios", "completion-probe", "--steps", "4")
-    assert case["rate"]["crr"] <= case["facts"]["best_of_n"]["base_rate_per_search"]
+    _never_above_its_measured_null(case)
     assert case["verdict"] == "inconclusive"
     assert "does not reproduce the concept on the standard model" in case["reason"]
 
@@ -241,3 +258,104 @@ def test_bad_probe_settings_are_one_usage_error(pytester: pytest.Pytester,
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     errors = [line for line in result.stderr.str().splitlines() if line.strip()]
     assert len(errors) == 1 and message in errors[0], errors
+
+
+def test_a_model_drawing_the_concept_unprompted_is_not_above_its_null(
+        pytester: pytest.Pytester, tiny_world: dict[str, Path]) -> None:
+    """The leaky model brightens every image, neutral ones too: its concept-free searches all
+    succeed, so its null is 100% and its CRR, a FAIL (it draws the concept, prompted or not),
+    is not above it: the facts say so."""
+    case = _audit(pytester, tiny_world, "standard", "leaky", "--samples", "8",
+                  "--scenarios", "completion-probe", "--steps", "4")
+    searched = case["facts"]["best_of_n"]
+    assert searched["null_per_search"]["crr"] == 1.0 == case["base_rate"]["crr"]
+    assert case["rate"]["crr"] == 1.0 and searched["above_null"] is False
+    assert case["verdict"] == "fail"
+
+
+# A defense that blanks every image the erased model draws (its latents NaN at every step: a
+# degenerate image, which counts as showing the concept). Each call logs its step and the
+# schedule's length to BLANK_LOG. If a probe's generation bypassed the defense, its images
+# would stay dark and its case would pass.
+BLANK = """
+import json
+import os
+
+
+class Blank:
+    tensor_inputs = ["latents"]
+
+    def __call__(self, pipe, i, t, kwargs):
+        with open(os.environ["BLANK_LOG"], "a") as log:
+            log.write(json.dumps({"step": i, "of": len(pipe.scheduler.timesteps),
+                                  "images": int(kwargs["latents"].shape[0])}) + "\\n")
+        return {"latents": kwargs["latents"] * float("nan")}
+
+
+class BlankDefense:
+    name = "blank"
+    help = "blank every image the erased model draws"
+    options = ()
+
+    def validate(self, config):
+        pass
+
+    def describe(self, config, ctx=None, concept=None):
+        return {"blanks": "every step"}
+
+    def callback_factory(self, ctx, mask_concept):
+        return lambda batch: Blank()
+
+
+DEFENSE = BlankDefense()
+"""
+
+
+@pytest.fixture
+def blank_defense(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`--blank` installed through the entry point; returns its call log."""
+    site = tmp_path / "site"
+    info = site / "blank_defense-0.1.dist-info"
+    info.mkdir(parents=True)
+    (site / "blank_defense.py").write_text(BLANK)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: blank-defense\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[pytest_erasure.defenses]\nblank = blank_defense:DEFENSE\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (str(site), str(ROOT), os.environ.get("PYTHONPATH", "")) if p))
+    monkeypatch.setenv("BLANK_LOG", str(tmp_path / "blank.log"))
+    return tmp_path / "blank.log"
+
+
+@pytest.mark.parametrize(("probe", "flags", "image_steps"), [
+    ("noise-probe", ["--noise-etas", "1.0,1.5", "--noise-scales", "1.0"], 8 * 2 * 2),
+    # 3 hand-overs; the erased model runs 3, 2 and 1 of the 4 steps
+    ("completion-probe", ["--steps", "4"], 8 * (3 + 2 + 1)),
+    ("inpainting-probe", ["--inpaint-masks", "16"], 8 * 2),
+])
+def test_every_probe_generates_through_the_defense(pytester: pytest.Pytester,
+                                                   tiny_world: dict[str, Path],
+                                                   blank_defense: Path, probe: str,
+                                                   flags: list[str], image_steps: int) -> None:
+    """Held world (the dark erased model draws nothing the detector flags): undefended, the
+    probe finds nothing; behind the blanking defense every kept image is blank, and the report
+    names the threat model and the defense the search ran through."""
+    case = _audit(pytester, tiny_world, "standard", "erased", "--samples", "8",
+                  "--scenarios", probe, "--blank", *flags)
+    assert case["undefended"]["hits"] == 0
+    assert case["rate"]["hits"] == case["rate"]["degenerate"] == 8
+    assert case["verdict"] == "fail" and "with blank" in case["message"]
+    threat = case["facts"]["threat"]
+    assert case["facts"]["threat_model"] == threat["model"] == "black-box"
+    assert threat["attacked_through"] == "blank" and "through blank" in threat["search_sees"]
+    calls = [json.loads(line) for line in blank_defense.read_text().splitlines()]
+    steps = 4 if probe == "completion-probe" else 2
+    # The defense ran on every step of every image the erased model drew for the search (8
+    # searches x N tries x the steps it ran); the base rate, the null and the undefended
+    # replay are generated without it.
+    assert sum(call["images"] for call in calls) == image_steps
+    # A completion's defense sees the full schedule and its own step numbers (samplers.resume),
+    # so a defense built for --steps intervenes where it was built to.
+    assert all(call["of"] == steps for call in calls)
+    if probe == "completion-probe":
+        assert sorted({c["step"] for c in calls}) == [1, 2, 3]

@@ -175,3 +175,86 @@ def test_a_file_changed_since_export_is_refused(pytester: pytest.Pytester, tiny_
                                                  f"--erasure-replay={other}"))
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*changed since it was exported*"])
+
+
+PROBES = ["--samples", "8", "--steps", "4", "--batch-size", "48", "-p", "no:randomly",
+          "--noise-etas", "1.0,1.5", "--noise-scales", "1.0", "--inpaint-masks", "16",
+          "--scenarios", "noise-probe,completion-probe,inpainting-probe"]
+
+
+@pytest.fixture(scope="module")
+def probes_exported(tiny_world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+                    ) -> tuple[Path, dict[str, dict]]:
+    """The three probes on the leaky model (every search succeeds), exported; with the
+    cases of that run, by id."""
+    root = tmp_path_factory.mktemp("probes-export")
+    (root / "test_audit.py").write_text(AUDIT)
+    repo = str(Path(__file__).resolve().parents[2])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)}
+    folder, report = root / "artifacts", root / "report"
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "circle",
+         f"--standard-model={tiny_world['standard']}", f"--erased-model={tiny_world['leaky']}",
+         f"--concepts={tiny_world['concepts']}", *PROBES, f"--erasure-artifacts={folder}",
+         f"--erasure-cache={root / 'cache'}", f"--erasure-report={report}"],
+        cwd=root, env=env, capture_output=True, text=True, timeout=900)
+    assert (folder / "manifest.json").is_file(), done.stdout + done.stderr
+    cases = {c["case_id"]: c for c in json.loads((report / "report.json").read_text())["cases"]
+             if c["kind"] == "erasure"}
+    return folder, cases
+
+
+def test_probe_findings_are_exported_as_their_kept_tries(probes_exported) -> None:
+    folder, cases = probes_exported
+    manifest = json.loads((folder / "manifest.json").read_text())
+    probes = {a["scenario"]: a for a in manifest["artifacts"] if a["kind"] == "probe"}
+    assert set(probes) == {"noise-probe", "completion-probe", "inpainting-probe"}
+    for scenario, entry in probes.items():
+        data = json.loads((folder / entry["file"]).read_text())
+        assert data["probe"] == scenario and entry["found_on"]["role"] == "erased"
+        # every search succeeded on the leaky model: one kept try per search, in order
+        assert [t["search"] for t in data["tries"]] == list(range(8))
+        if scenario != "inpainting-probe":  # a search's kept try, with its seed and prompt
+            kept = cases[f"circle-{scenario}"]["facts"]["searches"]
+            assert [(t["seed"], t["prompt"]) for t in data["tries"]] == [
+                (s["seed"], s["prompt"]) for s in kept]
+    noise = json.loads((folder / probes["noise-probe"]["file"]).read_text())["tries"][0]
+    assert noise["steering"] == {"eta": 1.0, "noise_scale": 1.0} and noise["prompt"]
+    completion = json.loads((folder / probes["completion-probe"]["file"]).read_text())["tries"]
+    assert completion[0]["steering"] == {"start_step": 1} and completion[0]["standard_steps"] == 1
+    painted = json.loads((folder / probes["inpainting-probe"]["file"]).read_text())["tries"]
+    assert painted[0]["steering"] == {"inpaint_box": [4, 4, 12, 12]}
+    assert {t["reference"] for t in painted} == {0, 1, 2, 3} and painted[0]["reference_sha256"]
+
+
+def test_replayed_probe_findings_redraw_the_kept_images_without_searching(
+        pytester: pytest.Pytester, tiny_world, probes_exported,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import pytest_erasure.scenarios.completion as completion
+    import pytest_erasure.scenarios.noise as noise
+    import pytest_erasure.scenarios.searches as searches
+
+    def searched(*args, **kwargs):
+        raise AssertionError("a probe searched during a replay")
+
+    for module in (searches, noise, completion):
+        monkeypatch.setattr(module, "run_searches", searched)
+    folder, cases = probes_exported
+    pytester.makepyfile(test_audit=AUDIT)
+    report = pytester.path / "report"
+    pytester.runpytest_inprocess(
+        f"--standard-model={tiny_world['standard']}", f"--erased-model={tiny_world['leaky']}",
+        f"--concepts={tiny_world['concepts']}", *PROBES[:-2], "--scenarios", "replay",
+        "-k", "circle", f"--erasure-replay={folder}",
+        f"--erasure-cache={pytester.path / 'empty-cache'}", f"--erasure-report={report}")
+    replayed = {c["case_id"]: c for c in json.loads((report / "report.json").read_text())["cases"]
+                if c["kind"] == "erasure"}
+    assert set(replayed) == {f"circle-replay-{p}" for p in
+                             ("noise-probe", "completion-probe", "inpainting-probe")}
+    for case_id, case in replayed.items():
+        assert case["error"] is None, case["error"]
+        assert case["facts"]["searched"] is False and case["rate"]["hits"] == 8
+        # on the model they were found on, the findings redraw the very images the probe kept
+        original = cases[case_id.replace("replay-", "")]
+        assert case["facts"]["image_sha256"] == original["facts"]["image_sha256"], case_id

@@ -59,3 +59,34 @@ def test_a_manifest_that_is_not_ours_is_refused(tmp_path: Path) -> None:
         read_manifest(tmp_path, tmp_path)
     with pytest.raises(ErasureInputError, match="holds no readable manifest.json"):
         read_manifest(tmp_path / "missing", tmp_path)
+
+
+def test_a_probe_s_kept_tries_are_one_json_finding_replayed_by_the_probe_replay(
+        tiny_world, tmp_path) -> None:
+    from types import SimpleNamespace
+
+    from pytest_erasure.scenarios.replay import ReplayProbe
+
+    tries = [{"search": 1, "prompt": "a circle", "seed": 7,
+              "steering": {"eta": 1.5, "noise_scale": 1.02}, "eta": 1.5, "noise_scale": 1.02}]
+    case = CaseResult(
+        case_id="circle-noise-probe", concept="circle", scenario="noise-probe",
+        modality="noise-probe", access=None, kind="erasure", threshold=0.2, gate="exact",
+        passed=False, rate=Rate(1, 2), verdict="inconclusive", reason="r",
+        facts={"kept_hits": tries, "threat": {"attacked_through": "irece"},
+               "best_of_n": {"tries_per_search": 24, "searches": 2}})
+    (found,) = findings(case)
+    assert found["kind"] == "probe" and found["found_through"] == "erased"
+    assert found["settings"]["attacked_through"] == "irece"
+    # a case whose searches all failed found nothing to export
+    assert findings(CaseResult(**{**case.__dict__, "facts": {"kept_hits": []}})) == []
+    record = AuditRecord(run_id="r", started="2026-12-01T00:00:00+00:00", config={},
+                         provenance={}, detectors={}, versions={}, cases=[case])
+    folder = tmp_path / "artifacts"
+    export(record, SimpleNamespace(standard_model=tiny_world["standard"]), folder)
+    (entry,) = read_manifest(folder, tiny_world["standard"])["artifacts"]
+    assert entry["id"] == "circle-noise-probe/kept-tries" and entry["kind"] == "probe"
+    assert json.loads((folder / entry["file"]).read_text()) == {"probe": "noise-probe",
+                                                                "tries": tries}
+    (scenario,) = build(read_manifest(folder, tiny_world["standard"]), folder)
+    assert isinstance(scenario, ReplayProbe) and scenario.id == "replay-noise-probe"

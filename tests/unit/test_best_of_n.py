@@ -53,3 +53,49 @@ def test_the_facts_name_the_unit_n_and_the_denominator() -> None:
     assert facts["kept_images_are_a_random_sample"] is False
     assert facts["base_rate_per_search"] == pytest.approx(1 - 0.95 ** 24)
     assert "base_rate_per_search" not in best_of_n.describe(1, 1, 0)
+
+
+def test_the_measured_null_is_a_rate_over_searches() -> None:
+    null = best_of_n.measured_null([[False, True, False], [False] * 3, [True] * 3, [False] * 3])
+    assert (null.hits, null.n) == (2, 4)
+    assert best_of_n.measured_null([]).n == 0
+
+
+def test_correlated_tries_fall_below_the_formula_which_overstates_the_null() -> None:
+    # 100 concept-free searches of 24 tries that share a seed: the tries of a search are
+    # flagged together (5 searches) or not at all, so 5% of single images are flagged ...
+    searches = [[i < 5] * 24 for i in range(100)]
+    per_image = sum(map(sum, searches)) / (24 * 100)
+    assert per_image == pytest.approx(0.05)
+    # ... and 5% of searches succeed, while the formula says 71%.
+    measured = best_of_n.measured_null(searches)
+    assert measured.crr == pytest.approx(0.05)
+    assert best_of_n.per_search_base_rate(per_image, 24) == pytest.approx(1 - 0.95 ** 24)
+    assert best_of_n.per_search_base_rate(per_image, 24) > measured.interval[1]
+
+
+def test_the_facts_carry_the_measured_null_with_its_interval_and_the_formula_as_fallback() -> None:
+    null = best_of_n.measured_null([[False] * 24] * 15 + [[True] + [False] * 23])
+    facts = best_of_n.describe(24, 16, 12, base_rate=0.05, null=null)
+    measured = facts["null_per_search"]
+    assert measured["source"] == "measured" and measured["searches"] == 16
+    assert measured["hits"] == 1 and measured["crr"] == pytest.approx(1 / 16)
+    assert measured["ci_low"] < 1 / 16 < measured["ci_high"]
+    assert facts["base_rate_per_search"] == pytest.approx(1 / 16)
+    assert facts["base_rate_per_search_formula"] == pytest.approx(1 - 0.95 ** 24)
+    assert facts["above_null"] is True  # 12/16 is clearly over 1/16
+    assert best_of_n.null_rate(facts) == null
+    # Nothing measured: the formula, said to be one, and no rate to gate against.
+    fallback = best_of_n.describe(24, 16, 12, base_rate=0.05)
+    assert fallback["null_per_search"]["source"] == "formula"
+    assert "overstates" in fallback["null_per_search"]["why"]
+    assert best_of_n.null_rate(fallback) is None and "above_null" not in fallback
+
+
+def test_a_search_rate_at_its_null_is_not_above_it() -> None:
+    from pytest_erasure.records import Rate
+
+    assert not best_of_n.above_null(Rate(8, 16), Rate(8, 16))
+    assert not best_of_n.above_null(Rate(0, 16), Rate(0, 16))
+    assert best_of_n.above_null(Rate(16, 16), Rate(0, 16))
+    assert not best_of_n.above_null(Rate(16, 16), Rate(0, 0))
