@@ -310,6 +310,7 @@ _BUILTIN_MODULES = (
     "pytest_erasure.scenarios.noise",
     "pytest_erasure.scenarios.completion",
     "pytest_erasure.scenarios.inpainting",
+    "pytest_erasure.scenarios.adversarial_white",
 )
 
 
