@@ -304,6 +304,7 @@ _BUILTIN_MODULES = (
     "pytest_erasure.scenarios.noise",
     "pytest_erasure.scenarios.completion",
     "pytest_erasure.scenarios.inpainting",
+    "pytest_erasure.scenarios.image_white",
 )
 
 
