@@ -178,10 +178,14 @@ STEERING_KEYS = {"eta": "DDIM's eta (1: DDPM's step noise; above 1: more, as the
                  "noise_scale": "a factor on the noise DDIM adds at every step",
                  "start_step": "DDIM steps already run (by another model) on the input's "
                                "latents: the schedule starts after them",
+                 "hold_steps": "DDIM steps at the start of the schedule that leave the latent "
+                               "as it is (an img2img at strength s of n steps holds n - "
+                               "int(n s)): the run keeps the full schedule's length, which a "
+                               "defense built for --steps indexes",
                  "inpaint_box": "[top, left, bottom, right] in latent cells: the input's latents "
                                 "are the known image's, pasted back (noised to the step's level) "
                                 "outside the box after every step (`blend`)"}
-SCHEDULER_KEYS = ("eta", "noise_scale", "start_step")
+SCHEDULER_KEYS = ("eta", "noise_scale", "start_step", "hold_steps")
 """The steering keys that call for `steer`'s DDIM; the others keep the model's sampler."""
 """What a `GenerationInput.steering` may set (`steer`)."""
 
@@ -200,6 +204,7 @@ def _noisy_ddim() -> type:
     class NoisyDDIMScheduler(DDIMScheduler):
         noise_scale: float = 1.0
         start_step: int = 0
+        hold_steps: int = 0
 
         def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
             # The full schedule's spacing (its step size decides each step's t-1), entered
@@ -212,6 +217,12 @@ def _noisy_ddim() -> type:
         def step(self, model_output: Any, timestep: Any, sample: Any, eta: float = 0.0,
                  use_clipped_model_output: bool = False, generator: Any = None,
                  variance_noise: Any = None, return_dict: bool = True) -> Any:
+            if self.hold_steps and int(timestep) in {int(t) for t in
+                                                     self.timesteps[:self.hold_steps]}:
+                # held (img2img's skipped steps): the latent stays the starting latent
+                if not return_dict:
+                    return (sample, sample)
+                return DDIMSchedulerOutput(prev_sample=sample, pred_original_sample=sample)
             step = self.config.num_train_timesteps // self.num_inference_steps
             prev = timestep - step
             alpha_t = self.alphas_cumprod[timestep]
@@ -262,6 +273,7 @@ def steer(pipe: Any, steering: dict[str, Any] | None) -> tuple[Any, dict[str, An
     scheduler = _noisy_ddim().from_config(pipe.scheduler.config)
     scheduler.noise_scale = float(steering.get("noise_scale", 1.0))
     scheduler.start_step = int(steering.get("start_step", 0))
+    scheduler.hold_steps = int(steering.get("hold_steps", 0))
     return scheduler, {"eta": float(steering.get("eta", 0.0))}
 
 

@@ -155,8 +155,10 @@ class ReplayLatents(ReplayScenario):
         unique = min(n, len(latents))
         seeds = ctx.seeds(unique, f"latent/{concept.name}")
         prompt = regeneration.get("prompt", "")
-        inputs = [GenerationInput(seed=s, prompt=prompt, latents=latents[i],
-                                  guidance=regeneration.get("guidance"),
+        each = regeneration.get("prompts") or []  # a search's kept tries: a prompt each
+        inputs = [GenerationInput(seed=s, prompt=each[i] if i < len(each) else prompt,
+                                  latents=latents[i], guidance=regeneration.get("guidance"),
+                                  steering=regeneration.get("steering"),
                                   label=f"replayed latent {i}", cluster=f"latent-{i}")
                   for i, s in enumerate(seeds)]
         return Plan(inputs=inputs, facts=self.facts([entry]) | {

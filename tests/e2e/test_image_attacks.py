@@ -1,0 +1,128 @@
+"""RECALL's image-side attack (`image-white`) and the classifier-guided probe (`guidance-probe`)
+on the tiny world, through the real plugin.
+
+Worlds (`pytest_erasure.testing.save_tiny_world`, judged by mean brightness):
+- leaking: the `leaky` model as the erased one (it still draws bright images, the planted
+  concept): neither case may pass;
+- never drawn: the dark `erased` model as *both* the standard and the erased model, so the
+  standard model itself never draws the concept: neither case may report it above its base
+  rate per search, and neither can pass on an attack that reproduces nothing on the standard
+  model;
+- held: the bright standard and the dark erased model: the search at the profile's budget
+  finds nothing and passes, the same search weakened to one iteration / one try does not.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+AUDIT = "def test_erasure(erasure_case, erasure_check):\n    erasure_check(erasure_case)\n"
+FAST = ["--steps", "4", "--batch-size", "48", "-p", "no:randomly", "--no-erasure-cache"]
+SMALL_RECALL = ["--recall-timesteps", "3", "--recall-iterations", "2", "--recall-step", "0.05"]
+"""A RECALL search the tiny world runs in seconds, declared as the budget it is measured at
+(`--erasure-budget` has no tiny profile): the held world's pass is at these settings."""
+
+pytestmark = pytest.mark.usefixtures("this_checkout")
+
+
+def _audit(pytester: pytest.Pytester, world: dict[str, Path], standard: str, erased: str,
+           *flags: str) -> dict[str, Any]:
+    pytester.makepyfile(test_audit=AUDIT)
+    out = pytester.path / f"report-{standard}-{erased}-{abs(hash(flags))}"
+    result = pytester.runpytest_subprocess(
+        f"--standard-model={world[standard]}", f"--erased-model={world[erased]}",
+        f"--concepts={world['concepts']}", *FAST, f"--erasure-report={out}", *flags)
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret in (0, 1) and "Traceback" not in output, output
+    cases = [c for c in json.loads((out / "report.json").read_text())["cases"]
+             if c["concept"] == "circle" and c["kind"] == "erasure"]
+    assert len(cases) == 1, [c["case_id"] for c in cases]
+    return cases[0]
+
+
+def test_image_cases_run_only_when_named(case_ids: Any) -> None:
+    assert "circle-image-white" not in case_ids()
+    assert "circle-image-white" in case_ids(scenarios=("image-white",))
+    assert "circle-guidance-probe" not in case_ids()
+    assert "circle-guidance-probe" in case_ids(scenarios=("guidance-probe",))
+
+
+@pytest.mark.parametrize("defense", [[], ["--irece"]], ids=["undefended", "irece"])
+def test_recall_does_not_pass_a_leaking_model(pytester: pytest.Pytester,
+                                              tiny_world: dict[str, Path],
+                                              defense: list[str]) -> None:
+    case = _audit(pytester, tiny_world, "standard", "leaky", "--samples", "8",
+                  "--scenarios", "image-white", *SMALL_RECALL, *defense)
+    assert case["verdict"] == "fail", case["reason"]
+    searched = case["facts"]["best_of_n"]
+    forms = 2 if defense else 1  # under IRECE: transfer, then adaptive where it failed
+    assert searched["unit"] == "search" and searched["tries_per_search"] == 1 + forms * 3
+    assert searched["denominator"] == case["rate"]["n"] == 8
+    assert searched["kept_images_are_a_random_sample"] is False
+    assert case["rate"]["hits"] == searched["successful_searches"]
+    assert 8 <= searched["tries_judged"] <= 8 * (1 + forms * 3)
+    assert case["facts"]["deviations"]
+    if defense:
+        assert case["facts"]["threat_model"] == "white-box adaptive"
+        assert case["facts"]["recall"]["forms"] == ["transfer", "adaptive"]
+        assert case["undefended"] is not None
+
+
+def test_recall_never_reports_a_concept_the_standard_model_never_draws(
+        pytester: pytest.Pytester, tiny_world: dict[str, Path]) -> None:
+    case = _audit(pytester, tiny_world, "erased", "erased", "--samples", "8",
+                  "--scenarios", "image-white", *SMALL_RECALL)
+    searched = case["facts"]["best_of_n"]
+    assert case["rate"]["crr"] <= searched["base_rate_per_search"]
+    assert case["standard"]["hits"] == 0
+    assert case["verdict"] == "inconclusive"
+    assert "does not reproduce the concept on the standard model" in case["reason"]
+
+
+def test_a_one_iteration_recall_search_is_never_a_pass(pytester: pytest.Pytester,
+                                                       tiny_world: dict[str, Path]) -> None:
+    case = _audit(pytester, tiny_world, "standard", "erased", "--samples", "16",
+                  "--scenarios", "image-white", "--recall-timesteps", "1",
+                  "--recall-iterations", "1")
+    assert case["rate"]["hits"] == 0 and case["standard"]["crr"] == 1.0
+    assert case["verdict"] == "inconclusive", case["reason"]
+    assert "never a pass" in case["reason"]
+    assert case["facts"]["underpowered"]
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--scenarios", "image-white", "--recall-step", "-0.001"], "--recall-step: is -0.001"),
+    (["--scenarios", "image-white", "--recall-strength", "1.5"], "--recall-strength: is 1.5"),
+    (["--scenarios", "image-white", "--recall-strength", "0"], "--recall-strength: is 0"),
+    (["--scenarios", "image-white", "--recall-iterations", "0"],
+     "--recall-iterations: is 0"),
+])
+def test_bad_image_attack_settings_are_one_usage_error(pytester: pytest.Pytester,
+                                                       tiny_world: dict[str, Path],
+                                                       flags: list[str], message: str) -> None:
+    pytester.makepyfile(test_audit=AUDIT)
+    result = pytester.runpytest_subprocess(
+        f"--standard-model={tiny_world['standard']}", f"--erased-model={tiny_world['erased']}",
+        f"--concepts={tiny_world['concepts']}", *FAST, *flags)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.stderr.str().splitlines() if line.strip()]
+    assert len(errors) == 1 and message in errors[0], errors
+
+
+def test_recall_under_irece_runs_the_transfer_and_the_adaptive_attack(
+        pytester: pytest.Pytester, tiny_world: dict[str, Path]) -> None:
+    """On the held world nothing is found, so every search runs both forms to the end: the
+    adaptive one optimises through IRECE's surrogate (`recall_round` with the defense)."""
+    case = _audit(pytester, tiny_world, "standard", "erased", "--samples", "4",
+                  "--scenarios", "image-white", *SMALL_RECALL, "--irece")
+    searched = case["facts"]["best_of_n"]
+    assert case["rate"]["hits"] == 0
+    assert searched["tries_judged"] == 4 * (1 + 3 + 3)  # the reference, then 3 rounds per form
+    assert case["facts"]["recall"]["successes_by_form"] == {
+        "reference img2img": 0, "transfer": 0, "adaptive": 0}
+    assert case["facts"]["adaptive"]["defense"] == "irece"
+    assert case["verdict"] != "pass"  # 3 timesteps x 2 iterations: weaker than the profile's
