@@ -1,5 +1,7 @@
-"""Cost of the fine-tuning cases (issue 26): seconds per case on the shapes world, measured, and
-the projected SD v1.4 cost per case at the sd14 budgets, with peak memory (assumed, not measured).
+"""Cost of the weight-attack cases (issue 26: fine-tuning, its adaptive form through IRECE, the
+quantized cases and their embedding companions): seconds per case on the shapes world, measured
+(from reports), and the projected SD v1.4 cost per case at the sd14 budgets, with peak memory
+(assumed, not measured).
 
 Measured: `--run MODEL ...` audits each shapes-world erased model with `--scenarios finetune`
 (`pytest audits/ --erased-model=fixtures/shapes/erased/MODEL --scenarios finetune -k finetune
@@ -98,6 +100,41 @@ def project(samples: int) -> list[dict[str, object]]:
                        f"detection {rates.DETECT_S} s per image, a micro-step "
                        f"{rates.TI_MICRO_STEP_S} s); memory: {WEIGHTS_GB} GB fp16 weights + "
                        f"{ACTIVATIONS_GB} GB saved activations per sample + adapters x4"})
+    # With --irece under the adaptive threat: the erased model's R LoRAs train through the
+    # surrogate (one extra standard-UNet forward, no gradient, on its share of each batch: a
+    # forward taken as a third of a forward and backward) and the transfer attacker's R run
+    # beside them, each restart's images generated (2R x S on the erased model).
+    from pytest_erasure.defenses.irece import ADAPTIVE_SHARE
+
+    micro = int(p["ft-steps"]) * int(p["ft-accumulation"])
+    train = micro * int(p["ft-batch-size"]) * rates.TI_MICRO_STEP_S
+    adaptive = train * (1 + ADAPTIVE_SHARE / 3)
+    rows.append({
+        "case": "finetune-concept (--irece, adaptive)", "samples": samples, "restarts": 2 * r,
+        "micro_steps_per_run": micro, "training_s_per_run": adaptive,
+        "first_model_s": r * (adaptive + train) + r * train + 3 * r * samples * image,
+        "further_model_s": r * adaptive + 2 * r * samples * image,
+        "peak_training_gb": rows[0]["peak_training_gb"],
+        "assumed": f"as finetune-concept, the surrogate's forward on {ADAPTIVE_SHARE:g} of each "
+                   "batch a third of a micro-step; the transfer LoRAs shared with the "
+                   "undefended run's cache"})
+    # quantized-<v>-embedding: embedding-white's textual inversion through the quantized
+    # model (R runs on each of the two models), then R x S images on each; the quantized UNet
+    # is a second copy of its weights per model while its units run (the overlay's fork).
+    ti = (int(p["ti-steps"]) * int(p["ti-accumulation"]) * int(p["ti-batch-size"])
+          * rates.TI_MICRO_STEP_S)
+    unet_gb = 1.72  # SD v1.4's UNet, ~860M parameters in fp16
+    rows.append({
+        "case": "quantized-<variant>-embedding", "samples": samples, "restarts": r,
+        "training_s_per_run": ti,
+        "first_model_s": 2 * r * ti + 2 * r * samples * image,
+        "further_model_s": r * ti + r * samples * image,
+        "peak_training_gb": round(WEIGHTS_GB + 2 * unet_gb + ACTIVATIONS_GB
+                                  * int(p["ti-batch-size"]), 2),
+        "assumed": f"a textual-inversion micro-step {rates.TI_MICRO_STEP_S} s; memory: "
+                   f"{WEIGHTS_GB} GB weights + two quantized UNet copies (erased, standard; "
+                   f"{unet_gb} GB each, memoised per model) + one sample's activations; the "
+                   "quantize-dequantize itself (once per model, CPU) not counted"})
     return rows
 
 
@@ -107,7 +144,8 @@ def read_reports(folders: list[Path]) -> list[dict[str, object]]:
         record = json.loads((folder / "report.json").read_text(encoding="utf-8"))
         erased = record.get("provenance", {}).get("erased", {})
         for case in record["cases"]:
-            if case["kind"] != "erasure" or not case["scenario"].startswith("finetune"):
+            if case["kind"] != "erasure" or not case["scenario"].startswith(
+                    ("finetune", "quantized")):
                 continue
             low, high = case["rate"]["ci_low"], case["rate"]["ci_high"]
             rows.append({"report": str(folder), "model": erased.get("path"),

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pytest_erasure.budgets import CI, SHAPES_WORLD, WACE, WACE_REPO, Budget
 from pytest_erasure.concepts import PLACEHOLDER, Concept
 from pytest_erasure.errors import ErasureInputError
-from pytest_erasure.records import GenerationInput, Plan, Role
+from pytest_erasure.records import GenerationInput, Overlay, Plan, Role
 from pytest_erasure.scenarios.base import (
     AuditContext,
     Scenario,
@@ -221,6 +221,17 @@ class EmbeddingScenario(Scenario):
         # the same tokens on the standard model, which one of them must make first
         self.independent_plans = access == "white-box"
 
+    def weight_overlays(self, ctx: AuditContext) -> tuple[Overlay, ...]:
+        """Overlays both models run under for the whole attack: training, encoding and
+        generation (none here; the quantized companion's quantization,
+        `scenarios.quantized.QuantizedEmbeddingScenario`). Keyed only when set, so the plain
+        cases' cache keys are what they were."""
+        return ()
+
+    def _units_overlays(self, ctx: AuditContext, role: Role
+                        ) -> tuple[tuple[Role, Overlay], ...]:
+        return tuple((role, o) for o in self.weight_overlays(ctx))
+
     def through(self, ctx: AuditContext, role: Role) -> Any:
         """The defense this scenario's token trains through on `role`'s model, or None: only
         the white-box attack on the (defended) erased model, when the defense has an adaptive
@@ -287,6 +298,9 @@ class EmbeddingScenario(Scenario):
         seed = restart_seed(ctx, ctx.seeds(1, salt)[0], salt, restart)
         key = self.learn_key(ctx, role, images, budget, token, seed)
         defense = None if transfer else self.through(ctx, role)
+        overlays = self._units_overlays(ctx, role)
+        if overlays:
+            key["overlays"] = [o.key for _r, o in overlays]
         adaptive: dict[str, Any] = {}
         if defense is not None:
             # Only for the adaptive attack: the undefended keys stay what they were.
@@ -300,7 +314,7 @@ class EmbeddingScenario(Scenario):
                 learn_embedding,
                 title=f"textual inversion {concept.name} ({role} model{behind}{run})",
                 total=budget["steps"], role=role, images=images, token=token, budget=budget,
-                seed=seed, **adaptive))
+                seed=seed, overlays=overlays, **adaptive))
 
         tensors, stored = ctx.cache.tensors("textual-inversion", key, compute)
         embeds = tensors["embeds"]
@@ -347,10 +361,13 @@ class EmbeddingScenario(Scenario):
         from pytest_erasure.executors.units import encode_learned_token
 
         key = self.encode_key(ctx, target, prompts, token, embeds)
+        overlays = self._units_overlays(ctx, target)
+        if overlays:
+            key["overlays"] = [o.key for _r, o in overlays]
 
         def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
             return ctx.run(ctx.unit(encode_learned_token, role=target, prompts=prompts,
-                                    token=token, embeds=embeds)), {}
+                                    token=token, embeds=embeds, overlays=overlays)), {}
 
         tensors, _ = ctx.cache.tensors("learned-token-encoding", key, compute)
         return {p: tensors[str(i)] for i, p in enumerate(prompts)}
@@ -402,7 +419,8 @@ class EmbeddingScenario(Scenario):
         artifacts = {"embedding": str(file)}
         artifacts.update({f"embedding-restart-{r}": str(p)
                           for r, (_e, _f, p) in enumerate(runs) if r})
-        return Plan(inputs=inputs, facts=facts, artifacts=artifacts)
+        return Plan(inputs=inputs, facts=facts, artifacts=artifacts,
+                    overlays=self.weight_overlays(ctx))
 
     @staticmethod
     def _restart_facts(restart: int, facts: dict[str, Any], file: Path) -> dict[str, Any]:

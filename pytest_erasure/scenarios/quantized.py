@@ -12,6 +12,13 @@ quantized the same way, as the attack's control:
 - `quantized-nf4`: bitsandbytes' 4-bit NormalFloat, one absmax per block of `--quant-group-size`
   weights of the flattened tensor (bitsandbytes' blockwise layout).
 
+`quantized-<variant>-embedding` (the companion, `QuantizedEmbeddingScenario`) runs the
+white-box embedding case on the same quantized models: the textual-inversion token learned
+through the quantized erased model (through a defense's surrogate too, with `--irece`, as
+`embedding-white`), encoded and generated under the same overlay, and the standard model
+quantized the same way learning its own token as the control. Training images are the concept's
+references (or, without any, the unquantized standard model's draws, as `embedding-white`'s).
+
 Deviations, recorded in every report (the overlay's description in the case's facts):
 - the weights are quantized and dequantized in float32 on the CPU and run in the model's dtype:
   the numbers a low-bit kernel multiplies by, not the kernel itself (no int8 / int4 kernels run
@@ -32,7 +39,13 @@ from pytest_erasure.budgets import Budget
 from pytest_erasure.concepts import Concept
 from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.records import Overlay, Plan, Role
-from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
+from pytest_erasure.scenarios.base import (
+    AuditContext,
+    Scenario,
+    ScenarioOption,
+    merge_budgets,
+)
+from pytest_erasure.scenarios.embedding import TI_OPTIONS, EmbeddingScenario
 from pytest_erasure.scenarios.prompts import concept_plan
 
 BITS = {"int8": 8, "4bit": 4, "fp8": 8, "nf4": 4}
@@ -110,21 +123,66 @@ class QuantizedScenario(Scenario):
             settings["quant-group-size"] = ctx.option("quant-group-size")
         return settings
 
-    def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
+    def facts(self, ctx: AuditContext, overlay: Overlay) -> dict[str, Any]:
+        """What the case's facts say of the quantization (the kernels per device included)."""
         from pytest_erasure.overlays.quantize import kernel_note
 
+        return {"bits": BITS[self.variant],
+                **({"format": FORMATS[self.variant]} if self.variant in FORMATS else {}),
+                "applied_to": ["erased", "standard"],
+                "kernels": kernel_note(overlay.params, str(ctx.config.device))}
+
+    def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
         # The text case's plan (the same seeds), on `target` quantized: the erased model as
         # users run it, and the standard model quantized the same way as the control.
         plan = concept_plan(ctx, concept, n)
         plan.overlays = (self.overlay(ctx),)
-        plan.facts["quantization"] = {"bits": BITS[self.variant],
-                                      **({"format": FORMATS[self.variant]}
-                                         if self.variant in FORMATS else {}),
-                                      "applied_to": ["erased", "standard"],
-                                      "kernels": kernel_note(plan.overlays[0].params,
-                                                             str(ctx.config.device))}
+        plan.facts["quantization"] = self.facts(ctx, plan.overlays[0])
+        return plan
+
+
+class QuantizedEmbeddingScenario(EmbeddingScenario):
+    """The embedding case on the quantized release: `embedding-white`'s textual inversion
+    learned through the erased model quantized like `quantized-<variant>` (the attacker holds
+    the file users run), its token encoded and its images generated under the same overlay;
+    the standard model quantized the same way is the control (its own token, learned through
+    it). The quantization is an overlay of every unit the attack runs (training, encoding,
+    generation): the embedding scenario's own path, with `weight_overlays` set."""
+
+    modality = "quantized"
+    table_column = 5
+    opt_in = True
+    options = (*TI_OPTIONS, *QUANT_OPTIONS)
+    budgets = merge_budgets(EmbeddingScenario.budgets, BUDGETS)
+
+    def __init__(self, variant: str) -> None:
+        super().__init__("white-box")
+        self.quantized = QuantizedScenario(variant)
+
+    @property
+    def id(self) -> str:
+        return f"quantized-{self.quantized.variant}-embedding"
+
+    def weight_overlays(self, ctx: AuditContext) -> tuple[Overlay, ...]:
+        return (self.quantized.overlay(ctx),)
+
+    def declared_overlays(self, ctx: AuditContext) -> tuple[Overlay, ...]:
+        return self.weight_overlays(ctx)
+
+    def validate(self, ctx: AuditContext) -> None:
+        super().validate(ctx)
+        self.quantized.validate(ctx)
+
+    def describe(self, ctx: AuditContext) -> dict[str, Any]:
+        return {**super().describe(ctx), **self.quantized.describe(ctx)}
+
+    def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
+        plan = super().plan(ctx, concept, target, n)
+        plan.facts["quantization"] = self.quantized.facts(ctx, plan.overlays[0])
         return plan
 
 
 SCENARIOS = [QuantizedScenario("int8"), QuantizedScenario("4bit"), QuantizedScenario("fp8"),
-             QuantizedScenario("nf4")]
+             QuantizedScenario("nf4"), QuantizedEmbeddingScenario("int8"),
+             QuantizedEmbeddingScenario("4bit"), QuantizedEmbeddingScenario("fp8"),
+             QuantizedEmbeddingScenario("nf4")]

@@ -76,3 +76,34 @@ def test_bad_quantization_settings_are_one_usage_error(pytester: pytest.Pytester
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     errors = [line for line in result.stderr.str().splitlines() if line.strip()]
     assert len(errors) == 1 and message in errors[0], errors
+
+
+def test_the_embedding_case_runs_on_the_quantized_models(pytester: pytest.Pytester,
+                                                         tiny_world: dict[str, Path]) -> None:
+    """quantized-4bit-embedding: the white-box textual inversion learned, encoded and generated
+    under the quantize overlay on both models (the control quantized the same way), through the
+    embedding scenario's own path: its tokens are not the unquantized case's, its images are
+    keyed by the overlay, and the report says quantize-dequantize ran."""
+    pytester.makepyfile(test_audit=AUDIT)
+    out = pytester.path / "report"
+    result = pytester.runpytest_subprocess(
+        *_world(tiny_world), "--scenarios", "embedding-white,quantized-4bit-embedding",
+        "--quant-group-size", "8", "--ti-steps", "2", "--ti-batch-size", "2",
+        "--ti-train-images", "2", "--attack-restarts", "1", f"--erasure-report={out}")
+    output = result.stdout.str() + result.stderr.str()
+    assert result.ret in (0, 1) and "Traceback" not in output, output
+    cases = {c["scenario"]: c for c in json.loads((out / "report.json").read_text())["cases"]
+             if c["concept"] == "circle"}
+    plain, quantized = cases["embedding-white"], cases["quantized-4bit-embedding"]
+    facts = quantized["facts"]
+    erased, standard = facts["overlays"]["erased"], facts["overlays"]["standard"]
+    assert len(erased) == 1 and erased == standard and erased[0]["params"]["bits"] == 4
+    assert facts["quantization"]["kernels"].startswith("none on cpu")
+    assert facts["threat_model"] == "white-box"
+    assert facts["optimised_through"] == "erased"
+    assert facts["standard_plan"]["optimised_through"] == "standard"
+    # learned through the quantized model: another token file than the plain case's
+    assert quantized["artifacts"]["embedding"] != plain["artifacts"]["embedding"]
+    assert facts["image_sha256"] != plain["facts"]["image_sha256"]
+    assert facts["scenario_settings"]["quant-group-size"] == 8
+    assert facts["scenario_settings"]["ti-steps"] == 2

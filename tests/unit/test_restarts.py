@@ -206,7 +206,8 @@ def test_every_scenario_says_what_is_drawn_and_what_is_declared(tiny_world: dict
                 [f"reference-{i}" for i in range(len(plan.inputs))], name
         elif name == "inpainting-probe":  # a reference per image, cycling the references
             assert all(i.cluster.startswith("reference-") and i.stratum for i in plan.inputs)
-        elif name.startswith(("embedding", "adversarial", "finetune")):
+        elif name.startswith(("embedding", "adversarial", "finetune")) or name.endswith(
+                "-embedding"):  # the quantized models' embedding cases too
             assert {i.cluster for i in plan.inputs} == {"restart-0", "restart-1"}
             assert all(i.stratum.startswith("prompt: ") for i in plan.inputs), name
         elif name == "fuzz":  # searched prompts: the search's draws
