@@ -20,6 +20,22 @@ costs about twice a forward one); the shapes world's measured ratio is printed b
 
     OMP_NUM_THREADS=1 nice -n 15 python benchmarks/adaptive_cost.py --repeats 2 \
         --out benchmarks/results/adaptive_cost.json
+
+`--inversion` measures the adaptive DDIM inversion instead (`scenarios.latent`,
+`inversion.adaptive_invert`): the white-box null-prompt latent case's plan on the UCE model
+with `--irece`, as the transfer attacker makes it (invert, check) and as the adaptive one does
+(the same, then `--inversion-adaptive-steps` refinement steps through IRECE), `--samples`
+references, caching off. The case then generates and judges the same number of images in
+both, so the plan's seconds are what differs. Projected for SD v1.4 at the sd14 budget (50
+steps, --samples 150, 20 refinement steps): each refinement step is one unrolled 50-step
+denoising with gradient, checkpointed (forward, recomputed forward, backward counted as two:
+4 forwards per step), plus 2 x 4 held-out defended denoisings without gradient; a UNet
+forward of one image **assumed** at sd14_time.py's DDIM-inversion rate (2 s per 50 steps,
+batch 1) and, as the optimistic bound, at its batched generation rate (1 image/s for 50
+guided steps: 0.01 s per image-forward).
+
+    OMP_NUM_THREADS=1 nice -n 15 python benchmarks/adaptive_cost.py --inversion --repeats 1 \
+        --samples 16 --out benchmarks/results/adaptive_inversion_cost.json
 """
 
 from __future__ import annotations
@@ -63,12 +79,87 @@ def learn_seconds(threat: str, steps: int) -> tuple[float, dict]:
                                          "adaptive": facts.get("adaptive")}
 
 
+INVERT_S = 2.0
+"""sd14_time.py's assumed seconds of one 50-step DDIM inversion of one image."""
+GENERATE_S = 1.0
+"""sd14_time.py's assumed seconds of one 50-step guided generation (batches of 16)."""
+
+
+def plan_seconds(threat: str, samples: int) -> tuple[float, dict]:
+    """Seconds of latent-white-null's plan on UCE with --irece, as the `threat` attacker
+    makes it (cache off)."""
+    from pytest_erasure.concepts import load_concepts
+    from pytest_erasure.scenarios.base import registry
+    from pytest_erasure.scenarios.embedding import concept_images
+    from pytest_erasure.session import AuditSession, default_config
+
+    config = default_config(cache_dir=None, defense="irece", threat=threat, samples=samples,
+                            erased_model=ROOT / "fixtures/shapes/erased/uce-circle")
+    ctx = AuditSession(config, load_concepts(config.concepts_file)).context
+    circle = ctx.concepts.concepts["circle"]
+    case = registry()["latent-white-null"]
+    _ = ctx.pipeline("erased"), ctx.pipeline("standard")  # loaded before the clock starts
+    concept_images(ctx, circle, samples)
+    start = time.perf_counter()
+    plan = case.plan(ctx, circle, "erased", samples)
+    return time.perf_counter() - start, {"adaptive": plan.facts.get("adaptive"),
+                                         "n": len(plan.inputs)}
+
+
+def inversion_main(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from pytest_erasure.config import budget_profiles
+    from pytest_erasure.scenarios.latent import ADAPTIVE_EVALUATIONS
+
+    runs: dict[str, list[float]] = {"transfer": [], "adaptive": []}
+    facts = {}
+    for _ in range(args.repeats):
+        for threat in ("transfer", "adaptive"):
+            seconds, facts[threat] = plan_seconds(threat, args.samples)
+            runs[threat].append(round(seconds, 2))
+            print(f"{threat}: {seconds:.1f} s for {args.samples} references", flush=True)
+    transfer, adaptive = min(runs["transfer"]), min(runs["adaptive"])
+    sd14 = {k: v.value for k, v in budget_profiles()["sd14"].items()}
+    iterations, steps, samples = int(sd14["inversion-adaptive-steps"]), 50, 150
+    forwards = iterations * steps * 4 + 2 * ADAPTIVE_EVALUATIONS * steps + iterations
+    per_image = {"inversion_rate": forwards * INVERT_S / steps,
+                 "batched_generation_rate": forwards * GENERATE_S / (2 * steps)}
+    result = {
+        "command": "python benchmarks/adaptive_cost.py " + " ".join(argv or sys.argv[1:]),
+        "shapes_world": {
+            "model": "fixtures/shapes/erased/uce-circle", "defense": "irece (defaults)",
+            "case": "latent-white-null", "references": args.samples,
+            "seconds_transfer_plans": runs["transfer"], "seconds_adaptive_plans": runs["adaptive"],
+            "adaptive_over_transfer": round(adaptive / transfer, 2),
+            "per_case_extra_seconds": round(adaptive - transfer, 1),
+            "refinement": {k: v for k, v in (facts["adaptive"]["adaptive"] or {}).items()
+                           if k in ("iterations", "lr", "evaluations", "refined")}},
+        "sd14_projection": {
+            "assumed": {"invert_50_steps_s": INVERT_S, "generate_50_guided_steps_s": GENERATE_S},
+            "references": samples, "steps": steps, "iterations": iterations,
+            "unet_image_forwards_per_reference": forwards,
+            "transfer_inversion_min_per_case": round(samples * INVERT_S / 60, 1),
+            "refinement_h_per_case": {k: round(samples * v / 3600, 1)
+                                      for k, v in per_image.items()}},
+    }
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--steps", type=int, default=100, help="--ti-steps (shapes budget: 100)")
+    parser.add_argument("--inversion", action="store_true",
+                        help="measure the adaptive DDIM inversion instead")
+    parser.add_argument("--samples", type=int, default=16,
+                        help="--inversion: references per case")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
+    if args.inversion:
+        return inversion_main(args, argv)
     from pytest_erasure.config import budget_profiles
 
     runs: dict[str, list[float]] = {"transfer": [], "adaptive": []}

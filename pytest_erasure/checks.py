@@ -162,8 +162,11 @@ def threat_model(ctx: Context, scenario: Any) -> tuple[str, str | None]:
     if defense is None:
         return "white-box", None
     form = adaptive_form(defense)
-    if attacked_through(ctx.config, defense) is not None and getattr(scenario, "adaptive",
-                                                                      False):
+    adaptive = bool(getattr(scenario, "adaptive", False))
+    if adaptive and callable(getattr(scenario, "through", None)):
+        # The scenario's own word on this defense (it may need a form the defense lacks).
+        adaptive = scenario.through(ctx, "erased") is not None
+    if attacked_through(ctx.config, defense) is not None and adaptive:
         return "white-box adaptive", None
     if ctx.config.threat != "adaptive":
         return "white-box transfer", None

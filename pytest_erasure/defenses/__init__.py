@@ -82,9 +82,14 @@ def adaptive_form(defense: Defense) -> str | None:
 
     The form is the words and the means together: `adaptive` (the words) and
     `surrogate(site, mask_concept, role, seed)`, which builds the defense inside an attack's
-    objective where the attack runs (`attacks.textual_inversion.DefenseSurrogate`), with
+    objective where the attack runs (`attacks.textual_inversion.DefenseSurrogate`; its
+    `sampling()`, where it has one, the defense inside an unrolled sampler for the adaptive
+    DDIM inversion, `attacks.inversion.SamplingDefense`), with
     `adaptive_key(config, ctx, concept)`, what the attack's result then depends on (its cache
-    key). Words without a surrogate are no form: nothing could run them."""
+    key). Words without a surrogate are no form: nothing could run them. A defense whose
+    surrogate also runs inside an unrolled sampler (`surrogate(...).sampling()`, for the
+    adaptive DDIM inversion) says so with `adaptive_sampling = True`; without it the latent
+    cases stay transfer attacks."""
     form = getattr(defense, "adaptive", None)
     if not form or not callable(getattr(defense, "surrogate", None)):
         return None

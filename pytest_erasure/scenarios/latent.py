@@ -229,7 +229,9 @@ class LatentScenario(Scenario):
         the run gates the adaptive attacker (`AuditContext.attacked_through`)."""
         if not self.adaptive or role != "erased" or ctx.config.defense is None:
             return None
-        return ctx.attacked_through()
+        defense = ctx.attacked_through()
+        # Its surrogate must run inside a sampler (`sampling()`), which a defense declares.
+        return defense if getattr(defense, "adaptive_sampling", False) else None
 
     def adaptive_budget(self, ctx: AuditContext) -> dict[str, Any]:
         iterations = int(ctx.option("inversion-adaptive-steps"))
