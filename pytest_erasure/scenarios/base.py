@@ -305,6 +305,7 @@ _BUILTIN_MODULES = (
     "pytest_erasure.scenarios.completion",
     "pytest_erasure.scenarios.inpainting",
     "pytest_erasure.scenarios.image_white",
+    "pytest_erasure.scenarios.guidance",
 )
 
 
