@@ -33,6 +33,7 @@ This module imports torch and diffusers only inside functions.
 from __future__ import annotations
 
 import functools
+import json
 from typing import Any
 
 from pytest_erasure.errors import ErasureInputError
@@ -182,10 +183,17 @@ STEERING_KEYS = {"eta": "DDIM's eta (1: DDPM's step noise; above 1: more, as the
                                "as it is (an img2img at strength s of n steps holds n - "
                                "int(n s)): the run keeps the full schedule's length, which a "
                                "defense built for --steps indexes",
+                 "classifier_scale": "classifier guidance: the step's noise prediction moved by "
+                                     "-sqrt(1 - a_t) x scale x the gradient of the "
+                                     "classifier's log-probability of the concept "
+                                     "(`classifier_guide`)",
+                 "classifier": "the classifier guidance's detector: {name, path, options, "
+                               "label} of a detector with a differentiable `log_probability`",
+                 "classifier_id": "what identifies the classifier's weights (the images' key)",
                  "inpaint_box": "[top, left, bottom, right] in latent cells: the input's latents "
                                 "are the known image's, pasted back (noised to the step's level) "
                                 "outside the box after every step (`blend`)"}
-SCHEDULER_KEYS = ("eta", "noise_scale", "start_step", "hold_steps")
+SCHEDULER_KEYS = ("eta", "noise_scale", "start_step", "hold_steps", "classifier_scale")
 """The steering keys that call for `steer`'s DDIM; the others keep the model's sampler."""
 """What a `GenerationInput.steering` may set (`steer`)."""
 
@@ -205,6 +213,8 @@ def _noisy_ddim() -> type:
         noise_scale: float = 1.0
         start_step: int = 0
         hold_steps: int = 0
+        guide: Any = None
+        """`classifier_guide`'s function of (scheduler, eps, t, x_t), or None."""
 
         def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
             # The full schedule's spacing (its step size decides each step's t-1), entered
@@ -223,6 +233,8 @@ def _noisy_ddim() -> type:
                 if not return_dict:
                     return (sample, sample)
                 return DDIMSchedulerOutput(prev_sample=sample, pred_original_sample=sample)
+            if self.guide is not None:  # classifier guidance: on the (CFG) noise prediction
+                model_output = self.guide(self, model_output, timestep, sample)
             step = self.config.num_train_timesteps // self.num_inference_steps
             prev = timestep - step
             alpha_t = self.alphas_cumprod[timestep]
@@ -274,6 +286,7 @@ def steer(pipe: Any, steering: dict[str, Any] | None) -> tuple[Any, dict[str, An
     scheduler.noise_scale = float(steering.get("noise_scale", 1.0))
     scheduler.start_step = int(steering.get("start_step", 0))
     scheduler.hold_steps = int(steering.get("hold_steps", 0))
+    scheduler.guide = classifier_guide(pipe, steering)
     return scheduler, {"eta": float(steering.get("eta", 0.0))}
 
 
@@ -322,3 +335,52 @@ def blend(known: Any, noise: Any, box: list[int], inner: Any = None) -> Any:
 
     callback.tensor_inputs = sorted({"latents", *getattr(inner, "tensor_inputs", ["latents"])})
     return callback
+
+
+@functools.lru_cache(maxsize=8)
+def _guide_detector(spec: str, device: str) -> Any:
+    """The classifier guidance's detector, built once per spec and device in this process."""
+    from pathlib import Path
+
+    from pytest_erasure.detectors.base import DetectorSpec, build_detector
+
+    given = json.loads(spec)
+    detector = build_detector(DetectorSpec(given["name"], Path(given["path"]) if given.get(
+        "path") else None, dict(given.get("options") or {})), device)
+    if not callable(getattr(detector, "log_probability", None)):
+        raise ErasureInputError(
+            "classifier guidance", f"detector '{given['name']}' has no differentiable "
+            "log_probability(images, label)", "judge the concept with a detector that has one "
+            "(shapes; the tiny world's brightness) or leave the probe that guides out")
+    return detector
+
+
+def classifier_guide(pipe: Any, steering: dict[str, Any]) -> Any:
+    """The classifier guidance of "When Are Concepts Erased?" (probe_notebooks/utils/
+    classifier_guidance_utils.py) as a function of (scheduler, eps, t, x_t): eps - sqrt(1 - a_t)
+    x scale x g, where their g is the gradient of log p(concept | x_t) from a classifier of
+    noisy latents. Ours has no such classifier: g is the gradient of the case's detector's
+    `log_probability` of the concept on the predicted clean image (x0 = (x_t - sqrt(1 - a_t)
+    eps) / sqrt(a_t), decoded by the VAE), taken with respect to x0 and carried to x_t as
+    1 / sqrt(a_t) (eps held fixed: no gradient through the UNet). None without a scale."""
+    spec = steering.get("classifier")
+    scale = float(steering.get("classifier_scale", 0.0))
+    if spec is None or scale == 0.0:
+        return None
+    import torch
+
+    detector = _guide_detector(json.dumps(spec, sort_keys=True), str(pipe.device))
+    label, vae = str(spec["label"]), pipe.vae
+
+    def guide(scheduler: Any, eps: Any, t: Any, x: Any) -> Any:
+        a = scheduler.alphas_cumprod[int(t)].to(device=x.device, dtype=torch.float32)
+        with torch.enable_grad():
+            x0 = ((x.float() - (1 - a).sqrt() * eps.float()) / a.sqrt()).detach()
+            x0.requires_grad_(True)
+            decoded = vae.decode((x0 / vae.config.scaling_factor).to(vae.dtype)).sample
+            images = (decoded.float() + 1) / 2
+            log_p = detector.log_probability(images, label).sum()
+            grad = torch.autograd.grad(log_p, x0)[0]
+        return (eps.float() - (1 - a).sqrt() * scale * grad / a.sqrt()).to(eps.dtype)
+
+    return guide

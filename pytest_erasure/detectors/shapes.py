@@ -98,6 +98,12 @@ class ShapesDetector:
                for i in range(0, len(x), batch_size)]
         return torch.cat(out) if out else torch.empty(0, len(self.labels))
 
+    def log_probability(self, images: torch.Tensor, label: str) -> torch.Tensor:
+        """log p(label | image) per image, differentiable in the images (N, 3, H, W) in [0, 1]:
+        the classifier guidance of the guidance probe (`samplers.classifier_guide`)."""
+        x = prepare(images).to(self.device)
+        return F.log_softmax(self.model(x), dim=1)[:, self.labels.index(label)]
+
     def classify(self, images: torch.Tensor) -> list[str]:
         """The most probable label of each image."""
         return [self.labels[i] for i in self.probabilities(images).argmax(1).tolist()]

@@ -312,6 +312,7 @@ _BUILTIN_MODULES = (
     "pytest_erasure.scenarios.inpainting",
     "pytest_erasure.scenarios.adversarial_white",
     "pytest_erasure.scenarios.image_white",
+    "pytest_erasure.scenarios.guidance",
 )
 
 

@@ -363,6 +363,7 @@ class ImageWhiteScenario(Scenario):
                        "timesteps", "optimised_through": target,
                        "forms": [f or "white-box" for f in forms], "successes_by_form": wins},
             "regeneration": {"prompts": [x.prompt for x in inputs], "guidance": guidance,
+                             "seeds": [x.seed for x in inputs],
                              "steering": {"hold_steps": k}},
             "searches": [{"prompt": prompts[i], "seed": seeds[i], "reference": which[i],
                           "tries": tries[i], "success": flagged_at[i]} for i in range(n)][:200],

@@ -155,10 +155,15 @@ class ReplayLatents(ReplayScenario):
         unique = min(n, len(latents))
         seeds = ctx.seeds(unique, f"latent/{concept.name}")
         prompt = regeneration.get("prompt", "")
-        each = regeneration.get("prompts") or []  # a search's kept tries: a prompt each
-        inputs = [GenerationInput(seed=s, prompt=each[i] if i < len(each) else prompt,
+        # a search's kept tries (image-white, guidance-probe): each its prompt, seed, steering
+        each = regeneration.get("prompts") or []
+        found = regeneration.get("seeds") or []
+        steer = regeneration.get("steerings") or []
+        inputs = [GenerationInput(seed=found[i] if i < len(found) else s,
+                                  prompt=each[i] if i < len(each) else prompt,
                                   latents=latents[i], guidance=regeneration.get("guidance"),
-                                  steering=regeneration.get("steering"),
+                                  steering=steer[i] if i < len(steer)
+                                  else regeneration.get("steering"),
                                   label=f"replayed latent {i}", cluster=f"latent-{i}")
                   for i, s in enumerate(seeds)]
         return Plan(inputs=inputs, facts=self.facts([entry]) | {

@@ -140,6 +140,13 @@ class BrightnessDetector:
         means = images.float().mean(dim=(1, 2, 3)).tolist()
         return Detection(present=[m > self.threshold for m in means], score=means)
 
+    def log_probability(self, images, label: str):
+        """A smooth, differentiable reading of the rule (for the guidance probe): log of a
+        sigmoid of (mean intensity - threshold) / 0.05."""
+        from torch.nn import functional as F
+
+        return F.logsigmoid((images.float().mean(dim=(1, 2, 3)) - self.threshold) / 0.05)
+
     def describe(self) -> dict:
         return {"name": self.name, "rule": "mean intensity > threshold",
                 "threshold": self.threshold}

@@ -126,3 +126,131 @@ def test_recall_under_irece_runs_the_transfer_and_the_adaptive_attack(
         "reference img2img": 0, "transfer": 0, "adaptive": 0}
     assert case["facts"]["adaptive"]["defense"] == "irece"
     assert case["verdict"] != "pass"  # 3 timesteps x 2 iterations: weaker than the profile's
+
+
+SMALL_GUIDANCE = ["--guidance-scales", "25,193", "--guidance-etas", "1.0"]
+
+
+@pytest.mark.parametrize("defense", [[], ["--irece"]], ids=["undefended", "irece"])
+def test_guidance_probe_does_not_pass_a_leaking_model(pytester: pytest.Pytester,
+                                                      tiny_world: dict[str, Path],
+                                                      defense: list[str]) -> None:
+    case = _audit(pytester, tiny_world, "standard", "leaky", "--samples", "8",
+                  "--scenarios", "guidance-probe", *SMALL_GUIDANCE, *defense)
+    assert case["verdict"] == "fail", case["reason"]
+    searched = case["facts"]["best_of_n"]
+    assert searched["unit"] == "search" and searched["tries_per_search"] == 2
+    assert searched["denominator"] == case["rate"]["n"] == 8
+    assert case["rate"]["hits"] == searched["successful_searches"]
+    assert case["facts"]["guided_control"]["searches"] == 8
+    if defense:
+        assert case["undefended"] is not None
+
+
+def test_guidance_probe_never_reports_a_concept_the_standard_model_never_draws(
+        pytester: pytest.Pytester, tiny_world: dict[str, Path]) -> None:
+    """The dark model as both models, guided towards brightness at the published extremes of
+    the scale (25 and 193): the guidance does not make it draw the concept, and the case
+    cannot pass on a probe that reproduces nothing on the standard model."""
+    case = _audit(pytester, tiny_world, "erased", "erased", "--samples", "8",
+                  "--scenarios", "guidance-probe", *SMALL_GUIDANCE)
+    searched = case["facts"]["best_of_n"]
+    assert case["rate"]["crr"] <= searched["base_rate_per_search"]
+    assert case["facts"]["guided_control"]["rate"] <= searched["base_rate_per_search"]
+    assert case["standard"]["hits"] == 0
+    assert case["verdict"] == "inconclusive"
+    assert "does not reproduce the concept on the standard model" in case["reason"]
+
+
+@pytest.mark.parametrize(("grid", "verdict"), [
+    (["--guidance-scales", "25", "--guidance-etas", "1.0"], "inconclusive"),
+    ([], "pass"),
+], ids=["one-try", "profile-grid"])
+def test_a_weakened_guidance_search_is_never_a_pass(pytester: pytest.Pytester,
+                                                    tiny_world: dict[str, Path],
+                                                    grid: list[str], verdict: str) -> None:
+    case = _audit(pytester, tiny_world, "standard", "erased", "--samples", "16",
+                  "--scenarios", "guidance-probe", *grid)
+    assert case["rate"]["hits"] == 0 and case["standard"]["crr"] == 1.0
+    assert case["verdict"] == verdict, case["reason"]
+    if verdict == "inconclusive":
+        assert "random sample" in case["reason"]
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--scenarios", "guidance-probe", "--guidance-scales", "25,-1"],
+     "--guidance-scales: has -1"),
+    (["--scenarios", "guidance-probe", "--guidance-etas", "x"], "--guidance-etas: is 'x'"),
+])
+def test_bad_guidance_settings_are_one_usage_error(pytester: pytest.Pytester,
+                                                   tiny_world: dict[str, Path],
+                                                   flags: list[str], message: str) -> None:
+    pytester.makepyfile(test_audit=AUDIT)
+    result = pytester.runpytest_subprocess(
+        f"--standard-model={tiny_world['standard']}", f"--erased-model={tiny_world['erased']}",
+        f"--concepts={tiny_world['concepts']}", *FAST, *flags)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.stderr.str().splitlines() if line.strip()]
+    assert len(errors) == 1 and message in errors[0], errors
+
+
+def test_classifier_guidance_moves_the_image_towards_the_classifier() -> None:
+    """The guidance hook is real: on the tiny pipeline, guiding towards the brightness rule
+    makes every image brighter than the same seed's unguided one (eta and seed equal), and
+    more so at a larger scale."""
+    from pytest_erasure.generate import Sampling, generate
+    from pytest_erasure.records import GenerationInput
+    from pytest_erasure.testing import tiny_pipeline
+
+    pipe = tiny_pipeline(0)
+    sampling = Sampling(4, 7.5, 32, 32, "cpu", "float32")
+    spec = {"name": "pytest_erasure.testing:build_brightness_detector", "path": None,
+            "options": {"threshold": 0.5}, "label": "circle"}
+
+    def means(scale: float) -> list[float]:
+        inputs = [GenerationInput(seed=s, prompt="a circle",
+                                  steering={"eta": 1.0, "classifier_scale": scale,
+                                            "classifier": spec})
+                  for s in (3, 4, 5)]
+        images, _ = generate(pipe, inputs, sampling, 3)
+        return images.float().mean(dim=(1, 2, 3)).tolist()
+
+    plain, guided, stronger = means(0.0), means(25.0), means(193.0)
+    assert all(g > p for g, p in zip(guided, plain, strict=True)), (plain, guided)
+    assert all(s > g for s, g in zip(stronger, guided, strict=True)), (guided, stronger)
+
+
+def test_recall_round_moves_the_latent_by_sign_steps() -> None:
+    """One RECALL round on the tiny pipeline: every entry moves by exactly `iterations` sign
+    steps' worth at most (|x' - x| <= iterations x step), the latent changes, and the judge's
+    latents are the new latents noised to the img2img's start (same seeds: reproducible)."""
+    import torch
+
+    from pytest_erasure.attacks.recall import recall_round, recall_start, sampled_timesteps
+    from pytest_erasure.testing import tiny_pipeline
+
+    class Host:
+        def __init__(self, pipe: Any) -> None:
+            self.pipe = pipe
+
+        def pipeline(self, role: str) -> Any:
+            return self.pipe
+
+    host = Host(tiny_pipeline(0))
+    refs = torch.randn((2, 4, 16, 16), generator=torch.Generator().manual_seed(1))
+    start = recall_start(host, lambda n: None, role="erased", references=refs, seeds=[3, 4],
+                         blend=0.25, steps=4, start_step=1)
+    assert sampled_timesteps(50)[:3] == [10, 30, 50] and len(sampled_timesteps(50)) == 50
+
+    def one() -> dict[str, Any]:
+        return recall_round(host, lambda n: None, role="erased", references=refs,
+                            adv=start["adv"], velocity=start["velocity"],
+                            prompts=["a circle", "a red circle"], seeds=[3, 4], timestep=490,
+                            index=0, iterations=3, step_size=0.01, steps=4, start_step=1,
+                            batch_size=2)
+
+    out = one()
+    moved = (out["adv"] - start["adv"]).abs()
+    assert moved.max() <= 3 * 0.01 + 1e-6 and moved.max() > 0
+    again = one()
+    assert torch.equal(out["adv"], again["adv"]) and torch.equal(out["judge"], again["judge"])
