@@ -122,11 +122,11 @@ def threat(ctx: AuditContext, part: str) -> dict[str, Any]:
 
     A probe is a generation-side procedure, not a gradient attack: it queries the released model
     and keeps what it returns, so with a defense on, `part` (what the erased model generates)
-    runs through the defense and the search keeps the best of the *defended* outputs. That is
-    already the strongest black-box attacker against the defended release (it sees what the
-    defense lets through); there is no transfer form (nothing is optimised on the undefended
-    model and carried over) and no gradient for an adaptive form (`AuditContext.
-    attacked_through` is for white-box attacks)."""
+    runs through the defense and the search keeps the best of the *defended* outputs: the
+    black-box attacker of the defended release, who sees only what the defense lets through.
+    There is no transfer form (nothing is optimised on the undefended model and carried over)
+    and no gradient for an adaptive form (`AuditContext.attacked_through` is for white-box
+    attacks); a search that chose its queries knowing the defense's code is not measured."""
     defense = getattr(ctx.config, "defense", None)
     return {"model": "black-box", "attacked_through": defense,
             "defended_part": part if defense else None,
