@@ -216,7 +216,8 @@ class AdversarialWhiteScenario(Scenario):
             settings = AttackSettings("unlearndiffatk", int(get("udatk-tokens")),
                                       timesteps * iterations, iterations,
                                       float(get("udatk-lr")), float(get("udatk-weight-decay")))
-            settings.validate("udatk")
+            settings.validate("udatk", {"steps": "udatk-timesteps",
+                                        "eval-every": "udatk-iterations"})
             return [("unlearndiffatk", settings)]
         out = []
         for variant in parse_variants(get("p4d-variants")):
