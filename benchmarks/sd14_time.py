@@ -129,8 +129,20 @@ def rows(samples: int) -> list[tuple[str, str, float, float]]:
     # it includes, which rows above count once per concept
     probes = {name: (images - 2 * s, seconds - gen(2 * s))
               for name, images, seconds in projected(s)}
+    from adversarial_white_cost import projected as white_projected
+
+    # white-box adversarial prompts (benchmarks/adversarial_white_cost.py), less the base rate
+    # and baseline images it includes
+    white = {name: (images - 2 * s, steps, seconds - gen(2 * s))
+             for name, images, steps, seconds in white_projected(s)}
     for scenario in registry().values():  # run only when --scenarios names them
-        if getattr(scenario, "opt_in", False) and scenario.id in probes:
+        if getattr(scenario, "opt_in", False) and scenario.id in white:
+            images, steps, seconds = white[scenario.id]
+            out.append((f"{scenario.id} (opt-in, not in the total)",
+                        f"{steps} gradient steps and {images} images on the two models (counted "
+                        "in benchmarks/adversarial_white_cost.py); a further model: its own "
+                        "half", seconds, seconds / 2))
+        elif getattr(scenario, "opt_in", False) and scenario.id in probes:
             images, seconds = probes[scenario.id]
             share = erased_share(scenario.id)
             out.append((f"{scenario.id} (opt-in, not in the total)",

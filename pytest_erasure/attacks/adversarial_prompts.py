@@ -94,7 +94,9 @@ class AttackSettings:
     every_k: int = 3
     """P4D-K: a learnable token before every `every_k` prompt tokens."""
 
-    def validate(self, prefix: str) -> None:
+    def validate(self, prefix: str, names: dict[str, str] | None = None) -> None:
+        """Usage errors naming `--{prefix}-{field}`, or the option `names` maps a field to
+        (UnlearnDiffAtk's steps and eval-every come from its timesteps and iterations)."""
         checks = (
             ("method", self.method, self.method in METHODS, f"give one of {', '.join(METHODS)}"),
             ("tokens", self.tokens, 1 <= self.tokens <= 75, "give a whole number in 1..75"),
@@ -108,7 +110,8 @@ class AttackSettings:
         )
         for name, value, ok, fix in checks:
             if not ok:
-                raise ErasureInputError(f"--{prefix}-{name}", f"is {value}", fix)
+                option = (names or {}).get(name, f"{prefix}-{name}")
+                raise ErasureInputError(f"--{option}", f"is {value}", fix)
 
     def candidates(self) -> int:
         """Decoded candidates one search yields (the original prompt not counted)."""

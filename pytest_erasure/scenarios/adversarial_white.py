@@ -216,7 +216,8 @@ class AdversarialWhiteScenario(Scenario):
             settings = AttackSettings("unlearndiffatk", int(get("udatk-tokens")),
                                       timesteps * iterations, iterations,
                                       float(get("udatk-lr")), float(get("udatk-weight-decay")))
-            settings.validate("udatk")
+            settings.validate("udatk", {"steps": "udatk-timesteps",
+                                        "eval-every": "udatk-iterations"})
             return [("unlearndiffatk", settings)]
         out = []
         for variant in parse_variants(get("p4d-variants")):
@@ -295,7 +296,14 @@ class AdversarialWhiteScenario(Scenario):
 
     def planning_attack_seconds(self, design: Design, options: Mapping[str, Any],
                                 speed: Mapping[str, Any]) -> float | None:
-        return None
+        """Every search's gradient steps on both models, a step at textual inversion's rate
+        (one UNet forward and backward through the text encoder; P4D's extra forward of the
+        standard UNet not counted: benchmarks/adversarial_white_cost.py counts it)."""
+        per_step = speed.get("ti_seconds_per_step")
+        if per_step is None:
+            return None
+        steps = sum(s.steps for _n, s in self.attacks(options=options))
+        return 2 * design.n * steps * float(per_step)
 
     # -- the attack ---------------------------------------------------------------------------
 

@@ -206,6 +206,9 @@ def test_every_scenario_says_what_is_drawn_and_what_is_declared(tiny_world: dict
                 [f"reference-{i}" for i in range(len(plan.inputs))], name
         elif name == "inpainting-probe":  # a reference per image, cycling the references
             assert all(i.cluster.startswith("reference-") and i.stratum for i in plan.inputs)
+        elif name.startswith("adversarial-white"):  # searches: strata of the declared prompt
+            declared = {f"prompt: {t}" for t in circle.texts()}
+            assert all(i.stratum in declared and not i.cluster for i in plan.inputs), name
         elif name.startswith(("embedding", "adversarial", "finetune")) or name.endswith(
                 "-embedding"):  # the quantized models' embedding cases too
             assert {i.cluster for i in plan.inputs} == {"restart-0", "restart-1"}

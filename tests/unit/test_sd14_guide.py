@@ -36,9 +36,9 @@ def test_the_budget_table_is_the_sd14_profile() -> None:
     profile = {name: b.value for name, b in PROFILES["sd14"].items()}
     profile.update({name: b.value for name, b in SETTINGS["sd14"].items()})
     checked = set()
-    for options, values in re.findall(r"^\| ((?:`--[a-z-]+`(?:, | x )?)+) \| ([^|]+) \|", GUIDE,
+    for options, values in re.findall(r"^\| ((?:`--[a-z0-9-]+`(?:, | x )?)+) \| ([^|]+) \|", GUIDE,
                                       flags=re.MULTILINE):
-        names = re.findall(r"`--([a-z-]+)`", options)
+        names = re.findall(r"`--([a-z0-9-]+)`", options)
         cells = re.split(r", | x ", re.sub(r"\s*\(.*\)", "", values))
         assert len(cells) == len(names), (options, values)
         for name, cell in zip(names, cells, strict=True):
