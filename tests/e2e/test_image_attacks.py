@@ -289,3 +289,26 @@ def test_found_latents_are_exported_and_replayed_as_judged(pytester: pytest.Pyte
         assert again["rate"]["hits"] == case["rate"]["hits"], (source, case["rate"],
                                                                   again["rate"])
         assert again["facts"]["image_sha256"] == case["facts"]["image_sha256"], source
+
+
+def test_held_steps_are_the_img2img_that_starts_later() -> None:
+    """The judge's img2img: the full schedule with its first k steps held draws the image the
+    schedule entered at step k draws (`start_step`), so a defense sees the full schedule at no
+    change to the undefended image."""
+    import torch
+
+    from pytest_erasure.generate import Sampling, generate
+    from pytest_erasure.records import GenerationInput
+    from pytest_erasure.testing import tiny_pipeline
+
+    pipe = tiny_pipeline(0)
+    sampling = Sampling(5, 7.5, 32, 32, "cpu", "float32")
+    start = torch.randn((4, 16, 16), generator=torch.Generator("cpu").manual_seed(7))
+    held, _ = generate(pipe, [GenerationInput(seed=3, prompt="a circle", latents=start,
+                                              steering={"hold_steps": 1})], sampling, 1)
+    later, _ = generate(pipe, [GenerationInput(seed=3, prompt="a circle", latents=start,
+                                               steering={"start_step": 1})], sampling, 1)
+    plain, _ = generate(pipe, [GenerationInput(seed=3, prompt="a circle", latents=start,
+                                               steering={"start_step": 0})], sampling, 1)
+    assert (held.int() - later.int()).abs().max() <= 1
+    assert (held.int() - plain.int()).abs().max() > 1  # holding a step is not a no-op
