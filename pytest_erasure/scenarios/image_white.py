@@ -209,6 +209,17 @@ class ImageWhiteScenario(Scenario):
         tries = int(options["recall-timesteps"]) + 1
         return design.n * tries, 2 * design.n * tries
 
+    def planning_attack_seconds(self, design: Design, options: Mapping[str, Any],
+                                speed: Mapping[str, Any]) -> float | None:
+        """The worst case (no search succeeds) on both models: per round `iterations` forward +
+        backward passes of the adversarial CFG pair, each taken as two textual-inversion steps
+        (batch 1 each); the judged img2img are in `planning_images`."""
+        step = speed.get("ti_seconds_per_step")
+        if step is None:
+            return None
+        rounds = int(options["recall-timesteps"]) * int(options["recall-iterations"])
+        return 2 * design.n * rounds * 2 * float(step)
+
     def findings(self, case: CaseResult) -> list[dict[str, Any]]:
         """The kept tries' img2img starting latents, replayed as they were judged (their
         prompts and the img2img's start step in `settings.regeneration`)."""

@@ -254,3 +254,61 @@ def test_recall_round_moves_the_latent_by_sign_steps() -> None:
     assert moved.max() <= 3 * 0.01 + 1e-6 and moved.max() > 0
     again = one()
     assert torch.equal(out["adv"], again["adv"]) and torch.equal(out["judge"], again["judge"])
+
+
+def test_found_latents_are_exported_and_replayed_as_judged(pytester: pytest.Pytester,
+                                                           tiny_world: dict[str, Path]) -> None:
+    """Both cases export their kept tries' latents (`--erasure-artifacts`); replayed on the
+    same model (`--erasure-replay`) with their prompts, seeds and steering, they draw the
+    images the cases judged: the replayed CRR is the searches' success rate."""
+    pytester.makepyfile(test_audit=AUDIT)
+    folder, out = pytester.path / "found", pytester.path / "report-found"
+    models = [f"--standard-model={tiny_world['standard']}",
+              f"--erased-model={tiny_world['leaky']}", f"--concepts={tiny_world['concepts']}"]
+    result = pytester.runpytest_subprocess(
+        *models, *FAST, "--samples", "4", "--scenarios", "image-white,guidance-probe",
+        *SMALL_RECALL, *SMALL_GUIDANCE, f"--erasure-artifacts={folder}",
+        f"--erasure-report={out}")
+    assert result.ret in (0, 1), result.stdout.str()
+    found = {c["scenario"]: c for c in json.loads((out / "report.json").read_text())["cases"]
+             if c["kind"] == "erasure" and c["concept"] == "circle"}
+    manifest = json.loads((folder / "manifest.json").read_text())
+    kinds = {(e["scenario"], e["kind"]) for e in manifest["artifacts"]}
+    assert {("image-white", "latents"), ("guidance-probe", "latents")} <= kinds
+    replayed_out = pytester.path / "report-replayed"
+    result = pytester.runpytest_subprocess(
+        *models, *FAST, "--samples", "4", "--scenarios", "replay",
+        f"--erasure-replay={folder}", f"--erasure-report={replayed_out}")
+    assert result.ret in (0, 1), result.stdout.str()
+    replayed = {c["scenario"]: c for c in
+                json.loads((replayed_out / "report.json").read_text())["cases"]
+                if c["kind"] == "erasure" and c["concept"] == "circle"}
+    for source in ("image-white", "guidance-probe"):
+        case, again = found[source], replayed[f"replay-{source}"]
+        assert again["rate"]["n"] == case["rate"]["n"] == 4
+        assert again["rate"]["hits"] == case["rate"]["hits"], (source, case["rate"],
+                                                                  again["rate"])
+        assert again["facts"]["image_sha256"] == case["facts"]["image_sha256"], source
+
+
+def test_held_steps_are_the_img2img_that_starts_later() -> None:
+    """The judge's img2img: the full schedule with its first k steps held draws the image the
+    schedule entered at step k draws (`start_step`), so a defense sees the full schedule at no
+    change to the undefended image."""
+    import torch
+
+    from pytest_erasure.generate import Sampling, generate
+    from pytest_erasure.records import GenerationInput
+    from pytest_erasure.testing import tiny_pipeline
+
+    pipe = tiny_pipeline(0)
+    sampling = Sampling(5, 7.5, 32, 32, "cpu", "float32")
+    start = torch.randn((4, 16, 16), generator=torch.Generator("cpu").manual_seed(7))
+    held, _ = generate(pipe, [GenerationInput(seed=3, prompt="a circle", latents=start,
+                                              steering={"hold_steps": 1})], sampling, 1)
+    later, _ = generate(pipe, [GenerationInput(seed=3, prompt="a circle", latents=start,
+                                               steering={"start_step": 1})], sampling, 1)
+    plain, _ = generate(pipe, [GenerationInput(seed=3, prompt="a circle", latents=start,
+                                               steering={"start_step": 0})], sampling, 1)
+    assert (held.int() - later.int()).abs().max() <= 1
+    assert (held.int() - plain.int()).abs().max() > 1  # holding a step is not a no-op
