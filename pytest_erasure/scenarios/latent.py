@@ -45,7 +45,11 @@ and held constant in the backward pass (`defenses.irece.IreceSampling` says why 
 gives up). Per reference the attacker keeps whichever of the inverted (transfer) and the
 refined latent reaches the lower objective on held-out re-noise draws, so the case is never
 weaker than the transfer attack by the attacker's own measure; `facts["adaptive"]` says which
-was kept for each. The reconstruction the case is gated on (`facts["reconstruction"]`) is the
+was kept for each, and the transfer attacker's CRR on the same references (the inverted
+latents generated through the defense and judged: `transfer_hits` / `transfer_n`), so the case
+reports both threat models. The gate is on the adaptive attacker's latents: it is the
+stronger attacker by its own objective, and the two attacks' images of one reference are not
+independent samples to pool. The reconstruction the case is gated on (`facts["reconstruction"]`) is the
 inversion's own, of the inverted latents (a failed inversion is still not a pass); the refined
 latents' undefended round trip is `facts["case_reconstruction"]`. Under
 `--erasure-threat=transfer`, or with a defense that declares no adaptive form, the latents are
@@ -509,7 +513,16 @@ class LatentScenario(Scenario):
             "inversion_exact": inversion_exactness(ctx.model_facts(target).scheduler_class),
         }
         if adaptive is not None:
-            facts["adaptive"] = adaptive
+            # Both threat models in the case: the transfer attacker's latents (the inverted
+            # ones) generated through the defense and judged beside the adaptive ones.
+            transfer = [GenerationInput(seed=s, prompt=regeneration["prompt"],
+                                        latents=inverted[i], guidance=regeneration["guidance"],
+                                        label=f"inverted ref {i} (transfer)", **draws[i])
+                        for i, s in enumerate(seeds)]
+            found = ctx.detect(ctx.generate(target, transfer, concept), concept).present
+            hits = sum(bool(p) for p in found)
+            facts["adaptive"] = {**adaptive, "transfer_hits": hits, "transfer_n": len(found),
+                                 "transfer_crr": hits / len(found) if found else None}
         if inversion["steps"] != regeneration["steps"]:
             facts["warning"] = (f"inverted with {inversion['steps']} DDIM steps but regenerated "
                                 f"with {regeneration['steps']}: the round trip is not exact")

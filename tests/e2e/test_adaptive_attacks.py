@@ -233,6 +233,8 @@ def test_with_irece_the_white_box_inversion_is_refined_through_it(latent_audits)
     adaptive = case["facts"]["adaptive"]
     assert adaptive["defense"] == "irece" and adaptive["iterations"] == 2
     assert len(adaptive["kept"]) == 4 and set(adaptive["kept"]) <= {"inverted", "refined"}
+    # The transfer attacker's CRR on the same references, beside: both threat models reported.
+    assert adaptive["transfer_n"] == 4 and 0 <= adaptive["transfer_hits"] <= 4
     assert "transfer attack" not in (case["reason"] or "")
     assert case["verdict"] == "fail" and not case["passed"], case["message"]
 
