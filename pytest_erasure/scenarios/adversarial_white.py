@@ -325,7 +325,8 @@ class AdversarialWhiteScenario(Scenario):
 
         defense = None if transfer else self.through(ctx, role)
         size = self.batch(ctx)
-        chunks = [(start, start + size) for start in range(0, len(prompts), size)]
+        chunks = [(start, min(start + size, len(prompts)))
+                  for start in range(0, len(prompts), size)]
 
         def run(chunk: tuple[int, int]) -> tuple[list[dict[str, Any]], Any]:
             a, b = chunk

@@ -168,19 +168,23 @@ def test_a_weakened_search_is_never_a_pass(pytester: pytest.Pytester,
         assert case["facts"]["best_of_n"]["tries_per_search"] == 2
 
 
+@pytest.mark.parametrize(("scenario", "attack", "extra"), [
+    (WHITE, "unlearndiffatk", []), (P4D, "p4d-n", [*P4D_SMALL, "--p4d-variants", "n"])],
+    ids=["unlearndiffatk", "p4d"])
 def test_under_irece_the_attack_goes_through_the_defense_and_transfers_too(
-        pytester: pytest.Pytester, tiny_world: dict[str, Path]) -> None:
+        pytester: pytest.Pytester, tiny_world: dict[str, Path], scenario: str, attack: str,
+        extra: list[str]) -> None:
     case = _run(pytester, tiny_world, "standard", "leaky", "--samples", "8",
-                "--scenarios", WHITE, "--irece", "--no-erasure-cache")[WHITE]
+                "--scenarios", scenario, "--irece", "--no-erasure-cache", *extra)[scenario]
     assert case["verdict"] == "fail", case["reason"]
     assert case["facts"]["threat_model"] == "white-box adaptive"
     parts = case["facts"]["parts"]
-    assert set(parts) == {"original prompt", "unlearndiffatk (adaptive)",
-                          "unlearndiffatk (transfer)"}
+    assert set(parts) == {f"{attack} (adaptive)", f"{attack} (transfer)"} | (
+        {"original prompt"} if scenario == WHITE else set())
     # the adaptive attack's objective went through IRECE's surrogate
-    runs = case["facts"]["adaptive"]["surrogate_runs"]["unlearndiffatk (adaptive)"]
+    runs = case["facts"]["adaptive"]["surrogate_runs"][f"{attack} (adaptive)"]
     assert runs and all(r["defended_samples"] > 0 for r in runs)
-    assert "unlearndiffatk (transfer)" not in case["facts"]["adaptive"]["surrogate_runs"]
+    assert f"{attack} (transfer)" not in case["facts"]["adaptive"]["surrogate_runs"]
     # reported beside the undefended model
     assert case["undefended"] is not None and "without irece" in case["message"]
 
