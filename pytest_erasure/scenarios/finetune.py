@@ -99,7 +99,7 @@ LORA_FOLDER = Path(tempfile.gettempdir()) / "pytest-erasure-loras"
 
 FT_OPTIONS: tuple[ScenarioOption, ...] = (
     ScenarioOption("ft-rank", int, 4, "finetune-concept: LoRA rank (MemoRa: 4)"),
-    ScenarioOption("ft-steps", int, 30, "finetune-concept: optimizer steps (MemoRa: 10)"),
+    ScenarioOption("ft-steps", int, 60, "finetune-concept: optimizer steps (MemoRa: 10)"),
     ScenarioOption("ft-lr", float, 1e-3, "finetune-concept: learning rate (MemoRa: 1e-4)"),
     ScenarioOption("ft-shots", int, 16,
                    "finetune-concept: reference images trained on (the first N; MemoRa: 6)"),
@@ -120,15 +120,13 @@ FT_OPTIONS: tuple[ScenarioOption, ...] = (
 )
 
 _SHAPES = "ours: measured on the shapes world (README, 'Attacks on the weights')"
-_SHAPES_SPARED = ("ours: the budget of benchmarks/finetune_budget.py's sweep that keeps the "
-                  "standard model's circles (the positive control) at 77% while a run still "
-                  "brings circle back through UCE; 60 steps left the control at 47% (README, "
-                  "'Attacks on the weights')")
 BUDGETS: dict[str, dict[str, Budget]] = {
     "shapes": {
         "ft-rank": Budget(4, MEMORA, f"{MEMORA_CODE}: rank 4"),
-        "ft-steps": Budget(30, "ours", _SHAPES_SPARED),
-        "ft-lr": Budget(1e-3, "ours", _SHAPES_SPARED),
+        "ft-steps": Budget(60, "ours", _SHAPES + "; benchmarks/finetune_budget.py swept "
+                           "fewer steps and lower rates: none kept the standard model's circles "
+                           "over the attack floor in the audit while a run recovered UCE's"),
+        "ft-lr": Budget(1e-3, "ours", _SHAPES),
         "ft-shots": Budget(16, "ours", "every shapes-world reference render of the concept"),
         "ft-batch-size": Budget(4, "ours", "4 x 32 px latents per pass on 2 CPU cores"),
         "ft-accumulation": Budget(1, "ours", "the batch fits at 32x32 px"),
