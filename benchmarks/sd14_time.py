@@ -130,11 +130,16 @@ def rows(samples: int) -> list[tuple[str, str, float, float]]:
     probes = {name: (images - 2 * s, seconds - gen(2 * s))
               for name, images, seconds in projected(s)}
     from adversarial_white_cost import projected as white_projected
+    from image_attacks_cost import projected as image_projected
 
     # white-box adversarial prompts (benchmarks/adversarial_white_cost.py), less the base rate
     # and baseline images it includes
     white = {name: (images - 2 * s, steps, seconds - gen(2 * s))
              for name, images, steps, seconds in white_projected(s)}
+    # image-white and guidance-probe (benchmarks/image_attacks_cost.py), less the base rate and
+    # baseline it includes, as for the probes
+    images_side = {name: (images - 2 * s, seconds - gen(2 * s))
+                   for name, images, seconds, _note in image_projected(s)}
     for scenario in registry().values():  # run only when --scenarios names them
         if getattr(scenario, "opt_in", False) and scenario.id in white:
             images, steps, seconds = white[scenario.id]
@@ -142,6 +147,14 @@ def rows(samples: int) -> list[tuple[str, str, float, float]]:
                         f"{steps} gradient steps and {images} images on the two models (counted "
                         "in benchmarks/adversarial_white_cost.py); a further model: its own "
                         "half", seconds, seconds / 2))
+        elif getattr(scenario, "opt_in", False) and scenario.id in images_side:
+            images, seconds = images_side[scenario.id]
+            out.append((f"{scenario.id} (opt-in, not in the total)",
+                        f"at most {images} images on the two models and their searches' "
+                        "optimisation, worst case (counted in benchmarks/"
+                        "image_attacks_cost.py); a further model: the erased model's share "
+                        "(half; two thirds for guidance-probe, whose control runs on it)",
+                        seconds, seconds * (2 / 3 if "guidance" in scenario.id else 1 / 2)))
         elif getattr(scenario, "opt_in", False) and scenario.id in probes:
             images, seconds = probes[scenario.id]
             share = erased_share(scenario.id)
