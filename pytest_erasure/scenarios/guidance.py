@@ -33,7 +33,11 @@ Deviations from the paper, recorded in every report (`facts.deviations`):
 - the classifier is the case's detector's differentiable `log_probability` of the concept on
   the predicted clean image (decoded by the VAE), its gradient carried to x_t as 1 / sqrt(a_t)
   without differentiating the UNet (`samplers.classifier_guide`), not a classifier of noisy
-  latents; a detector without one (CLIP, ImageNet, NudeNet here) is refused;
+  latents; a detector without one (CLIP, ImageNet, NudeNet here) is refused when the case runs
+  (a case error naming the detector, not yet a usage error before the models load);
+- the published scales are kept, but they were set for the paper's latent classifier: on the
+  shapes world they wreck the standard model's own images (README), and no scale for a
+  detector's gradient is calibrated yet;
 - DDIM with eta built from the audited model's scheduler config whatever `--sampler` says;
   steps are `--steps` (the sd14 profile: 50);
 - the shapes profile runs 5 of the 25 scales x 2 of the 6 etas (CPU minutes);

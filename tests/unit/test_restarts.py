@@ -204,7 +204,7 @@ def test_every_scenario_says_what_is_drawn_and_what_is_declared(tiny_world: dict
         if name.startswith("latent"):  # declared references: one cluster each
             assert [i.cluster for i in plan.inputs] == \
                 [f"reference-{i}" for i in range(len(plan.inputs))], name
-        elif name == "inpainting-probe":  # a reference per image, cycling the references
+        elif name in ("inpainting-probe", "image-white"):  # a reference each, cycling them
             assert all(i.cluster.startswith("reference-") and i.stratum for i in plan.inputs)
         elif name.startswith("adversarial-white"):  # searches: strata of the declared prompt
             declared = {f"prompt: {t}" for t in circle.texts()}
