@@ -372,7 +372,10 @@ def defended_denoise(pipe: StableDiffusionPipeline, latents: torch.Tensor, *,
     callback applies it: the final latent (float32) as a differentiable function of the
     initial one. `checkpoint` recomputes each step's UNet activations in the backward pass
     instead of keeping all `steps` of them (memory of one step, one extra forward per step:
-    what makes SD v1.4's 50 steps fit)."""
+    what makes SD v1.4's 50 steps fit). A stochastic sampler (Euler ancestral) draws its step
+    noise from torch's global generator here, not from the generation's per-image generators:
+    the attacker optimises against other noise than the audit then draws (DDIM, the default,
+    draws none)."""
     from torch.utils.checkpoint import checkpoint as recompute
 
     scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config)

@@ -106,7 +106,8 @@ LATENT_OPTIONS: tuple[ScenarioOption, ...] = (
     ScenarioOption(
         "inversion-adaptive-steps", int, 20,
         "with a defense on and --erasure-threat=adaptive: optimisation steps that refine the "
-        "white-box inverted latents through the defended sampler (0: keep the inversion)"),
+        "white-box inverted latents through the defended sampler (0: none, the transfer "
+        "attack, which cannot pass under the adaptive threat)"),
     ScenarioOption(
         "inversion-adaptive-lr", float, 0.05,
         "Adam learning rate of the adaptive inversion's refinement (latent units)"),
@@ -234,8 +235,11 @@ class LatentScenario(Scenario):
         if not self.adaptive or role != "erased" or ctx.config.defense is None:
             return None
         defense = ctx.attacked_through()
-        # Its surrogate must run inside a sampler (`sampling()`), which a defense declares.
-        return defense if getattr(defense, "adaptive_sampling", False) else None
+        # Its surrogate must run inside a sampler (`sampling()`), which a defense declares; and
+        # no refinement (--inversion-adaptive-steps 0) is the transfer attack, labelled so.
+        if not getattr(defense, "adaptive_sampling", False):
+            return None
+        return defense if self.adaptive_budget(ctx)["iterations"] > 0 else None
 
     def adaptive_budget(self, ctx: AuditContext) -> dict[str, Any]:
         iterations = int(ctx.option("inversion-adaptive-steps"))
