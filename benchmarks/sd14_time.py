@@ -171,6 +171,14 @@ def rows(samples: int) -> list[tuple[str, str, float, float]]:
                         "benchmarks/finetune_cost.py); "
                         f"{r} x {s} erased + {r} x {s} standard images",
                         gen(2 * r * s), gen(r * s)))
+        elif getattr(scenario, "opt_in", False) and scenario.id.endswith("-embedding"):
+            # textual inversion under the quantize overlay: embedding-white's work, on
+            # quantize-dequantized weights (the same arithmetic as unquantized ones)
+            out.append((f"{scenario.id} (opt-in, not in the total)",
+                        f"{r} runs ({micro} micro-steps) through the quantized erased model + "
+                        f"{r} through the quantized standard model; {r} x {s} erased + "
+                        f"{r} x {s} standard images, both models under the same overlay",
+                        2 * r * ti_run + gen(2 * r * s), r * ti_run + gen(r * s)))
         elif getattr(scenario, "opt_in", False):
             out.append((f"{scenario.id} (opt-in, not in the total)",
                         f"{s} erased + {s} standard images, both models under the same "
