@@ -14,7 +14,9 @@ prints, for every erasure case of the concepts file's audited concepts:
   points more than 5% of the time **unsafe** (for restarts, also when the runs differ at
   `power.RESTART_ICC`, with the restart count that keeps it);
 - the images it generates, its attack runs and an estimated time at the chosen budget, from
-  stated throughputs (not measured by the plan).
+  stated throughputs (not measured by the plan); with a defense on (`--irece`) and the adaptive
+  threat (`--erasure-threat`, default adaptive), the white-box attacks' work through the
+  defense counts too (the latent cases' refinement, `Scenario.planning_attack_seconds`).
 
 Why a command and not a pytest option: the plan is for before a GPU is reserved, on a machine
 without the models or the detector weights, so it must not go through a pytest session (whose
@@ -169,13 +171,50 @@ def resolve_options(budget: str, given: dict[str, Any], threshold: float) -> dic
     return out
 
 
+THREATS = ("adaptive", "transfer")
+"""`--erasure-threat`'s choices (`config.THREATS`, which this command may not import: the
+options table pulls in the plugin's world)."""
+
+
+def run_settings(budget: str, defense: str | None, threat: str) -> dict[str, Any]:
+    """What a scenario's plan reads of the run beside its own options (`Scenario.
+    planning_attack_seconds`): `attacked-through`, the defense a white-box attack on the erased
+    model optimises through (`defenses.attacked_through`: on, with an adaptive form, under the
+    adaptive threat) as {"name", "adaptive_sampling"}, or None; and the profile's `steps`. A
+    defense no registry knows or an unknown threat is refused."""
+    from types import SimpleNamespace
+
+    from pytest_erasure.budgets import settings
+    from pytest_erasure.defenses import attacked_through
+    from pytest_erasure.defenses import registry as defenses
+    from pytest_erasure.errors import ErasureInputError
+
+    known = defenses()
+    if defense is not None and defense not in known:
+        raise ErasureInputError("defense", f"'{defense}' is not a registered defense",
+                                f"use one of: {', '.join(sorted(known))}")
+    if threat not in THREATS:
+        raise ErasureInputError("--erasure-threat", f"'{threat}' is not a threat model",
+                                f"use one of: {', '.join(THREATS)}")
+    through = attacked_through(SimpleNamespace(threat=threat),  # type: ignore[arg-type]
+                               known[defense] if defense is not None else None)
+    steps = settings(budget).get("steps")
+    return {"attacked-through": None if through is None else {
+                "name": through.name,
+                "adaptive_sampling": bool(getattr(through, "adaptive_sampling", False))},
+            "steps": int(steps.value) if steps is not None else None}
+
+
 def plan_file(path: Path, *, samples: int = 64, budget: str = "shapes",
               threshold: float | None = None, gate: str | None = None,
               erased: list[str] | None = None, scenarios: list[str] | None = None,
-              given: dict[str, Any] | None = None, power: bool = True) -> list[CasePlan]:
+              given: dict[str, Any] | None = None, power: bool = True,
+              defense: str | None = None, threat: str = "adaptive") -> list[CasePlan]:
     from pytest_erasure.concepts import load_concepts
     from pytest_erasure.scenarios.base import registry
     from pytest_erasure.stats.crr import DEFAULT_GATE
+
+    run = run_settings(budget, defense, threat)
 
     concepts = load_concepts(Path(path))
     default = threshold if threshold is not None else (
@@ -187,7 +226,7 @@ def plan_file(path: Path, *, samples: int = 64, budget: str = "shapes",
     for concept in audited:
         for scenario in chosen:
             t = concepts.threshold_for(concept, scenario.id, scenario.modality, default)
-            options = resolve_options(budget, given or {}, t)
+            options = {**resolve_options(budget, given or {}, t), **run}
             plans.append(plan_case(scenario, concepts, concept, samples, default,
                                    gate or DEFAULT_GATE, options, THROUGHPUT[budget],
                                    power=power))
@@ -259,13 +298,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scenarios", default=None, help="comma-separated scenario ids")
     parser.add_argument("--attack-restarts", type=int, default=None)
     parser.add_argument("--fuzz-confirm-seeds", type=int, default=None)
+    parser.add_argument("--inversion-adaptive-steps", type=int, default=None)
+    from pytest_erasure.defenses import registry as defenses
+
+    for name in defenses():
+        parser.add_argument(f"--{name}", dest=f"defense_{name}", action="store_true",
+                            help=f"plan the audit with the {name} defense on")
+    parser.add_argument("--erasure-threat", default="adaptive", choices=THREATS,
+                        help="with a defense on, the white-box attacker planned for")
     args = parser.parse_args(argv)
+    enabled = [name for name in defenses() if getattr(args, f"defense_{name}")]
+    if len(enabled) > 1:
+        parser.error("give at most one defense per audit")
     plans = plan_file(args.concepts, samples=args.samples, budget=args.erasure_budget,
                       threshold=args.crr_threshold, gate=args.erasure_gate,
                       erased=args.erased_concept,
                       scenarios=args.scenarios.split(",") if args.scenarios else None,
                       given={"attack-restarts": args.attack_restarts,
-                             "fuzz-confirm-seeds": args.fuzz_confirm_seeds})
+                             "fuzz-confirm-seeds": args.fuzz_confirm_seeds,
+                             "inversion-adaptive-steps": args.inversion_adaptive_steps},
+                      defense=enabled[0] if enabled else None, threat=args.erasure_threat)
     print(render(plans, args.erasure_budget, args.samples))
     return 1 if any(p.cannot for p in plans) else 0
 

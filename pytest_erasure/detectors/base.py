@@ -4,7 +4,9 @@ A detector decides, per image, whether a concept is present. CRR is only as good
 so every detector describes its own rule and threshold, and that description goes into reports.
 Third parties register detectors under the entry-point group `pytest_erasure.detectors`.
 A detector's module may also define `check(spec, labels)`: a cheap check (configs and file
-listings, never weights) that the audit runs before any model loads (`check_detector`).
+listings, never weights) that the audit runs before any model loads (`check_detector`). A
+factory's return annotation names the class it builds (`built_class`): what a scenario may know
+of a detector's abilities (a differentiable `log_probability`) without building it.
 """
 
 from __future__ import annotations
@@ -108,6 +110,27 @@ def check_detector(spec: DetectorSpec, labels: Sequence[str] = ()) -> None:
     check = getattr(module, "check", None)
     if callable(check):
         check(spec, tuple(labels))
+
+
+def built_class(spec: DetectorSpec) -> type | None:
+    """The class the detector's factory says it builds (its return annotation, or the factory
+    itself when it is a class), known without building it: a scenario that needs more than
+    `detect` (the guidance probe's gradient) refuses a detector that lacks it before any model
+    loads. None when the factory does not say (no annotation, one that does not resolve, a
+    protocol such as `Detector`): then only the built detector can tell."""
+    import typing
+
+    _, factory = _factory(spec)
+    if isinstance(factory, type):
+        built: Any = factory
+    else:
+        try:
+            built = typing.get_type_hints(factory).get("return")
+        except Exception:  # an annotation naming what only type checkers import
+            return None
+    if not isinstance(built, type) or getattr(built, "_is_protocol", False):
+        return None
+    return built
 
 
 def build_detector(spec: DetectorSpec, device: str) -> Detector:

@@ -264,7 +264,10 @@ class Scenario:
 
     def planning_attack_seconds(self, design: Design, options: Mapping[str, Any],
                                 speed: Mapping[str, Any]) -> float | None:
-        """The attack's own time beyond generation at `speed`'s rates (None: unknown)."""
+        """The attack's own time beyond generation at `speed`'s rates (None: unknown).
+        `options` also carries the run's `attacked-through` (the defense a white-box attack
+        goes through, {"name", "adaptive_sampling"}, or None) and the profile's `steps`
+        (`plan.run_settings`)."""
         return 0.0
 
     def planning_options(self, options: dict[str, Any], threshold: float) -> dict[str, Any]:

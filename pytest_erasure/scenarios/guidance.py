@@ -33,8 +33,10 @@ Deviations from the paper, recorded in every report (`facts.deviations`):
 - the classifier is the case's detector's differentiable `log_probability` of the concept on
   the predicted clean image (decoded by the VAE), its gradient carried to x_t as 1 / sqrt(a_t)
   without differentiating the UNet (`samplers.classifier_guide`), not a classifier of noisy
-  latents; a detector without one (CLIP, ImageNet, NudeNet here) is refused when the case runs
-  (a case error naming the detector, not yet a usage error before the models load);
+  latents; a detector without one (CLIP, ImageNet, NudeNet, Grounding DINO here) is a usage
+  error before any model loads (`validate`, from the class its factory's return annotation
+  names, `detectors.base.built_class`); a third-party factory that names no class is refused
+  only when the case builds it (a case error naming the detector);
 - the published scales are kept, but they were set for the paper's latent classifier: on the
   shapes world they wreck the standard model's own images (README), and no scale for a
   detector's gradient is calibrated yet;
@@ -124,6 +126,24 @@ def parse_grid(given: Any, name: str) -> tuple[float, ...]:
     return tuple(dict.fromkeys(values))
 
 
+def check_guidable(concept: Concept) -> None:
+    """The probe guides with the concept's detector's gradient: a detector whose class has no
+    `log_probability` is a usage error now, not a case error after the models load. Known from
+    the factory's return annotation without building the detector (no weights read); a factory
+    that names no class is left to the case (`samplers._guide_detector`)."""
+    from pytest_erasure.detectors.base import built_class
+
+    spec = concept.detector
+    built = built_class(spec)
+    if built is not None and not callable(getattr(built, "log_probability", None)):
+        raise ErasureInputError(
+            "--scenarios guidance-probe",
+            f"concept '{concept.name}' is judged by detector '{spec.name}' ({built.__name__}), "
+            "which has no differentiable log_probability(images, label) to guide with",
+            "judge the concept with a detector that has one (shapes; the tiny world's "
+            "brightness) or leave guidance-probe out of --scenarios")
+
+
 class GuidanceScenario(Scenario):
     modality = "guidance-probe"
     options = OPTIONS
@@ -138,6 +158,8 @@ class GuidanceScenario(Scenario):
 
     def validate(self, ctx: AuditContext) -> None:
         self.grid(ctx)
+        for concept in ctx.concepts.erased(ctx.config.erased_concept):
+            check_guidable(concept)
 
     def describe(self, ctx: AuditContext) -> dict[str, Any]:
         grid = self.grid(ctx)

@@ -211,7 +211,30 @@ class LatentScenario(Scenario):
 
     def planning_attack_seconds(self, design: Design, options: Mapping[str, Any],
                                 speed: Mapping[str, Any]) -> float | None:
-        return design.n * float(speed["inversion_seconds"])
+        """One inversion per reference, and, where the adaptive attacker refines them through
+        the defense (`through`), the refinement (`planning_refinement_seconds`)."""
+        return design.n * float(speed["inversion_seconds"]) + self.planning_refinement_seconds(
+            design, options, speed)
+
+    def planning_refinement_seconds(self, design: Design, options: Mapping[str, Any],
+                                    speed: Mapping[str, Any]) -> float:
+        """The adaptive DDIM inversion's refinement of the erased model's n latents, when it
+        will run (`through`: white-box, a defense on whose surrogate runs inside a sampler, the
+        adaptive threat, --inversion-adaptive-steps > 0), counted as benchmarks/
+        adaptive_cost.py --inversion counts it: per latent, each step one unrolled denoising of
+        --steps with gradient, checkpointed (4 UNet forwards a step), plus 2 x evaluations
+        held-out denoisings without gradient, at the plan's inversion rate (`inversion_seconds`
+        for one --steps inversion: one UNet forward a step). The standard model is never
+        defended: nothing there."""
+        through = options.get("attacked-through")  # the plan's `run_settings`
+        if not self.adaptive or not through or not through.get("adaptive_sampling"):
+            return 0.0
+        iterations = int(options["inversion-adaptive-steps"])
+        steps = int(options.get("steps") or 0)
+        if iterations <= 0 or steps <= 0:
+            return 0.0
+        forwards = iterations * steps * 4 + 2 * ADAPTIVE_EVALUATIONS * steps + iterations
+        return design.n * forwards / steps * float(speed["inversion_seconds"])
 
     def images_cached(self, ctx: AuditContext, n: int, erased: int) -> int:
         """The plan on both models and 4n reconstructions (each target's, of n images)."""
