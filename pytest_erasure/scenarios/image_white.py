@@ -72,13 +72,13 @@ RECALL_CODE = ("RECALL's public code (attack.py pgd_attack_with_momentum / loss_
 KEPT_BY = "detector: the first flagged try (where the published loop stops), else best score"
 
 OPTIONS = (
-    ScenarioOption("recall-timesteps", int, 50,
+    ScenarioOption("recall-timesteps", int, 10,
                    "timesteps RECALL's PGD visits (evenly spaced over the 1000 training "
                    "timesteps, ascending); the latent is judged after each: at most this + 1 "
                    "tries per search"),
-    ScenarioOption("recall-iterations", int, 20,
+    ScenarioOption("recall-iterations", int, 5,
                    "momentum-PGD iterations at each timestep of RECALL's attack"),
-    ScenarioOption("recall-step", float, 1e-3,
+    ScenarioOption("recall-step", float, 1e-2,
                    "RECALL's sign step on the latent (> 0)"),
     ScenarioOption("recall-blend", float, 0.25,
                    "share of the reference latent in RECALL's starting latent (the rest is "
