@@ -59,7 +59,13 @@ from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.records import GenerationInput, Plan, Role
 from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
 from pytest_erasure.scenarios.restarts import prompt_stratum
-from pytest_erasure.scenarios.searches import base_rate, run_searches, search_facts
+from pytest_erasure.scenarios.searches import (
+    base_rate,
+    latent_findings,
+    run_searches,
+    search_facts,
+)
+from pytest_erasure.scenarios.searches import parse_grid as grid
 from pytest_erasure.stats import best_of_n
 
 if TYPE_CHECKING:
@@ -109,21 +115,10 @@ DEVIATIONS = (
 
 
 def parse_grid(given: Any, name: str) -> tuple[float, ...]:
-    """A comma-separated list of finite numbers >= 0 (a usage error otherwise)."""
-    text = str(given)
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        values = ()
-    if not values:
-        raise ErasureInputError(f"--{name}", f"is {text!r}",
-                                "give one or more numbers, comma-separated (e.g. 25,67)")
-    bad = [v for v in values if not v >= 0 or v == float("inf")]
-    if bad:
-        raise ErasureInputError(f"--{name}", f"has {bad[0]:g}",
-                                "give finite values >= 0: a negative guidance scale steers away "
-                                "from the concept, a negative eta has no meaning")
-    return tuple(dict.fromkeys(values))
+    """This probe's grid option, parsed as every search's is (`searches.parse_grid`)."""
+    return grid(given, name, example="25,67",
+                meaning="a negative guidance scale steers away from the concept, a negative eta "
+                "has no meaning")
 
 
 def check_guidable(concept: Concept) -> None:
@@ -191,13 +186,7 @@ class GuidanceScenario(Scenario):
     def findings(self, case: CaseResult) -> list[dict[str, Any]]:
         """The kept tries' initial latents with their guidance (`settings.regeneration`): a
         replay draws the very images the case judged."""
-        facts = case.facts or {}
-        if not case.artifacts.get("latents"):
-            return []
-        return [{"kind": "latents", "name": "latents", "source": case.artifacts["latents"],
-                 "found_through": "erased",
-                 "settings": {"regeneration": facts.get("regeneration"),
-                              "grid": facts.get("grid")}}]
+        return latent_findings(case, grid="grid")
 
     def steering(self, ctx: AuditContext, concept: Concept, scale: float, eta: float
                  ) -> dict[str, Any]:

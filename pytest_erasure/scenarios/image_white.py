@@ -223,13 +223,9 @@ class ImageWhiteScenario(Scenario):
     def findings(self, case: CaseResult) -> list[dict[str, Any]]:
         """The kept tries' img2img starting latents, replayed as they were judged (their
         prompts and the img2img's start step in `settings.regeneration`)."""
-        facts = case.facts or {}
-        if not case.artifacts.get("latents"):
-            return []
-        return [{"kind": "latents", "name": "latents", "source": case.artifacts["latents"],
-                 "found_through": "erased",
-                 "settings": {"regeneration": facts.get("regeneration"),
-                              "recall": facts.get("recall")}}]
+        from pytest_erasure.scenarios.searches import latent_findings
+
+        return latent_findings(case, recall="recall")
 
     def budget_needs(self, ctx: AuditContext) -> tuple[dict[str, Any], str]:
         profile = str(getattr(ctx.config, "budget", "sd14") or "sd14")

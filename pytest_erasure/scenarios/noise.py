@@ -56,7 +56,6 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_erasure.budgets import WACE, WACE_REPO, Budget
 from pytest_erasure.concepts import Concept
-from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.records import CaseResult, GenerationInput, Plan, Role
 from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
 from pytest_erasure.scenarios.restarts import prompt_stratum
@@ -69,6 +68,7 @@ from pytest_erasure.scenarios.searches import (
     threat,
 )
 from pytest_erasure.scenarios.searches import findings as search_findings
+from pytest_erasure.scenarios.searches import parse_grid as grid
 from pytest_erasure.stats import best_of_n
 
 if TYPE_CHECKING:
@@ -113,21 +113,9 @@ DEVIATIONS = (
 
 
 def parse_grid(given: Any, name: str) -> tuple[float, ...]:
-    """A comma-separated list of numbers >= 0 (a usage error otherwise)."""
-    text = str(given)
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        values = ()
-    if not values:
-        raise ErasureInputError(f"--{name}", f"is {text!r}",
-                                "give one or more numbers, comma-separated (e.g. 1.0,1.5)")
-    bad = [v for v in values if not v >= 0 or v == float("inf")]
-    if bad:
-        raise ErasureInputError(f"--{name}", f"has {bad[0]:g}",
-                                "give finite values >= 0: a negative noise scale or eta "
-                                "has no meaning")
-    return values
+    """This probe's grid option, parsed as every search's is (`searches.parse_grid`)."""
+    return grid(given, name, example="1.0,1.5",
+                meaning="a negative noise scale or eta has no meaning")
 
 
 class NoiseScenario(Scenario):

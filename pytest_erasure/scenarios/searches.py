@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pytest_erasure.concepts import Concept
+from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.records import CaseResult, GenerationInput, Rate, Role
 from pytest_erasure.scenarios.base import AuditContext
 from pytest_erasure.stats import best_of_n
@@ -141,3 +142,35 @@ def search_facts(tries: int, n: int, searches: list[dict[str, Any]], base: float
     """`best_of_n.describe` from the searches' facts (`null`: the measured null, when made)."""
     hits = sum(bool(s["kept"]["flagged"]) for s in searches)
     return best_of_n.describe(tries, n, hits, base_rate=base, kept_by=kept_by, null=null)
+
+
+def parse_grid(given: Any, name: str, *, example: str, meaning: str) -> tuple[float, ...]:
+    """A search's grid option (`--noise-etas`, `--guidance-scales`, ...): comma-separated finite
+    numbers >= 0, in the order given, each once (the tries of a search share its seed, so a
+    repeated grid point would redraw the same image and count it twice). Bad input is a usage
+    error naming the option; `meaning` says why a negative value is refused for it."""
+    text = str(given)
+    try:
+        values = tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        values = ()
+    if not values:
+        raise ErasureInputError(f"--{name}", f"is {text!r}",
+                                f"give one or more numbers, comma-separated (e.g. {example})")
+    bad = [v for v in values if not v >= 0 or v == float("inf")]
+    if bad:
+        raise ErasureInputError(f"--{name}", f"has {bad[0]:g}", f"give finite values >= 0: {meaning}")
+    return tuple(dict.fromkeys(values))
+
+
+def latent_findings(case: CaseResult, **settings: str) -> list[dict[str, Any]]:
+    """A search case's kept initial latents as one `latents` finding (`artifacts.py`), with the
+    facts a replay needs to draw the very images the case judged (`settings.regeneration`, and
+    each named fact under its own key)."""
+    facts = case.facts or {}
+    if not case.artifacts.get("latents"):
+        return []
+    return [{"kind": "latents", "name": "latents", "source": case.artifacts["latents"],
+             "found_through": "erased",
+             "settings": {"regeneration": facts.get("regeneration"),
+                          **{key: facts.get(fact) for key, fact in settings.items()}}}]
