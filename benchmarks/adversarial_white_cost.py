@@ -22,12 +22,13 @@ erased one and the standard one under the same attack):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from measured import print_measured  # noqa: E402
 
 P4D_TARGET_SHARE = 1 / 3
 """P4D's extra forward pass of the standard UNet (no backward), as a share of one step."""
@@ -64,12 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("reports", nargs="*", type=Path,
                         help="report.json files of shapes-world runs (measured seconds)")
     args = parser.parse_args(argv)
-    for report in args.reports:
-        record = json.loads(report.read_text())
-        for case in record["cases"]:
-            if case["kind"] == "erasure":
-                print(f"measured {case['case_id']} ({report.parent.name}): "
-                      f"{case['seconds']:.0f} s, n={case['rate']['n']} searches")
+    print_measured(args.reports, unit=' searches')
     print(f"projected at the sd14 budgets, --samples {args.samples}"
           f"{' under a defense (adaptive + transfer)' if args.defended else ''} (rates "
           "assumed: benchmarks/sd14_time.py):")

@@ -25,12 +25,13 @@ backward = one textual-inversion micro-step (TI_MICRO_STEP_S, batch 1).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from measured import print_measured  # noqa: E402
 
 GUIDED_STEP_FORWARDS = 3.0
 """Assumed: a guided step's extra work (VAE decode + its backward + the detector's) in UNet
@@ -73,12 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("reports", nargs="*", type=Path,
                         help="report.json files of shapes-world runs (measured seconds)")
     args = parser.parse_args(argv)
-    for report in args.reports:
-        record = json.loads(report.read_text())
-        for case in record["cases"]:
-            if case["kind"] == "erasure":
-                print(f"measured {case['case_id']} ({report.parent.name}): "
-                      f"{case['seconds']:.0f} s, n={case['rate']['n']}")
+    print_measured(args.reports)
     print(f"projected at the sd14 budgets, --samples {args.samples} (rates assumed: "
           "benchmarks/sd14_time.py):")
     for scenario, images, seconds, note in projected(args.samples):
