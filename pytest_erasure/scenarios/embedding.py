@@ -44,6 +44,7 @@ from pytest_erasure.scenarios.base import (
 from pytest_erasure.scenarios.restarts import (
     ATTACK_RESTARTS,
     RESTART_BUDGETS,
+    attack_jobs,
     cluster_id,
     prompt_stratum,
     restart_count,
@@ -381,15 +382,7 @@ class EmbeddingScenario(Scenario):
         (facts["attack_runs"][i]["attack"]): 2 x --attack-restarts runs."""
         role: Role = target if self.access == "white-box" else "standard"
         count = restart_count(ctx)
-        attacks = ["adaptive" if self.through(ctx, role) is not None else None] * count
-        jobs = [(r, False) for r in range(count)]
-        if attacks[0] is not None:
-            # Whoever knows the defense may also run the transfer attack, and keeps whichever
-            # run works best: its restarts join the adaptive ones, and the verdict gates the
-            # worst restart of all (the one-step surrogate can be the weaker of the two,
-            # README "Adaptive attacks through IRECE").
-            jobs += [(r, True) for r in range(count)]
-            attacks += ["transfer"] * count
+        jobs, attacks = attack_jobs(count, self.through(ctx, role) is not None)
         runs = ctx.map(lambda job: self.learn(ctx, concept, role, job[0], transfer=job[1]),
                        jobs)
         count = len(runs)

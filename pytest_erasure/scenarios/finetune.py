@@ -74,6 +74,7 @@ from pytest_erasure.scenarios.base import (
 from pytest_erasure.scenarios.restarts import (
     ATTACK_RESTARTS,
     RESTART_BUDGETS,
+    attack_jobs,
     cluster_id,
     prompt_stratum,
     restart_count,
@@ -372,15 +373,7 @@ class FinetuneScenario(Scenario):
         from pytest_erasure.overlays.lora import lora
 
         count = restart_count(ctx)
-        attacks: list[str | None] = [
-            "adaptive" if self.through(ctx, target) is not None else None] * count
-        jobs = [(r, False) for r in range(count)]
-        if attacks[0] is not None:
-            # Whoever knows the defense may also run the transfer attack and keep whichever
-            # works best: its restarts join the adaptive ones and the verdict gates the worst
-            # restart of all (as the adaptive textual inversion does).
-            jobs += [(r, True) for r in range(count)]
-            attacks += ["transfer"] * count
+        jobs, attacks = attack_jobs(count, self.through(ctx, target) is not None)
         runs = ctx.map(lambda job: self.learn(ctx, concept, target, job[0], transfer=job[1]),
                        jobs)
         count = len(runs)

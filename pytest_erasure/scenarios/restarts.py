@@ -119,6 +119,19 @@ def restart_count(ctx: AuditContext) -> int:
     return count
 
 
+def attack_jobs(count: int, adaptive: bool) -> tuple[list[tuple[int, bool]], list[str | None]]:
+    """The runs a restarted white-box attack makes: (restart, transfer?) per run, and each run's
+    attack label for its facts. With an adaptive form the attacker who knows the defense may
+    also run the transfer attack and keep whichever works best, so the transfer restarts join
+    the adaptive ones and the verdict gates the worst restart of all (the adaptive form can be
+    the weaker of the two: README "Adaptive attacks through IRECE"). Without one: the plain
+    restarts, unlabelled."""
+    if not adaptive:
+        return [(r, False) for r in range(count)], [None] * count
+    return ([(r, transfer) for transfer in (False, True) for r in range(count)],
+            ["adaptive"] * count + ["transfer"] * count)
+
+
 def restart_seed(ctx: AuditContext, first: int, salt: str, restart: int) -> int:
     """The seed of `restart`: `first` (the attack's seed before restarts existed) for restart
     0, else one derived from (--seed, salt, restart)."""
