@@ -249,22 +249,10 @@ class ImageWhiteScenario(Scenario):
 
     def reference_latents(self, ctx: AuditContext, role: Role, images: torch.Tensor
                           ) -> torch.Tensor:
-        from pytest_erasure.attacks.probes import encode_images
-        from pytest_erasure.cache import tensor_digest
-        from pytest_erasure.scenarios.embedding import numerics
+        from pytest_erasure.scenarios.searches import encoded_references
 
-        key = {"version": 1, "model": ctx.fingerprint(role),
-               "images": tensor_digest({"images": images.float().cpu().contiguous()}),
-               **numerics(ctx.config)}
-
-        def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-            latents = ctx.run(ctx.unit(encode_images, title=f"RECALL: encode references "
-                                       f"({role} model)", total=len(images), role=role,
-                                       images=images, batch_size=ctx.config.batch_size))
-            return {"latents": latents}, {}
-
-        tensors, _ = ctx.cache.tensors("recall-references", key, compute)
-        return tensors["latents"]
+        return encoded_references(ctx, role, images, namespace="recall-references",
+                                  title="RECALL: encode references")
 
     def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
         from pytest_erasure.attacks.recall import recall_round, recall_start, sampled_timesteps

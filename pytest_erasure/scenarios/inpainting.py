@@ -44,15 +44,13 @@ from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.records import CaseResult, GenerationInput, Plan, Role
 from pytest_erasure.scenarios.base import AuditContext, Scenario, ScenarioOption
 from pytest_erasure.scenarios.restarts import prompt_stratum
+from pytest_erasure.scenarios.searches import encoded_references, threat
 from pytest_erasure.scenarios.searches import findings as search_findings
-from pytest_erasure.scenarios.searches import threat
 
 if TYPE_CHECKING:
     import torch
 
     from pytest_erasure.stats.power import Design
-
-CACHE_VERSION = 1
 
 INPAINT_OPTIONS = (
     ScenarioOption("inpaint-masks", str, "32",
@@ -139,21 +137,8 @@ class InpaintingScenario(Scenario):
 
     def known(self, ctx: AuditContext, role: Role, images: torch.Tensor) -> torch.Tensor:
         """The references' VAE latents through `role`'s VAE: cached."""
-        from pytest_erasure.attacks.probes import encode_images
-        from pytest_erasure.cache import tensor_digest
-
-        key = {"version": CACHE_VERSION, "model": ctx.fingerprint(role),
-               "images": tensor_digest({"images": images}),
-               "device": ctx.config.device.split(":")[0], "dtype": ctx.config.dtype}
-
-        def compute() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-            latents = ctx.run(ctx.unit(encode_images, title=f"inpainting: encode references "
-                                       f"({role} model)", total=len(images), role=role,
-                                       images=images, batch_size=ctx.config.batch_size))
-            return {"latents": latents}, {}
-
-        tensors, _ = ctx.cache.tensors("inpainting-known", key, compute)
-        return tensors["latents"]
+        return encoded_references(ctx, role, images, namespace="inpainting-known",
+                                  title="inpainting: encode references")
 
     def findings(self, case: CaseResult) -> list[dict[str, Any]]:
         """Every sample that showed the concept on the erased model, replayable: its prompt,

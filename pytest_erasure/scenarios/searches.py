@@ -174,3 +174,24 @@ def latent_findings(case: CaseResult, **settings: str) -> list[dict[str, Any]]:
              "found_through": "erased",
              "settings": {"regeneration": facts.get("regeneration"),
                           **{key: facts.get(fact) for key, fact in settings.items()}}}]
+
+
+def encoded_references(ctx: AuditContext, role: Role, images: Any, *, namespace: str,
+                       title: str) -> Any:
+    """Reference images' VAE latents through `role`'s VAE, as a unit, cached under `namespace`
+    (the probes that start from references: inpainting's known region, RECALL's starting
+    latents). The key is what the latents depend on: the model, the images, the numerics."""
+    from pytest_erasure.attacks.probes import encode_images
+    from pytest_erasure.scenarios.embedding import images_digest, numerics
+
+    key = {"version": 1, "model": ctx.fingerprint(role), "images": images_digest(images),
+           **numerics(ctx.config)}
+
+    def compute() -> tuple[dict[str, Any], dict[str, Any]]:
+        latents = ctx.run(ctx.unit(encode_images, title=f"{title} ({role} model)",
+                                   total=len(images), role=role, images=images,
+                                   batch_size=ctx.config.batch_size))
+        return {"latents": latents}, {}
+
+    tensors, _ = ctx.cache.tensors(namespace, key, compute)
+    return tensors["latents"]
