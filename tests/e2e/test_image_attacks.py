@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-AUDIT = "def test_erasure(erasure_case, erasure_check):\n    erasure_check(erasure_case)\n"
+from pytest_erasure.testing.audits import AUDIT, concept_case
+
 FAST = ["--steps", "4", "--batch-size", "48", "-p", "no:randomly", "--no-erasure-cache"]
 SMALL_RECALL = ["--recall-timesteps", "3", "--recall-iterations", "2", "--recall-step", "0.05"]
 """A RECALL search the tiny world runs in seconds, declared as the budget it is measured at
@@ -31,17 +32,8 @@ pytestmark = pytest.mark.usefixtures("this_checkout")
 
 def _audit(pytester: pytest.Pytester, world: dict[str, Path], standard: str, erased: str,
            *flags: str) -> dict[str, Any]:
-    pytester.makepyfile(test_audit=AUDIT)
-    out = pytester.path / f"report-{standard}-{erased}-{abs(hash(flags))}"
-    result = pytester.runpytest_subprocess(
-        f"--standard-model={world[standard]}", f"--erased-model={world[erased]}",
-        f"--concepts={world['concepts']}", *FAST, f"--erasure-report={out}", *flags)
-    output = result.stdout.str() + result.stderr.str()
-    assert result.ret in (0, 1) and "Traceback" not in output, output
-    cases = [c for c in json.loads((out / "report.json").read_text())["cases"]
-             if c["concept"] == "circle" and c["kind"] == "erasure"]
-    assert len(cases) == 1, [c["case_id"] for c in cases]
-    return cases[0]
+    """Circle's case from the report, after a run of the real plugin."""
+    return concept_case(pytester, world, standard, erased, *FAST, *flags)
 
 
 def test_image_cases_run_only_when_named(case_ids: Any) -> None:

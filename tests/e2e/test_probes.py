@@ -24,8 +24,9 @@ from typing import Any
 
 import pytest
 
+from pytest_erasure.testing.audits import AUDIT, concept_case
+
 ROOT = Path(__file__).resolve().parents[2]
-AUDIT = "def test_erasure(erasure_case, erasure_check):\n    erasure_check(erasure_case)\n"
 FAST = ["--steps", "2", "--batch-size", "48", "-p", "no:randomly", "--no-erasure-cache"]
 
 
@@ -35,17 +36,7 @@ pytestmark = pytest.mark.usefixtures("this_checkout")
 def _audit(pytester: pytest.Pytester, world: dict[str, Path], standard: str, erased: str,
            *flags: str) -> dict[str, Any]:
     """The probe's case for circle from the report, after a run of the real plugin."""
-    pytester.makepyfile(test_audit=AUDIT)
-    out = pytester.path / f"report-{standard}-{erased}-{len(flags)}"
-    result = pytester.runpytest_subprocess(
-        f"--standard-model={world[standard]}", f"--erased-model={world[erased]}",
-        f"--concepts={world['concepts']}", *FAST, f"--erasure-report={out}", *flags)
-    output = result.stdout.str() + result.stderr.str()
-    assert result.ret in (0, 1) and "Traceback" not in output, output
-    cases = [c for c in json.loads((out / "report.json").read_text())["cases"]
-             if c["concept"] == "circle" and c["kind"] == "erasure"]
-    assert len(cases) == 1, [c["case_id"] for c in cases]
-    return cases[0]
+    return concept_case(pytester, world, standard, erased, *FAST, *flags)
 
 
 def test_probe_cases_run_only_when_named(case_ids: Callable[..., list[str]]) -> None:
