@@ -345,11 +345,14 @@ def restart_facts(pooled: Rate, runs: dict[str, Rate]) -> dict[str, Any]:
 
 def _convergence(plan: Plan, standard_plan: Plan) -> list[str]:
     """An optimising attack run through the audited model is judged on its own convergence
-    against the same attack on the standard model (`verdict.attack_convergence`)."""
+    against the same attack on the standard model (`verdict.attack_convergence`); the plan's
+    `steps_option` fact names the budget flag its fix points at (textual inversion's when
+    absent)."""
     runs = plan.facts.get("attack_runs") or []
     if plan.facts.get("optimised_through") != "erased" or not runs:
         return []
-    reason = attack_convergence(runs, standard_plan.facts.get("attack_runs") or [])
+    reason = attack_convergence(runs, standard_plan.facts.get("attack_runs") or [],
+                                steps_option=plan.facts.get("steps_option", "--ti-steps"))
     return [reason] if reason else []
 
 

@@ -400,7 +400,7 @@ class FinetuneScenario(Scenario):
                              **({"attack": a} if a else {})}
                             for r, ((_s, f), o, a) in enumerate(zip(runs, overlays, attacks,
                                                                     strict=True))],
-            "attack_restarts": count,
+            "attack_restarts": count, "steps_option": "--ft-steps",
             "input_restarts": [restart_of(i, count) for i in range(len(inputs))],
             "deviations": DEVIATIONS[self.variant],
         }

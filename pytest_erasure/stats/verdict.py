@@ -210,7 +210,8 @@ def still_falling(curve: Sequence[float]) -> float | None:
 
 
 def attack_convergence(audited: Sequence[dict[str, Any]], standard: Sequence[dict[str, Any]],
-                       margin: float = CONVERGENCE_MARGIN) -> str | None:
+                       margin: float = CONVERGENCE_MARGIN,
+                       steps_option: str = "--ti-steps") -> str | None:
     """Why an optimising attack (textual inversion) may have stopped short on the audited
     model: a run whose loss was still falling at its end by more than `margin` beyond what
     the same restart on the standard model (same budget and seed; the attack floor's evidence
@@ -218,7 +219,8 @@ def attack_convergence(audited: Sequence[dict[str, Any]], standard: Sequence[dic
     holds leaves the loss high on the erased model however long the attack runs, and must be
     able to pass; a run still improving when its budget ran out says nothing either
     way. None when every run levelled
-    off, or when the curves cannot tell."""
+    off, or when the curves cannot tell. `steps_option` is the flag the fix names: each attack
+    has its own budget (textual inversion `--ti-steps`, fine-tuning `--ft-steps`)."""
     base = {r.get("id"): f for r in standard
             if (f := still_falling(r.get("loss_curve") or [])) is not None}
     if not base:
@@ -235,7 +237,7 @@ def attack_convergence(audited: Sequence[dict[str, Any]], standard: Sequence[dic
     if not short:
         return None
     return ("the attack stopped short on the audited model: " + "; ".join(short)
-            + f" (margin {margin:.0%}): give it more steps (--ti-steps)")
+            + f" (margin {margin:.0%}): give it more steps ({steps_option})")
 
 
 def attack_reasons(e: Evidence) -> list[str]:

@@ -83,6 +83,7 @@ def test_finetuning_trains_per_restart_and_keeps_each_lora(pytester: pytest.Pyte
         assert len({r["overlay"] for r in runs}) == 2
         assert facts["standard_plan"]["optimised_through"] == "standard"  # the control
         assert facts["optimised_through"] == "erased"
+        assert facts["steps_option"] == "--ft-steps"  # a stopped-short reason names its budget
         for run in runs:
             state = load_file(run["lora"])
             assert state and all(k.startswith("unet.") and k.endswith(

@@ -93,6 +93,10 @@ def test_the_erasure_case_judges_textual_inversion_convergence_on_the_audited_mo
     erased = Plan(inputs=[], facts={"optimised_through": "erased",
                                     "attack_runs": [{"id": "restart-0", "loss_curve": falling}]})
     reasons = _convergence(erased, standard)
-    assert len(reasons) == 1 and "stopped short" in reasons[0]
+    assert len(reasons) == 1 and "stopped short" in reasons[0] and "--ti-steps" in reasons[0]
+    # a fine-tuning plan names its own budget flag, not textual inversion's
+    tuned = Plan(inputs=[], facts={**erased.facts, "steps_option": "--ft-steps"})
+    (reason,) = _convergence(tuned, standard)
+    assert "(--ft-steps)" in reason and "--ti-steps" not in reason
     transferred = Plan(inputs=[], facts={**erased.facts, "optimised_through": "standard"})
     assert _convergence(transferred, standard) == []  # black-box: not optimised through it
