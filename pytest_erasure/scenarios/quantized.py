@@ -19,12 +19,26 @@ through the quantized erased model (through a defense's surrogate too, with `--i
 quantized the same way learning its own token as the control. Training images are the concept's
 references (or, without any, the unquantized standard model's draws, as `embedding-white`'s).
 
+Kernels (`--quantize-kernels`, default `auto`): where this torch and the audit's device have
+the format's low-bit kernel (`overlays/kernels.py`: int8 and 4-bit weight-only GEMMs and fp8
+`_scaled_mm` on CPU in torch 2.13; on CUDA the same ops, fp8 on compute capability 8.9 or newer,
+NF4 through bitsandbytes where it imports), the Linear layers run it on packed weights; `native`
+makes a missing kernel a usage error before any model loads, `dequantize` keeps every layer
+quantize-dequantize. The kernel is part of the overlay's parameters, so its images are cached
+apart from quantize-dequantize's (whose keys are unchanged).
+
 Deviations, recorded in every report (the overlay's description in the case's facts):
-- the weights are quantized and dequantized in float32 on the CPU and run in the model's dtype:
-  the numbers a low-bit kernel multiplies by, not the kernel itself (no int8 / int4 kernels run
-  here, on any device): `quantized-4bit` is a uniform round-to-nearest grid, `quantized-nf4`
-  NF4's normal-float levels, `quantized-fp8` e4m3's grid; real low-bit kernels (bitsandbytes,
-  fp8 GEMMs on GPUs that have them) are not run;
+- Conv2d layers, Linear layers the kernel cannot take (e.g. the CPU int4 kernel's out_features
+  a multiple of 16, groups of 32 to 256), and every layer of a format with no kernel on the
+  device (NF4 on CPU) or under `--quantize-kernels dequantize` are quantized and dequantized in
+  float32 on the CPU and run in the model's dtype: the numbers a low-bit kernel multiplies by,
+  not the kernel (`quantized-4bit` a uniform round-to-nearest grid, `quantized-nf4` NF4's
+  normal-float levels, `quantized-fp8` e4m3's grid); the facts' `kernels` note and the
+  overlay's `applied_layers` say which ran where (counted in the process that applied the
+  overlay: absent when every image came from the cache or another process);
+- the fp8 kernel quantizes the activations to e4m3 per row too (torchao's float8 dynamic
+  scheme), so `quantized-fp8` under a kernel is not the weight-only model quantize-dequantize
+  computes;
 - the base rate and the baseline stay the unquantized model's (they say whether the detector
   can see the concept at all);
 - opt-in: these cases run when `--scenarios` names them (`quantized`, or an id), so the default
@@ -60,6 +74,11 @@ QUANT_OPTIONS = (
     ScenarioOption("quant-components", str, "unet",
                    "components the quantized cases quantize (comma-separated: unet, "
                    "text_encoder, vae)"),
+    ScenarioOption("quantize-kernels", str, "auto",
+                   "how the quantized cases' Linear layers compute: auto (the real low-bit "
+                   "kernel where this torch and device have one for the format, else "
+                   "quantize-dequantize), native (the kernel, or a usage error), dequantize "
+                   "(quantize-dequantize everywhere)"),
 )
 
 BNB = "bitsandbytes"
@@ -105,8 +124,17 @@ class QuantizedScenario(Scenario):
         if BITS[self.variant] == 4 and (not isinstance(group, int) or group < 1):
             raise ErasureInputError("--quant-group-size", f"is {group}",
                                     "give a positive whole number of weights per scale (e.g. 64)")
+        from pytest_erasure.overlays.quantize import choose_kernels
+
+        plain = quantize(BITS[self.variant], group_size=int(group),
+                         components=self.components(ctx), format=FORMATS.get(self.variant))
+        kernels = choose_kernels(str(ctx.option("quantize-kernels")), plain.params,
+                                 str(ctx.config.device), str(ctx.config.dtype))
+        if kernels == "dequantize":
+            return plain
         return quantize(BITS[self.variant], group_size=int(group),
-                        components=self.components(ctx), format=FORMATS.get(self.variant))
+                        components=self.components(ctx), format=FORMATS.get(self.variant),
+                        kernels=kernels)
 
     def validate(self, ctx: AuditContext) -> None:
         self.overlay(ctx)
@@ -121,6 +149,8 @@ class QuantizedScenario(Scenario):
             settings["format"] = FORMATS[self.variant]
         if BITS[self.variant] == 4:
             settings["quant-group-size"] = ctx.option("quant-group-size")
+        settings["quantize-kernels"] = ctx.option("quantize-kernels")
+        settings["kernels"] = self.overlay(ctx).params.get("kernels", "dequantize")
         return settings
 
     def facts(self, ctx: AuditContext, overlay: Overlay) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """The quantized cases (issue 26): the concept's prompts on both models quantized the same way.
 
 On the tiny world: opt-in (the default audit's cases are unchanged), both models run under the
-same `quantize` overlay, recorded in the report with what it is (quantize-dequantize, no low-bit
-kernels), 4-bit moves the erased model's images off the unquantized ones; bad settings are one
-usage-error line before any model loads.
+same `quantize` overlay, recorded in the report with what it is (int8 through torch's CPU int8
+kernel under the default `--quantize-kernels auto`; 4-bit in groups of 8, which no int4 kernel
+takes, as quantize-dequantize), 4-bit moves the erased model's images off the unquantized ones;
+bad settings are one usage-error line before any model loads.
 """
 
 from __future__ import annotations
@@ -54,8 +55,15 @@ def test_both_models_run_quantized_the_same_way(pytester: pytest.Pytester,
         assert len(erased) == 1 and erased == standard  # the control: the same quantization
         assert erased[0]["kind"] == "quantize" and erased[0]["params"]["bits"] == bits
         assert "quantize-dequantize" in erased[0]["description"]
-        assert facts["quantization"]["kernels"].startswith("none")
         assert facts["scenario_settings"]["bits"] == bits
+    int8 = cases["quantized-int8"]["facts"]
+    assert int8["scenario_settings"]["kernels"] == "native"
+    assert int8["quantization"]["kernels"].startswith("torch._weight_int8pack_mm on cpu")
+    assert int8["overlays"]["erased"][0]["applied_layers"]["unet"]["kernel"] > 0
+    int4 = cases["quantized-4bit"]["facts"]  # groups of 8: no int4 kernel takes them
+    assert int4["scenario_settings"]["kernels"] == "dequantize"
+    assert "ran no low-bit kernel" in int4["quantization"]["kernels"]
+    assert "applied_layers" not in int4["overlays"]["erased"][0]
     assert cases["quantized-4bit"]["facts"]["scenario_settings"]["quant-group-size"] == 8
     # 4 bits, one scale per 8 weights: the erased model's images move off the 32-bit ones.
     assert cases["quantized-4bit"]["facts"]["image_sha256"] != \
@@ -98,7 +106,7 @@ def test_the_embedding_case_runs_on_the_quantized_models(pytester: pytest.Pytest
     facts = quantized["facts"]
     erased, standard = facts["overlays"]["erased"], facts["overlays"]["standard"]
     assert len(erased) == 1 and erased == standard and erased[0]["params"]["bits"] == 4
-    assert facts["quantization"]["kernels"].startswith("none on cpu")
+    assert "ran no low-bit kernel" in facts["quantization"]["kernels"]  # groups of 8: none fits
     assert facts["threat_model"] == "white-box"
     assert facts["optimised_through"] == "erased"
     assert facts["standard_plan"]["optimised_through"] == "standard"
