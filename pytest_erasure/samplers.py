@@ -357,17 +357,32 @@ def _guide_detector(spec: str, device: str) -> Any:
 
 def classifier_guide(pipe: Any, steering: dict[str, Any]) -> Any:
     """The classifier guidance of "When Are Concepts Erased?" (probe_notebooks/utils/
-    classifier_guidance_utils.py) as a function of (scheduler, eps, t, x_t): eps - sqrt(1 - a_t)
-    x scale x g, where their g is the gradient of log p(concept | x_t) from a classifier of
-    noisy latents. Ours has no such classifier: g is the gradient of the case's detector's
-    `log_probability` of the concept on the predicted clean image (x0 = (x_t - sqrt(1 - a_t)
-    eps) / sqrt(a_t), decoded by the VAE), taken with respect to x0 and carried to x_t as
-    1 / sqrt(a_t) (eps held fixed: no gradient through the UNet). None without a scale."""
+    classifier_guidance_utils.py `guided_generation_latent_noise_based`) as a function of
+    (scheduler, eps, t, x_t): eps - sqrt(1 - a_t) x scale x g, g the gradient of
+    log p(concept | x_t). With a classifier of kind "latent" (the paper's: `attacks.
+    latent_classifier`, named by its weights' sha256), g is that classifier's gradient on x_t
+    itself, as theirs: no VAE decode, no UNet differentiated. Otherwise (the detector form) g
+    is the gradient of the case's detector's `log_probability` of the concept on the predicted
+    clean image (x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t), decoded by the VAE), taken with
+    respect to x0 and carried to x_t as 1 / sqrt(a_t) (eps held fixed). None without a
+    classifier or a scale."""
     spec = steering.get("classifier")
     scale = float(steering.get("classifier_scale", 0.0))
     if spec is None or scale == 0.0:
         return None
     import torch
+
+    if spec.get("kind") == "latent":
+        from pytest_erasure.attacks import latent_classifier
+
+        classifier = latent_classifier.load(str(spec["sha256"]), str(pipe.device))
+
+        def latent_guide(scheduler: Any, eps: Any, t: Any, x: Any) -> Any:
+            a = scheduler.alphas_cumprod[int(t)].to(device=x.device, dtype=torch.float32)
+            grad = latent_classifier.log_probability_gradient(classifier, x, t)
+            return (eps.float() - (1 - a).sqrt() * scale * grad).to(eps.dtype)
+
+        return latent_guide
 
     detector = _guide_detector(json.dumps(spec, sort_keys=True), str(pipe.device))
     label, vae = str(spec["label"]), pipe.vae

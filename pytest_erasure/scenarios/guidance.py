@@ -78,7 +78,21 @@ SHAPES_SCALES = "25,67,109,151,193"
 SHAPES_ETAS = "1.0,1.51"
 KEPT_BY = "detector: first flagged try, else best score"
 
+CLASSIFIERS = ("latent", "detector")
+
 OPTIONS = (
+    ScenarioOption("guidance-classifier", str, "latent",
+                   "what guides the guidance probe: 'latent', the paper's time-conditioned "
+                   "classifier of noisy latents trained per concept on the standard model's "
+                   "generations; 'detector', the case's detector's log_probability on the "
+                   "VAE-decoded predicted clean image"),
+    ScenarioOption("guidance-classifier-images", int, 48,
+                   "latent classifier: images the standard model draws per class (the "
+                   "concept's prompts, positives where the detector flags them; the neutral "
+                   "prompts, negatives)"),
+    ScenarioOption("guidance-classifier-steps", int, 300,
+                   "latent classifier: training steps (batches of 8 latents, each noised 7 "
+                   "times)"),
     ScenarioOption("guidance-scales", str, SHAPES_SCALES,
                    "classifier-guidance scales of the guidance probe's grid, comma-separated "
                    "(each >= 0)"),
@@ -89,12 +103,25 @@ OPTIONS = (
 
 GRID = (f"{WACE_REPO}: src/configs/default.yaml classifier_scales (25..193 step 7) x "
         "eta_values, the notebook's noise + classifier probe: 150 generations per prompt")
+CLASSIFIER_DATA = (f"{WACE_REPO}: classifier_guidance/create_class_subsets.py trains on every "
+                   "ImageNet-1k image of the class (~1,300) against --n-neg 5000 others; ours "
+                   "draws the same count per class from the standard model")
+CLASSIFIER_STEPS = (f"{WACE_REPO}: classifier_guidance/run_example.sh and "
+                    "e2e_concept_classifier.py, 70 epochs at batch 8; 70 x ceil(0.9 x 2,600 / 8) "
+                    "= 20,510 steps over 1,300 images per class with their 90/10 split")
 BUDGETS: dict[str, dict[str, Budget]] = {
     "sd14": {
+        "guidance-classifier": Budget("latent", WACE, f"{WACE_REPO}: LatentClassifierT"),
+        "guidance-classifier-images": Budget(1300, WACE, CLASSIFIER_DATA),
+        "guidance-classifier-steps": Budget(20510, WACE, CLASSIFIER_STEPS),
         "guidance-scales": Budget(PUBLISHED_SCALES, WACE, GRID + ", 50 DDIM steps, guidance 7.5"),
         "guidance-etas": Budget(PUBLISHED_ETAS, WACE, GRID),
     },
     "shapes": {
+        "guidance-classifier": Budget("latent", WACE, f"{WACE_REPO}: LatentClassifierT"),
+        "guidance-classifier-images": Budget(48, "ours", SHAPES_WORLD + ": 48 of each class"),
+        "guidance-classifier-steps": Budget(300, "ours", SHAPES_WORLD + ": 300 steps of the "
+                                            "paper's batch (8 latents x 7 noisings)"),
         "guidance-scales": Budget(SHAPES_SCALES, "ours", SHAPES_WORLD + ": every 6th of the "
                                   "published 25 scales, first and last kept"),
         "guidance-etas": Budget(SHAPES_ETAS, "ours", SHAPES_WORLD + ": 2 of the published 6 "
@@ -102,16 +129,70 @@ BUDGETS: dict[str, dict[str, Budget]] = {
     },
 }
 
-DEVIATIONS = (
-    "classifier: the case's detector's log-probability of the concept on the predicted clean "
-    "image (VAE-decoded), its gradient carried to x_t as 1/sqrt(a_t) without the UNet's; "
-    "published: a time-conditioned classifier of noisy latents",
-    "the classifier that guides is the detector that judges: the guided control on neutral "
-    "prompts is reported beside the CRR",
+COMMON_DEVIATIONS = (
     "DDIM with eta built from the audited model's scheduler config, whatever --sampler says",
     "under a defense the search runs on the defended model; the undefended CRR replays the "
     "kept tries without it",
 )
+DEVIATIONS: dict[str, tuple[str, ...]] = {
+    "latent": (
+        "classifier: the paper's LatentClassifierT and training, on the standard model's own "
+        "generations (the concept's prompts the detector flags: positives; the neutral "
+        "prompts: negatives), not ImageNet's class images against 5,000 others",
+        "classifier training: VAE posterior means, not samples; a step budget "
+        "(--guidance-classifier-steps) instead of 70 epochs; the held-out tenth split per "
+        "class; held-out evaluations at 10 points, not once per epoch",
+        "no latent classifier when the standard model's images hold fewer than 2 flagged "
+        "positives or 2 negatives: the tries run unguided (facts.classifier says so)",
+        *COMMON_DEVIATIONS,
+    ),
+    "detector": (
+        "classifier: the case's detector's log-probability of the concept on the predicted "
+        "clean image (VAE-decoded), its gradient carried to x_t as 1/sqrt(a_t) without the "
+        "UNet's; published: a time-conditioned classifier of noisy latents",
+        "the classifier that guides is the detector that judges: the guided control on neutral "
+        "prompts is reported beside the CRR",
+        "the published scales were set for the paper's latent classifier, not a detector's "
+        "gradient",
+        *COMMON_DEVIATIONS,
+    ),
+}
+
+
+def classifier_kind(given: Any) -> str:
+    """`--guidance-classifier`, checked: a usage error names the choices."""
+    kind = str(given).strip()
+    if kind not in CLASSIFIERS:
+        raise ErasureInputError("--guidance-classifier", f"is {given!r}",
+                                f"give one of {', '.join(CLASSIFIERS)}")
+    return kind
+
+
+def classifier_budget(ctx: AuditContext) -> tuple[int, int]:
+    """(images per class, training steps) of the latent classifier, checked."""
+    images = int(ctx.option("guidance-classifier-images"))
+    steps = int(ctx.option("guidance-classifier-steps"))
+    if images < 2:
+        raise ErasureInputError("--guidance-classifier-images", f"is {images}",
+                                "give 2 or more images per class (one is held out)")
+    if steps < 1:
+        raise ErasureInputError("--guidance-classifier-steps", f"is {steps}",
+                                "give 1 or more training steps")
+    return images, steps
+
+
+def classifier_key(*, model: str, concept: str, prompts: list[str], neutral: list[str],
+                   detector: str, label: str, images: int, steps: int, seed: int,
+                   data: str, numerics: dict[str, str]) -> dict[str, Any]:
+    """The latent classifier's cache key: what its weights depend on (the standard model, the
+    concept and its prompts, the neutral prompts, the detector that labelled the images, the
+    training settings, the seed, the labelled images' digest and the numerics)."""
+    from pytest_erasure.attacks.latent_classifier import PAPER
+
+    return {"version": 1, "model": model, "concept": concept, "prompts": prompts,
+            "neutral": neutral, "detector": detector, "label": label,
+            "settings": {**PAPER, "images_per_class": images, "steps": steps}, "seed": seed,
+            "data": data, **numerics}
 
 
 def parse_grid(given: Any, name: str) -> tuple[float, ...]:
@@ -146,6 +227,11 @@ class GuidanceScenario(Scenario):
     table_column = 74
     opt_in = True
 
+    def __init__(self) -> None:
+        self._trained: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {}
+        """Trained latent classifiers by their key's digest, so that with the cache off the
+        two plans of a case (and the control) train one."""
+
     def grid(self, ctx: AuditContext) -> list[tuple[float, float]]:
         scales = parse_grid(ctx.option("guidance-scales"), "guidance-scales")
         etas = parse_grid(ctx.option("guidance-etas"), "guidance-etas")
@@ -153,12 +239,90 @@ class GuidanceScenario(Scenario):
 
     def validate(self, ctx: AuditContext) -> None:
         self.grid(ctx)
-        for concept in ctx.concepts.erased(ctx.config.erased_concept):
-            check_guidable(concept)
+        if classifier_kind(ctx.option("guidance-classifier")) == "detector":
+            for concept in ctx.concepts.erased(ctx.config.erased_concept):
+                check_guidable(concept)
+            return
+        classifier_budget(ctx)
+        if not ctx.concepts.neutral_prompts:
+            raise ErasureInputError(
+                "--guidance-classifier latent", "the concepts file declares no neutral_prompts "
+                "to draw the latent classifier's negatives from",
+                "declare neutral_prompts or give --guidance-classifier detector")
+
+    def images_per_concept(self, ctx: AuditContext, concept: Concept) -> int:
+        """The latent classifier's training images: one class of each, drawn once."""
+        if classifier_kind(ctx.option("guidance-classifier")) != "latent":
+            return 0
+        return 2 * int(ctx.option("guidance-classifier-images"))
+
+    def latent_classifier(self, ctx: AuditContext, concept: Concept
+                          ) -> tuple[str | None, dict[str, Any]]:
+        """(the sha256 of the trained latent classifier's weights, or None when the standard
+        model's images hold too few of a class; the facts). Trained as a unit on the standard
+        model's own images, cached content-addressed (`classifier_key`)."""
+        import torch
+
+        from pytest_erasure.attacks import latent_classifier as lc
+        from pytest_erasure.cache import digest, tensor_digest
+        from pytest_erasure.scenarios.embedding import images_digest, numerics
+
+        count, steps = classifier_budget(ctx)
+        prompts, neutral = list(concept.texts()), list(ctx.concepts.neutral_prompts)
+        drawn = {}
+        for name, texts, salt in (("concept", prompts, f"latent-classifier/{concept.name}"),
+                                  ("neutral", neutral, "latent-classifier/neutral")):
+            seeds = ctx.seeds(count, salt)
+            inputs = [GenerationInput(seed=s, prompt=texts[i % len(texts)],
+                                      label=texts[i % len(texts)]) for i, s in enumerate(seeds)]
+            images, degenerate = ctx.generate_flagged("standard", inputs, concept,
+                                                      defended=False)
+            found = ctx.detect(images, concept)
+            drawn[name] = (images, degenerate, [bool(p) for p in found.present])
+        c_images, c_bad, c_flag = drawn["concept"]
+        n_images, n_bad, n_flag = drawn["neutral"]
+        positives = [i for i in range(count) if c_flag[i] and not c_bad[i]]
+        negatives = [i for i in range(count) if not n_bad[i]]
+        data: dict[str, Any] = {
+            "concept_prompts": {"drawn": count, "flagged": sum(c_flag),
+                                "degenerate": sum(c_bad), "positives": len(positives)},
+            "neutral_prompts": {"drawn": count, "flagged": sum(n_flag),
+                                "degenerate": sum(n_bad), "negatives": len(negatives)},
+            "source": "the standard model's generations, labelled by the case's detector",
+        }
+        if len(positives) < 2 or len(negatives) < 2:
+            return None, {"trained": False, "data": data,
+                          "why": "fewer than 2 positives or negatives among the standard "
+                                 "model's images: nothing to train on, the tries run unguided"}
+        images = torch.cat([c_images[positives], n_images[negatives]]).float() / 255.0
+        labels = [1] * len(positives) + [0] * len(negatives)
+        seed = ctx.seeds(1, f"latent-classifier/{concept.name}/train")[0]
+        key = classifier_key(
+            model=ctx.fingerprint("standard"), concept=concept.name, prompts=prompts,
+            neutral=neutral, detector=digest(ctx.detector_description(concept)),
+            label=concept.label, images=count, steps=steps, seed=seed,
+            data=digest({"images": images_digest(images), "labels": labels}),
+            numerics=numerics(ctx.config))
+
+        def compute() -> tuple[dict[str, Any], dict[str, Any]]:
+            return ctx.run(ctx.unit(  # type: ignore[no-any-return]
+                lc.train_unit, title=f"latent classifier {concept.name} (standard model)",
+                total=len(images) + steps, role="standard", images=images, labels=labels,
+                steps=steps, seed=seed, batch_size=ctx.config.batch_size))
+
+        memo = digest(key)
+        if memo not in self._trained:  # the erased and the standard plan share one (cache off)
+            self._trained[memo] = ctx.cache.tensors("latent-classifier", key, compute)
+        state, facts = self._trained[memo]
+        sha = tensor_digest(state)
+        lc.leave(state, sha)
+        return sha, {"trained": True, "sha256": sha, "seed": seed, "data": data,
+                     "settings": key["settings"], **facts}
 
     def describe(self, ctx: AuditContext) -> dict[str, Any]:
         grid = self.grid(ctx)
-        return {"guidance-scales": sorted({s for s, _ in grid}),
+        return {"classifier": classifier_kind(ctx.option("guidance-classifier")),
+                "guidance-scales": sorted({s for s, _ in grid}),
                 "guidance-etas": sorted({e for _, e in grid}), "tries_per_search": len(grid)}
 
     def budget_tries(self, ctx: AuditContext) -> tuple[int, str]:
@@ -188,9 +352,16 @@ class GuidanceScenario(Scenario):
         replay draws the very images the case judged."""
         return latent_findings(case, grid="grid")
 
-    def steering(self, ctx: AuditContext, concept: Concept, scale: float, eta: float
-                 ) -> dict[str, Any]:
+    def steering(self, ctx: AuditContext, concept: Concept, scale: float, eta: float,
+                 latent: str | None = None) -> dict[str, Any]:
         from pytest_erasure.cache import digest
+
+        if classifier_kind(ctx.option("guidance-classifier")) == "latent":
+            if latent is None:  # nothing to guide with: the grid's etas, unguided
+                return {"eta": eta, "classifier_scale": scale}
+            return {"eta": eta, "classifier_scale": scale,
+                    "classifier": {"kind": "latent", "sha256": latent,
+                                   "label": concept.label}}
 
         spec = concept.detector
         describe = getattr(ctx, "detector_description", None)
@@ -200,9 +371,10 @@ class GuidanceScenario(Scenario):
                 "classifier_id": digest(describe(concept)) if callable(describe) else ""}
 
     def searches(self, ctx: AuditContext, concept: Concept, prompts: list[str], seeds: list[int],
-                 grid: list[tuple[float, float]]) -> list[list[GenerationInput]]:
+                 grid: list[tuple[float, float]], latent: str | None = None
+                 ) -> list[list[GenerationInput]]:
         return [[GenerationInput(seed=seeds[i], prompt=prompts[i % len(prompts)],
-                                 steering=self.steering(ctx, concept, s, e),
+                                 steering=self.steering(ctx, concept, s, e, latent),
                                  label=f"{prompts[i % len(prompts)]} | scale {s:g} eta {e:g}",
                                  stratum=prompt_stratum(prompts[i % len(prompts)]))
                  for s, e in grid] for i in range(len(seeds))]
@@ -215,8 +387,13 @@ class GuidanceScenario(Scenario):
         def describe_try(k: int) -> dict[str, Any]:
             return {"classifier_scale": grid[k][0], "eta": grid[k][1]}
 
+        kind = classifier_kind(ctx.option("guidance-classifier"))
+        latent, classifier = None, {"kind": "detector", "detector": concept.detector.name}
+        if kind == "latent":
+            latent, trained = self.latent_classifier(ctx, concept)
+            classifier = {"kind": "latent", **trained}
         kept, found = run_searches(ctx, concept, target,
-                                   self.searches(ctx, concept, prompts, seeds, grid),
+                                   self.searches(ctx, concept, prompts, seeds, grid, latent),
                                    describe_try)
         base = base_rate(ctx, concept) if target == "erased" else None
         tries_needed, profile = self.budget_tries(ctx)
@@ -227,7 +404,8 @@ class GuidanceScenario(Scenario):
             "sampler": "DDIM with eta and classifier guidance (samplers.steer, "
                        "samplers.classifier_guide), from the model's scheduler config",
             "searches": found[:200],
-            "deviations": list(DEVIATIONS),
+            "classifier": classifier,
+            "deviations": list(DEVIATIONS[kind]),
             "access": "black-box",
             "regeneration": {"prompts": [k.prompt for k in kept], "guidance": None,
                              "seeds": [k.seed for k in kept],
@@ -237,7 +415,8 @@ class GuidanceScenario(Scenario):
         if target == "erased" and neutral:
             control_seeds = ctx.seeds(n, f"{self.id}/{concept.name}/control")
             _, control = run_searches(ctx, concept, target,
-                                      self.searches(ctx, concept, neutral, control_seeds, grid),
+                                      self.searches(ctx, concept, neutral, control_seeds, grid,
+                                                    latent),
                                       describe_try)
             hits = sum(bool(s["kept"]["flagged"]) for s in control)
             facts["guided_control"] = {

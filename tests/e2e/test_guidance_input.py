@@ -1,6 +1,8 @@
-"""The guidance probe's detector, checked before any model loads: the probe guides with the
-detector's gradient, so a concept judged by a detector without `log_probability` is one usage
-error line (exit 4) when guidance-probe is selected, and nothing at all when it is not.
+"""The guidance probe's detector, checked before any model loads: with
+`--guidance-classifier detector` the probe guides with the detector's gradient, so a concept
+judged by a detector without `log_probability` is one usage error line (exit 4) when
+guidance-probe is selected, and nothing at all when it is not; with the default latent
+classifier the detector only labels and judges, so the same concepts file is collected.
 
 The detector without a gradient is a real one written beside the test (a factory whose return
 annotation names its class, as every built-in factory's does); model loads and detector
@@ -78,7 +80,8 @@ def test_guidance_probe_with_a_detector_without_gradient_is_one_usage_error(
         monkeypatch: pytest.MonkeyPatch) -> None:
     concepts = _flat_world(pytester, tiny_world)
     loads = _refuse_loads(monkeypatch)
-    result = pytester.runpytest_inprocess(*_args(tiny_world, concepts, "text,guidance-probe"))
+    result = pytester.runpytest_inprocess(*_args(tiny_world, concepts, "text,guidance-probe"),
+                                          "--guidance-classifier=detector")
     out, err = result.stdout.str(), result.stderr.str()
     assert result.ret == pytest.ExitCode.USAGE_ERROR, (result.ret, out[-3000:], err[-3000:])
     errors = [line for line in err.splitlines() if line.strip()]
@@ -116,4 +119,36 @@ def test_guidance_probe_with_a_detector_that_has_a_gradient_is_collected(
         *_args(tiny_world, tiny_world["concepts"], "guidance-probe"), "--co", "-q")
     assert result.ret == pytest.ExitCode.OK, result.stderr.str()
     result.stdout.fnmatch_lines(["*[[]circle-guidance-probe[]]"])
+    assert loads == []
+
+
+def test_a_detector_without_gradient_is_collected_with_the_latent_classifier(
+        pytester: pytest.Pytester, tiny_world: dict[str, Path],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The default guide is the latent classifier: the flat detector only labels its training
+    images and judges, so nothing is refused (and nothing loads at collection)."""
+    concepts = _flat_world(pytester, tiny_world)
+    loads = _refuse_loads(monkeypatch)
+    result = pytester.runpytest_inprocess(*_args(tiny_world, concepts, "guidance-probe"),
+                                          "--co", "-q")
+    assert result.ret == pytest.ExitCode.OK, result.stderr.str()
+    result.stdout.fnmatch_lines(["*[[]circle-guidance-probe[]]"])
+    assert loads == []
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--guidance-classifier=clip"], "--guidance-classifier: is 'clip'"),
+    (["--guidance-classifier-images=1"], "--guidance-classifier-images: is 1"),
+    (["--guidance-classifier-steps=0"], "--guidance-classifier-steps: is 0"),
+])
+def test_a_bad_guidance_classifier_setting_is_one_usage_error(
+        pytester: pytest.Pytester, tiny_world: dict[str, Path],
+        monkeypatch: pytest.MonkeyPatch, flags: list[str], message: str) -> None:
+    pytester.makepyfile(test_audit=AUDIT)
+    loads = _refuse_loads(monkeypatch)
+    result = pytester.runpytest_inprocess(
+        *_args(tiny_world, tiny_world["concepts"], "guidance-probe"), *flags)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR, result.stdout.str()[-2000:]
+    errors = [line for line in result.stderr.str().splitlines() if line.strip()]
+    assert len(errors) == 1 and message in errors[0], errors
     assert loads == []
