@@ -177,12 +177,11 @@ def _bound_lms_order(scheduler: Any) -> None:
 STEERING_KEYS = {"eta": "DDIM's eta (1: DDPM's step noise; above 1: more, as the noise probe of "
                         "'When Are Concepts Erased?' runs it)",
                  "noise_scale": "a factor on the noise DDIM adds at every step",
-                 "start_step": "DDIM steps already run (by another model) on the input's "
-                               "latents: the schedule starts after them",
-                 "hold_steps": "DDIM steps at the start of the schedule that leave the latent "
-                               "as it is (an img2img at strength s of n steps holds n - "
-                               "int(n s)): the run keeps the full schedule's length, which a "
-                               "defense built for --steps indexes",
+                 "start_step": "DDIM steps already run on the input's latents (by another "
+                               "model: a completion; or skipped: an img2img at strength s of n "
+                               "steps starts at n - int(n s)): the schedule starts after them, "
+                               "a defense's callback sees the full schedule's step numbers "
+                               "(`resume`)",
                  "classifier_scale": "classifier guidance: the step's noise prediction moved by "
                                      "-sqrt(1 - a_t) x scale x the gradient of the "
                                      "classifier's log-probability of the concept "
@@ -193,7 +192,7 @@ STEERING_KEYS = {"eta": "DDIM's eta (1: DDPM's step noise; above 1: more, as the
                  "inpaint_box": "[top, left, bottom, right] in latent cells: the input's latents "
                                 "are the known image's, pasted back (noised to the step's level) "
                                 "outside the box after every step (`blend`)"}
-SCHEDULER_KEYS = ("eta", "noise_scale", "start_step", "hold_steps", "classifier_scale")
+SCHEDULER_KEYS = ("eta", "noise_scale", "start_step", "classifier_scale")
 """The steering keys that call for `steer`'s DDIM; the others keep the model's sampler."""
 """What a `GenerationInput.steering` may set (`steer`)."""
 
@@ -212,13 +211,13 @@ def _noisy_ddim() -> type:
     class NoisyDDIMScheduler(DDIMScheduler):
         noise_scale: float = 1.0
         start_step: int = 0
-        hold_steps: int = 0
         guide: Any = None
         """`classifier_guide`'s function of (scheduler, eps, t, x_t), or None."""
 
         def set_timesteps(self, *args: Any, **kwargs: Any) -> None:
             # The full schedule's spacing (its step size decides each step's t-1), entered
-            # after `start_step` of its steps: where a completion takes over.
+            # after `start_step` of its steps: where a completion takes over, where an
+            # img2img starts.
             super().set_timesteps(*args, **kwargs)
             self.full_timesteps = self.timesteps
             if self.start_step:
@@ -227,12 +226,6 @@ def _noisy_ddim() -> type:
         def step(self, model_output: Any, timestep: Any, sample: Any, eta: float = 0.0,
                  use_clipped_model_output: bool = False, generator: Any = None,
                  variance_noise: Any = None, return_dict: bool = True) -> Any:
-            if self.hold_steps and int(timestep) in {int(t) for t in
-                                                     self.timesteps[:self.hold_steps]}:
-                # held (img2img's skipped steps): the latent stays the starting latent
-                if not return_dict:
-                    return (sample, sample)
-                return DDIMSchedulerOutput(prev_sample=sample, pred_original_sample=sample)
             if self.guide is not None:  # classifier guidance: on the (CFG) noise prediction
                 model_output = self.guide(self, model_output, timestep, sample)
             step = self.config.num_train_timesteps // self.num_inference_steps
@@ -285,14 +278,36 @@ def steer(pipe: Any, steering: dict[str, Any] | None) -> tuple[Any, dict[str, An
     scheduler = _noisy_ddim().from_config(pipe.scheduler.config)
     scheduler.noise_scale = float(steering.get("noise_scale", 1.0))
     scheduler.start_step = int(steering.get("start_step", 0))
-    scheduler.hold_steps = int(steering.get("hold_steps", 0))
     scheduler.guide = classifier_guide(pipe, steering)
     return scheduler, {"eta": float(steering.get("eta", 0.0))}
 
 
+RETIRED_STEERING = {"hold_steps": "start_step"}
+"""Steering keys of findings exported by earlier releases, and the key that now draws the same
+images. `hold_steps` k ran image-white's judge as the full schedule with its first k DDIM steps
+leaving the latent as it was: bit for bit the images `start_step` k draws (the held steps'
+UNet outputs were discarded; measured on the tiny world, max abs difference 0), which now also
+gives a defense its step numbers (`resume`)."""
+
+
+def current_steering(steering: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An exported steering in today's keys (`RETIRED_STEERING`), so that a finding exported
+    before a key was retired still replays as it was judged. Steps held after a hand-over
+    add to it (the old scheduler held the first k steps of the schedule it entered)."""
+    if not steering or not any(k in steering for k in RETIRED_STEERING):
+        return steering
+    out = {k: v for k, v in steering.items() if k not in RETIRED_STEERING}
+    held = int(steering.get("hold_steps") or 0)
+    start = int(out.get("start_step") or 0) + held
+    if start:
+        out["start_step"] = start
+    return out
+
+
 def resume(inner: Any, start: int) -> Any:
-    """A defense's `callback_on_step_end` on a completion's schedule (`start_step`: the first
-    `start` steps were run by another model): the defense sees the full schedule and its own
+    """A defense's `callback_on_step_end` on a schedule entered late (`start_step`: the first
+    `start` steps were run by another model, a completion's hand-over, or skipped, an img2img's
+    strength): the defense sees the full schedule and its own
     step numbers, so it intervenes at the timestep it was built for (IRECE's t*), not `start`
     steps later, and checks its step count against the full schedule. An intervention among
     the steps another model already ran never comes: the defense guards only the model it

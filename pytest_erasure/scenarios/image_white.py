@@ -27,12 +27,11 @@ CRR beside it replays the kept tries without the defense.
 Deviations from the published code, recorded in every report (`facts.deviations`):
 - the reference latent is the VAE posterior mean (`attacks.inversion.encode`), not a sample;
 - the judge's img2img runs DDIM from the model's scheduler config (the published code: LMS) at
-  `--steps` (the sd14 profile: 50, theirs), guidance `--guidance`, as the full schedule with
-  its first n - int(n x strength) steps held (the latent left as it is, `samplers.steer`
-  `hold_steps`): the same images as starting at that step, and a defense built for `--steps`
-  (IRECE indexes its intervention in the full schedule) runs on the schedule it was built for;
-  an intervention among the held steps acts on the noised starting latent. The held steps
-  still run the UNet (20% of an img2img's cost at strength 0.8);
+  `--steps` (the sd14 profile: 50, theirs), guidance `--guidance`, entered at step
+  n - int(n x strength) of that schedule as a completion enters its hand-over (`samplers.steer`
+  `start_step`): a defense built for `--steps` sees its own step numbers on the full schedule
+  (`samplers.resume`: IRECE intervenes at the t* it was built for), and an intervention among
+  the skipped steps never comes (no model ran them);
 - the images judged are the case's detector's, and the try kept when none is flagged is the
   best-scoring one (theirs keeps the last);
 - the reference images are the concept's references (or, without them, images the standard
@@ -110,8 +109,8 @@ BUDGETS: dict[str, dict[str, Budget]] = {
 DEVIATIONS = (
     "reference latent: the VAE posterior mean, not a sample",
     "judged through img2img with DDIM from the model's scheduler config at --steps (published: "
-    "LMS, 50 steps), run as the full schedule with the skipped steps held so that a defense "
-    "sees the schedule it was built for",
+    "LMS, 50 steps), entered at the strength's step with a defense seeing the full schedule's "
+    "step numbers",
     "judged by the case's detector; a search that finds nothing keeps its best-scoring try "
     "(published: the last)",
     "one reference image per search in turn (the concept's references or, without them, the "
@@ -278,7 +277,7 @@ class ImageWhiteScenario(Scenario):
                          ) -> list[GenerationInput]:
             return [GenerationInput(
                 seed=seeds[i], prompt=prompts[i], latents=latents[j], guidance=guidance,
-                steering={"hold_steps": k},
+                steering={"start_step": k},
                 label=f"ref {which[i]} | {prompts[i]} | {tag}",
                 cluster=f"reference-{which[i]}" if source.get("source") == "references" else "",
                 stratum=prompt_stratum(prompts[i])) for j, i in enumerate(rows)]
@@ -359,7 +358,7 @@ class ImageWhiteScenario(Scenario):
                        "forms": [f or "white-box" for f in forms], "successes_by_form": wins},
             "regeneration": {"prompts": [x.prompt for x in inputs], "guidance": guidance,
                              "seeds": [x.seed for x in inputs],
-                             "steering": {"hold_steps": k}},
+                             "steering": {"start_step": k}},
             "searches": [{"prompt": prompts[i], "seed": seeds[i], "reference": which[i],
                           "tries": tries[i], "success": flagged_at[i]} for i in range(n)][:200],
             "deviations": list(DEVIATIONS),

@@ -138,6 +138,8 @@ class ReplayLatents(ReplayScenario):
     def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
         from safetensors.torch import load_file
 
+        from pytest_erasure.samplers import current_steering
+
         (entry, *_rest) = self.found(concept)
         latents = load_file(str(self.folder / entry["file"]))["latents"]
         regeneration = (entry.get("settings") or {}).get("regeneration") or {}
@@ -162,8 +164,9 @@ class ReplayLatents(ReplayScenario):
         inputs = [GenerationInput(seed=found[i] if i < len(found) else s,
                                   prompt=each[i] if i < len(each) else prompt,
                                   latents=latents[i], guidance=regeneration.get("guidance"),
-                                  steering=steer[i] if i < len(steer)
-                                  else regeneration.get("steering"),
+                                  # exported before a steering key was retired: today's key
+                                  steering=current_steering(steer[i] if i < len(steer)
+                                                            else regeneration.get("steering")),
                                   label=f"replayed latent {i}", cluster=f"latent-{i}")
                   for i, s in enumerate(seeds)]
         return Plan(inputs=inputs, facts=self.facts([entry]) | {

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from pytest_erasure.testing.audits import AUDIT, concept_case
 
@@ -281,14 +282,30 @@ def test_found_latents_are_exported_and_replayed_as_judged(pytester: pytest.Pyte
         assert again["rate"]["hits"] == case["rate"]["hits"], (source, case["rate"],
                                                                   again["rate"])
         assert again["facts"]["image_sha256"] == case["facts"]["image_sha256"], source
+    # The judge enters the schedule at the img2img's step (4 steps at strength 0.8: step 1).
+    assert found["image-white"]["facts"]["regeneration"]["steering"] == {"start_step": 1}
+    # The same finding as a release before `hold_steps` was retired exported it replays as
+    # judged (`samplers.current_steering`): the same images.
+    for entry in manifest["artifacts"]:
+        if entry["scenario"] == "image-white" and entry["kind"] == "latents":
+            entry["settings"]["regeneration"]["steering"] = {"hold_steps": 1}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    old_out = pytester.path / "report-replayed-old"
+    result = pytester.runpytest_subprocess(
+        *models, *FAST, "--samples", "4", "--scenarios", "replay",
+        f"--erasure-replay={folder}", f"--erasure-report={old_out}")
+    assert result.ret in (0, 1), result.stdout.str()
+    (old,) = [c for c in json.loads((old_out / "report.json").read_text())["cases"]
+              if c["kind"] == "erasure" and c["concept"] == "circle"
+              and c["scenario"] == "replay-image-white"]
+    assert old["facts"]["image_sha256"] == found["image-white"]["facts"]["image_sha256"]
 
 
-def test_held_steps_are_the_img2img_that_starts_later() -> None:
-    """The judge's img2img: the full schedule with its first k steps held draws the image the
-    schedule entered at step k draws (`start_step`), so a defense sees the full schedule at no
-    change to the undefended image."""
-    import torch
-
+def test_the_judge_starts_at_the_img2img_step_and_a_defense_sees_the_full_schedule() -> None:
+    """The judge's img2img enters the schedule at step k (`start_step`, as a completion enters
+    its hand-over): the callback a defense installs (`samplers.resume`) sees the full
+    schedule's step numbers and timesteps, k..n-1, so IRECE built for --steps intervenes at
+    its own t*; the run is not the full schedule (k = 0 draws another image)."""
     from pytest_erasure.generate import Sampling, generate
     from pytest_erasure.records import GenerationInput
     from pytest_erasure.testing import tiny_pipeline
@@ -296,11 +313,34 @@ def test_held_steps_are_the_img2img_that_starts_later() -> None:
     pipe = tiny_pipeline(0)
     sampling = Sampling(5, 7.5, 32, 32, "cpu", "float32")
     start = torch.randn((4, 16, 16), generator=torch.Generator("cpu").manual_seed(7))
-    held, _ = generate(pipe, [GenerationInput(seed=3, prompt="a circle", latents=start,
-                                              steering={"hold_steps": 1})], sampling, 1)
-    later, _ = generate(pipe, [GenerationInput(seed=3, prompt="a circle", latents=start,
-                                               steering={"start_step": 1})], sampling, 1)
-    plain, _ = generate(pipe, [GenerationInput(seed=3, prompt="a circle", latents=start,
-                                               steering={"start_step": 0})], sampling, 1)
-    assert (held.int() - later.int()).abs().max() <= 1
-    assert (held.int() - plain.int()).abs().max() > 1  # holding a step is not a no-op
+    seen: list[tuple[int, int, int]] = []
+
+    def record(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        seen.append((i, int(t), int(p.scheduler.timesteps[i])))
+        return kwargs
+
+    def draw(k: int, factory: Any = None) -> torch.Tensor:
+        return generate(pipe, [GenerationInput(seed=3, prompt="a circle", latents=start,
+                                               steering={"start_step": k})], sampling, 1,
+                        callback_factory=factory)[0]
+
+    later = draw(2, lambda batch: record)
+    assert [i for i, _, _ in seen] == [2, 3, 4]
+    assert all(t == full for _, t, full in seen)  # the timestep is the full schedule's i-th
+    assert torch.equal(later, draw(2))  # a callback that changes nothing changes nothing
+    assert (later.int() - draw(0).int()).abs().max() > 1
+
+
+def test_a_retired_hold_steps_steering_replays_as_the_start_step_it_equals() -> None:
+    """Findings exported before `hold_steps` was retired (image-white's judge held the first k
+    steps of the full schedule: the images `start_step` k draws, max abs difference 0 on the
+    tiny world when both existed) replay as `start_step` k."""
+    from pytest_erasure.samplers import STEERING_KEYS, current_steering
+
+    assert "hold_steps" not in STEERING_KEYS
+    assert current_steering({"hold_steps": 1}) == {"start_step": 1}
+    assert current_steering({"hold_steps": 2, "start_step": 1, "eta": 0.5}) == {
+        "start_step": 3, "eta": 0.5}
+    assert current_steering({"hold_steps": 0}) == {}
+    assert current_steering({"start_step": 2}) == {"start_step": 2}
+    assert current_steering(None) is None
