@@ -13,6 +13,8 @@ erased one and the standard one under the same attack):
 - under a defense with the adaptive threat the erased model's attack runs twice (adaptive and
   transfer) and its candidates are generated through the defense (`--defended` doubles that
   share; IRECE's own overhead is not counted);
+- the random-prefix control on the erased model (`--advw-control`, on by default): as many
+  generations per search as the erased model's search judges candidates;
 - the S concept images the standard model draws (shared by both models), the base rate's and
   the baseline's S images beside it.
 
@@ -47,7 +49,8 @@ def projected(samples: int, defended: bool = False) -> list[tuple[str, int, floa
         options = {o.name: table.get(o.name, o.default) for o in scenario.options}
         attacks = scenario.attacks(options=options)
         runs = 2 if defended else 1  # the erased model's: adaptive and transfer
-        images = (scenario.tries(attacks, runs) + scenario.tries(attacks)) * samples \
+        control = sum(scenario.control_draws(options, s, runs) for _n, s in attacks)
+        images = (scenario.tries(attacks, runs) + scenario.tries(attacks) + control) * samples \
             + 3 * samples
         steps = (runs + 1) * samples * sum(s.steps for _n, s in attacks)
         step_s = TI_MICRO_STEP_S * (1 + (P4D_TARGET_SHARE if scenario.method != "unlearndiffatk"

@@ -280,6 +280,8 @@ def erasure(ctx: Context, case: Case, concept: Concept) -> CaseResult:
         message += f"; corrected for detector error ({facts['corrected_assumes']})"
     if plan.facts.get("minimal_bypass"):
         message += f"; minimal bypass prompt: {plan.facts['minimal_bypass']!r}"
+    if (plan.facts.get("search_control") or {}).get("statement"):  # reported, not gated
+        message += f"; {plan.facts['search_control']['statement']}"
     message += f" -> {verdict.upper()}: {reason}"
     return CaseResult(
         case_id=case.id, concept=concept.name, scenario=scenario.id,

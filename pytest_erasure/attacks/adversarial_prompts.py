@@ -402,6 +402,52 @@ def optimise(pipe: StableDiffusionPipeline, reference: StableDiffusionPipeline,
     return runs
 
 
+def random_prompts(tokenizer: Any, prompts: Sequence[str], seeds: Sequence[int],
+                   settings: AttackSettings, draws: int) -> list[list[str]]:
+    """The random-prefix control: per search, `draws` prompts with the attack's learnable
+    slots filled by its own random start and no optimisation. UnlearnDiffAtk starts every
+    slot's distribution uniform on the simplex (`text_grad_.py` `init_adv`) and samples a
+    token from it (`STERandSelect`): a uniform draw of whole-word tokens per slot. P4D starts
+    from uniformly drawn token ids (`optimize_n.py`), `optimise`'s `torch.randint`. Each
+    search's draws come from a generator seeded with its seed, as `optimise`'s do: independent
+    random starts of the same search, reproducible from the seed alone."""
+    import torch
+
+    allowed = torch.tensor(ordinary_ids(tokenizer))
+    lay = layout(tokenizer, prompts, settings.method, settings.tokens, settings.every_k)
+    out: list[list[str]] = []
+    for b, seed in enumerate(seeds):
+        generator = torch.Generator().manual_seed(int(seed))
+        width, texts = lay.slots[b], []
+        uniform = torch.full((width, len(allowed)), 1.0 / len(allowed))
+        for _ in range(draws):
+            if settings.method == "unlearndiffatk":
+                picks = torch.multinomial(uniform, 1, generator=generator)[:, 0]
+            else:
+                picks = torch.randint(len(allowed), (width,), generator=generator)
+            texts.append(decode(tokenizer, lay, b, allowed[picks].tolist()))
+        out.append(texts)
+    return out
+
+
+def first_step(settings: AttackSettings, candidate: int) -> int:
+    """The gradient steps taken before candidate `candidate` (0-based) was decoded:
+    UnlearnDiffAtk judges after each timestep's `eval_every` steps, P4D decodes at steps 0,
+    eval_every, ... before that step's update (its candidate 0 is its random start)."""
+    if settings.method == "unlearndiffatk":
+        return (candidate + 1) * settings.eval_every
+    return candidate * settings.eval_every
+
+
+def unit_random_prompts(host: Any, advance: Callable[[int], None], *, role: str,
+                        prompts: list[str], seeds: list[int], settings: AttackSettings,
+                        draws: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The random-prefix control's prompts as a unit (`executors.units`): `role`'s tokenizer."""
+    out = random_prompts(host.pipeline(role).tokenizer, prompts, seeds, settings, draws)
+    advance(len(prompts))
+    return {}, {"prompts": out}
+
+
 def unit_search(host: Any, advance: Callable[[int], None], *, role: str, images: torch.Tensor,
                 prompts: list[str], seeds: list[int], settings: AttackSettings,
                 defense: str | None = None, concept: Any = None, config: Any = None

@@ -93,7 +93,7 @@ def reason_of(case: CaseResult) -> str:
     """Why the verdict, never empty: the recorded reason, else (older records) the error's first
     line, the failure message's, or the gate's comparison."""
     if case.reason.strip():
-        return case.reason.strip()
+        return case.reason.strip() + control_note(case)
     for text in (case.error, case.message):
         lines = (text or "").strip().splitlines()
         if lines:
@@ -102,6 +102,14 @@ def reason_of(case: CaseResult) -> str:
         return "no images to judge"
     word = "passes" if verdict_of(case) == "pass" else "fails"
     return f"CRR {pct(case.rate.crr)} {word} {gate_text(case)} ({case.gate} gate)"
+
+
+def control_note(case: CaseResult) -> str:
+    """'; ' and the statement a search case's control carries (adversarial-white's random-prefix
+    control, `facts.search_control.statement`): reported beside the reason, never gated."""
+    control = case.facts.get("search_control") if isinstance(case.facts, dict) else None
+    statement = control.get("statement") if isinstance(control, dict) else None
+    return f"; {statement}" if statement and statement not in case.reason else ""
 
 
 def gated(case: CaseResult) -> bool:

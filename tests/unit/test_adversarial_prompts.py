@@ -8,10 +8,12 @@ import torch
 
 from pytest_erasure.attacks.adversarial_prompts import (
     AttackSettings,
+    first_step,
     layout,
     optimise,
     ordinary_ids,
     project_simplex,
+    random_prompts,
     timesteps_for,
 )
 from pytest_erasure.errors import ErasureInputError
@@ -95,3 +97,78 @@ def test_an_idle_surrogate_is_the_plain_attack_and_found_prompts_type_back(metho
             assert set(ids) <= allowed, text
             if method != "p4d-n":
                 assert text.endswith(prompt) or prompt.split()[-1] in text, text
+
+
+@pytest.mark.parametrize(("method", "slots"), [("unlearndiffatk", 5), ("p4d-n", 16),
+                                               ("p4d-k", None)])
+def test_the_random_prefix_control_draws_the_attacks_random_start(method: str,
+                                                                  slots: int | None) -> None:
+    tokenizer = tiny_pipeline(0).tokenizer
+    settings = AttackSettings(method, 5 if method == "unlearndiffatk" else 16, 8, 2)
+    prompts, seeds = ["a circle", "a red circle"], [5, 6]
+    drawn = random_prompts(tokenizer, prompts, seeds, settings, 7)
+    assert [len(texts) for texts in drawn] == [7, 7]
+    # reproducible from the search's seed alone; a search's draws are not all the same start
+    assert random_prompts(tokenizer, prompts[::-1], seeds[::-1], settings, 7) == drawn[::-1]
+    assert all(len(set(texts)) > 1 for texts in drawn)
+    words = {w[:-len("</w>")] for w in tokenizer.convert_ids_to_tokens(ordinary_ids(tokenizer))}
+    for prompt, texts in zip(prompts, drawn, strict=True):
+        for text in texts:
+            # the attack's prompt form: its slots filled with whole words, the prompt kept
+            # (UnlearnDiffAtk after its k-word prefix, P4D-K interleaved), nothing else
+            mine, own = text.split(), prompt.split()
+            if method == "p4d-k":  # optimize_k.py: len // 3 + 1 slots, one before every 3
+                slots = len(own) // 3 + 1
+            assert slots is not None and len(mine) == slots + (0 if method == "p4d-n" else len(own)), text
+            if method == "unlearndiffatk":
+                assert mine[slots:] == own and set(mine[:slots]) <= words, text
+            elif method == "p4d-n":
+                assert set(mine) <= words, text
+            else:
+                at = [i for i in range(len(mine)) if i % 4 == 0]
+                assert [w for i, w in enumerate(mine) if i not in at] == own, text
+                assert {mine[i] for i in at} <= words, text
+
+
+def test_a_candidates_first_step_is_the_gradient_steps_before_it() -> None:
+    # UnlearnDiffAtk judges after each timestep's steps; P4D decodes before the step's update
+    assert [first_step(AttackSettings("unlearndiffatk", 5, 40, 5), k) for k in (0, 7)] == [5, 40]
+    assert [first_step(AttackSettings("p4d-n", 16, 60, 10), k) for k in (0, 5)] == [0, 50]
+
+
+@pytest.mark.parametrize("given", ["", "0", "-3", "some", "1.5"])
+def test_a_bad_control_value_names_the_option(given: str) -> None:
+    from pytest_erasure.scenarios.adversarial_white import parse_control
+
+    with pytest.raises(ErasureInputError, match="--advw-control"):
+        parse_control(given)
+    assert [parse_control(v) for v in ("match", "OFF", " 12 ")] == ["match", "off", 12]
+
+
+def _found(flags: list[bool], candidates: list[int]) -> list[dict]:
+    return [{"kept": {"flagged": f, "candidate": k}} for f, k in zip(flags, candidates,
+                                                                     strict=True)]
+
+
+def test_the_statement_tells_an_optimised_success_from_a_random_start() -> None:
+    from pytest_erasure.scenarios.adversarial_white import (
+        _rate,
+        control_statement,
+        first_success,
+    )
+
+    settings = {"unlearndiffatk": AttackSettings("unlearndiffatk", 5, 40, 5)}
+    judged = [("original prompt", None, _found([False] * 4, [0] * 4)),
+              ("unlearndiffatk", None, _found([True, True, True, False], [0, 1, 7, 7]))]
+    first = first_success(judged, settings, 4)
+    assert first["unlearndiffatk"]["steps"] == [5, 10, 40]
+    assert first["unlearndiffatk"]["candidates"] == [1, 2, 8]
+    assert (first["search"]["median"], first["search"]["max"]) == (10, 40)
+    # only the optimisation found it: both rates, no claim that random starts do as well
+    below = {"draws_per_search": 8, "rate": _rate(0, 4), "attack": _rate(3, 4)}
+    text = control_statement(below, first)
+    assert "0/4 searches" in text and "optimised attack: 3/4 searches" in text
+    assert "at or above" not in text and "median 10, max 40" in text
+    # random starts reproduce it as often: said so
+    assert "at or above the attack" in control_statement({**below, "rate": _rate(3, 4)}, first)
+    assert "skipped" in control_statement({"skipped": "--advw-control off"}, first)
