@@ -36,9 +36,16 @@ Deviations from the published code, recorded in every report (`facts.deviations`
   best-scoring one (theirs keeps the last);
 - the reference images are the concept's references (or, without them, images the standard
   model draws for its prompts), one per search in turn; RECALL uses one image per concept;
-- the search is not cached (its judged images are): a rerun repeats the optimisation;
 - the adaptive form's surrogate is one-step (IRECE's mask re-noised at its intervention
   timestep inside the loss, no unrolled sampler): the transfer form runs beside it.
+
+Cached: each search's start and each of its rounds is one content-addressed entry
+(`recall-start`, `recall-round`: the model, the search's reference latent, seed, current latent
+and velocity, the round's settings, the numerics; `ImageWhiteScenario.row_key`), and its judged
+images are cached images, so a rerun with the same inputs reads the whole search back. The
+defense is not in a transfer round's key (it optimises on the undefended model): under
+`--irece` the transfer rounds are the undefended case's entries; an adaptive round's key adds
+the defense's `adaptive_key` and the call it ran in.
 
 Opt-in: these cases run when `--scenarios` names `image-white` (or its modality,
 `image-side`).
@@ -47,7 +54,7 @@ Opt-in: these cases run when `--scenarios` names `image-white` (or its modality,
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -69,6 +76,11 @@ RECALL = "RECALL"
 RECALL_CODE = ("RECALL's public code (attack.py pgd_attack_with_momentum / loss_adv, models.py "
                "SDAModel; Liu et al., ICLR 2026)")
 KEPT_BY = "detector: the first flagged try (where the published loop stops), else best score"
+START_CACHE = "recall-start"
+ROUND_CACHE = "recall-round"
+"""Cache kinds of a search's start and of each of its rounds, one entry per search
+(`ImageWhiteScenario.row_key`): a rerun with the same inputs reads the optimisation back."""
+CACHE_VERSION = 1
 
 OPTIONS = (
     ScenarioOption("recall-timesteps", int, 10,
@@ -253,6 +265,59 @@ class ImageWhiteScenario(Scenario):
         return encoded_references(ctx, role, images, namespace="recall-references",
                                   title="RECALL: encode references")
 
+    @staticmethod
+    def row_key(ctx: AuditContext, role: Role, reference: torch.Tensor, seed: int,
+                **given: Any) -> dict[str, Any]:
+        """What one search's step (its start, or one round) depends on: the model, the search's
+        reference latent and seed, the step's own inputs (latent tensors by digest) and
+        settings, the numerics. Not the batch it ran in (each search's noise is its seed's and
+        its gradient its own) nor the defense (the search sees the model it optimises on:
+        a transfer round equals the undefended search's and shares its entry)."""
+        from pytest_erasure.cache import tensor_digest
+        from pytest_erasure.scenarios.embedding import numerics
+
+        return {"version": CACHE_VERSION, "model": ctx.fingerprint(role),
+                "reference": tensor_digest({"latent": reference}), "seed": int(seed),
+                **{name: tensor_digest({"latent": value}) if hasattr(value, "shape") else value
+                   for name, value in given.items()}, **numerics(ctx.config)}
+
+    @staticmethod
+    def adaptive_keys(ctx: AuditContext, concept: Concept, keys: list[dict[str, Any]]
+                      ) -> list[dict[str, Any]]:
+        """An adaptive round's keys: also the defense's (`Defense.adaptive_key`), and the whole
+        call (its searches, in order, and the batch size), since the surrogate's re-noise is
+        drawn once per call from its first search's seed and in batch order."""
+        from pytest_erasure.cache import digest
+
+        through = ctx.attacked_through()
+        assert through is not None
+        call = {"rows": digest(keys), "batch_size": int(ctx.config.batch_size),
+                "defense": through.adaptive_key(ctx.config, ctx, concept)}
+        return [key | {"adaptive": call} for key in keys]
+
+    @staticmethod
+    def cached_rows(ctx: AuditContext, kind: str, keys: list[dict[str, Any]], rows: list[int],
+                    compute: Callable[[list[int]], dict[str, torch.Tensor]],
+                    adaptive: bool = False) -> dict[str, torch.Tensor]:
+        """{"adv", "velocity", "judge"} for the searches `rows` (in order), each search's
+        entry read from the cache under its key, the missing ones computed in one call of
+        `compute(their rows)` (a unit) and stored one entry per search. An adaptive round is
+        recomputed as the whole call its keys name (its surrogate's draws depend on the call),
+        its missing searches taken from it."""
+        import torch
+
+        def missing(todo: list[int]) -> list[tuple[dict[str, torch.Tensor], dict[str, Any]]]:
+            ran = list(range(len(rows))) if adaptive else todo
+            out = compute([rows[j] for j in ran])
+            at = {j: position for position, j in enumerate(ran)}
+            return [({name: out[name][at[j]].contiguous()
+                      for name in ("adv", "velocity", "judge")}, {"adaptive": adaptive})
+                    for j in todo]
+
+        entries = ctx.cache.get_or_compute_many(kind, keys, missing)
+        return {name: torch.stack([tensors[name] for tensors, _ in entries])
+                for name in ("adv", "velocity", "judge")}
+
     def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
         from pytest_erasure.attacks.recall import recall_round, recall_start, sampled_timesteps
         from pytest_erasure.scenarios.embedding import concept_images
@@ -309,9 +374,14 @@ class ImageWhiteScenario(Scenario):
 
         total = len(forms) * (found["timesteps"] + 1)
         with ctx.progress(f"RECALL {concept.name} ({target} model): rounds", total) as advance:
-            start = ctx.run(ctx.unit(recall_start, title="RECALL: start", total=n,
-                                     role=target, references=reference, seeds=seeds,
-                                     blend=found["blend"], steps=steps, start_step=k))
+            start = self.cached_rows(
+                ctx, START_CACHE, [self.row_key(ctx, target, reference[i], seeds[i],
+                                                blend=found["blend"], steps=steps,
+                                                start_step=k) for i in range(n)],
+                list(range(n)), lambda todo: ctx.run(ctx.unit(
+                    recall_start, title="RECALL: start", total=len(todo), role=target,
+                    references=reference[todo], seeds=[seeds[i] for i in todo],
+                    blend=found["blend"], steps=steps, start_step=k)))
             rows = judge(list(range(n)), judge_inputs(list(range(n)), start["judge"],
                                                       "reference img2img"),
                          {"form": "reference img2img", "round": 0, "timestep": None})
@@ -326,14 +396,30 @@ class ImageWhiteScenario(Scenario):
                     if not active:
                         advance(found["timesteps"] - r)
                         break
-                    out = ctx.run(ctx.unit(
-                        recall_round, title=f"RECALL t={t} ({form or target})",
-                        total=len(active), role=target, references=reference[active],
-                        adv=adv[active], velocity=velocity[active],
-                        prompts=[prompts[i] for i in active], seeds=[seeds[i] for i in active],
-                        timestep=t, index=r, iterations=found["iterations"],
-                        step_size=found["step"], steps=steps, start_step=k,
-                        batch_size=ctx.config.batch_size, **adaptive))
+                    keys = [self.row_key(
+                        ctx, target, reference[i], seeds[i], adv=adv[i], velocity=velocity[i],
+                        prompt=prompts[i], timestep=t, index=r, iterations=found["iterations"],
+                        step=found["step"], steps=steps, start_step=k) for i in active]
+                    if adaptive:
+                        keys = self.adaptive_keys(ctx, concept, keys)
+
+                    def optimise(todo: list[int], t: int = t, r: int = r,
+                                 adaptive: dict[str, Any] = adaptive,
+                                 form: str | None = form, adv: torch.Tensor = adv,
+                                 velocity: torch.Tensor = velocity
+                                 ) -> dict[str, torch.Tensor]:
+                        return ctx.run(ctx.unit(  # type: ignore[no-any-return]
+                            recall_round, title=f"RECALL t={t} ({form or target})",
+                            total=len(todo), role=target, references=reference[todo],
+                            adv=adv[todo], velocity=velocity[todo],
+                            prompts=[prompts[i] for i in todo],
+                            seeds=[seeds[i] for i in todo], timestep=t, index=r,
+                            iterations=found["iterations"], step_size=found["step"],
+                            steps=steps, start_step=k, batch_size=ctx.config.batch_size,
+                            **adaptive))
+
+                    out = self.cached_rows(ctx, ROUND_CACHE, keys, active, optimise,
+                                           adaptive=bool(adaptive))
                     adv[active] = out["adv"]
                     velocity[active] = out["velocity"]
                     tag = f"t {t}" + (f" {form}" if form else "")
