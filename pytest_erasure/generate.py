@@ -119,8 +119,10 @@ def generate(
                                                  if box else b, sampling) for b in batch])
             kwargs: dict[str, Any] = {}
             callback = callback_factory(batch) if callback_factory else None
-            if callback is not None and spec.get("start_step"):  # a completion: its offset
+            entry = None
+            if callback is not None and spec.get("start_step"):  # entered late: its offset
                 callback = resume(callback, int(spec["start_step"]))
+                entry = callback.enter
             if box:
                 known = torch.cat([initial_latents(pipe, b, sampling) for b in batch])
                 callback = blend(known.to(pipe.device, dtype), latents.to(pipe.device, dtype),
@@ -134,11 +136,15 @@ def generate(
             kwargs.update(steered)
             original, pipe.scheduler = pipe.scheduler, scheduler
             with torch.no_grad(), _restored(pipe, original):
+                latents = latents.to(pipe.device, dtype)
+                if entry is not None:  # the defense's call due on the entry latent
+                    scheduler.set_timesteps(sampling.steps, device=pipe.device)
+                    latents = entry(pipe, latents)
                 images = pipe(
                     prompt_embeds=embeds,
                     negative_prompt_embeds=uncond.expand(len(batch), -1, -1).to(
                         pipe.device, dtype),
-                    latents=latents.to(pipe.device, dtype),
+                    latents=latents,
                     generator=[step_generator(b) for b in batch],
                     num_inference_steps=sampling.steps,
                     guidance_scale=guidance,

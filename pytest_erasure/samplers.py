@@ -311,7 +311,12 @@ def resume(inner: Any, start: int) -> Any:
     step numbers, so it intervenes at the timestep it was built for (IRECE's t*), not `start`
     steps later, and checks its step count against the full schedule. An intervention among
     the steps another model already ran never comes: the defense guards only the model it
-    wraps."""
+    wraps. The one at the entry does: a callback at the end of step i returns the input of
+    step i + 1, so the end of step `start - 1` returns the entry latent, which the wrapped
+    model denoises; the pipeline has no call before its first step, so `enter` (the
+    returned callback's attribute) makes that call on the entry latent before the run. Without
+    it IRECE at t* = 0.2 of 25 steps never acted on an img2img at strength 0.8 (entered at step
+    5, t*'s own step) where the deployed defense would."""
     def callback(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         scheduler = pipe.scheduler
         full = getattr(scheduler, "full_timesteps", None)
@@ -323,7 +328,21 @@ def resume(inner: Any, start: int) -> Any:
         finally:
             scheduler.timesteps = entered
 
+    def enter(pipe: Any, latents: Any) -> Any:
+        """The entry latent after the defense's call at the end of step `start - 1` (the
+        scheduler's timesteps set for this run)."""
+        scheduler = pipe.scheduler
+        full = getattr(scheduler, "full_timesteps", None)
+        if not start or full is None:
+            return latents
+        entered, scheduler.timesteps = scheduler.timesteps, full
+        try:
+            return inner(pipe, start - 1, full[start - 1], {"latents": latents})["latents"]
+        finally:
+            scheduler.timesteps = entered
+
     callback.tensor_inputs = list(getattr(inner, "tensor_inputs", ["latents"]))
+    callback.enter = enter
     return callback
 
 

@@ -304,8 +304,11 @@ def test_found_latents_are_exported_and_replayed_as_judged(pytester: pytest.Pyte
 def test_the_judge_starts_at_the_img2img_step_and_a_defense_sees_the_full_schedule() -> None:
     """The judge's img2img enters the schedule at step k (`start_step`, as a completion enters
     its hand-over): the callback a defense installs (`samplers.resume`) sees the full
-    schedule's step numbers and timesteps, k..n-1, so IRECE built for --steps intervenes at
-    its own t*; the run is not the full schedule (k = 0 draws another image)."""
+    schedule's step numbers and timesteps, k-1..n-1 (the end of step k-1, made on the entry
+    latent before the run, returns the input of step k: IRECE whose t* is step k acts on the
+    latent the guarded model denoises first, as the deployed defense would), so IRECE built
+    for --steps intervenes at its own t*; the run is not the full schedule (k = 0 draws
+    another image)."""
     from pytest_erasure.generate import Sampling, generate
     from pytest_erasure.records import GenerationInput
     from pytest_erasure.testing import tiny_pipeline
@@ -314,9 +317,17 @@ def test_the_judge_starts_at_the_img2img_step_and_a_defense_sees_the_full_schedu
     sampling = Sampling(5, 7.5, 32, 32, "cpu", "float32")
     start = torch.randn((4, 16, 16), generator=torch.Generator("cpu").manual_seed(7))
     seen: list[tuple[int, int, int]] = []
+    entered: list[torch.Tensor] = []
 
     def record(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
         seen.append((i, int(t), int(p.scheduler.timesteps[i])))
+        if not entered:
+            entered.append(kwargs["latents"].clone())
+        return kwargs
+
+    def darken(p: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if i == 1:  # only the entry call of a run entered at step 2
+            kwargs["latents"] = kwargs["latents"] * 0
         return kwargs
 
     def draw(k: int, factory: Any = None) -> torch.Tensor:
@@ -325,9 +336,12 @@ def test_the_judge_starts_at_the_img2img_step_and_a_defense_sees_the_full_schedu
                         callback_factory=factory)[0]
 
     later = draw(2, lambda batch: record)
-    assert [i for i, _, _ in seen] == [2, 3, 4]
+    assert [i for i, _, _ in seen] == [1, 2, 3, 4]
     assert all(t == full for _, t, full in seen)  # the timestep is the full schedule's i-th
+    assert torch.equal(entered[0][0], start)  # the entry call sees the entry latent itself
     assert torch.equal(later, draw(2))  # a callback that changes nothing changes nothing
+    # what the entry call returns is what the guarded model denoises first
+    assert (draw(2, lambda batch: darken).int() - later.int()).abs().max() > 1
     assert (later.int() - draw(0).int()).abs().max() > 1
 
 

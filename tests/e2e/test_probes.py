@@ -320,8 +320,9 @@ def blank_defense(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 @pytest.mark.parametrize(("probe", "flags", "image_steps"), [
     ("noise-probe", ["--noise-etas", "1.0,1.5", "--noise-scales", "1.0"], 8 * 2 * 2),
-    # 3 hand-overs; the erased model runs 3, 2 and 1 of the 4 steps
-    ("completion-probe", ["--steps", "4"], 8 * (3 + 2 + 1)),
+    # 3 hand-overs; the erased model runs 3, 2 and 1 of the 4 steps, and the defense's call
+    # due on each hand-over latent (the end of the step before it, `samplers.resume`) is one more
+    ("completion-probe", ["--steps", "4"], 8 * (4 + 3 + 2)),
     ("inpainting-probe", ["--inpaint-masks", "16"], 8 * 2),
 ])
 def test_every_probe_generates_through_the_defense(pytester: pytest.Pytester,
@@ -349,4 +350,4 @@ def test_every_probe_generates_through_the_defense(pytester: pytest.Pytester,
     # so a defense built for --steps intervenes where it was built to.
     assert all(call["of"] == steps for call in calls)
     if probe == "completion-probe":
-        assert sorted({c["step"] for c in calls}) == [1, 2, 3]
+        assert sorted({c["step"] for c in calls}) == [0, 1, 2, 3]
