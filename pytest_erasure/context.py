@@ -399,7 +399,12 @@ class Context:
                 "name": defense.name, **defense.describe(self.config, self, concept)}}
         if overlays:
             base_key["overlays"] = [o.key for o in overlays]
-        keys = [{**base_key, "input": _input_key(item)} for item in inputs]
+        # A defended run entered late (`start_step`) gets the defense's call on its entry latent
+        # (`samplers.resume`) since this key field; images cached before it lacked that call.
+        keys = [{**base_key, "input": _input_key(item),
+                 **({"entry": "defense called on the entry latent"}
+                    if defense is not None and (item.steering or {}).get("start_step") else {})}
+                for item in inputs]
         names = [digest(key) for key in keys]
         found: dict[int, tuple[torch.Tensor, bool]] = {}
         with self._lock:
