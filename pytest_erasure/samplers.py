@@ -393,8 +393,8 @@ def classifier_guide(pipe: Any, steering: dict[str, Any]) -> Any:
     """The classifier guidance of "When Are Concepts Erased?" (probe_notebooks/utils/
     classifier_guidance_utils.py `guided_generation_latent_noise_based`) as a function of
     (scheduler, eps, t, x_t): eps - sqrt(1 - a_t) x scale x g, g the gradient of
-    log p(concept | x_t). With a classifier of kind "latent" (the paper's: `attacks.
-    latent_classifier`, named by its weights' sha256), g is that classifier's gradient on x_t
+    log p(concept | x_t). With a classifier of kind "latent-classifier" (the paper's,
+    `attacks.latent_classifier`, named by its weights' sha256), g is that classifier's gradient on x_t
     itself, as theirs: no VAE decode, no UNet differentiated. Otherwise (the detector form) g
     is the gradient of the case's detector's `log_probability` of the concept on the predicted
     clean image (x0 = (x_t - sqrt(1 - a_t) eps) / sqrt(a_t), decoded by the VAE), taken with
@@ -406,7 +406,7 @@ def classifier_guide(pipe: Any, steering: dict[str, Any]) -> Any:
         return None
     import torch
 
-    if spec.get("kind") == "latent":
+    if spec.get("kind") == "latent-classifier":
         from pytest_erasure.attacks import latent_classifier
 
         classifier = latent_classifier.load(str(spec["sha256"]), str(pipe.device))

@@ -51,8 +51,8 @@ def test_the_latent_classifier_guides_and_the_leak_is_found(
     assert 0 <= classifier["kept"]["balanced_accuracy"] <= 1
     for search in facts["searches"]:
         steering = search["kept"]["steering"]
-        assert steering["classifier"] == {"kind": "latent", "sha256": classifier["sha256"],
-                                          "label": "circle"}
+        assert steering["classifier"] == {"kind": "latent-classifier",
+                                          "sha256": classifier["sha256"], "label": "circle"}
     assert any("standard model's own generations" in d for d in facts["deviations"])
     assert facts["guided_control"]["searches"] == 8
     stored = list((cache / "latent-classifier").rglob("*.safetensors"))

@@ -90,6 +90,7 @@ def test_guidance_probe_with_a_detector_without_gradient_is_one_usage_error(
     assert "--scenarios guidance-probe: concept 'circle' is judged by detector " \
            "'guidance_flat_detector:build' (FlatDetector)" in line, line
     assert "no differentiable log_probability(images, label)" in line, line
+    assert "guide with --guidance-classifier latent" in line, line
     assert "judge the concept with a detector that has one" in line, line
     assert "or leave guidance-probe out of --scenarios" in line, line
     assert "Traceback" not in out + err

@@ -107,11 +107,11 @@ def test_a_class_missing_is_refused() -> None:
 
 
 def test_the_guide_moves_the_dark_model_towards_the_concept(trained: dict[str, Any]) -> None:
-    """The sampler's latent guidance (`samplers.steer` -> `classifier_guide`, kind "latent") on
-    the dark model: every guided final latent reads as more of the concept to the classifier
-    (its logit at t = 0) than the same seed's unguided one (eta equal), and more so at the
-    largest published scale. Read in latent space: the tiny decoder's output is almost all its
-    bias, so the images' brightness barely moves with any latent."""
+    """The sampler's latent guidance (`samplers.steer` -> `classifier_guide`, kind
+    "latent-classifier") on the dark model: every guided final latent reads as more of the
+    concept to the classifier (its logit at t = 0) than the same seed's unguided one (eta
+    equal), and more so at the largest published scale. Read in latent space: the tiny
+    decoder's output is almost all its bias, so the images' brightness barely moves."""
     from pytest_erasure.attacks.latent_classifier import from_state, leave
     from pytest_erasure.cache import tensor_digest
     from pytest_erasure.samplers import steer
@@ -124,7 +124,7 @@ def test_the_guide_moves_the_dark_model_towards_the_concept(trained: dict[str, A
     def logits(scale: float) -> list[float]:
         scheduler, kwargs = steer(pipe, {
             "eta": 1.0, "classifier_scale": scale,
-            "classifier": {"kind": "latent", "sha256": sha, "label": "circle"}})
+            "classifier": {"kind": "latent-classifier", "sha256": sha, "label": "circle"}})
         original, pipe.scheduler = pipe.scheduler, scheduler
         try:
             with torch.no_grad():
