@@ -407,7 +407,7 @@ def classifier_guide(pipe: Any, steering: dict[str, Any]) -> Any:
     import torch
 
     if spec.get("kind") == "latent-classifier":
-        from pytest_erasure.attacks import latent_classifier
+        from pytest_erasure import noisy_classifier as latent_classifier
 
         classifier = latent_classifier.load(str(spec["sha256"]), str(pipe.device))
 

@@ -289,6 +289,7 @@ class GuidanceScenario(Scenario):
         model's own images, cached content-addressed (`classifier_key`)."""
         import torch
 
+        from pytest_erasure import noisy_classifier
         from pytest_erasure.attacks import latent_classifier as lc
         from pytest_erasure.cache import digest, tensor_digest
         from pytest_erasure.scenarios.embedding import images_digest, numerics
@@ -341,7 +342,7 @@ class GuidanceScenario(Scenario):
             self._trained[memo] = ctx.cache.tensors("latent-classifier", key, compute)
         state, facts = self._trained[memo]
         sha = tensor_digest(state)
-        lc.leave(state, sha)
+        noisy_classifier.leave(state, sha)
         return sha, {"trained": True, "sha256": sha, "seed": seed, "data": data,
                      "settings": key["settings"], **facts}
 

@@ -71,7 +71,8 @@ def trained() -> dict[str, Any]:
 def test_the_classifier_learns_the_concept_on_held_out_latents(trained: dict[str, Any]) -> None:
     from torch import nn
 
-    from pytest_erasure.attacks.latent_classifier import evaluate, from_state
+    from pytest_erasure.attacks.latent_classifier import evaluate
+    from pytest_erasure.noisy_classifier import from_state
 
     facts = trained["facts"]
     assert facts["held_out_images"] == {"positives": 6, "negatives": 6}
@@ -112,8 +113,8 @@ def test_the_guide_moves_the_dark_model_towards_the_concept(trained: dict[str, A
     concept to the classifier (its logit at t = 0) than the same seed's unguided one (eta
     equal), and more so at the largest published scale. Read in latent space: the tiny
     decoder's output is almost all its bias, so the images' brightness barely moves."""
-    from pytest_erasure.attacks.latent_classifier import from_state, leave
     from pytest_erasure.cache import tensor_digest
+    from pytest_erasure.noisy_classifier import from_state, leave
     from pytest_erasure.samplers import steer
 
     sha = tensor_digest(trained["state"])
@@ -164,7 +165,7 @@ def test_weights_are_checked_against_their_sha256(tmp_path: Any,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from safetensors.torch import save_file
 
-    from pytest_erasure.attacks import latent_classifier as lc
+    from pytest_erasure import noisy_classifier as lc
 
     monkeypatch.setattr(lc, "FOLDER", tmp_path)
     model = lc.LatentClassifierT(64, torch.linspace(0.99, 0.01, 1000))
