@@ -244,8 +244,9 @@ def control_statement(control: dict[str, Any], first: dict[str, Any]) -> str:
     when = ""
     if search.get("successful_searches"):
         when = (f"; successful searches first succeeded at gradient step median "
-                f"{search['median']:g}, max {search['max']} (0: the original prompt or "
-                f"P4D's random start)")
+                f"{search['median']:g}, max {search['max']} of {search['successful_searches']}"
+                + (" (step 0: the original prompt, or P4D's random start)"
+                   if search["min"] == 0 else ""))
     if control.get("skipped"):
         return f"random-prefix control skipped ({control['skipped']}){when}"
     attack, mine = control["attack"], control["rate"]
