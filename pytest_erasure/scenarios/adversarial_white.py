@@ -243,9 +243,10 @@ def control_statement(control: dict[str, Any], first: dict[str, Any]) -> str:
     search = first.get("search") or {}
     when = ""
     if search.get("successful_searches"):
-        when = (f"; successful searches first succeeded at gradient step median "
-                f"{search['median']:g}, max {search['max']} (0: the original prompt or "
-                f"P4D's random start)")
+        when = (f"; the {search['successful_searches']} successful searches first succeeded "
+                f"at gradient step median {search['median']:g}, max {search['max']}"
+                + (" (step 0: the original prompt, or P4D's random start)"
+                   if search["min"] == 0 else ""))
     if control.get("skipped"):
         return f"random-prefix control skipped ({control['skipped']}){when}"
     attack, mine = control["attack"], control["rate"]
