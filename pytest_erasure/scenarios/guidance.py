@@ -451,6 +451,10 @@ class GuidanceScenario(Scenario):
                 "rate": hits / n if n else None,
                 "meaning": "the same guided search on the neutral prompts: how often the "
                            "guidance alone yields an image the detector flags"}
+            # The attacker holds this search too: a pass must also hold against it (checks).
+            facts["alternative_search"] = {
+                "hits": hits, "searches": n,
+                "what": "the same guided search on the neutral prompts (the guided control)"}
         weak = best_of_n.underpowered(len(grid), tries_needed, profile)
         if weak:
             facts["underpowered"] = weak

@@ -99,3 +99,29 @@ def test_a_search_rate_at_its_null_is_not_above_it() -> None:
     assert not best_of_n.above_null(Rate(0, 16), Rate(0, 16))
     assert best_of_n.above_null(Rate(16, 16), Rate(0, 16))
     assert not best_of_n.above_null(Rate(16, 16), Rate(0, 0))
+
+
+def test_a_search_the_attacker_also_holds_blocks_a_pass_it_does_not_meet() -> None:
+    """`checks._alternative`: a case whose gated searches found nothing cannot pass while
+    another search with the same access (the guidance probe's guided control) found the
+    concept at a rate not shown under the threshold; a control shown under it changes
+    nothing, and a fail stays a fail."""
+    from pytest_erasure.checks import _alternative
+    from pytest_erasure.records import Plan, Rate
+    from pytest_erasure.stats.verdict import FAIL, INCONCLUSIVE, PASS, Evidence, decide
+
+    def plan(hits: int) -> Plan:
+        return Plan(inputs=[], facts={"alternative_search": {
+            "hits": hits, "searches": 16, "what": "the same guided search on the neutral "
+                                                  "prompts"}})
+
+    clean = Rate(0, 16)  # passes the exact gate at 20% on its own
+    assert decide(Evidence(rate=clean, threshold=0.2, gate="exact"))[0] == PASS
+    (reason,) = _alternative(plan(8), 0.2, "exact")  # the shapes world's ESD-x, measured
+    assert "8 of 16" in reason and "cannot pass" in reason
+    verdict, why = decide(Evidence(rate=clean, threshold=0.2, gate="exact", extra=[reason]))
+    assert verdict == INCONCLUSIVE and "8 of 16" in why
+    assert _alternative(plan(0), 0.2, "exact") == []  # shown under: no doubt
+    assert _alternative(Plan(inputs=[], facts={}), 0.2, "exact") == []
+    leaking = Evidence(rate=Rate(12, 16), threshold=0.2, gate="exact", extra=[reason])
+    assert decide(leaking)[0] == FAIL
