@@ -42,7 +42,8 @@ def test_both_models_run_quantized_the_same_way(pytester: pytest.Pytester,
     pytester.makepyfile(test_audit=AUDIT)
     out = pytester.path / "report"
     result = pytester.runpytest_subprocess(
-        *_world(tiny_world), "--scenarios", "text,quantized", "--quant-group-size", "8",
+        *_world(tiny_world), "--scenarios", "text,quantized-int8,quantized-4bit",
+        "--quant-group-size", "8",
         f"--erasure-report={out}")
     output = result.stdout.str() + result.stderr.str()
     assert result.ret in (0, 1) and "Traceback" not in output, output
