@@ -12,6 +12,12 @@ measures, and writes to `--out` (default benchmarks/results/gpu_check.json):
 - IRECE's overhead per image (defended / undefended wall time at batch 8);
 - textual-inversion steps/s at the sd14 budget profile's micro-batch and accumulation;
 - DDIM inversion seconds per image (50 steps);
+- the quantize overlay's real low-bit kernels (`--quantize-kernels native`: int8 and 4-bit
+  weight-only GEMMs, fp8 `_scaled_mm` on compute capability >= 8.9, NF4 through bitsandbytes
+  where it is installed), each against quantize-dequantize on the same UNet: whether this
+  torch and GPU run it (the probe's reason where not), how many Linear layers took it, seconds
+  and peak memory of a batch, and the largest pixel difference between the two paths. These
+  CUDA branches were written without a GPU: this is their first test;
 - peak GPU memory of each part;
 - the paper-scale audit time projected from those rates: 10 concepts x every scenario x 100
   images + 20 TI runs at the sd14 profile.
@@ -261,6 +267,59 @@ def bench_inversion(pipe: Any, args: argparse.Namespace, clock: Clock) -> dict[s
             "peak_gib": peak_gib(args.device)}
 
 
+def bench_quantize_kernels(pipe: Any, args: argparse.Namespace, clock: Clock
+                           ) -> dict[str, Any]:
+    """Each quantized format through its real kernel and through quantize-dequantize, on the
+    UNet (what `quantized-*` cases run). A format the device lacks is recorded with the reason
+    (not a failure); a kernel that the probe accepts and that then breaks or gives degenerate
+    images is recorded as an error, which fails the check once everything is written."""
+    import torch
+
+    from pytest_erasure.overlays import Overlaid, kind
+    from pytest_erasure.overlays.kernels import probe
+    from pytest_erasure.overlays.quantize import form_of, quantize
+
+    batch, steps = args.quant_batch, args.quant_steps
+
+    def generate(p: Any) -> Any:
+        generator = torch.Generator(args.device).manual_seed(0)
+        return p([PROMPT] * batch, num_inference_steps=steps, guidance_scale=7.5,
+                 height=args.size, width=args.size, output_type="pt",
+                 generator=generator).images
+
+    out: dict[str, Any] = {"batch": batch, "steps": steps}
+    for bits, form in ((8, None), (4, None), (8, "fp8-e4m3"), (4, "nf4")):
+        plain = quantize(bits, group_size=64, format=form)
+        name = form_of(plain.params)
+        why = probe(name, 64, args.device, args.dtype)
+        if why is not None:
+            out[name] = {"native": False, "reason": why}
+            continue
+        entry: dict[str, Any] = {"native": True}
+        runs = {}
+        try:
+            for label, overlay in (("dequantize", plain),
+                                   ("native", quantize(bits, group_size=64, format=form,
+                                                       kernels="native"))):
+                overlaid = Overlaid()
+                with overlaid.applied(lambda role: pipe, (("erased", overlay),)):
+                    forked = overlaid.active["erased"]
+                    generate(forked)  # warm-up, and the packing
+                    peak_reset(args.device)
+                    seconds, images = clock.time(lambda f=forked: generate(f))
+                check_images(images.float(), f"quantize {name} {label}")
+                runs[label] = images.float()
+                entry[label] = {"seconds": round(seconds, 3), "peak_gib": peak_gib(args.device)}
+                if label == "native":
+                    entry["applied_layers"] = kind("quantize").describe(overlay)["applied_layers"]
+            entry["max_pixel_difference"] = round(
+                float((runs["native"] - runs["dequantize"]).abs().max()) * 255, 2)
+        except (RuntimeError, NotImplementedError, CheckFailed) as error:
+            entry["error"] = str(error).splitlines()[0][:300]
+        out[name] = entry
+    return out
+
+
 def bench_text_case(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """A real `pytest audits/` text case on the same architecture, saved to disk in fp16 (the
     audit loads it the way it loads a stock SD v1.4 folder)."""
@@ -320,12 +379,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         settings = {"device": "cpu", "dtype": "float32", "variant": "reduced", "size": 64,
                     "steps": 4, "batches": (2, 4), "irece_batch": 2, "reps": 1, "ti_steps": 2,
                     "inversion_images": 2, "case_samples": 4, "case_batch": 4,
-                    "budget": "sd14"}
+                    "budget": "sd14", "quant_batch": 2, "quant_steps": 2}
     else:
         settings = {"device": "cuda", "dtype": "float16", "variant": "full", "size": 512,
                     "steps": 50, "batches": (8, 16), "irece_batch": 8, "reps": 2,
                     "ti_steps": 20, "inversion_images": 8, "case_samples": 16, "case_batch": 16,
-                    "budget": "sd14"}
+                    "budget": "sd14", "quant_batch": 8, "quant_steps": 10}
     for key, value in settings.items():
         setattr(args, key, value)
     import torch
@@ -346,6 +405,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(json.dumps(result["ti"]), flush=True)
     result["inversion"] = bench_inversion(pipe, args, clock)
     print(json.dumps(result["inversion"]), flush=True)
+    result["quantize_kernels"] = bench_quantize_kernels(pipe, args, clock)
+    print(json.dumps(result["quantize_kernels"]), flush=True)
     del pipe
     if args.device == "cuda":
         torch.cuda.empty_cache()
@@ -361,6 +422,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
+    broken = {k: v["error"] for k, v in result["quantize_kernels"].items()
+              if isinstance(v, dict) and "error" in v}
+    require(not broken, f"quantize kernels that the probe accepted then failed: {broken}")
     return result
 
 

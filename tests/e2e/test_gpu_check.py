@@ -53,6 +53,11 @@ def test_gpu_check_smoke_writes_every_figure(tmp_path: Path) -> None:
     assert (ti["batch"], ti["accumulation"], ti["profile_steps"]) == (1, 4, 3000)
     assert ti["steps_per_s"] > 0 and math.isfinite(ti["last_loss"])
     assert data["inversion"]["seconds_per_image"] > 0
+    kernels = data["quantize_kernels"]  # this torch's CPU kernels; NF4 has none on a CPU
+    for name in ("int8", "4bit"):
+        assert kernels[name]["native"] and kernels[name]["applied_layers"]["unet"]["kernel"] > 0
+        assert kernels[name]["native"]["seconds"] > 0 and "error" not in kernels[name]
+    assert kernels["nf4"] == {"native": False, "reason": kernels["nf4"]["reason"]}
     case = data["text_case"]
     assert case["exit"] in (0, 1) and case["images_per_s"] > 0 and case["ratio_to_raw"] > 0
     projection = data["projection"]

@@ -42,7 +42,8 @@ def test_both_models_run_quantized_the_same_way(pytester: pytest.Pytester,
     pytester.makepyfile(test_audit=AUDIT)
     out = pytester.path / "report"
     result = pytester.runpytest_subprocess(
-        *_world(tiny_world), "--scenarios", "text,quantized", "--quant-group-size", "8",
+        *_world(tiny_world), "--scenarios", "text,quantized-int8,quantized-4bit",
+        "--quant-group-size", "8",
         f"--erasure-report={out}")
     output = result.stdout.str() + result.stderr.str()
     assert result.ret in (0, 1) and "Traceback" not in output, output
@@ -115,3 +116,22 @@ def test_the_embedding_case_runs_on_the_quantized_models(pytester: pytest.Pytest
     assert facts["image_sha256"] != plain["facts"]["image_sha256"]
     assert facts["scenario_settings"]["quant-group-size"] == 8
     assert facts["scenario_settings"]["ti-steps"] == 2
+
+
+@pytest.mark.parametrize(("scenario", "flags", "message"), [
+    ("quantized-nf4", [], "--quantize-kernels: is 'native' but this torch"),
+    ("quantized-4bit", ["--quant-group-size", "8"],
+     "--quantize-kernels: is 'native' but torch._weight_int4pack_mm_for_cpu takes groups of"),
+])
+def test_native_kernels_the_device_lacks_are_one_usage_error(
+        pytester: pytest.Pytester, tiny_world: dict[str, Path], scenario: str,
+        flags: list[str], message: str) -> None:
+    """`--quantize-kernels native` where this torch on the CPU has no kernel (NF4) or none takes
+    the settings (int4 groups of 8): one usage-error line, before any model loads (exit 4 at
+    configuration, as every bad setting)."""
+    pytester.makepyfile(test_audit=AUDIT)
+    result = pytester.runpytest_subprocess(*_world(tiny_world), "--scenarios", scenario,
+                                           "--quantize-kernels", "native", *flags)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    errors = [line for line in result.stderr.str().splitlines() if line.strip()]
+    assert len(errors) == 1 and message in errors[0], errors

@@ -172,3 +172,25 @@ def test_choosing_kernels_on_this_cpu() -> None:
     note = kernel_note(quantize(8, kernels="native").params, "cpu")
     assert note.startswith("torch._weight_int8pack_mm on cpu") and "none on" not in note
     assert "ran no low-bit kernel" in kernel_note(quantize(8).params, "cpu")
+
+
+def test_the_fp8_layer_is_scaled_mm_with_rowwise_scales() -> None:
+    """fp8 quantizes the activations too (per row, e4m3): its output is `_scaled_mm`'s on the
+    weight quantize-dequantize computes, within the activations' rounding (e4m3 keeps 3
+    mantissa bits: a relative error near 2^-4 per product, far below a weight read in the
+    wrong layout's)."""
+    layer = _layer(n=32, k=64)
+    packed = pack(layer, "fp8-e4m3", 0)
+    assert isinstance(packed, KernelLinear) and packed.q.dtype == torch.float8_e4m3fn
+    x = torch.randn(4, 64)
+    scale_x = x.abs().amax(dim=1, keepdim=True) / 448
+    want = torch._scaled_mm((x / scale_x).to(torch.float8_e4m3fn), packed.q.t(),
+                            scale_a=scale_x, scale_b=packed.scale.reshape(1, -1),
+                            out_dtype=torch.float32) + layer.bias
+    assert torch.equal(packed(x), want)
+    weight = dequantized(layer.weight, quantize(format="fp8-e4m3").params)
+    reference = torch.nn.functional.linear(x, weight, layer.bias)
+    error = (packed(x) - reference).abs().max() / reference.abs().max()
+    assert error < 0.05
+    wrong_layout = torch.nn.functional.linear(x, weight.reshape(64, 32).t(), layer.bias)
+    assert (packed(x) - wrong_layout).abs().max() / reference.abs().max() > 0.2
