@@ -17,33 +17,19 @@ as often as the attack.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from pytest_erasure.testing.audits import shapes_case
 
 
 @pytest.mark.slow
 def test_where_only_optimisation_reproduces_the_concept_the_control_is_below_the_attack(
         tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "audits/", "-q", "-p", "no:cacheprovider",
-         "--scenarios=adversarial-white", "-k", "circle-adversarial-white", "--samples=8",
-         "--udatk-timesteps", "4", "--udatk-iterations", "5",
-         f"--erased-model={REPO / 'fixtures' / 'shapes' / 'erased' / 'esd-x-circle'}",
-         f"--erasure-cache={tmp_path / 'cache'}", f"--erasure-report={tmp_path / 'report'}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=3000)
-    output = done.stdout + done.stderr
-    assert done.returncode in (0, 1) and "Traceback" not in output, output
-    case = next(c for c in json.loads((tmp_path / "report" / "report.json").read_text())["cases"]
-                if c["case_id"] == "circle-adversarial-white")
+    case = shapes_case(tmp_path, "esd-x-circle", "circle-adversarial-white",
+                       "--scenarios=adversarial-white", "--samples=8",
+                       "--udatk-timesteps", "4", "--udatk-iterations", "5")
     control = case["facts"]["search_control"]
     part = control["parts"]["unlearndiffatk (random prefix)"]
     # as many random starts per search as the search's 4 candidates, 8 searches

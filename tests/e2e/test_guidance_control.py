@@ -11,31 +11,17 @@ them. An attacker with the probe's access holds that search too, so the case mus
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from pytest_erasure.testing.audits import shapes_case
 
 
 @pytest.mark.slow
 def test_a_guided_control_that_finds_the_concept_blocks_the_pass(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-        p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)}
-    done = subprocess.run(
-        [sys.executable, "-m", "pytest", "audits/", "-q", "-p", "no:cacheprovider",
-         "--scenarios=guidance-probe", "-k", "circle-guidance-probe", "--samples=16",
-         f"--erased-model={REPO / 'fixtures' / 'shapes' / 'erased' / 'esd-x-circle'}",
-         f"--erasure-cache={tmp_path / 'cache'}", f"--erasure-report={tmp_path / 'report'}"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=3000)
-    output = done.stdout + done.stderr
-    assert done.returncode in (0, 1) and "Traceback" not in output, output
-    case = next(c for c in json.loads((tmp_path / "report" / "report.json").read_text())["cases"]
-                if c["case_id"] == "circle-guidance-probe")
+    case = shapes_case(tmp_path, "esd-x-circle", "circle-guidance-probe",
+                       "--scenarios=guidance-probe", "--samples=16")
     control = case["facts"]["guided_control"]
     assert case["rate"]["hits"] == 0 and case["standard"]["hits"] == 16, case["message"]
     assert control["successful_searches"] >= 1, control  # measured: 8 of 16
