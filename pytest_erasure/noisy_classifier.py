@@ -99,3 +99,17 @@ def log_probability_gradient(model: LatentClassifierT, x: torch.Tensor, t: Any) 
         steps = torch.full((len(z),), int(t), dtype=torch.long, device=z.device)
         log_p = F.logsigmoid(model(z, steps).squeeze(-1)).sum()
         return torch.autograd.grad(log_p, z)[0]
+
+
+def unpack(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Leave every classifier a file of tensors carries (`classifier.<sha256>.<parameter>`, as
+    the guidance probe exports them beside its latents) where the sampler reads it; their
+    sha256s. The sha256 is checked when the sampler loads them (`load`)."""
+    states: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        if key.startswith("classifier."):
+            sha, name = key[len("classifier."):].split(".", 1)
+            states.setdefault(sha, {})[name] = tensor
+    for sha, state in states.items():
+        leave(state, sha)
+    return sorted(states)

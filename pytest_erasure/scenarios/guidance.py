@@ -478,7 +478,23 @@ class GuidanceScenario(Scenario):
         shape = (1, 4, height // scale, width // scale)
         latents = torch.cat([torch.randn(shape, generator=torch.Generator("cpu").manual_seed(
             k.seed)) for k in kept])
-        return LatentScenario.save_latents(ctx, latents)
+        return LatentScenario.save_latents(ctx, latents, classifier_tensors(kept))
+
+
+def classifier_tensors(kept: list[GenerationInput]) -> dict[str, Any]:
+    """The latent classifiers the kept tries were guided by, as tensors named
+    `classifier.<sha256>.<parameter>`: they travel in the exported latents file, so a replay on
+    another machine (another release's audit) has the weights its steerings name by sha256
+    (`noisy_classifier.unpack`)."""
+    from safetensors.torch import load_file
+
+    from pytest_erasure.noisy_classifier import weights_file
+
+    shas = sorted({str(c["sha256"]) for k in kept
+                   if (c := (k.steering or {}).get("classifier") or {}).get("kind")
+                   == "latent-classifier"})
+    return {f"classifier.{sha}.{name}": tensor for sha in shas
+            for name, tensor in load_file(str(weights_file(sha))).items()}
 
 
 SCENARIOS = [GuidanceScenario()]

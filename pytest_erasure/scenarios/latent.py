@@ -558,22 +558,28 @@ class LatentScenario(Scenario):
                     artifacts={"latents": str(self.save_latents(ctx, latents))})
 
     @staticmethod
-    def save_latents(ctx: AuditContext, latents: torch.Tensor) -> Path:
+    def save_latents(ctx: AuditContext, latents: torch.Tensor,
+                     extra: dict[str, torch.Tensor] | None = None) -> Path:
         """The inverted latents as a file (`{"latents": (N, 4, h, w)}` safetensors), for
-        `--erasure-artifacts` and to reproduce the case by hand; named by their content."""
+        `--erasure-artifacts` and to reproduce the case by hand; named by their content.
+        `extra` tensors travel in the same file (what a replay needs beside the latents: the
+        guidance probe's classifier weights)."""
         import tempfile
 
         from safetensors.torch import save
 
-        from pytest_erasure.cache import atomic_write_bytes
+        from pytest_erasure.cache import atomic_write_bytes, tensor_digest
 
         digest = images_digest(latents)
+        if extra:
+            digest = tensor_digest({"latents": latents.detach().float().cpu(), **extra})
         file = ctx.cache.path("inverted-latents-file", {"latents": digest}, suffix=".safetensors")
         if file is None:  # caching off: a fixed path per content, overwritten not accumulated
             file = Path(tempfile.gettempdir()) / "pytest-erasure-latents" / f"{digest}.safetensors"
         if not file.is_file():  # written whole or not at all: two workers may write at once
             atomic_write_bytes(file, save({"latents": latents.detach().float().cpu()
-                                           .contiguous()}))
+                                           .contiguous(),
+                                           **{k: v.contiguous() for k, v in (extra or {}).items()}}))
         return file
 
 

@@ -138,10 +138,13 @@ class ReplayLatents(ReplayScenario):
     def plan(self, ctx: AuditContext, concept: Concept, target: Role, n: int) -> Plan:
         from safetensors.torch import load_file
 
+        from pytest_erasure.noisy_classifier import unpack
         from pytest_erasure.samplers import current_steering
 
         (entry, *_rest) = self.found(concept)
-        latents = load_file(str(self.folder / entry["file"]))["latents"]
+        tensors = load_file(str(self.folder / entry["file"]))
+        latents = tensors["latents"]
+        unpack(tensors)  # a guided search's classifiers, for the steerings that name them
         regeneration = (entry.get("settings") or {}).get("regeneration") or {}
         from pytest_erasure.models.geometry import model_geometry
 

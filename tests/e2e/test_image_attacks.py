@@ -250,10 +250,13 @@ def test_recall_round_moves_the_latent_by_sign_steps() -> None:
 
 
 def test_found_latents_are_exported_and_replayed_as_judged(pytester: pytest.Pytester,
-                                                           tiny_world: dict[str, Path]) -> None:
+                                                           tiny_world: dict[str, Path],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     """Both cases export their kept tries' latents (`--erasure-artifacts`); replayed on the
     same model (`--erasure-replay`) with their prompts, seeds and steering, they draw the
-    images the cases judged: the replayed CRR is the searches' success rate."""
+    images the cases judged: the replayed CRR is the searches' success rate. The replay runs
+    with another temporary folder, as on another machine: the latent classifier the guided
+    tries' steerings name travels in the exported latents file."""
     pytester.makepyfile(test_audit=AUDIT)
     folder, out = pytester.path / "found", pytester.path / "report-found"
     models = [f"--standard-model={tiny_world['standard']}",
@@ -268,6 +271,11 @@ def test_found_latents_are_exported_and_replayed_as_judged(pytester: pytest.Pyte
     manifest = json.loads((folder / "manifest.json").read_text())
     kinds = {(e["scenario"], e["kind"]) for e in manifest["artifacts"]}
     assert {("image-white", "latents"), ("guidance-probe", "latents")} <= kinds
+    guided = found["guidance-probe"]["facts"]["regeneration"]["steerings"]
+    assert any((g.get("classifier") or {}).get("kind") == "latent-classifier" for g in guided)
+    elsewhere = pytester.path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.setenv("TMPDIR", str(elsewhere))  # no classifier left where the search ran
     replayed_out = pytester.path / "report-replayed"
     result = pytester.runpytest_subprocess(
         *models, *FAST, "--samples", "4", "--scenarios", "replay",
