@@ -42,8 +42,9 @@ from typing import Any
 
 import torch
 
+from pytest_erasure.overlays.grids import E4M3_MAX, fp8_codes, integer_codes
+
 INT4_GROUPS = (32, 64, 128, 256)
-E4M3_MAX = 448.0
 FLOATS = (torch.float32, torch.bfloat16, torch.float16)
 
 
@@ -203,8 +204,8 @@ class KernelLinear(torch.nn.Module):
 def pack(layer: torch.nn.Linear, form: str, group: int) -> KernelLinear | str:
     """`layer` as a `KernelLinear` for `form` on its own device, or why it cannot take the
     kernel (a reason, counted by the overlay, which keeps that layer quantize-dequantize).
-    Scales are computed in float32 as `quantize.dequantized` computes them, so both paths
-    multiply by the same quantized weights."""
+    Codes and scales are `grids.integer_codes` / `fp8_codes`, in float32, as quantize-
+    dequantize computes them, so both paths multiply by the same quantized weights."""
     device = layer.weight.device
     op = op_for(form, str(device))
     if op is None:
@@ -214,10 +215,9 @@ def pack(layer: torch.nn.Linear, form: str, group: int) -> KernelLinear | str:
     w = layer.weight.detach().to(torch.float32)
     n, k = w.shape
     if form == "int8":
-        scale = w.abs().amax(dim=1) / 127
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        q = torch.round(w / scale.unsqueeze(1)).clamp(-127, 127).to(torch.int8)
-        return KernelLinear(form, op, layer, 0, {"q": q, "scale": scale})
+        codes, scale = integer_codes(w, 8, 0)
+        return KernelLinear(form, op, layer, 0, {"q": codes.to(torch.int8),
+                                                 "scale": scale.squeeze(1)})
     if form == "4bit":
         if group not in INT4_GROUPS:
             return f"group size {group} (the int4 kernel takes {INT4_GROUPS})"
@@ -225,11 +225,9 @@ def pack(layer: torch.nn.Linear, form: str, group: int) -> KernelLinear | str:
             return f"in_features not a multiple of {group}"
         if n % (16 if device.type == "cpu" else 8):
             return f"out_features not a multiple of {16 if device.type == 'cpu' else 8}"
-        groups = w.reshape(n, k // group, group)
-        scales = groups.abs().amax(dim=2) / 7
-        scales = torch.where(scales > 0, scales, torch.ones_like(scales))
-        q = torch.round(groups / scales.unsqueeze(-1)).clamp(-8, 7).to(torch.int8)
-        q = q.reshape(n, k)
+        codes, grouped = integer_codes(w, 4, group)  # k is a multiple of group: no padding
+        scales = grouped.squeeze(-1)
+        q = codes.to(torch.int8).reshape(n, k)
         # tinygemm's [K / group, N, 2] scales and zero points (zero point 0: symmetric grid)
         scales_zeros = torch.stack([scales.t(), torch.zeros_like(scales.t())], dim=-1)
         if device.type == "cpu":
@@ -247,10 +245,8 @@ def pack(layer: torch.nn.Linear, form: str, group: int) -> KernelLinear | str:
     if form == "fp8-e4m3":
         if device.type == "cuda" and (k % 16 or n % 16):
             return "in_features or out_features not a multiple of 16 (fp8 GEMMs on CUDA)"
-        scale = w.abs().amax(dim=1) / E4M3_MAX
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        q = (w / scale.unsqueeze(1)).to(torch.float8_e4m3fn)
-        return KernelLinear(form, op, layer, 0, {"q": q, "scale": scale})
+        q, scale = fp8_codes(w)
+        return KernelLinear(form, op, layer, 0, {"q": q, "scale": scale.squeeze(1)})
     import bitsandbytes.functional as bnbf
 
     try:

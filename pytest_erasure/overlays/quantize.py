@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_erasure.errors import ErasureInputError
 from pytest_erasure.overlays import Patch, overlay_error
+from pytest_erasure.overlays.grids import fp8_codes, integer_codes
 from pytest_erasure.records import Overlay
 
 if TYPE_CHECKING:
@@ -57,7 +58,6 @@ NF4_LEVELS = (
 )
 """bitsandbytes' NF4 code book (the 16 quantiles of N(0, 1) normalised to [-1, 1], with an
 exact zero), as `bitsandbytes.functional.get_4bit_type("nf4")` lists it."""
-E4M3_MAX = 448.0
 
 KERNELS = ("auto", "native", "dequantize")
 """`--quantize-kernels`: the real kernel where the device has one (auto), the kernel or a usage
@@ -194,11 +194,8 @@ def dequantized(weight: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
     if form in ("float16", "bfloat16"):
         return w.to(getattr(torch, form))
     if form == "fp8-e4m3":
-        rows = w.reshape(w.shape[0], -1)
-        scale = rows.abs().amax(dim=1, keepdim=True) / E4M3_MAX
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        q = (rows / scale).to(torch.float8_e4m3fn).to(torch.float32)
-        return (q * scale).reshape(w.shape)
+        q, scale = fp8_codes(w)
+        return (q.to(torch.float32) * scale).reshape(w.shape)
     return nf4(w, int(params.get("group_size", DEFAULT_GROUP)))
 
 
@@ -224,18 +221,9 @@ def round_to_nearest(weight: torch.Tensor, bits: int, group_size: int) -> torch.
     import torch
 
     w = weight.detach().to("cpu", torch.float32)
-    rows = w.reshape(w.shape[0], -1)
-    if bits == 8:
-        scale = rows.abs().amax(dim=1, keepdim=True) / 127
-        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-        return (torch.round(rows / scale).clamp(-127, 127) * scale).reshape(w.shape)
-    columns = rows.shape[1]
-    pad = (-columns) % group_size
-    padded = torch.nn.functional.pad(rows, (0, pad)).reshape(rows.shape[0], -1, group_size)
-    scale = padded.abs().amax(dim=2, keepdim=True) / 7
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    q = torch.round(padded / scale).clamp(-8, 7) * scale
-    return q.reshape(rows.shape[0], -1)[:, :columns].reshape(w.shape)
+    q, scale = integer_codes(w, bits, group_size)
+    columns = w[0].numel()
+    return (q * scale).reshape(w.shape[0], -1)[:, :columns].reshape(w.shape)
 
 
 class QuantizeKind:
