@@ -317,29 +317,28 @@ def resume(inner: Any, start: int) -> Any:
     returned callback's attribute) makes that call on the entry latent before the run. Without
     it IRECE at t* = 0.2 of 25 steps never acted on an img2img at strength 0.8 (entered at step
     5, t*'s own step) where the deployed defense would."""
-    def callback(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    def on_full(pipe: Any, step: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """`inner` at the full schedule's `step`, the scheduler showing the full schedule."""
         scheduler = pipe.scheduler
-        full = getattr(scheduler, "full_timesteps", None)
-        if not start or full is None:
-            return inner(pipe, i, t, kwargs)
-        entered, scheduler.timesteps = scheduler.timesteps, full
+        entered, scheduler.timesteps = scheduler.timesteps, scheduler.full_timesteps
         try:
-            return inner(pipe, i + start, t, kwargs)
+            return inner(pipe, step, t, kwargs)
         finally:
             scheduler.timesteps = entered
+
+    def late(pipe: Any) -> bool:
+        return bool(start) and getattr(pipe.scheduler, "full_timesteps", None) is not None
+
+    def callback(pipe: Any, i: int, t: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return on_full(pipe, i + start, t, kwargs) if late(pipe) else inner(pipe, i, t, kwargs)
 
     def enter(pipe: Any, latents: Any) -> Any:
         """The entry latent after the defense's call at the end of step `start - 1` (the
         scheduler's timesteps set for this run)."""
-        scheduler = pipe.scheduler
-        full = getattr(scheduler, "full_timesteps", None)
-        if not start or full is None:
+        if not late(pipe):
             return latents
-        entered, scheduler.timesteps = scheduler.timesteps, full
-        try:
-            return inner(pipe, start - 1, full[start - 1], {"latents": latents})["latents"]
-        finally:
-            scheduler.timesteps = entered
+        t = pipe.scheduler.full_timesteps[start - 1]
+        return on_full(pipe, start - 1, t, {"latents": latents})["latents"]
 
     callback.tensor_inputs = list(getattr(inner, "tensor_inputs", ["latents"]))
     callback.enter = enter
@@ -407,13 +406,13 @@ def classifier_guide(pipe: Any, steering: dict[str, Any]) -> Any:
     import torch
 
     if spec.get("kind") == "latent-classifier":
-        from pytest_erasure import noisy_classifier as latent_classifier
+        from pytest_erasure import noisy_classifier
 
-        classifier = latent_classifier.load(str(spec["sha256"]), str(pipe.device))
+        classifier = noisy_classifier.load(str(spec["sha256"]), str(pipe.device))
 
         def latent_guide(scheduler: Any, eps: Any, t: Any, x: Any) -> Any:
             a = scheduler.alphas_cumprod[int(t)].to(device=x.device, dtype=torch.float32)
-            grad = latent_classifier.log_probability_gradient(classifier, x, t)
+            grad = noisy_classifier.log_probability_gradient(classifier, x, t)
             return (eps.float() - (1 - a).sqrt() * scale * grad).to(eps.dtype)
 
         return latent_guide
