@@ -42,6 +42,15 @@ def case_ids(tiny_world: dict[str, Path]) -> Callable[..., list[str]]:
     return ids
 
 
+@pytest.fixture(autouse=True)
+def _not_an_xdist_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The audits a test starts in a subprocess are fresh pytest runs: under `pytest tests/ -n 2`
+    they would inherit xdist's worker variables, and pytest-benchmark, seeing one, prints a
+    warning on stderr that the one-line usage-error tests count as a second line."""
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Tiny models gain nothing from a second thread, and on a shared 2-core machine two
     # OpenMP threads per process make every forward pass wait on the other jobs.

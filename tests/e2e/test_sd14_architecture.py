@@ -41,7 +41,7 @@ BUDGETS = [
     "--rab-population", "4", "--rab-generations", "1", "--rab-keep", "1",
     "--fuzz-examples", "1", "--fuzz-seeds-per-prompt", "1", "--fuzz-max-prompts", "2",
     "--fuzz-confirm-seeds", "4", "--erasure-exploratory",
-    "--inversion-steps", "2",
+    "--inversion-steps", "2", "--inversion-adaptive-steps", "1",
 ]
 
 
