@@ -124,6 +124,9 @@ def test_every_scenario_type_runs_on_the_full_sd14_architecture(
         assert by_id["circle-adversarial-black"]["facts"]["searches"][0]["settings"][
             "population"] == 4
         assert by_id["circle-latent-white-null"]["facts"]["inversion"]["steps"] == 2
+        # Refined through IRECE (the adaptive attacker), one step: the profile's 20 backward
+        # passes through the full-size UNet tripled this test's time on a CPU.
+        assert by_id["circle-latent-white-null"]["facts"]["adaptive"]["iterations"] == 1
 
         assert data["config"]["defense"]["name"] == "irece"
         for case in by_id.values():
