@@ -42,15 +42,6 @@ def case_ids(tiny_world: dict[str, Path]) -> Callable[..., list[str]]:
     return ids
 
 
-@pytest.fixture(autouse=True)
-def _not_an_xdist_worker(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The audits a test starts in a subprocess are fresh pytest runs: under `pytest tests/ -n 2`
-    they would inherit xdist's worker variables, and pytest-benchmark, seeing one, prints a
-    warning on stderr that the one-line usage-error tests count as a second line."""
-    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
-        monkeypatch.delenv(name, raising=False)
-
-
 def pytest_configure(config: pytest.Config) -> None:
     # Tiny models gain nothing from a second thread, and on a shared 2-core machine two
     # OpenMP threads per process make every forward pass wait on the other jobs.
@@ -59,7 +50,14 @@ def pytest_configure(config: pytest.Config) -> None:
     import torch
 
     torch.set_num_threads(1)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the audits tests run in subprocesses
+    # The environment of the audits tests run in subprocesses: one thread, and fresh pytest
+    # runs rather than xdist workers. Under `pytest tests/ -n 2` they would inherit xdist's
+    # worker variables (our plugin reads `config.workerinput`, never these), and
+    # pytest-benchmark, seeing one, prints a warning on stderr that the one-line usage-error
+    # tests count as a second line.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    for name in ("PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "PYTEST_XDIST_TESTRUNUID"):
+        os.environ.pop(name, None)
 
 
 # -- every report.json a test writes is valid against the published schema -------------------------
